@@ -1,0 +1,75 @@
+"""When does a batch close? A pure function of the queue, the clock and the runtime's slots.
+
+Greedy by default: when no batch is in flight the queued requests run at once, so a lone
+request never waits for company (MLServer's adaptive batching always waits, which is what
+raises its p50 at one connection). While a batch runs, new requests pile up and the next
+batch is as large as the load makes it. A second slot (max_concurrent_batches > 1) closes
+at max_batch_size rows or max_queue_delay after its first request, as Triton's does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    max_batch_size: int = 32
+    """Rows in one runtime call; 0 runs each request alone (models with no batch dimension)."""
+    max_queue_delay_s: float = 0.002
+    """Longest a queued request waits for company while a runtime slot is free."""
+    queue_capacity: int = 1024
+    """Queued requests beyond which new ones are refused at once (429 / UNAVAILABLE)."""
+    max_concurrent_batches: int = 1
+    """Batches of this version running at the same time."""
+    greedy: bool = True
+    """Run at once when nothing is in flight; False always waits max_queue_delay to fill."""
+    default_timeout_s: float | None = 30.0
+    """Per-request timeout when the caller sets none; None waits for ever."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    close: bool
+    """Close a batch now."""
+    wait_s: float | None = None
+    """If not closing: how long until the decision may change by time alone; None: only an event changes it."""
+
+
+CLOSE = Decision(close=True)
+WAIT_FOR_EVENT = Decision(close=False)
+
+
+def decide(
+    *,
+    queued_rows: int,
+    first_arrival: float | None,
+    now: float,
+    in_flight: int,
+    config: BatchingConfig,
+) -> Decision:
+    """Decide for the head of the queue. Times are seconds on one monotonic clock."""
+    if queued_rows <= 0 or first_arrival is None:
+        return WAIT_FOR_EVENT
+    if in_flight >= config.max_concurrent_batches:
+        return WAIT_FOR_EVENT  # the end of a running batch is the event
+    if config.max_batch_size <= 0 or queued_rows >= config.max_batch_size:
+        return CLOSE
+    if config.greedy and in_flight == 0:
+        return CLOSE
+    waited = now - first_arrival
+    if waited >= config.max_queue_delay_s:
+        return CLOSE
+    return Decision(close=False, wait_s=config.max_queue_delay_s - waited)
+
+
+def take_rows(row_counts: list[int], max_batch_size: int) -> int:
+    """How many queued requests (in order) fit in one batch; always at least one."""
+    if max_batch_size <= 0:
+        return 1 if row_counts else 0
+    total = 0
+    for taken, rows in enumerate(row_counts):
+        if taken and total + rows > max_batch_size:
+            return taken
+        total += rows
+    return len(row_counts)

@@ -1,0 +1,172 @@
+"""The data plane: what both protocol adapters call, in the manner of MLServer's DataPlane.
+
+Each adapter converts its wire format to an `InferRequest`, calls `infer`, and converts the
+`InferResponse` back; health and metadata are here too, so HTTP and gRPC cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+
+from gateway.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    ModelNotFound,
+    ModelNotReady,
+    Overloaded,
+    ShuttingDown,
+    SluiceError,
+)
+from gateway.registry import ModelRegistry, ServedVersion
+from gateway.request import InferRequest, InferResponse
+from gateway.router import pick_version
+from gateway.validation import validate
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "sluice"
+SERVER_VERSION = "0.1.0"
+EXTENSIONS = ("binary_tensor_data", "model_repository_metadata", "statistics_metrics")
+
+_OUTCOME_BY_ERROR: tuple[tuple[type[Exception], str], ...] = (
+    (InvalidInput, "invalid"),
+    (ModelNotFound, "not_found"),
+    (ModelNotReady, "not_ready"),
+    (Overloaded, "overloaded"),
+    (DeadlineExceeded, "timeout"),
+    (ShuttingDown, "draining"),
+)
+
+
+def outcome_of(exc: BaseException) -> str:
+    for cls, outcome in _OUTCOME_BY_ERROR:
+        if isinstance(exc, cls):
+            return outcome
+    return "error"
+
+
+class DataPlane:
+    def __init__(self, registry: ModelRegistry, tracer: Tracer, server_name: str = SERVER_NAME) -> None:
+        self.registry = registry
+        self.tracer = tracer
+        self.server_name = server_name
+        self.started = False
+        self.draining = False
+
+    # -- health and metadata ------------------------------------------------------------
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return self.started and not self.draining and self.registry.all_ready
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": self.server_name, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)}
+
+    def model_ready(self, name: str, version: str | None) -> bool:
+        model = self.registry.get_model(name)
+        if version:
+            return self.registry.get_version(name, version).ready
+        return bool(model.ready_versions())
+
+    def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
+        model = self.registry.get_model(name)
+        served = self.registry.get_version(name, version) if version else pick_version(model, None)
+        if served.runtime is None:
+            raise ModelNotReady(f"model '{name}' version '{served.version}' is {served.state.value}")
+        sig = served.runtime.signature
+        info = served.runtime.info
+        return {
+            "name": name,
+            "versions": sorted(model.versions, key=lambda v: (len(v), v)),
+            "platform": info.platform,
+            "inputs": [s.to_v2() for s in sig.inputs],
+            "outputs": [s.to_v2() for s in sig.outputs],
+            "parameters": {
+                **info.parameters,
+                "version": served.version,
+                "max_batch_size": str(served.batching.max_batch_size),
+            },
+        }
+
+    # -- inference ----------------------------------------------------------------------
+
+    async def infer(self, request: InferRequest, protocol: str) -> InferResponse:
+        started = time.perf_counter()
+        served: ServedVersion | None = None
+        span = self.tracer.start_span(
+            "infer", kind=SpanKind.SERVER, attributes={"sluice.model": request.model, "rpc.system": protocol}
+        )
+        try:
+            if self.draining:
+                raise ShuttingDown("gateway is shutting down")
+            served = pick_version(self.registry.get_model(request.model), request.version)
+            response = await self._infer_version(request, served, span, protocol)
+        except SluiceError as exc:
+            self._count(served, protocol, outcome_of(exc), started)
+            span.set_status(Status(StatusCode.ERROR, str(exc)))
+            span.end()
+            raise
+        except BaseException as exc:
+            self._count(served, protocol, "error", started)
+            span.set_status(Status(StatusCode.ERROR, repr(exc)))
+            span.end()
+            raise
+        self._count(served, protocol, "ok", started)
+        span.end()
+        return response
+
+    async def _infer_version(
+        self, request: InferRequest, served: ServedVersion, span: trace.Span, protocol: str
+    ) -> InferResponse:
+        runtime, batcher = served.runtime, served.batcher
+        if runtime is None or batcher is None:
+            raise ModelNotReady(f"model '{served.model}' version '{served.version}' is {served.state.value}")
+        span.set_attribute("sluice.version", served.version)
+        rows = validate(request, runtime.signature, served.batching.max_batch_size)
+        wanted = [o.name for o in request.outputs] if request.outputs is not None else None
+        metrics = served.metrics
+        metrics.inflight.inc()
+        try:
+            outputs, timing = await batcher.submit(
+                request.inputs, rows, wanted, request.timeout_s, span.get_span_context()
+            )
+        finally:
+            metrics.inflight.dec()
+        if timing.started_ns:
+            metrics.queue_wait.observe((timing.started_ns - timing.enqueued_ns) / 1e9)
+            if span.is_recording():
+                ctx = trace.set_span_in_context(span)
+                self.tracer.start_span("queue_wait", context=ctx, start_time=timing.enqueued_ns).end(
+                    end_time=timing.started_ns
+                )
+                run = self.tracer.start_span(
+                    "batch_run",
+                    context=ctx,
+                    start_time=timing.started_ns,
+                    attributes={
+                        "sluice.batch.rows": timing.batch_rows,
+                        "sluice.batch.requests": timing.batch_requests,
+                    },
+                )
+                run.end(end_time=timing.finished_ns)
+        return InferResponse(
+            model=served.model,
+            version=served.version,
+            id=request.id or uuid.uuid4().hex,
+            outputs=outputs,
+        )
+
+    def _count(self, served: ServedVersion | None, protocol: str, outcome: str, started: float) -> None:
+        if served is None:
+            return  # unknown model: no per-version series to grow without bound
+        m = served.metrics
+        m.outcome(protocol, outcome).inc()
+        m.duration(protocol).observe(time.perf_counter() - started)

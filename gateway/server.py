@@ -1,0 +1,180 @@
+"""The composition root: one place wires settings, runtimes, registry, data plane and both servers.
+
+Lifecycle: bind both ports (live, not ready) -> load and warm every model -> ready. On
+SIGTERM or SIGINT: readiness goes false, both servers stop accepting and finish what they
+have (queued and running batches included) within the drain timeout, then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import uvicorn
+from opentelemetry.sdk.trace import TracerProvider
+
+from gateway.dataplane import DataPlane
+from gateway.grpc_app import build_grpc_server
+from gateway.http_app import HttpAdapter
+from gateway.metrics import GatewayMetrics
+from gateway.registry import ModelRegistry, RuntimeFactory
+from gateway.repository import ModelSource, VersionSource
+from gateway.settings import GatewaySettings
+from gateway.tracing import get_tracer, make_tracer_provider
+from runtimes.base import ModelRuntime
+from runtimes.onnx import OnnxRuntime
+
+log = logging.getLogger(__name__)
+
+
+class _UvicornServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the gateway drains HTTP and gRPC together."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        runtime_factory: RuntimeFactory | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = GatewayMetrics()
+        self.tracer_provider = tracer_provider or make_tracer_provider(settings.service_name)
+        self._executor = ThreadPoolExecutor(
+            max_workers=settings.runtime_threads, thread_name_prefix="runtime"
+        )
+        self.registry = ModelRegistry(
+            settings.model_repo, self.metrics, runtime_factory or self._make_runtime
+        )
+        self.dataplane = DataPlane(self.registry, get_tracer(self.tracer_provider), settings.service_name)
+        self.http_port = 0
+        self.grpc_port = 0
+        self._http: _UvicornServer | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self._grpc: Any = None
+        self._stopping: asyncio.Event | None = None
+        self._stopped = False
+
+    async def _make_runtime(self, source: ModelSource, version: VersionSource) -> ModelRuntime:
+        rt = source.config.runtime
+        if rt.kind == "remote":
+            from runtimes.remote import RemoteV2Runtime
+
+            assert rt.url is not None
+            return await RemoteV2Runtime.connect(
+                rt.url,
+                rt.protocol,
+                rt.remote_model or source.name,
+                version.version,
+                timeout_s=(source.config.timeout_ms or 30_000) / 1000.0,
+            )
+        assert version.artifact is not None
+        return await asyncio.to_thread(
+            OnnxRuntime.load,
+            version.artifact,
+            providers=rt.execution_providers,
+            intra_op_threads=rt.intra_op_threads,
+            executor=self._executor,
+        )
+
+    async def start(self) -> None:
+        """Bind and serve at once (live), then load models (ready when they are warm)."""
+        s = self.settings
+        self._stopping = asyncio.Event()
+        sock = socket.socket(socket.AF_INET6 if ":" in s.host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((s.host, s.http_port))
+        sock.listen(2048)
+        sock.setblocking(False)
+        self.http_port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            HttpAdapter(self.dataplane, self.metrics.registry, s.max_body_bytes),
+            http="httptools",
+            loop="none",
+            lifespan="off",
+            access_log=False,
+            log_config=None,
+            timeout_graceful_shutdown=int(max(1, s.drain_timeout_s)),
+            timeout_keep_alive=30,
+            backlog=2048,
+        )
+        self._http = _UvicornServer(config)
+        self._http_task = asyncio.get_running_loop().create_task(self._http.serve(sockets=[sock]))
+        if s.grpc_port >= 0:
+            self._grpc, self.grpc_port = build_grpc_server(
+                self.dataplane, s.host, s.grpc_port, s.max_body_bytes
+            )
+            await self._grpc.start()
+        while not self._http.started:
+            if self._http_task.done():
+                self._http_task.result()
+                raise RuntimeError("HTTP server exited during start-up")
+            await asyncio.sleep(0.01)
+        log.info(
+            "listening", extra={"http_port": self.http_port, "grpc_port": self.grpc_port, "host": s.host}
+        )
+        await self.registry.load_all()
+        self.dataplane.started = True
+        log.info("ready", extra={"models": sorted(self.registry.models)})
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+
+    def request_stop(self) -> None:
+        if self._stopping is not None:
+            self._stopping.set()
+
+    async def wait_stopped(self) -> None:
+        assert self._stopping is not None
+        await self._stopping.wait()
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Drain: not ready, stop accepting, finish in-flight and queued requests, then close."""
+        if self._stopped:
+            return
+        self._stopped = True
+        timeout = self.settings.drain_timeout_s
+        self.dataplane.draining = True
+        log.info("draining", extra={"timeout_s": timeout})
+        waits = []
+        if self._http is not None:
+            self._http.should_exit = True
+            if self._http_task is not None:
+                waits.append(self._http_task)
+        if self._grpc is not None:
+            waits.append(asyncio.ensure_future(self._grpc.stop(grace=timeout)))
+        if waits:
+            done, pending = await asyncio.wait(waits, timeout=timeout + 5)
+            for task in pending:
+                task.cancel()
+        drained = await self.registry.drain(timeout)
+        if not drained:
+            log.warning("drain timeout passed with requests still queued")
+        await self.registry.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.tracer_provider.shutdown()
+        log.info("stopped")
+
+
+async def serve(settings: GatewaySettings, on_ready: Any = None) -> None:
+    gateway = Gateway(settings)
+    gateway.install_signal_handlers()
+    await gateway.start()
+    if on_ready is not None:
+        on_ready(gateway)
+    await gateway.wait_stopped()

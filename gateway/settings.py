@@ -1,0 +1,41 @@
+"""Gateway settings: typed, documented, read from `SLUICE_*` environment variables or CLI options.
+
+Per-model settings (batching, version policy, providers) live in each model's config.yaml
+(see `gateway.model_config`), not here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SLUICE_", extra="ignore")
+
+    model_repo: Path = Field(
+        Path("models"), description="Model repository: <repo>/<model>/<version>/model.onnx."
+    )
+    host: str = Field(
+        "127.0.0.1", description="Address both servers bind to; 0.0.0.0 to listen on every interface."
+    )
+    http_port: int = Field(8000, description="HTTP port (V2 REST, /metrics); 0 picks a free port.")
+    grpc_port: int = Field(
+        8001, description="gRPC port (V2 GRPCInferenceService); 0 picks a free port, -1 disables gRPC."
+    )
+    max_body_bytes: int = Field(
+        64 * 1024 * 1024, description="Largest accepted request body; larger ones get 413."
+    )
+    drain_timeout_s: float = Field(
+        30.0, description="On SIGTERM, how long in-flight and queued requests may take to finish."
+    )
+    runtime_threads: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        description="Threads that run model batches (ONNX Runtime releases the GIL).",
+    )
+    log_level: str = Field("info", description="debug, info, warning or error.")
+    log_format: str = Field("json", description="json (one object a line) or text.")
+    service_name: str = Field("sluice", description="OpenTelemetry service.name and server metadata name.")

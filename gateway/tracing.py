@@ -1,0 +1,65 @@
+"""OpenTelemetry: one span per request, children for queue wait and batch run.
+
+The batch span is shared by several requests, so it is a root of its own with a *link* to
+each member request's span (the OpenTelemetry way to say "this work served those").
+The standard OTEL_* variables choose the exporter: OTEL_TRACES_EXPORTER=otlp|console|none
+(default: otlp when OTEL_EXPORTER_OTLP_ENDPOINT is set, else none) and OTEL_TRACES_SAMPLER.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.trace import Link, SpanKind, Tracer
+
+TRACER_NAME = "sluice.gateway"
+
+
+def make_tracer_provider(service_name: str, exporter: SpanExporter | None = None) -> TracerProvider:
+    """Build the provider from OTEL_* variables; an explicit exporter (tests) wins."""
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    if exporter is None:
+        exporter = _exporter_from_env()
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider
+
+
+def _exporter_from_env() -> SpanExporter | None:
+    choice = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if not choice:
+        choice = "otlp" if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") else "none"
+    if choice == "none":
+        return None
+    if choice == "console":
+        return ConsoleSpanExporter()
+    if choice == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter()
+    raise ValueError(f"OTEL_TRACES_EXPORTER={choice!r} is not supported (otlp, console, none)")
+
+
+def start_batch_span(tracer: Tracer, model: str, version: str, members: Sequence[Any], rows: int) -> Any:
+    links = [Link(ctx) for ctx in members if ctx is not None]
+    return tracer.start_span(
+        "batch",
+        kind=SpanKind.INTERNAL,
+        links=links,
+        attributes={
+            "sluice.model": model,
+            "sluice.version": version,
+            "sluice.batch.rows": rows,
+            "sluice.batch.requests": len(members),
+        },
+    )
+
+
+def get_tracer(provider: TracerProvider) -> Tracer:
+    return trace.get_tracer(TRACER_NAME, tracer_provider=provider)

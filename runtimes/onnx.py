@@ -1,0 +1,137 @@
+"""ONNX Runtime: CUDA execution provider first when present, then CPU.
+
+onnxruntime-gpu falls back to CPU silently (it only logs), so the provider that really runs
+is read back from the session with `get_providers()` and reported, never assumed.
+ONNX Runtime releases the GIL while it computes, so a batch runs in a thread pool and the
+event loop keeps accepting requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtimes.base import ModelRuntime, RuntimeError_, RuntimeInfo, RuntimeLoadError
+from runtimes.tensors import DataType, ModelSignature, TensorSpec
+
+log = logging.getLogger(__name__)
+
+PROVIDER_NAMES = {
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+DEFAULT_PROVIDERS = ("cuda", "cpu")
+
+
+def import_onnxruntime() -> Any:
+    """Import onnxruntime, or say plainly which extra to install."""
+    try:
+        import onnxruntime
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise RuntimeLoadError(
+            "ONNX Runtime is not installed: install exactly one of the extras "
+            "'sluicegate[cpu]' (onnxruntime) or 'sluicegate[gpu]' (onnxruntime-gpu)"
+        ) from exc
+    return onnxruntime
+
+
+def _dims(shape: Sequence[Any]) -> tuple[int, ...]:
+    return tuple(d if isinstance(d, int) and d >= 0 else -1 for d in shape)
+
+
+class OnnxRuntime(ModelRuntime):
+    """One ONNX Runtime inference session for one model version."""
+
+    def __init__(self, session: Any, path: Path, executor: Executor | None) -> None:
+        self._session = session
+        self._executor = executor
+        inputs = tuple(
+            TensorSpec(i.name, DataType.from_onnx(i.type), _dims(i.shape)) for i in session.get_inputs()
+        )
+        outputs = tuple(
+            TensorSpec(o.name, DataType.from_onnx(o.type), _dims(o.shape)) for o in session.get_outputs()
+        )
+        self._signature = ModelSignature(inputs, outputs)
+        provider = session.get_providers()[0]
+        self._info = RuntimeInfo(
+            platform="onnxruntime_onnx",
+            execution_provider=provider,
+            parameters={"execution_provider": provider, "artifact": path.name},
+        )
+
+    @classmethod
+    def load(
+        cls,
+        path: Path,
+        *,
+        providers: Sequence[str] = DEFAULT_PROVIDERS,
+        intra_op_threads: int = 1,
+        executor: Executor | None = None,
+    ) -> OnnxRuntime:
+        """Create the session (blocking; call it off the event loop)."""
+        ort = import_onnxruntime()
+        available = set(ort.get_available_providers())
+        wanted = []
+        for p in providers:
+            name = PROVIDER_NAMES.get(p.lower(), p)
+            if name in available:
+                wanted.append(name)
+        if not wanted:
+            wanted = ["CPUExecutionProvider"]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
+        except Exception as exc:
+            raise RuntimeLoadError(f"{path}: cannot load ONNX model: {exc}") from exc
+        runtime = cls(session, path, executor)
+        if runtime.info.execution_provider != wanted[0]:
+            log.warning(
+                "%s: asked for %s but ONNX Runtime runs %s",
+                path,
+                wanted[0],
+                runtime.info.execution_provider,
+            )
+        return runtime
+
+    @property
+    def signature(self) -> ModelSignature:
+        return self._signature
+
+    @property
+    def info(self) -> RuntimeInfo:
+        return self._info
+
+    def run(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run synchronously; used by `infer` in a worker thread and by benchmarks as the raw baseline."""
+        names = list(outputs) if outputs else self._signature.output_names()
+        try:
+            results = self._session.run(names, dict(inputs))
+        except Exception as exc:
+            raise RuntimeError_(f"ONNX Runtime failed: {exc}") from exc
+        return dict(zip(names, results, strict=True))
+
+    async def infer(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.run, inputs, outputs)
+
+    async def warmup(self) -> None:
+        """Run one row of zeros so the first real request does not pay for lazy initialisation."""
+        feed = {}
+        for spec in self._signature.inputs:
+            shape = tuple(1 if d < 0 else d for d in spec.shape)
+            feed[spec.name] = np.zeros(shape, dtype=spec.datatype.numpy)
+        await self.infer(feed)
