@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -105,6 +106,11 @@ class Batcher:
     def in_flight(self) -> int:
         return self._in_flight
 
+    @property
+    def accepting(self) -> bool:
+        """False once draining or closed: `submit` refuses with ShuttingDown."""
+        return not self._closing
+
     async def submit(
         self,
         inputs: Arrays,
@@ -160,10 +166,8 @@ class Batcher:
         self._closing = True
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         while self._queue:
             item = self._queue.popleft()
@@ -196,10 +200,8 @@ class Batcher:
             if decision.wait_s is None:
                 await self._wakeup.wait()
             else:
-                try:
+                with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), decision.wait_s)
-                except asyncio.TimeoutError:
-                    pass
 
     def _drop_dead_head(self) -> None:
         """Remove requests whose caller gave up (cancelled or timed out) from the queue's head."""
@@ -275,11 +277,7 @@ class Batcher:
             inputs = {n: np.concatenate([i.inputs[n] for i in items], axis=0) for n in names}
         started_ns = time.time_ns()
         started = time.perf_counter()
-        span = (
-            self._observer.batch_span([i.trace_context for i in items], total_rows)
-            if self._observer
-            else None
-        )
+        span = self._observer.batch_span([i.trace_context for i in items], total_rows) if self._observer else None
         ok = False
         try:
             outputs = await self._run(inputs, wanted)

@@ -27,16 +27,12 @@ ModelRepo = Annotated[
     Path, typer.Option("--model-repo", "-m", help="Model repository: <repo>/<model>/<version>/model.onnx.")
 ]
 Host = Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 listens on every interface.")]
-HttpPort = Annotated[
-    int, typer.Option("--http-port", help="HTTP port (V2 REST and /metrics); 0 picks a free one.")
-]
+HttpPort = Annotated[int, typer.Option("--http-port", help="HTTP port (V2 REST and /metrics); 0 picks a free one.")]
 GrpcPort = Annotated[
     int,
     typer.Option("--grpc-port", help="gRPC port (V2 GRPCInferenceService); 0 picks a free one, -1 disables."),
 ]
-MaxBody = Annotated[
-    int, typer.Option("--max-body-bytes", help="Largest request body accepted; larger gets 413.")
-]
+MaxBody = Annotated[int, typer.Option("--max-body-bytes", help="Largest request body accepted; larger gets 413.")]
 Drain = Annotated[
     float, typer.Option("--drain-timeout", help="Seconds SIGTERM waits for in-flight and queued requests.")
 ]
@@ -87,9 +83,7 @@ def _start(settings: GatewaySettings, banner: bool) -> None:
                 f"-H 'Content-Type: application/json' "
                 f'-d \'{{"inputs":[{{"name":"input","shape":[1,32],"datatype":"FP32","data":[{row}]}}]}}\''
             )
-        lines.append(
-            f"metrics: http://{host}:{gateway.http_port}/metrics   stop: Ctrl-C (drains in-flight requests)"
-        )
+        lines.append(f"metrics: http://{host}:{gateway.http_port}/metrics   stop: Ctrl-C (drains in-flight requests)")
         print("\n".join(lines), flush=True)
 
     try:
@@ -128,17 +122,15 @@ def serve(
 
 @app.command()
 def demo(
-    directory: Annotated[
-        Path, typer.Option("--dir", help="Where to write the demo model repository.")
-    ] = Path("demo-models"),
+    directory: Annotated[Path, typer.Option("--dir", help="Where to write the demo model repository.")] = Path(
+        "demo-models"
+    ),
     host: Host = _DEFAULTS.host,
     http_port: HttpPort = _DEFAULTS.http_port,
     grpc_port: GrpcPort = _DEFAULTS.grpc_port,
     log_level: LogLevel = "warning",
     log_format: LogFormat = "text",
-    build_only: Annotated[
-        bool, typer.Option("--build-only", help="Write the demo repository and exit.")
-    ] = False,
+    build_only: Annotated[bool, typer.Option("--build-only", help="Write the demo repository and exit.")] = False,
 ) -> None:
     """Write a demo model repository (ONNX models built on the spot, no downloads) and serve it."""
     from gateway.demo import build_demo_repository
@@ -163,4 +155,4 @@ def main() -> None:  # pragma: no cover
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

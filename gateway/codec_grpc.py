@@ -47,9 +47,7 @@ def parameters_to_dict(params: Any) -> dict[str, Any]:
 def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
     raw = msg.raw_input_contents
     if raw and len(raw) != len(msg.inputs):
-        raise InvalidInput(
-            f"raw_input_contents has {len(raw)} entries for {len(msg.inputs)} inputs; they must pair up"
-        )
+        raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {len(msg.inputs)} inputs; they must pair up")
     if not msg.inputs:
         raise InvalidInput("'inputs' must hold at least one tensor")
     inputs: dict[str, np.ndarray] = {}
@@ -63,9 +61,7 @@ def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
             datatype = DataType(tensor.datatype)
         except ValueError:
             supported = ", ".join(d.value for d in DataType)
-            raise InvalidInput(
-                f"input '{name}': datatype {tensor.datatype!r} is not supported ({supported})"
-            ) from None
+            raise InvalidInput(f"input '{name}': datatype {tensor.datatype!r} is not supported ({supported})") from None
         shape = list(tensor.shape)
         if any(d < 0 for d in shape):
             raise InvalidInput(f"input '{name}': shape {shape} must hold non-negative integers")
@@ -91,9 +87,7 @@ def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
             try:
                 array = np.array(values, dtype=datatype.numpy).reshape(shape)
             except (ValueError, OverflowError) as exc:
-                raise InvalidInput(
-                    f"input '{name}': contents are not valid {datatype.value}: {exc}"
-                ) from None
+                raise InvalidInput(f"input '{name}': contents are not valid {datatype.value}: {exc}") from None
         inputs[name] = array
     parameters = parameters_to_dict(msg.parameters)
     outputs = [RequestedOutput(o.name) for o in msg.outputs] if msg.outputs else None

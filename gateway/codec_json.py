@@ -84,9 +84,7 @@ def decode_request(body: bytes, header_length: int | None, model: str, version: 
             array = _json_data(raw.get("data"), datatype, shape, count, name)
         inputs[name] = array
     if offset != len(binary):
-        raise InvalidInput(
-            f"binary data has {len(binary) - offset} bytes that no input's binary_data_size claims"
-        )
+        raise InvalidInput(f"binary data has {len(binary) - offset} bytes that no input's binary_data_size claims")
 
     outputs = None
     if "outputs" in doc:
@@ -111,7 +109,7 @@ def timeout_from_parameters(parameters: dict[str, Any]) -> float | None:
     timeout = parameters.get("timeout")
     if timeout is None:
         return None
-    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not math.isfinite(timeout) or timeout <= 0:
         raise InvalidInput("parameter 'timeout' must be a positive number of microseconds")
     return float(timeout) / 1e6
 

@@ -65,7 +65,12 @@ class DataPlane:
         return True
 
     def ready(self) -> bool:
-        return self.started and not self.draining and self.registry.all_ready
+        """Ready once every model's load was attempted and warmed, until draining starts.
+
+        A broken model reports not-ready on its own endpoint; it does not take the whole
+        gateway (and every healthy model) out of a load balancer's rotation.
+        """
+        return self.started and not self.draining
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": self.server_name, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)}
@@ -80,7 +85,7 @@ class DataPlane:
         model = self.registry.get_model(name)
         served = self.registry.get_version(name, version) if version else pick_version(model, None)
         if served.runtime is None:
-            raise ModelNotReady(f"model '{name}' version '{served.version}' is {served.state.value}")
+            raise ModelNotReady(served.not_ready_reason())
         sig = served.runtime.signature
         info = served.runtime.info
         return {
@@ -128,7 +133,7 @@ class DataPlane:
     ) -> InferResponse:
         runtime, batcher = served.runtime, served.batcher
         if runtime is None or batcher is None:
-            raise ModelNotReady(f"model '{served.model}' version '{served.version}' is {served.state.value}")
+            raise ModelNotReady(served.not_ready_reason())
         span.set_attribute("sluice.version", served.version)
         rows = validate(request, runtime.signature, served.batching.max_batch_size)
         wanted = [o.name for o in request.outputs] if request.outputs is not None else None

@@ -40,9 +40,7 @@ def _save(model: onnx.ModelProto, path: Path) -> Path:
 
 
 def _model(graph: onnx.GraphProto) -> onnx.ModelProto:
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="sluice-demo"
-    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="sluice-demo")
     model.ir_version = 8
     return model
 

@@ -66,9 +66,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         meta = self.dataplane.server_metadata()
-        return pb.ServerMetadataResponse(
-            name=meta["name"], version=meta["version"], extensions=meta["extensions"]
-        )
+        return pb.ServerMetadataResponse(name=meta["name"], version=meta["version"], extensions=meta["extensions"])
 
     async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
@@ -82,9 +80,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             infer_request = decode_request(request)
             request_id.set(infer_request.id)
             remaining = context.time_remaining()
-            if remaining is not None and (
-                infer_request.timeout_s is None or remaining < infer_request.timeout_s
-            ):
+            if remaining is not None and (infer_request.timeout_s is None or remaining < infer_request.timeout_s):
                 infer_request.timeout_s = max(remaining, 0.0)
             response = await self.dataplane.infer(infer_request, "grpc")
             return encode_response(response)

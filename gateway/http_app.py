@@ -18,6 +18,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.codec_json import decode_request, encode_response
@@ -80,9 +81,7 @@ class HttpAdapter:
                 return
         await self.api(scope, receive, send)
 
-    async def _infer(
-        self, scope: Scope, receive: Receive, send: Send, model: str, version: str | None
-    ) -> None:
+    async def _infer(self, scope: Scope, receive: Receive, send: Send, model: str, version: str | None) -> None:
         header_length: int | None = None
         declared = -1
         for key, value in scope["headers"]:
@@ -211,6 +210,10 @@ def build_api(dataplane: DataPlane, registry: CollectorRegistry) -> FastAPI:
         summary="KServe V2 / Open Inference Protocol gateway",
         description="POST /v2/models/{model}[/versions/{version}]/infer takes V2 JSON and the binary tensor extension.",
     )
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
     @api.exception_handler(SluiceError)
     async def _sluice_error(_: Request, exc: SluiceError) -> JSONResponse:

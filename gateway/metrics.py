@@ -88,9 +88,7 @@ class GatewayMetrics:
         self.compute = Histogram(
             COMPUTE_DURATION, "Runtime time for one batch.", mv, buckets=_LATENCY_BUCKETS, registry=r
         )
-        self.batch_size = Histogram(
-            BATCH_SIZE, "Rows in one runtime call.", mv, buckets=_BATCH_BUCKETS, registry=r
-        )
+        self.batch_size = Histogram(BATCH_SIZE, "Rows in one runtime call.", mv, buckets=_BATCH_BUCKETS, registry=r)
         self.batch_requests = Histogram(
             BATCH_REQUESTS, "Requests merged into one runtime call.", mv, buckets=_BATCH_BUCKETS, registry=r
         )
@@ -100,13 +98,9 @@ class GatewayMetrics:
             mv,
             registry=r,
         )
-        self.queue_depth = Gauge(
-            QUEUE_DEPTH, "Requests waiting in the version's batch queue.", mv, registry=r
-        )
+        self.queue_depth = Gauge(QUEUE_DEPTH, "Requests waiting in the version's batch queue.", mv, registry=r)
         self.inflight = Gauge(INFLIGHT, "Requests being served (queued or running).", mv, registry=r)
-        self.model_ready = Gauge(
-            MODEL_READY, "1 when the version is loaded, warmed and serving.", mv, registry=r
-        )
+        self.model_ready = Gauge(MODEL_READY, "1 when the version is loaded, warmed and serving.", mv, registry=r)
         self.execution_provider = Gauge(
             EXECUTION_PROVIDER,
             "1 for the execution provider that runs the version.",
@@ -151,9 +145,7 @@ class VersionMetrics:
     def duration(self, protocol: str) -> Any:
         child = self._durations.get(protocol)
         if child is None:
-            child = self._durations[protocol] = self._m.request_duration.labels(
-                self.model, self.version, protocol
-            )
+            child = self._durations[protocol] = self._m.request_duration.labels(self.model, self.version, protocol)
         return child
 
     def set_ready(self, ready: bool) -> None:

@@ -87,10 +87,10 @@ class RuntimeSection(_Strict):
 
 
 class ModelConfig(_Strict):
-    batching: BatchingSection = Field(default_factory=BatchingSection)
+    batching: BatchingSection = Field(default_factory=lambda: BatchingSection())
     timeout_ms: float | None = Field(30_000, gt=0)
-    version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
-    runtime: RuntimeSection = Field(default_factory=RuntimeSection)
+    version_policy: VersionPolicy = Field(default_factory=lambda: VersionPolicy())
+    runtime: RuntimeSection = Field(default_factory=lambda: RuntimeSection())
 
     def batching_config(self) -> BatchingConfig:
         b = self.batching
@@ -120,7 +120,5 @@ def load_model_config(path: Path) -> ModelConfig:
     try:
         return ModelConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"{path}: {problems}") from exc

@@ -49,6 +49,11 @@ class ServedVersion:
     def ready(self) -> bool:
         return self.state is VersionState.READY
 
+    def not_ready_reason(self) -> str:
+        """Why this version cannot serve, naming the file when a load failed."""
+        why = f": {self.error}" if self.error else ""
+        return f"model '{self.model}' version '{self.version}' is {self.state.value}{why}"
+
 
 @dataclass
 class ServedModel:
@@ -125,15 +130,8 @@ class ModelRegistry:
         model = self.get_model(name)
         served = model.versions.get(version)
         if served is None:
-            raise ModelNotFound(
-                f"model '{name}' has no version '{version}' (serving {sorted(model.versions)})"
-            )
+            raise ModelNotFound(f"model '{name}' has no version '{version}' (serving {sorted(model.versions)})")
         return served
-
-    @property
-    def all_ready(self) -> bool:
-        """True when every model that was found has at least one ready version."""
-        return all(m.ready_versions() for m in self.models.values() if m.versions)
 
     async def drain(self, timeout_s: float) -> bool:
         batchers = [v.batcher for m in self.models.values() for v in m.versions.values() if v.batcher]

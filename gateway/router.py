@@ -18,20 +18,15 @@ def pick_version(model: ServedModel, requested: str | None) -> ServedVersion:
                 f"model '{model.name}' has no version '{requested}' (serving {sorted(model.versions, key=_num)})"
             )
         if not served.ready:
-            raise ModelNotReady(_not_ready(served))
+            raise ModelNotReady(served.not_ready_reason())
         return served
     ready = model.ready_versions()
     if not ready:
         if model.error:
             raise ModelNotReady(f"model '{model.name}' is not ready: {model.error}")
-        states = ", ".join(f"{v.version}: {v.state.value}" for v in model.versions.values()) or "no versions"
-        raise ModelNotReady(f"model '{model.name}' has no ready version ({states})")
+        states = "; ".join(v.not_ready_reason() for v in model.versions.values()) or "it has no versions"
+        raise ModelNotReady(f"model '{model.name}' has no ready version: {states}")
     return max(ready, key=lambda v: _num(v.version))
-
-
-def _not_ready(served: ServedVersion) -> str:
-    why = f": {served.error}" if served.error else ""
-    return f"model '{served.model}' version '{served.version}' is {served.state.value}{why}"
 
 
 def _num(version: str) -> tuple[int, str]:

@@ -52,12 +52,8 @@ class Gateway:
         self.settings = settings
         self.metrics = GatewayMetrics()
         self.tracer_provider = tracer_provider or make_tracer_provider(settings.service_name)
-        self._executor = ThreadPoolExecutor(
-            max_workers=settings.runtime_threads, thread_name_prefix="runtime"
-        )
-        self.registry = ModelRegistry(
-            settings.model_repo, self.metrics, runtime_factory or self._make_runtime
-        )
+        self._executor = ThreadPoolExecutor(max_workers=settings.runtime_threads, thread_name_prefix="runtime")
+        self.registry = ModelRegistry(settings.model_repo, self.metrics, runtime_factory or self._make_runtime)
         self.dataplane = DataPlane(self.registry, get_tracer(self.tracer_provider), settings.service_name)
         self.http_port = 0
         self.grpc_port = 0
@@ -113,18 +109,14 @@ class Gateway:
         self._http = _UvicornServer(config)
         self._http_task = asyncio.get_running_loop().create_task(self._http.serve(sockets=[sock]))
         if s.grpc_port >= 0:
-            self._grpc, self.grpc_port = build_grpc_server(
-                self.dataplane, s.host, s.grpc_port, s.max_body_bytes
-            )
+            self._grpc, self.grpc_port = build_grpc_server(self.dataplane, s.host, s.grpc_port, s.max_body_bytes)
             await self._grpc.start()
         while not self._http.started:
             if self._http_task.done():
                 self._http_task.result()
                 raise RuntimeError("HTTP server exited during start-up")
             await asyncio.sleep(0.01)
-        log.info(
-            "listening", extra={"http_port": self.http_port, "grpc_port": self.grpc_port, "host": s.host}
-        )
+        log.info("listening", extra={"http_port": self.http_port, "grpc_port": self.grpc_port, "host": s.host})
         await self.registry.load_all()
         self.dataplane.started = True
         log.info("ready", extra={"models": sorted(self.registry.models)})
@@ -159,7 +151,7 @@ class Gateway:
         if self._grpc is not None:
             waits.append(asyncio.ensure_future(self._grpc.stop(grace=timeout)))
         if waits:
-            done, pending = await asyncio.wait(waits, timeout=timeout + 5)
+            _done, pending = await asyncio.wait(waits, timeout=timeout + 5)
             for task in pending:
                 task.cancel()
         drained = await self.registry.drain(timeout)

@@ -16,19 +16,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SLUICE_", extra="ignore")
 
-    model_repo: Path = Field(
-        Path("models"), description="Model repository: <repo>/<model>/<version>/model.onnx."
-    )
-    host: str = Field(
-        "127.0.0.1", description="Address both servers bind to; 0.0.0.0 to listen on every interface."
-    )
+    model_repo: Path = Field(Path("models"), description="Model repository: <repo>/<model>/<version>/model.onnx.")
+    host: str = Field("127.0.0.1", description="Address both servers bind to; 0.0.0.0 to listen on every interface.")
     http_port: int = Field(8000, description="HTTP port (V2 REST, /metrics); 0 picks a free port.")
     grpc_port: int = Field(
         8001, description="gRPC port (V2 GRPCInferenceService); 0 picks a free port, -1 disables gRPC."
     )
-    max_body_bytes: int = Field(
-        64 * 1024 * 1024, description="Largest accepted request body; larger ones get 413."
-    )
+    max_body_bytes: int = Field(64 * 1024 * 1024, description="Largest accepted request body; larger ones get 413.")
     drain_timeout_s: float = Field(
         30.0, description="On SIGTERM, how long in-flight and queued requests may take to finish."
     )

@@ -31,20 +31,16 @@ def validate(request: InferRequest, signature: ModelSignature, max_batch_size: i
                 got = DataType.from_numpy(array.dtype).value
             except ValueError:
                 got = str(array.dtype)
-            raise InvalidInput(
-                f"input '{spec.name}': datatype {got} does not match the model's {spec.datatype.value}"
-            )
+            raise InvalidInput(f"input '{spec.name}': datatype {got} does not match the model's {spec.datatype.value}")
         shape = array.shape
         if len(shape) != len(spec.shape):
             raise InvalidInput(
-                f"input '{spec.name}': shape {list(shape)} has rank {len(shape)}, "
-                f"the model expects {list(spec.shape)}"
+                f"input '{spec.name}': shape {list(shape)} has rank {len(shape)}, the model expects {list(spec.shape)}"
             )
         for axis, (got_dim, want_dim) in enumerate(zip(shape, spec.shape, strict=True)):
             if want_dim >= 0 and got_dim != want_dim:
                 raise InvalidInput(
-                    f"input '{spec.name}': dimension {axis} is {got_dim}, "
-                    f"the model expects {list(spec.shape)}"
+                    f"input '{spec.name}': dimension {axis} is {got_dim}, the model expects {list(spec.shape)}"
                 )
         if batched:
             if shape[0] < 1:
@@ -62,7 +58,6 @@ def validate(request: InferRequest, signature: ModelSignature, max_batch_size: i
         for out in request.outputs:
             if out.name not in known:
                 raise InvalidInput(
-                    f"requested output '{out.name}' is not an output of model '{request.model}': "
-                    f"{sorted(known)}"
+                    f"requested output '{out.name}' is not an output of model '{request.model}': {sorted(known)}"
                 )
     return rows if batched else 1

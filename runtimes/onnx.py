@@ -52,12 +52,8 @@ class OnnxRuntime(ModelRuntime):
     def __init__(self, session: Any, path: Path, executor: Executor | None) -> None:
         self._session = session
         self._executor = executor
-        inputs = tuple(
-            TensorSpec(i.name, DataType.from_onnx(i.type), _dims(i.shape)) for i in session.get_inputs()
-        )
-        outputs = tuple(
-            TensorSpec(o.name, DataType.from_onnx(o.type), _dims(o.shape)) for o in session.get_outputs()
-        )
+        inputs = tuple(TensorSpec(i.name, DataType.from_onnx(i.type), _dims(i.shape)) for i in session.get_inputs())
+        outputs = tuple(TensorSpec(o.name, DataType.from_onnx(o.type), _dims(o.shape)) for o in session.get_outputs())
         self._signature = ModelSignature(inputs, outputs)
         provider = session.get_providers()[0]
         self._info = RuntimeInfo(
@@ -111,9 +107,7 @@ class OnnxRuntime(ModelRuntime):
     def info(self) -> RuntimeInfo:
         return self._info
 
-    def run(
-        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
-    ) -> dict[str, np.ndarray]:
+    def run(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Run synchronously; used by `infer` in a worker thread and by benchmarks as the raw baseline."""
         names = list(outputs) if outputs else self._signature.output_names()
         try:

@@ -1,0 +1,195 @@
+"""Real gateways for tests: a subprocess (`python -m gateway serve`) or one in a background thread.
+
+Both listen on 127.0.0.1 with ports picked free, and both are torn down by the fixture that
+started them, so no test leaves a server behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from gateway.server import Gateway
+from gateway.settings import GatewaySettings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Any, timeout: float = 60.0, interval: float = 0.05, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            if predicate():
+                return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass
+class GatewayProcess:
+    proc: subprocess.Popen[bytes]
+    http_port: int
+    grpc_port: int
+    log_path: Path
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def http_addr(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_addr(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def metrics(self) -> str:
+        return httpx.get(f"{self.http_url}/metrics", timeout=10).text
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+
+@contextlib.contextmanager
+def gateway_process(repo: Path, *args: str, tmp: Path, env: dict[str, str] | None = None) -> Iterator[GatewayProcess]:
+    http_port, grpc_port = free_port(), free_port()
+    log_path = tmp / f"gateway-{http_port}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "serve",
+                "--model-repo",
+                str(repo),
+                "--host",
+                "127.0.0.1",
+                "--http-port",
+                str(http_port),
+                "--grpc-port",
+                str(grpc_port),
+                *args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+        )
+    gw = GatewayProcess(proc, http_port, grpc_port, log_path)
+    try:
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {proc.returncode}:\n{gw.logs()}")
+            return httpx.get(f"{gw.http_url}/v2/health/ready", timeout=2).status_code == 200
+
+        wait_until(ready, timeout=90, what=f"gateway on {gw.http_url} to be ready")
+        yield gw
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+class ThreadedGateway:
+    """A Gateway on its own event loop in a thread: for tests that inject a tracer or a runtime."""
+
+    def __init__(self, settings: GatewaySettings, **kwargs: Any) -> None:
+        self.gateway = Gateway(settings, **kwargs)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+
+        async def main() -> None:
+            try:
+                await self.gateway.start()
+            except BaseException as exc:
+                self._error = exc
+                self._started.set()
+                raise
+            self._started.set()
+            await self.gateway.wait_stopped()
+
+        with contextlib.suppress(BaseException):
+            self.loop.run_until_complete(main())
+
+    def __enter__(self) -> ThreadedGateway:
+        self._thread.start()
+        if not self._started.wait(90):
+            raise TimeoutError("gateway did not start")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.call_soon_threadsafe(self.gateway.request_stop)
+        self._thread.join(60)
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway.http_port}"
+
+    @property
+    def http_addr(self) -> str:
+        return f"127.0.0.1:{self.gateway.http_port}"
+
+    @property
+    def grpc_addr(self) -> str:
+        return f"127.0.0.1:{self.gateway.grpc_port}"
+
+    def metrics(self) -> str:
+        return httpx.get(f"{self.http_url}/metrics", timeout=10).text
+
+
+def settings_for(repo: Path, **overrides: Any) -> GatewaySettings:
+    return GatewaySettings(model_repo=repo, host="127.0.0.1", http_port=0, grpc_port=0, **overrides)
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """Sum of a metric's samples whose labels include `labels` (Prometheus text format)."""
+    total = 0.0
+    found = False
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        head, _, value = line.rpartition(" ")
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+            found = True
+    if not found:
+        raise KeyError(f"no sample of {name} with {labels}")
+    return total

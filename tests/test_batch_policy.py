@@ -1,0 +1,55 @@
+"""The batch-closing decision is pure: tested with explicit times, no clock, no sleeping."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.batch_policy import BatchingConfig, decide, take_rows
+
+GREEDY = BatchingConfig(max_batch_size=8, max_queue_delay_s=0.002, max_concurrent_batches=2, greedy=True)
+PATIENT = BatchingConfig(max_batch_size=8, max_queue_delay_s=0.002, max_concurrent_batches=1, greedy=False)
+
+
+def test_empty_queue_waits_for_an_event() -> None:
+    d = decide(queued_rows=0, first_arrival=None, now=1.0, in_flight=0, config=GREEDY)
+    assert not d.close and d.wait_s is None
+
+
+def test_greedy_runs_a_lone_request_at_once_when_idle() -> None:
+    assert decide(queued_rows=1, first_arrival=1.0, now=1.0, in_flight=0, config=GREEDY).close
+
+
+def test_busy_second_slot_waits_for_the_delay_from_first_arrival() -> None:
+    d = decide(queued_rows=3, first_arrival=1.0, now=1.0005, in_flight=1, config=GREEDY)
+    assert not d.close
+    assert d.wait_s == pytest.approx(0.0015)
+    assert decide(queued_rows=3, first_arrival=1.0, now=1.002, in_flight=1, config=GREEDY).close
+
+
+def test_full_batch_closes_without_waiting() -> None:
+    assert decide(queued_rows=8, first_arrival=1.0, now=1.0, in_flight=1, config=GREEDY).close
+
+
+def test_no_free_slot_waits_for_a_batch_to_end_even_when_full() -> None:
+    d = decide(queued_rows=100, first_arrival=0.0, now=5.0, in_flight=2, config=GREEDY)
+    assert not d.close and d.wait_s is None
+
+
+def test_non_greedy_waits_even_when_idle() -> None:
+    d = decide(queued_rows=1, first_arrival=1.0, now=1.001, in_flight=0, config=PATIENT)
+    assert not d.close and d.wait_s == pytest.approx(0.001)
+    assert decide(queued_rows=1, first_arrival=1.0, now=1.0021, in_flight=0, config=PATIENT).close
+
+
+def test_unbatched_model_closes_one_request_at_a_time() -> None:
+    cfg = BatchingConfig(max_batch_size=0, greedy=False)
+    assert decide(queued_rows=1, first_arrival=1.0, now=1.0, in_flight=0, config=cfg).close
+    assert take_rows([1, 1, 1], 0) == 1
+
+
+@pytest.mark.parametrize(
+    ("rows", "limit", "taken"),
+    [([1, 1, 1], 8, 3), ([4, 4, 1], 8, 2), ([5, 4], 8, 1), ([20, 1], 8, 1), ([], 8, 0), ([3, 2, 3, 1], 8, 3)],
+)
+def test_take_rows_fills_up_to_the_limit_in_order(rows: list[int], limit: int, taken: int) -> None:
+    assert take_rows(rows, limit) == taken

@@ -1,0 +1,213 @@
+"""The batcher through its public interface. The runtime is an async function gated by events,
+so every ordering is forced by the test and nothing sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pytest
+
+from gateway.batch_policy import BatchingConfig
+from gateway.batcher import Batcher
+from gateway.errors import DeadlineExceeded, InferenceFailed, Overloaded, ShuttingDown
+
+
+class GatedRuntime:
+    """Doubles its input; each call blocks until the test opens the gate. Records batch sizes."""
+
+    def __init__(self, fail_on: float | None = None) -> None:
+        self.calls: list[int] = []
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+        self.fail_on = fail_on
+
+    async def __call__(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None) -> dict[str, np.ndarray]:
+        x = inputs["x"]
+        self.calls.append(int(x.shape[0]))
+        self.entered.set()
+        await self.gate.wait()
+        if self.fail_on is not None and np.any(x == self.fail_on):
+            raise ValueError("poisoned row")
+        return {"y": x * 2, "z": x + 1}
+
+
+def rows(*values: float) -> dict[str, np.ndarray]:
+    return {"x": np.array([[v] for v in values], dtype=np.float32)}
+
+
+async def until(predicate: object, limit: int = 1000) -> None:
+    """Yield to the loop until `predicate()` holds; bounded by iterations, not time."""
+    for _ in range(limit):
+        if predicate():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never held")
+
+
+def make(runtime: GatedRuntime, **cfg: object) -> Batcher:
+    config = BatchingConfig(**{"max_batch_size": 8, "default_timeout_s": None, **cfg})  # type: ignore[arg-type]
+    b = Batcher(runtime, config, name="test/1")
+    b.start()
+    return b
+
+
+async def test_lone_request_runs_at_once_and_gets_its_rows() -> None:
+    rt = GatedRuntime()
+    rt.gate.set()
+    b = make(rt)
+    out, timing = await b.submit(rows(1, 2), 2)
+    np.testing.assert_array_equal(out["y"], [[2], [4]])
+    assert rt.calls == [2]
+    assert timing.batch_rows == 2 and timing.batch_requests == 1
+    await b.close()
+
+
+async def test_requests_arriving_during_a_run_form_the_next_batch_and_split_back() -> None:
+    rt = GatedRuntime()
+    b = make(rt)
+    first = asyncio.create_task(b.submit(rows(0), 1))
+    await rt.entered.wait()
+    waiting = [asyncio.create_task(b.submit(rows(i, i + 0.5), 2)) for i in range(1, 4)]
+    await until(lambda: b.queue_depth == 3)
+    rt.gate.set()
+    results = await asyncio.gather(first, *waiting)
+    assert rt.calls == [1, 6]
+    for i, (out, timing) in enumerate(results[1:], start=1):
+        np.testing.assert_array_equal(out["y"], [[2 * i], [2 * i + 1]])
+        assert timing.batch_requests == 3
+    await b.close()
+
+
+async def test_batch_never_exceeds_max_rows() -> None:
+    rt = GatedRuntime()
+    b = make(rt, max_batch_size=4)
+    blocker = asyncio.create_task(b.submit(rows(0), 1))
+    await rt.entered.wait()
+    tasks = [asyncio.create_task(b.submit(rows(i, i), 2)) for i in range(5)]
+    await until(lambda: b.queue_depth == 5)
+    rt.gate.set()
+    await asyncio.gather(blocker, *tasks)
+    assert rt.calls[0] == 1 and all(c <= 4 for c in rt.calls) and sum(rt.calls) == 11
+    await b.close()
+
+
+async def test_requested_outputs_narrow_each_callers_answer() -> None:
+    rt = GatedRuntime()
+    rt.gate.set()
+    b = make(rt)
+    out, _ = await b.submit(rows(3), 1, outputs=["z"])
+    assert list(out) == ["z"] and out["z"][0, 0] == 4
+    await b.close()
+
+
+async def test_full_queue_refuses_at_once() -> None:
+    rt = GatedRuntime()
+    b = make(rt, queue_capacity=2)
+    running = asyncio.create_task(b.submit(rows(0), 1))
+    await rt.entered.wait()
+    queued = [asyncio.create_task(b.submit(rows(1), 1)) for _ in range(2)]
+    await until(lambda: b.queue_depth == 2)
+    with pytest.raises(Overloaded, match="queue is full"):
+        await b.submit(rows(9), 1)
+    rt.gate.set()
+    await asyncio.gather(running, *queued)
+    await b.close()
+
+
+async def test_request_past_its_deadline_is_dropped_before_it_runs() -> None:
+    rt = GatedRuntime()
+    b = make(rt)
+    running = asyncio.create_task(b.submit(rows(0), 1))
+    await rt.entered.wait()
+    # timeout 0: already late when the batch closes; its row must never reach the runtime
+    late = asyncio.create_task(b.submit(rows(7), 1, timeout_s=0.0))
+    on_time = asyncio.create_task(b.submit(rows(1), 1))
+    with pytest.raises(DeadlineExceeded):
+        await late
+    rt.gate.set()
+    await asyncio.gather(running, on_time)
+    assert rt.calls == [1, 1]
+    await b.close()
+
+
+async def test_cancelled_caller_takes_no_slot_in_the_batch() -> None:
+    rt = GatedRuntime()
+    b = make(rt)
+    running = asyncio.create_task(b.submit(rows(0), 1))
+    await rt.entered.wait()
+    gone = asyncio.create_task(b.submit(rows(5, 5, 5), 3))
+    stays = asyncio.create_task(b.submit(rows(1), 1))
+    await until(lambda: b.queue_depth == 2)
+    gone.cancel()
+    rt.gate.set()
+    await asyncio.gather(running, stays)
+    assert gone.cancelled()
+    assert rt.calls == [1, 1]
+    await b.close()
+
+
+async def test_failing_request_is_isolated_and_batch_mates_get_answers() -> None:
+    rt = GatedRuntime(fail_on=666.0)
+    b = make(rt)
+    blocker = asyncio.create_task(b.submit(rows(0), 1))
+    await rt.entered.wait()
+    values = [1.0, 2.0, 666.0, 3.0, 4.0]
+    tasks = [asyncio.create_task(b.submit(rows(v), 1)) for v in values]
+    await until(lambda: b.queue_depth == 5)
+    rt.gate.set()
+    await blocker
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for value, result in zip(values, results, strict=True):
+        if value == 666.0:
+            assert isinstance(result, InferenceFailed) and "poisoned row" in str(result)
+        else:
+            assert not isinstance(result, BaseException)
+            assert result[0]["y"][0, 0] == 2 * value
+    assert rt.calls[1] == 5  # tried together first, then split
+    await b.close()
+
+
+async def test_runtime_returning_wrong_row_count_fails_cleanly() -> None:
+    async def broken(inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None) -> dict[str, np.ndarray]:
+        await asyncio.sleep(0)
+        return {"y": np.zeros((1, 1), np.float32)}
+
+    b = Batcher(broken, BatchingConfig(max_batch_size=8, default_timeout_s=None), name="broken/1")
+    b.start()
+    results = await asyncio.gather(*(b.submit(rows(i), 1) for i in range(4)), return_exceptions=True)
+    # The first ran alone (fine); the rest were batched, failed the row check, and were split until alone.
+    assert all(not isinstance(r, BaseException) for r in results)
+    await b.close()
+
+
+async def test_drain_finishes_queued_work_and_then_refuses() -> None:
+    rt = GatedRuntime()
+    b = make(rt)
+    running = asyncio.create_task(b.submit(rows(0), 1))
+    await rt.entered.wait()
+    queued = asyncio.create_task(b.submit(rows(1), 1))
+    await until(lambda: b.queue_depth == 1)
+    drain = asyncio.create_task(b.drain(timeout_s=30))
+    await until(lambda: not b.accepting)
+    assert not drain.done() and b.queue_depth == 1
+    with pytest.raises(ShuttingDown):
+        await b.submit(rows(2), 1)
+    rt.gate.set()
+    assert await drain
+    await asyncio.gather(running, queued)
+    await b.close()
+
+
+async def test_unbatched_runs_each_request_alone() -> None:
+    rt = GatedRuntime()
+    b = make(rt, max_batch_size=0)
+    first = asyncio.create_task(b.submit(rows(0), 1))
+    await rt.entered.wait()
+    rest = [asyncio.create_task(b.submit(rows(i), 1)) for i in range(3)]
+    await until(lambda: b.queue_depth == 3)
+    rt.gate.set()
+    await asyncio.gather(first, *rest)
+    assert rt.calls == [1, 1, 1, 1]
+    await b.close()
