@@ -7,12 +7,9 @@ Each gateway owns its registry, so several gateways can live in one test process
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-from gateway.tracing import start_batch_span
 
 REQUESTS = "sluice_requests"
 REQUEST_DURATION = "sluice_request_duration_seconds"
@@ -118,7 +115,7 @@ class GatewayMetrics:
 
 
 class VersionMetrics:
-    """Metric children bound to one model version; also the batcher's observer."""
+    """Metric children bound to one model version."""
 
     def __init__(self, m: GatewayMetrics, model: str, version: str) -> None:
         self._m = m
@@ -133,7 +130,6 @@ class VersionMetrics:
         self.inflight = m.inflight.labels(model, version)
         self._outcomes: dict[tuple[str, str], Any] = {}
         self._durations: dict[str, Any] = {}
-        self.tracer: Any = None
 
     def outcome(self, protocol: str, outcome: str) -> Any:
         key = (protocol, outcome)
@@ -154,7 +150,6 @@ class VersionMetrics:
     def set_provider(self, provider: str) -> None:
         self._m.execution_provider.labels(self.model, self.version, provider).set(1)
 
-    # BatchObserver
     def queue_depth(self, depth: int) -> None:
         self._queue_depth.set(depth)
 
@@ -164,8 +159,3 @@ class VersionMetrics:
         self._batch_requests.observe(requests)
         if not ok:
             self._batch_failures.inc()
-
-    def batch_span(self, members: Sequence[Any], rows: int) -> Any:
-        if self.tracer is None:
-            return None
-        return start_batch_span(self.tracer, self.model, self.version, members, rows)

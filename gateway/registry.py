@@ -13,12 +13,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from opentelemetry.trace import Tracer
+
 from gateway.batch_policy import BatchingConfig
 from gateway.batcher import Batcher
 from gateway.errors import ModelNotFound
 from gateway.metrics import GatewayMetrics, VersionMetrics
 from gateway.model_config import ModelConfig
 from gateway.repository import ModelSource, VersionSource, scan_repository
+from gateway.tracing import BatchTelemetry
 from runtimes.base import ModelRuntime
 
 log = logging.getLogger(__name__)
@@ -67,8 +70,11 @@ class ServedModel:
 
 
 class ModelRegistry:
-    def __init__(self, repo: Path, metrics: GatewayMetrics, factory: RuntimeFactory) -> None:
+    def __init__(
+        self, repo: Path, metrics: GatewayMetrics, factory: RuntimeFactory, tracer: Tracer | None = None
+    ) -> None:
         self.repo = repo
+        self._tracer = tracer
         self._metrics = metrics
         self._factory = factory
         self.models: dict[str, ServedModel] = {}
@@ -106,7 +112,10 @@ class ModelRegistry:
         served.runtime = runtime
         served.batching = batching
         served.batcher = Batcher(
-            runtime.infer, batching, observer=served.metrics, name=f"{served.model}/{served.version}"
+            runtime.infer,
+            batching,
+            observer=BatchTelemetry(served.metrics, self._tracer),
+            name=f"{served.model}/{served.version}",
         )
         served.batcher.start()
         served.metrics.set_provider(runtime.info.execution_provider)

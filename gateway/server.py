@@ -53,8 +53,9 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self.tracer_provider = tracer_provider or make_tracer_provider(settings.service_name)
         self._executor = ThreadPoolExecutor(max_workers=settings.runtime_threads, thread_name_prefix="runtime")
-        self.registry = ModelRegistry(settings.model_repo, self.metrics, runtime_factory or self._make_runtime)
-        self.dataplane = DataPlane(self.registry, get_tracer(self.tracer_provider), settings.service_name)
+        tracer = get_tracer(self.tracer_provider)
+        self.registry = ModelRegistry(settings.model_repo, self.metrics, runtime_factory or self._make_runtime, tracer)
+        self.dataplane = DataPlane(self.registry, tracer, settings.service_name)
         self.http_port = 0
         self.grpc_port = 0
         self._http: _UvicornServer | None = None

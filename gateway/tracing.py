@@ -18,6 +18,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.trace import Link, SpanKind, Tracer
 
+from gateway.metrics import VersionMetrics
+
 TRACER_NAME = "sluice.gateway"
 
 
@@ -63,3 +65,22 @@ def start_batch_span(tracer: Tracer, model: str, version: str, members: Sequence
 
 def get_tracer(provider: TracerProvider) -> Tracer:
     return trace.get_tracer(TRACER_NAME, tracer_provider=provider)
+
+
+class BatchTelemetry:
+    """The batcher's observer for one version: metrics always, a linked batch span when tracing."""
+
+    def __init__(self, metrics: VersionMetrics, tracer: Tracer | None) -> None:
+        self.metrics = metrics
+        self.tracer = tracer
+
+    def queue_depth(self, depth: int) -> None:
+        self.metrics.queue_depth(depth)
+
+    def batch_done(self, rows: int, requests: int, compute_s: float, ok: bool) -> None:
+        self.metrics.batch_done(rows, requests, compute_s, ok)
+
+    def batch_span(self, members: Sequence[Any], rows: int) -> Any:
+        if self.tracer is None:
+            return None
+        return start_batch_span(self.tracer, self.metrics.model, self.metrics.version, members, rows)

@@ -176,7 +176,8 @@ class ThreadedGateway:
 
 
 def settings_for(repo: Path, **overrides: Any) -> GatewaySettings:
-    return GatewaySettings(model_repo=repo, host="127.0.0.1", http_port=0, grpc_port=0, **overrides)
+    values: dict[str, Any] = {"model_repo": repo, "host": "127.0.0.1", "http_port": 0, "grpc_port": 0}
+    return GatewaySettings(**{**values, **overrides})
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:
