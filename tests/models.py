@@ -1,0 +1,46 @@
+"""Small real ONNX models that tests build on the spot (the demo ones live in gateway/demo.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def build_slow(path: Path, matmuls: int = 8, n: int = 512) -> Path:
+    """y = x for x FP32 [batch, 1], after `matmuls` n*n matrix products that depend on x.
+
+    The products depend on the input, so ONNX Runtime cannot fold them away at load time:
+    every call really costs that compute. Used to hold requests in flight.
+    """
+    w = (np.eye(n, dtype=np.float32) * 0.5 + 0.5 / n).astype(np.float32)
+    nodes = [
+        helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+        helper.make_node("Expand", ["s", "square"], ["m0"]),
+    ]
+    for i in range(matmuls):
+        nodes.append(helper.make_node("MatMul", [f"m{i}", "w"], [f"m{i + 1}"]))
+    nodes += [
+        helper.make_node("ReduceMean", [f"m{matmuls}"], ["t"], keepdims=0),
+        helper.make_node("Mul", ["t", "zero"], ["t0"]),
+        helper.make_node("Add", ["x", "t0"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
+        initializer=[
+            numpy_helper.from_array(w, "w"),
+            numpy_helper.from_array(np.array([n, n], dtype=np.int64), "square"),
+            numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path

@@ -1,0 +1,123 @@
+"""Start-up and SIGTERM: readiness follows loading, and a drain loses no accepted request."""
+
+from __future__ import annotations
+
+import json
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from tests.helpers import gateway_process, metric_value, wait_until
+from tests.models import build_slow
+
+SLOW_CONFIG = """\
+batching:
+  max_batch_size: 4
+  max_concurrent_batches: 1
+timeout_ms: 60000
+runtime:
+  intra_op_threads: 1
+"""
+
+
+@pytest.fixture
+def slow_repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "models"
+    build_slow(repo / "slow" / "1" / "model.onnx", matmuls=16, n=1024)  # about 0.3 s a call
+    (repo / "slow" / "config.yaml").write_text(SLOW_CONFIG)
+    return repo
+
+
+def _http_infer(url: str, value: float) -> tuple[int, list[float]]:
+    body = {"id": f"req-{value}", "inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [value]}]}
+    r = httpx.post(f"{url}/v2/models/slow/infer", json=body, timeout=60)
+    data = r.json()["outputs"][0]["data"] if r.status_code == 200 else []
+    return r.status_code, data
+
+
+def _grpc_infer(addr: str, value: float) -> float:
+    client = grpcclient.InferenceServerClient(addr)
+    x = grpcclient.InferInput("x", [1, 1], "FP32")
+    x.set_data_from_numpy(np.array([[value]], dtype=np.float32))
+    result = client.infer("slow", [x], client_timeout=60)
+    client.close()
+    return float(result.as_numpy("y")[0, 0])
+
+
+def test_sigterm_drains_in_flight_and_queued_requests_then_exits_zero(slow_repo: Path, tmp_path: Path) -> None:
+    with gateway_process(slow_repo, "--drain-timeout", "30", tmp=tmp_path) as gw, ThreadPoolExecutor(12) as pool:
+        http_values = [float(i) for i in range(8)]
+        grpc_values = [100.0 + i for i in range(4)]
+        http_futures = [pool.submit(_http_infer, gw.http_url, v) for v in http_values]
+        grpc_futures = [pool.submit(_grpc_infer, gw.grpc_addr, v) for v in grpc_values]
+
+        # Every request is accepted (in flight: queued or running) before the signal.
+        wait_until(
+            lambda: metric_value(gw.metrics(), "sluice_inflight_requests", model="slow") == 12,
+            timeout=30,
+            what="12 requests in flight",
+        )
+        gw.proc.send_signal(15)
+
+        for value, future in zip(http_values, http_futures, strict=True):
+            status, data = future.result(timeout=60)
+            assert status == 200
+            assert data == [value]
+        for value, future in zip(grpc_values, grpc_futures, strict=True):
+            assert future.result(timeout=60) == value
+        assert gw.proc.wait(60) == 0
+
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{gw.http_url}/v2/health/live", timeout=2)
+    logs = [json.loads(line) for line in gw.logs().splitlines() if line.startswith("{")]
+    messages = [entry["msg"] for entry in logs]
+    assert "draining" in messages and messages[-1] == "stopped"
+
+
+def test_ready_only_after_models_load(slow_repo: Path, tmp_path: Path) -> None:
+    """Live at once, ready once loaded; readiness and liveness are separate probes."""
+    with gateway_process(slow_repo, tmp=tmp_path) as gw:
+        assert httpx.get(f"{gw.http_url}/v2/health/live").json() == {"live": True}
+        assert httpx.get(f"{gw.http_url}/v2/health/ready").status_code == 200
+        assert httpx.get(f"{gw.http_url}/v2/models/slow/ready").status_code == 200
+        text = gw.metrics()
+        assert metric_value(text, "sluice_model_ready", model="slow", version="1") == 1
+        logs = [json.loads(line) for line in gw.logs().splitlines() if line.startswith("{")]
+        listening = next(e for e in logs if e["msg"] == "listening")
+        ready = next(e for e in logs if e["msg"] == "ready")
+        assert logs.index(listening) < logs.index(ready)
+        assert ready["models"] == ["slow"]
+
+
+def test_port_in_use_is_a_clear_error(slow_repo: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "serve",
+                "--model-repo",
+                str(slow_repo),
+                "--http-port",
+                str(port),
+                "--grpc-port",
+                "-1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 1
+    assert "cannot listen" in proc.stderr and "Traceback" not in proc.stderr

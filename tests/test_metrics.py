@@ -1,0 +1,61 @@
+"""Every metric named in gateway.metrics is exported, labelled by model and version."""
+
+from __future__ import annotations
+
+import httpx
+
+from gateway.metrics import METRIC_NAMES
+from tests.helpers import GatewayProcess, metric_value
+
+ROW = {"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": [0.0] * 32}]}
+
+
+def test_every_defined_metric_is_exported(demo_gateway: GatewayProcess) -> None:
+    assert httpx.post(f"{demo_gateway.http_url}/v2/models/mlp/infer", json=ROW).status_code == 200
+    text = demo_gateway.metrics()
+    exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
+    for name in METRIC_NAMES:
+        assert any(e == name or e.startswith(name + "_") for e in exported), f"{name} missing from /metrics"
+
+
+def test_version_metrics_carry_model_version_and_provider(demo_gateway: GatewayProcess) -> None:
+    url = demo_gateway.http_url
+    before = _ok(demo_gateway, "2")
+    assert httpx.post(f"{url}/v2/models/mlp/infer", json=ROW).status_code == 200
+    assert httpx.post(f"{url}/v2/models/mlp/versions/1/infer", json=ROW).status_code == 200
+    assert _ok(demo_gateway, "2") == before + 1
+    text = demo_gateway.metrics()
+    for version in ("1", "2"):
+        assert metric_value(text, "sluice_model_ready", model="mlp", version=version) == 1
+        assert (
+            metric_value(
+                text, "sluice_execution_provider", model="mlp", version=version, provider="CPUExecutionProvider"
+            )
+            == 1
+        )
+    assert metric_value(text, "sluice_request_duration_seconds_count", model="mlp", protocol="http") >= 2
+    assert metric_value(text, "sluice_queue_wait_seconds_count", model="mlp", version="1") >= 1
+    assert metric_value(text, "sluice_compute_duration_seconds_count", model="mlp", version="1") >= 1
+    assert metric_value(text, "sluice_inflight_requests", model="mlp", version="1") == 0
+
+
+def test_failed_requests_count_by_outcome(demo_gateway: GatewayProcess) -> None:
+    url = demo_gateway.http_url
+    bad = {"inputs": [{"name": "input", "shape": [1, 31], "datatype": "FP32", "data": [0.0] * 31}]}
+    before = _count(demo_gateway, "invalid")
+    assert httpx.post(f"{url}/v2/models/mlp/versions/1/infer", json=bad).status_code == 400
+    assert _count(demo_gateway, "invalid") == before + 1
+
+
+def _ok(gw: GatewayProcess, version: str) -> float:
+    try:
+        return metric_value(gw.metrics(), "sluice_requests_total", model="mlp", version=version, outcome="ok")
+    except KeyError:
+        return 0.0
+
+
+def _count(gw: GatewayProcess, outcome: str) -> float:
+    try:
+        return metric_value(gw.metrics(), "sluice_requests_total", model="mlp", version="1", outcome=outcome)
+    except KeyError:
+        return 0.0
