@@ -32,4 +32,7 @@ class GatewaySettings(BaseSettings):
     )
     log_level: str = Field("info", description="debug, info, warning or error.")
     log_format: str = Field("json", description="json (one object a line) or text.")
+    gc_gen0_threshold: int = Field(
+        10_000, description="Python GC first-generation threshold for the serving process; 0 keeps Python's default."
+    )
     service_name: str = Field("sluice", description="OpenTelemetry service.name and server metadata name.")
