@@ -6,6 +6,7 @@ Each adapter converts its wire format to an `InferRequest`, calls `infer`, and c
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -120,7 +121,8 @@ class DataPlane:
             span.end()
             raise
         except BaseException as exc:
-            self._count(served, protocol, "error", started)
+            outcome = "cancelled" if isinstance(exc, asyncio.CancelledError) else "error"
+            self._count(served, protocol, outcome, started)
             span.set_status(Status(StatusCode.ERROR, repr(exc)))
             span.end()
             raise

@@ -38,7 +38,7 @@ METRIC_NAMES = (
     EXECUTION_PROVIDER,
 )
 
-OUTCOMES = ("ok", "invalid", "not_found", "not_ready", "overloaded", "timeout", "error", "draining")
+OUTCOMES = ("ok", "invalid", "not_found", "not_ready", "overloaded", "timeout", "error", "draining", "cancelled")
 
 _LATENCY_BUCKETS = (
     0.0002,

@@ -121,3 +121,28 @@ def test_port_in_use_is_a_clear_error(slow_repo: Path, tmp_path: Path) -> None:
         )
     assert proc.returncode == 1
     assert "cannot listen" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_client_that_disconnects_gives_up_its_batch_slot(slow_repo: Path, tmp_path: Path) -> None:
+    """A request whose HTTP client went away while queued is never run."""
+    with gateway_process(slow_repo, tmp=tmp_path) as gw, ThreadPoolExecutor(2) as pool:
+        first = pool.submit(_http_infer, gw.http_url, 1.0)  # occupies the only runtime slot
+        wait_until(lambda: metric_value(gw.metrics(), "sluice_inflight_requests", model="slow") == 1)
+
+        body = json.dumps({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [2.0]}]}).encode()
+        with socket.create_connection(("127.0.0.1", gw.http_port)) as sock:
+            sock.sendall(
+                b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            wait_until(lambda: metric_value(gw.metrics(), "sluice_inflight_requests", model="slow") == 2)
+        # The socket is closed: the queued request is cancelled and leaves the queue.
+        wait_until(lambda: metric_value(gw.metrics(), "sluice_inflight_requests", model="slow") == 1)
+
+        third = pool.submit(_http_infer, gw.http_url, 3.0)
+        assert first.result(60) == (200, [1.0])
+        assert third.result(60) == (200, [3.0])
+        text = gw.metrics()
+        assert metric_value(text, "sluice_batch_size_sum", model="slow") == 2  # rows 1.0 and 3.0 only
+        assert metric_value(text, "sluice_requests_total", model="slow", outcome="cancelled") == 1
