@@ -1,0 +1,45 @@
+# One command for each common task. Each installs what it needs into .venv first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+RUNTIME ?= cpu          # cpu (onnxruntime) or gpu (onnxruntime-gpu); never both
+HTTP_PORT ?= 8000
+GRPC_PORT ?= 8001
+MODEL_REPO ?= models
+
+.PHONY: demo serve test lint bench install install-dev clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed-$(strip $(RUNTIME)): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[$(strip $(RUNTIME))]"
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed-$(strip $(RUNTIME))
+	$(BIN)/pip install --quiet -e ".[$(strip $(RUNTIME)),dev]"
+	touch $@
+
+install: $(VENV)/.installed-$(strip $(RUNTIME))   ## install the gateway into .venv
+install-dev: $(VENV)/.installed-dev               ## install the gateway and the dev tools
+
+demo: install                                      ## write the demo model repository and serve it
+	$(BIN)/sluice demo --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT)
+
+serve: install                                     ## serve MODEL_REPO
+	$(BIN)/sluice serve --model-repo $(MODEL_REPO) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT)
+
+test: install-dev                                  ## run the test suite
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: install-dev                                  ## ruff and mypy --strict
+	$(BIN)/ruff check gateway runtimes monitors tests loadtests
+	$(BIN)/ruff format --check gateway runtimes monitors tests loadtests
+	$(BIN)/mypy
+
+bench: install-dev                                 ## benchmark against raw ONNX Runtime (needs wrk)
+	$(BIN)/python -m loadtests.bench
+
+clean:
+	rm -rf $(VENV) demo-models bench-results .pytest_cache .mypy_cache .ruff_cache
