@@ -1,7 +1,7 @@
 """The reference throughput test, in one command, with its baseline measured in the same run.
 
     python -m loadtests.bench [--out bench-results] [--duration 15] [--warmup 3] \
-        [--connections 1,16,64] [--repeats 3] [--skip-raw]
+        [--connections 1,16,64] [--repeats 3] [--skip-raw] [--modes floor,batching_on,batching_off]
 
 Why this exists: the peer figures the project is compared with (Triton, MLServer, KServe, Ray Serve,
 BentoML) were all taken the way /work/shared/bench/README.md describes: wrk with one thread, closed loop,
@@ -9,6 +9,9 @@ the same MLP, the same one-row V2 JSON body, on a 2-core machine where client an
 Numbers taken any other way do not compare, so this script reproduces that recipe exactly and adds what
 makes a single run interpretable on a noisy shared box:
 
+- the bare floor (`loadtests/floor_app.py`: a bare ASGI handler under uvicorn with httptools and uvloop,
+  orjson, the same ONNX Runtime call, no framework, no batching), the figure the gateway is measured
+  against: "gateway / floor" req/s and "p50 above floor" are read off within one run;
 - two modes of the same gateway, dynamic batching on (max_batch_size 64, max_queue_delay_ms 2) and off
   (max_batch_size 0), so the effect of batching is a difference inside one run, not across runs;
 - raw ONNX Runtime in-process on the same model (intra_op_num_threads=1), at batch 1 and batch 32, plus
@@ -16,7 +19,7 @@ makes a single run interpretable on a noisy shared box:
   read off ("overhead ratio" = gateway p50 at 1 connection / one raw ORT batch-1 call);
 - medians of repeated runs, because wrk and the server fight over the same two cores.
 
-Everything is bounded in time, binds only 127.0.0.1, and the gateway subprocesses are killed on every exit
+Everything is bounded in time, binds only 127.0.0.1, and the server subprocesses are killed on every exit
 path (normal end, error, Ctrl-C, SIGTERM).
 """
 
@@ -81,6 +84,8 @@ runtime:
   execution_providers: [cpu]
   intra_op_threads: 1
 """
+FLOOR = "floor"
+"""The mode that runs loadtests/floor_app.py instead of the gateway."""
 MODES: dict[str, str] = {
     "batching_on": (
         "batching:\n  max_batch_size: 64\n  max_queue_delay_ms: 2\n  queue_capacity: 2048\n" + _RUNTIME_YAML
@@ -89,6 +94,15 @@ MODES: dict[str, str] = {
         "batching:\n  max_batch_size: 0\n  max_queue_delay_ms: 2\n  queue_capacity: 2048\n" + _RUNTIME_YAML
     ),
 }
+"""Gateway modes: name -> mlp/config.yaml."""
+ALL_MODES = (FLOOR, *MODES)
+GATEWAY_VS_FLOOR = "batching_on"
+"""The gateway mode compared with the floor, and held to the targets below."""
+
+# The project's targets, checked in the report (gateway = GATEWAY_VS_FLOOR).
+TARGET_RPS_C64 = 3000.0
+TARGET_P99_C64_MS = 30.0
+TARGET_P50_ABOVE_FLOOR_C1_MS = 0.3
 
 
 class BenchError(RuntimeError):
@@ -150,6 +164,7 @@ class Gateway:
     cmd: list[str]
     log_path: Path
     port: int
+    extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     _log: Any = None
 
@@ -164,6 +179,7 @@ class Gateway:
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         }
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.extra_env)
         self.proc = subprocess.Popen(
             self.cmd,
             stdin=subprocess.DEVNULL,
@@ -188,7 +204,7 @@ class Gateway:
         while time.monotonic() < deadline:
             code = self.proc.poll()
             if code is not None:
-                raise BenchError(f"gateway exited with {code} before ready; log tail:\n{self.log_tail()}")
+                raise BenchError(f"server exited with {code} before ready; log tail:\n{self.log_tail()}")
             with (
                 contextlib.suppress(OSError, urllib.error.URLError),
                 urllib.request.urlopen(url, timeout=1.0) as resp,
@@ -196,7 +212,7 @@ class Gateway:
                 if resp.status == 200:
                     return time.monotonic() - t0
             time.sleep(0.2)
-        raise BenchError(f"gateway not ready after {timeout_s:.0f} s; log tail:\n{self.log_tail()}")
+        raise BenchError(f"server not ready after {timeout_s:.0f} s; log tail:\n{self.log_tail()}")
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
         """SIGTERM the group, wait (bounded), then SIGKILL. Safe to call twice or before start."""
@@ -224,9 +240,11 @@ class Gateway:
 
 
 @contextlib.contextmanager
-def running_gateway(cmd: list[str], log_path: Path, port: int) -> Iterator[Gateway]:
+def running_gateway(
+    cmd: list[str], log_path: Path, port: int, extra_env: dict[str, str] | None = None
+) -> Iterator[Gateway]:
     """Start, yield, and always stop: the try/finally every exit path (Ctrl-C included) goes through."""
-    gw = Gateway(cmd=cmd, log_path=log_path, port=port)
+    gw = Gateway(cmd=cmd, log_path=log_path, port=port, extra_env=dict(extra_env or {}))
     try:
         gw.start()
         yield gw
@@ -256,7 +274,7 @@ def check_gateway(gw: Gateway, body: bytes, expected: np.ndarray[Any, Any] | Non
         diff = float(np.max(np.abs(got - expected)))
         result["max_abs_diff_vs_raw_ort"] = diff
         if not np.allclose(got, expected, rtol=1e-4, atol=1e-5):
-            raise BenchError(f"gateway output differs from raw ONNX Runtime (max abs diff {diff:g})")
+            raise BenchError(f"server output differs from raw ONNX Runtime (max abs diff {diff:g})")
     return result
 
 
@@ -552,6 +570,93 @@ def raw_lines(raw: dict[str, Any] | None) -> list[tuple[str, str]]:
     ]
 
 
+def vs_floor(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """Per connection count: the gateway (GATEWAY_VS_FLOOR) against the bare floor, from the medians."""
+    floor = {r.connections: r.median for r in rows if r.mode == FLOOR}
+    gw = {r.connections: r.median for r in rows if r.mode == GATEWAY_VS_FLOOR}
+    out = []
+    for c in sorted(set(floor) & set(gw)):
+        f, g = floor[c], gw[c]
+        out.append(
+            {
+                "connections": c,
+                "floor_rps": f.get("rps"),
+                "gateway_rps": g.get("rps"),
+                "rps_ratio": g["rps"] / f["rps"] if f.get("rps") and "rps" in g else None,
+                "floor_p50_ms": f.get("p50_ms"),
+                "gateway_p50_ms": g.get("p50_ms"),
+                "p50_above_floor_ms": g["p50_ms"] - f["p50_ms"] if "p50_ms" in f and "p50_ms" in g else None,
+            }
+        )
+    return out
+
+
+def target_checks(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """The project's targets for the gateway; `met` is None when not measured in this run.
+
+    A row with non-2xx answers or socket errors never meets a target, whatever its figures.
+    """
+    gw = {r.connections: r for r in rows if r.mode == GATEWAY_VS_FLOOR}
+    floor = {r.connections: r for r in rows if r.mode == FLOOR}
+
+    def clean(r: Row) -> bool:
+        return r.non2xx == 0 and r.errors == 0
+
+    checks: list[dict[str, Any]] = []
+    r64 = gw.get(64)
+    rps = r64.median.get("rps") if r64 else None
+    p99 = r64.median.get("p99_ms") if r64 else None
+    checks.append(
+        {
+            "target": f"64 connections: req/s ≥ {TARGET_RPS_C64:,.0f}",
+            "value": rps,
+            "shown": _fmt(rps, ",.0f"),
+            "met": None if r64 is None or rps is None else rps >= TARGET_RPS_C64 and clean(r64),
+        }
+    )
+    checks.append(
+        {
+            "target": f"64 connections: p99 < {TARGET_P99_C64_MS:g} ms",
+            "value": p99,
+            "shown": _fmt(p99, ".2f") + (" ms" if p99 is not None else ""),
+            "met": None if r64 is None or p99 is None else p99 < TARGET_P99_C64_MS and clean(r64),
+        }
+    )
+    g1, f1 = gw.get(1), floor.get(1)
+    above = None
+    if g1 and f1 and "p50_ms" in g1.median and "p50_ms" in f1.median:
+        above = g1.median["p50_ms"] - f1.median["p50_ms"]
+    checks.append(
+        {
+            "target": f"1 connection: p50 ≤ floor + {TARGET_P50_ABOVE_FLOOR_C1_MS:g} ms",
+            "value": above,
+            "shown": _fmt(above, "+.2f") + (" ms" if above is not None else ""),
+            "met": None if above is None or g1 is None else above <= TARGET_P50_ABOVE_FLOOR_C1_MS and clean(g1),
+        }
+    )
+    return checks
+
+
+def _met(x: bool | None) -> str:
+    return "not measured" if x is None else ("yes" if x else "NO")
+
+
+VS_FLOOR_HEADER = ["conns", "floor req/s", f"{GATEWAY_VS_FLOOR} req/s", "gateway / floor", "p50 above floor, ms"]
+
+
+def vs_floor_rows(rows: Sequence[Row]) -> list[list[str]]:
+    return [
+        [
+            str(v["connections"]),
+            _fmt(v["floor_rps"], ",.0f"),
+            _fmt(v["gateway_rps"], ",.0f"),
+            _fmt(v["rps_ratio"], ".2f"),
+            _fmt(v["p50_above_floor_ms"], "+.2f"),
+        ]
+        for v in vs_floor(rows)
+    ]
+
+
 def print_report(rows: Sequence[Row], raw: dict[str, Any] | None) -> None:
     """rich when installed (it is a project dependency), plain text otherwise."""
     try:
@@ -564,6 +669,10 @@ def print_report(rows: Sequence[Row], raw: dict[str, Any] | None) -> None:
         widths = [max(len(line[i]) for line in body) for i in range(len(TABLE_HEADER))]
         for line in body:
             print("  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)))
+        for line in vs_floor_rows(rows):
+            print(f"vs floor, c={line[0]}: gateway / floor {line[3]}, p50 above floor {line[4]} ms")
+        for t in target_checks(rows):
+            print(f"target {t['target']}: {t['shown']} -> {_met(t['met'])}")
         return
     console = Console()
     if not console.is_terminal:  # piped or logged: do not squeeze the table into rich's 80-column default
@@ -574,12 +683,26 @@ def print_report(rows: Sequence[Row], raw: dict[str, Any] | None) -> None:
     for k, v in raw_lines(raw):
         base.add_row(k, v)
     console.print(base)
-    table = Table(title="Gateway under wrk (medians of repeats)")
+    table = Table(title="Under wrk (medians of repeats)")
     for i, h in enumerate(TABLE_HEADER):
         table.add_column(h, justify="left" if i == 0 else "right")
     for line in table_rows(rows):
         table.add_row(*line)
     console.print(table)
+    cmp_rows = vs_floor_rows(rows)
+    if cmp_rows:
+        cmp = Table(title=f"{GATEWAY_VS_FLOOR} vs the bare floor")
+        for h in VS_FLOOR_HEADER:
+            cmp.add_column(h, justify="right")
+        for line in cmp_rows:
+            cmp.add_row(*line)
+        console.print(cmp)
+    targets = Table(title=f"Targets ({GATEWAY_VS_FLOOR})")
+    for h in ("target", "measured", "met"):
+        targets.add_column(h, justify="left" if h == "target" else "right")
+    for t in target_checks(rows):
+        targets.add_row(t["target"], t["shown"], _met(t["met"]))
+    console.print(targets)
 
 
 def markdown_report(
@@ -609,7 +732,7 @@ def markdown_report(
         "|---|---:|",
         *(f"| {k.strip()} | {v} |" for k, v in raw_lines(raw)),
         "",
-        "## Gateway",
+        "## Under wrk",
         "",
         "| " + " | ".join(TABLE_HEADER) + " |",
         "|" + "|".join(["---"] + ["---:"] * (len(TABLE_HEADER) - 1)) + "|",
@@ -617,7 +740,9 @@ def markdown_report(
         "",
         "- µs/req is 1/rps: the wall-clock budget per request. Client and server share "
         f"{facts.get('nproc')} core(s), so the CPU time per request is at most nproc × that.",
-        "- overhead ratio = gateway p50 at 1 connection / one raw ORT batch-1 call (µs).",
+        "- overhead ratio = p50 at 1 connection / one raw ORT batch-1 call (µs).",
+        f"- {FLOOR}: the bare floor, loadtests/floor_app.py (bare ASGI, uvicorn + httptools + uvloop, orjson, "
+        "the same ONNX Runtime call in the handler; no framework, no batching, no thread pool).",
     ]
     for name, info in modes.items():
         if info.get("error"):
@@ -632,6 +757,20 @@ def markdown_report(
             rr = a["rps"] / b["rps"] if b.get("rps") else None
             pr = a["p50_ms"] / b["p50_ms"] if b.get("p50_ms") else None
             lines.append(f"| {c} | {_fmt(rr, '.2f')} | {_fmt(pr, '.2f')} |")
+    cmp_rows = vs_floor_rows(rows)
+    if cmp_rows:
+        lines += [
+            "",
+            f"## {GATEWAY_VS_FLOOR} vs the bare floor",
+            "",
+            "| " + " | ".join(VS_FLOOR_HEADER) + " |",
+            "|" + "|".join(["---:"] * len(VS_FLOOR_HEADER)) + "|",
+            *("| " + " | ".join(line) + " |" for line in cmp_rows),
+            "",
+            "- gateway / floor = req/s ratio; p50 above floor = gateway p50 − floor p50 (medians).",
+        ]
+    lines += ["", f"## Targets ({GATEWAY_VS_FLOOR})", "", "| target | measured | met |", "|---|---:|---|"]
+    lines += [f"| {t['target']} | {t['shown']} | {_met(t['met'])} |" for t in target_checks(rows)]
     return "\n".join(lines) + "\n"
 
 
@@ -655,26 +794,48 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--modes",
         type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
-        default=list(MODES),
-        help=f"comma-separated subset of {','.join(MODES)}",
+        default=list(ALL_MODES),
+        help=f"comma-separated subset of {','.join(ALL_MODES)} (run in the order given)",
     )
     p.add_argument(
         "--gateway-cmd",
         default=f"{shlex.quote(sys.executable)} -m gateway",
-        help="command prefix; `serve --model-repo ... --http-port ...` is appended (to bench another build)",
+        help="gateway command prefix; `serve --model-repo ... --http-port ...` is appended (to bench another "
+        "build); the floor always runs this Python's uvicorn",
     )
     args = p.parse_args(argv)
     if args.duration < 1 or args.warmup < 0 or args.repeats < 1 or not args.connections:
         p.error("need --duration >= 1, --warmup >= 0, --repeats >= 1 and at least one connection count")
-    unknown = [m for m in args.modes if m not in MODES]
+    unknown = [m for m in args.modes if m not in ALL_MODES]
     if unknown:
-        p.error(f"unknown mode(s) {unknown}; choose from {list(MODES)}")
+        p.error(f"unknown mode(s) {unknown}; choose from {list(ALL_MODES)}")
     return args
 
 
 def _raise_on_sigterm(signum: int, frame: object) -> None:
     """Turn SIGTERM into an exception so the finally blocks stop the gateway before we exit."""
     raise SystemExit(128 + signum)
+
+
+def floor_cmd(port: int) -> list[str]:
+    """The bare floor: uvicorn with httptools and uvloop, no access log, serving loadtests/floor_app.py."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "loadtests.floor_app:app",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--http",
+        "httptools",
+        "--loop",
+        "uvloop",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
 
 
 def bench_mode(
@@ -686,27 +847,38 @@ def bench_mode(
     expected: np.ndarray[Any, Any] | None,
     raw_b1_us: float | None,
 ) -> tuple[list[Row], dict[str, Any]]:
-    """Start the gateway for one mode, warm it, sweep the connection counts, stop it."""
-    repo = write_model_repo(work / f"repo-{name}", MODES[name])
+    """Start the server for one mode (the gateway, or the bare floor), warm it, sweep the connection counts,
+    stop it."""
     port = free_port()
-    cmd = [
-        *shlex.split(args.gateway_cmd),
-        "serve",
-        "--model-repo",
-        str(repo),
-        "--host",
-        HOST,
-        "--http-port",
-        str(port),
-        "--grpc-port",
-        "-1",
-    ]
-    info: dict[str, Any] = {"config_yaml": MODES[name], "cmd": shlex.join(cmd), "port": port}
+    info: dict[str, Any]
+    extra_env: dict[str, str] = {}
+    if name == FLOOR:
+        model = write_model_repo(work / f"repo-{name}", MODES["batching_off"]) / MODEL / "1" / "model.onnx"
+        cmd = floor_cmd(port)
+        extra_env = {"FLOOR_MODEL": str(model), "FLOOR_MODEL_NAME": MODEL}
+        info = {"app": "loadtests/floor_app.py", "env": extra_env}
+        log_path = args.out / f"{name}.log"
+    else:
+        repo = write_model_repo(work / f"repo-{name}", MODES[name])
+        cmd = [
+            *shlex.split(args.gateway_cmd),
+            "serve",
+            "--model-repo",
+            str(repo),
+            "--host",
+            HOST,
+            "--http-port",
+            str(port),
+            "--grpc-port",
+            "-1",
+        ]
+        info = {"config_yaml": MODES[name]}
+        log_path = args.out / f"gateway-{name}.log"
+    info.update(cmd=shlex.join(cmd), port=port)
     rows: list[Row] = []
     url = f"http://{HOST}:{port}/v2/models/{MODEL}/infer"
-    log_path = args.out / f"gateway-{name}.log"
     print(f"[{name}] starting: {shlex.join(cmd)}", flush=True)
-    with running_gateway(cmd, log_path, port) as gw:
+    with running_gateway(cmd, log_path, port, extra_env) as gw:
         info["ready_s"] = round(gw.wait_ready(), 2)
         info["check"] = check_gateway(gw, body_file.read_bytes(), expected)
         print(f"[{name}] ready in {info['ready_s']} s; warm-up {args.warmup} s at 16 connections", flush=True)
@@ -796,6 +968,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "raw": raw,
         "modes": modes,
         "results": [r.as_dict(nproc) for r in rows],
+        "vs_floor": {"gateway_mode": GATEWAY_VS_FLOOR, "by_connections": vs_floor(rows)},
+        "targets": [{k: v for k, v in t.items() if k != "shown"} for t in target_checks(rows)],
     }
     (args.out / "bench.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     (args.out / "bench.md").write_text(markdown_report(command, facts, args, raw, rows, modes))
@@ -808,5 +982,5 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except KeyboardInterrupt:
-        print("interrupted; gateway stopped", file=sys.stderr)
+        print("interrupted; servers stopped", file=sys.stderr)
         sys.exit(130)
