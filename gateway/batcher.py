@@ -26,6 +26,7 @@ import numpy as np
 
 from gateway.batch_policy import BatchingConfig, decide, take_rows
 from gateway.errors import DeadlineExceeded, InferenceFailed, Overloaded, ShuttingDown
+from runtimes.base import RuntimeTimeout
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +259,10 @@ class Batcher:
             return
         try:
             await self._run_once(items)
+        except RuntimeTimeout as exc:
+            # Slowness is not any one request's fault: retrying halves would only multiply the wait.
+            for item in items:
+                _fail(item, DeadlineExceeded(f"{self._name}: {exc}"))
         except Exception as exc:
             if len(items) == 1:
                 _fail(items[0], InferenceFailed(f"{self._name}: {exc}"))

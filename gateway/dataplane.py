@@ -97,6 +97,7 @@ class DataPlane:
             "outputs": [s.to_v2() for s in sig.outputs],
             "parameters": {
                 **info.parameters,
+                "execution_provider": info.execution_provider,
                 "version": served.version,
                 "max_batch_size": str(served.batching.max_batch_size),
             },
@@ -139,12 +140,13 @@ class DataPlane:
         span.set_attribute("sluice.version", served.version)
         rows = validate(request, runtime.signature, served.batching.max_batch_size)
         wanted = [o.name for o in request.outputs] if request.outputs is not None else None
+        timeout = request.timeout_s if request.timeout_s is not None else served.batching.default_timeout_s
+        if request.deadline_s is not None and (timeout is None or request.deadline_s < timeout):
+            timeout = request.deadline_s
         metrics = served.metrics
         metrics.inflight.inc()
         try:
-            outputs, timing = await batcher.submit(
-                request.inputs, rows, wanted, request.timeout_s, span.get_span_context()
-            )
+            outputs, timing = await batcher.submit(request.inputs, rows, wanted, timeout, span.get_span_context())
         finally:
             metrics.inflight.dec()
         if timing.started_ns:

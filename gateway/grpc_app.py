@@ -80,8 +80,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             infer_request = decode_request(request)
             request_id.set(infer_request.id)
             remaining = context.time_remaining()
-            if remaining is not None and (infer_request.timeout_s is None or remaining < infer_request.timeout_s):
-                infer_request.timeout_s = max(remaining, 0.0)
+            if remaining is not None:
+                infer_request.deadline_s = max(remaining, 0.0)
             response = await self.dataplane.infer(infer_request, "grpc")
             return encode_response(response)
         except SluiceError as exc:

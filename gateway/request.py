@@ -33,6 +33,8 @@ class InferRequest:
     """None: every output of the model."""
     timeout_s: float | None = None
     """From the V2 `timeout` parameter (microseconds on the wire); None: the model's default."""
+    deadline_s: float | None = None
+    """Time the transport still allows (a gRPC deadline); it can only shorten the timeout, never lengthen it."""
     binary_output: bool = False
     """HTTP binary extension: `binary_data_output` request parameter."""
 

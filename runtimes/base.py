@@ -21,6 +21,10 @@ class RuntimeError_(Exception):
     """A runtime failed to answer a batch (the model raised, the remote server erred)."""
 
 
+class RuntimeTimeout(RuntimeError_):
+    """The runtime (a remote server) did not answer in time: not the fault of any one request."""
+
+
 class RuntimeLoadError(Exception):
     """An artifact could not be loaded; the message names the file."""
 

@@ -20,7 +20,7 @@ import tritonclient.grpc.aio as grpcclient
 import tritonclient.http.aio as httpclient
 from tritonclient.utils import InferenceServerException
 
-from runtimes.base import ModelRuntime, RuntimeError_, RuntimeInfo, RuntimeLoadError
+from runtimes.base import ModelRuntime, RuntimeError_, RuntimeInfo, RuntimeLoadError, RuntimeTimeout
 from runtimes.tensors import DataType, ModelSignature, TensorSpec
 
 RemoteProtocol = Literal["http", "grpc"]
@@ -144,6 +144,8 @@ class RemoteV2Runtime(ModelRuntime):
                     client_timeout=self._timeout_s,
                 )
         except (*_REMOTE_ERRORS, ValueError) as exc:
+            if _is_timeout(exc):
+                raise RuntimeTimeout(f"{self._where} timed out: {_describe(exc)}") from exc
             raise RuntimeError_(f"{self._where}: {_describe(exc)}") from exc
         returned = _returned_names(result)
         if sorted(returned) != sorted(names):
@@ -152,3 +154,13 @@ class RemoteV2Runtime(ModelRuntime):
 
     async def close(self) -> None:
         await self._client.close()
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    """A deadline passed on the way to or at the remote (client timeout, gRPC DEADLINE_EXCEEDED, HTTP 504)."""
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        return True
+    if isinstance(exc, InferenceServerException):
+        status = str(exc.status() or "")
+        return "DEADLINE_EXCEEDED" in status or status == "504"
+    return False
