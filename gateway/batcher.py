@@ -180,29 +180,45 @@ class Batcher:
 
     async def _loop(self) -> None:
         while True:
-            self._drop_dead_head()
-            first = self._queue[0].arrival if self._queue else None
-            decision = decide(
-                queued_rows=self._queued_rows,
-                first_arrival=first,
-                now=self._clock(),
-                in_flight=self._in_flight,
-                config=self.config,
-            )
-            if decision.close:
-                batch = self._take()
-                if batch:
-                    self._in_flight += 1
-                    task = asyncio.get_running_loop().create_task(self._run_batch(batch))
-                    self._batch_tasks.add(task)
-                    task.add_done_callback(self._batch_tasks.discard)
-                continue
-            self._wakeup.clear()
-            if decision.wait_s is None:
-                await self._wakeup.wait()
-            else:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), decision.wait_s)
+            try:
+                await self._step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A bug here must not strand every queued caller until its timeout.
+                log.exception("%s: batcher loop error; failing the queued requests", self._name)
+                while self._queue:
+                    item = self._queue.popleft()
+                    _fail(item, InferenceFailed(f"{self._name}: internal batching error"))
+                self._queued_rows = 0
+                self._report_depth()
+                self._check_idle()
+
+    async def _step(self) -> None:
+        """Close one batch, or wait for the event (or time) that may let one close."""
+        self._drop_dead_head()
+        first = self._queue[0].arrival if self._queue else None
+        decision = decide(
+            queued_rows=self._queued_rows,
+            first_arrival=first,
+            now=self._clock(),
+            in_flight=self._in_flight,
+            config=self.config,
+        )
+        if decision.close:
+            batch = self._take()
+            if batch:
+                self._in_flight += 1
+                task = asyncio.get_running_loop().create_task(self._run_batch(batch))
+                self._batch_tasks.add(task)
+                task.add_done_callback(self._batch_tasks.discard)
+            return
+        self._wakeup.clear()
+        if decision.wait_s is None:
+            await self._wakeup.wait()
+        else:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), decision.wait_s)
 
     def _drop_dead_head(self) -> None:
         """Remove requests whose caller gave up (cancelled or timed out) from the queue's head."""

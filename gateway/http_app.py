@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import zlib
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -35,6 +36,7 @@ from gateway.errors import (
     SluiceError,
 )
 from gateway.logs import request_id
+from gateway.tracing import extract_context
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,21 +86,26 @@ class HttpAdapter:
     async def _infer(self, scope: Scope, receive: Receive, send: Send, model: str, version: str | None) -> None:
         header_length: int | None = None
         declared = -1
+        encoding = b"identity"
+        trace_headers: dict[str, str] | None = None
         for key, value in scope["headers"]:
-            if key == b"content-length":
+            if key in (b"traceparent", b"tracestate"):
+                trace_headers = trace_headers or {}
+                trace_headers[key.decode()] = value.decode("latin-1")
+            elif key == b"content-length":
                 declared = int(value) if value.isdigit() else -1
             elif key == b"inference-header-content-length":
                 if not value.isdigit():
                     await _send(send, 400, error_body("Inference-Header-Content-Length must be an integer"))
                     return
                 header_length = int(value)
-            elif key == b"content-encoding" and value.lower() not in (b"identity", b""):
-                await _send(
-                    send,
-                    415,
-                    error_body(f"Content-Encoding {value.decode(errors='replace')} is not supported"),
-                )
-                return
+            elif key == b"content-encoding":
+                encoding = value.lower()
+                if encoding not in _DECODERS:
+                    supported = ", ".join(e.decode() for e in _DECODERS)
+                    message = f"Content-Encoding {value.decode(errors='replace')} is not supported ({supported})"
+                    await _send(send, 415, error_body(message))
+                    return
         if declared > self.max_body_bytes:
             await _send(send, 413, error_body(self._too_large()))
             return
@@ -109,7 +116,11 @@ class HttpAdapter:
             await _send(send, 413, error_body(self._too_large()))
             return
         try:
+            if encoding != b"identity":
+                body = _inflate(body, encoding, self.max_body_bytes)
             request = decode_request(body, header_length, model, version)
+            if trace_headers is not None:
+                request.trace_context = extract_context(trace_headers)
             request_id.set(request.id)
             response = await _until_disconnect(self.dataplane.infer(request, "http"), receive)
             if response is None:
@@ -141,6 +152,20 @@ class HttpAdapter:
 
 
 _TOO_LARGE = b"\x00too-large"
+# zlib window bits: 16+ for a gzip wrapper, + for zlib (HTTP "deflate"), as tritonclient.http sends them.
+_DECODERS = {b"identity": 0, b"": 0, b"gzip": 16 + zlib.MAX_WBITS, b"deflate": zlib.MAX_WBITS}
+
+
+def _inflate(body: bytes, encoding: bytes, limit: int) -> bytes:
+    """Decompress a gzip or deflate body, refusing to inflate past the body limit (no zip bombs)."""
+    inflater = zlib.decompressobj(_DECODERS[encoding])
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidInput(f"body is not valid {encoding.decode()}: {exc}") from None
+    if len(data) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLarge(f"decompressed request body is over the limit of {limit} bytes")
+    return data
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import importlib.util
 import logging
 import signal
 import socket
@@ -52,11 +53,13 @@ class Gateway:
     ) -> None:
         self.settings = settings
         self.metrics = GatewayMetrics()
-        self.tracer_provider = tracer_provider or make_tracer_provider(settings.service_name)
+        self.tracer_provider = tracer_provider or make_tracer_provider(
+            settings.service_name, sample_ratio=settings.trace_sample_ratio
+        )
         self._executor = ThreadPoolExecutor(max_workers=settings.runtime_threads, thread_name_prefix="runtime")
         tracer = get_tracer(self.tracer_provider)
         self.registry = ModelRegistry(settings.model_repo, self.metrics, runtime_factory or self._make_runtime, tracer)
-        self.dataplane = DataPlane(self.registry, tracer, settings.service_name)
+        self.dataplane = DataPlane(self.registry, tracer, self.metrics, settings.service_name)
         self.http_port = 0
         self.grpc_port = 0
         self._http: _UvicornServer | None = None
@@ -119,6 +122,11 @@ class Gateway:
                 raise RuntimeError("HTTP server exited during start-up")
             await asyncio.sleep(0.01)
         log.info("listening", extra={"http_port": self.http_port, "grpc_port": self.grpc_port, "host": s.host})
+        if importlib.util.find_spec("onnxruntime") is None:
+            log.error(
+                "ONNX Runtime is not installed: ONNX models cannot load. Install exactly one of the extras "
+                "'sluicegate[cpu]' (onnxruntime) or 'sluicegate[gpu]' (onnxruntime-gpu)"
+            )
         await self.registry.load_all()
         self.dataplane.started = True
         log.info("ready", extra={"models": sorted(self.registry.models)})

@@ -10,6 +10,7 @@ alone, so every good caller still gets exactly its own row and only the poisoned
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 from collections.abc import Callable, Iterator
@@ -28,7 +29,7 @@ import tritonclient.http as httpclient
 from onnx import TensorProto, helper, numpy_helper
 from tritonclient.utils import InferenceServerException
 
-from tests.helpers import GatewayProcess, gateway_process, metric_value
+from tests.helpers import GatewayProcess, gateway_process, metric_value, wait_until
 
 MODEL = "lookup"
 TABLE = (np.arange(40, dtype=np.float32).reshape(10, 4) * 1.5 + 0.25).astype(np.float32)
@@ -290,3 +291,16 @@ def test_a_lone_runtime_failure_is_500_and_the_gateway_serves_the_next_request(l
     assert after.failures - before.failures == 3
     assert gw.proc.poll() is None
     assert httpx.get(f"{gw.http_url}/v2/models/{MODEL}/ready", timeout=5).status_code == 200
+
+
+def test_a_failure_is_logged_as_json_with_its_request_id(lookup_gateway: GatewayProcess) -> None:
+    body = {"id": "find-me-7f3a", "inputs": [{"name": "idx", "shape": [1, 1], "datatype": "INT64", "data": [50]}]}
+    assert httpx.post(f"{lookup_gateway.http_url}/v2/models/lookup/infer", json=body).status_code == 500
+
+    def entries() -> list[dict[str, object]]:
+        lines = lookup_gateway.logs().splitlines()
+        return [e for e in (json.loads(x) for x in lines if x.startswith("{")) if e.get("request_id") == "find-me-7f3a"]
+
+    wait_until(lambda: entries(), timeout=10, what="a log line carrying the request id")
+    entry = entries()[0]
+    assert entry["level"] == "warning" and "lookup" in entry["msg"] and entry["model"] == "lookup"

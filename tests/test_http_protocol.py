@@ -564,3 +564,28 @@ def test_metrics_count_mlp_requests(demo_gateway: GatewayProcess, http: httpx.Cl
     assert "sluice_requests_total{" in text
     assert ok_count() >= before + 1
     assert metric_value(text, "sluice_model_ready", model="mlp", version="2") == 1.0
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_request_bodies_as_tritonclient_sends_them(demo_gateway: GatewayProcess, algorithm: str) -> None:
+    client = httpclient.InferenceServerClient(demo_gateway.http_addr)
+    x = np.random.default_rng(3).standard_normal((2, 32)).astype(np.float32)
+    inp = httpclient.InferInput("input", [2, 32], "FP32")
+    inp.set_data_from_numpy(x)
+    result = client.infer("mlp", [inp], model_version="1", request_compression_algorithm=algorithm)
+    assert result.as_numpy("output").shape == (2, 8)
+    client.close()
+
+
+def test_compressed_body_that_inflates_past_the_limit_is_413(demo_gateway: GatewayProcess) -> None:
+    import gzip
+
+    bomb = gzip.compress(b" " * (8 * 1024 * 1024))  # 8 MiB of spaces, a few KiB compressed; limit is 4 MiB
+    r = httpx.post(f"{demo_gateway.http_url}/v2/models/mlp/infer", content=bomb, headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 413 and "decompressed" in r.json()["error"]
+    r = httpx.post(
+        f"{demo_gateway.http_url}/v2/models/mlp/infer", content=b"not gzip", headers={"Content-Encoding": "gzip"}
+    )
+    assert r.status_code == 400 and "gzip" in r.json()["error"]
+    r = httpx.post(f"{demo_gateway.http_url}/v2/models/mlp/infer", content=b"{}", headers={"Content-Encoding": "br"})
+    assert r.status_code == 415

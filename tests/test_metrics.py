@@ -59,3 +59,12 @@ def _count(gw: GatewayProcess, outcome: str) -> float:
         return metric_value(gw.metrics(), "sluice_requests_total", model="mlp", version="1", outcome=outcome)
     except KeyError:
         return 0.0
+
+
+def test_unknown_models_count_under_one_bounded_series(demo_gateway: GatewayProcess) -> None:
+    url = demo_gateway.http_url
+    for name in ("nope-1", "nope-2", "nope-3"):
+        assert httpx.post(f"{url}/v2/models/{name}/infer", json=ROW).status_code == 404
+    text = demo_gateway.metrics()
+    assert metric_value(text, "sluice_requests_total", model="", outcome="not_found") >= 3
+    assert "nope-1" not in text
