@@ -38,6 +38,10 @@ Drain = Annotated[
 Threads = Annotated[
     int, typer.Option("--runtime-threads", help="Threads running model batches (default: one per core).")
 ]
+SampleRatio = Annotated[
+    float,
+    typer.Option("--trace-sample-ratio", help="Share of root traces recorded (unless OTEL_TRACES_SAMPLER is set)."),
+]
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
 LogFormat = Annotated[str, typer.Option("--log-format", help="json or text.")]
 
@@ -101,6 +105,7 @@ def serve(
     max_body_bytes: MaxBody = _DEFAULTS.max_body_bytes,
     drain_timeout: Drain = _DEFAULTS.drain_timeout_s,
     runtime_threads: Threads = _DEFAULTS.runtime_threads,
+    trace_sample_ratio: SampleRatio = _DEFAULTS.trace_sample_ratio,
     log_level: LogLevel = _DEFAULTS.log_level,
     log_format: LogFormat = _DEFAULTS.log_format,
 ) -> None:
@@ -113,6 +118,7 @@ def serve(
         max_body_bytes=max_body_bytes,
         drain_timeout_s=drain_timeout,
         runtime_threads=runtime_threads,
+        trace_sample_ratio=trace_sample_ratio,
         log_level=log_level,
         log_format=log_format,
     )

@@ -24,6 +24,7 @@ from gateway.errors import (
     ShuttingDown,
     SluiceError,
 )
+from gateway.metrics import GatewayMetrics
 from gateway.registry import ModelRegistry, ServedVersion
 from gateway.request import InferRequest, InferResponse
 from gateway.router import pick_version
@@ -53,8 +54,11 @@ def outcome_of(exc: BaseException) -> str:
 
 
 class DataPlane:
-    def __init__(self, registry: ModelRegistry, tracer: Tracer, server_name: str = SERVER_NAME) -> None:
+    def __init__(
+        self, registry: ModelRegistry, tracer: Tracer, metrics: GatewayMetrics, server_name: str = SERVER_NAME
+    ) -> None:
         self.registry = registry
+        self.metrics = metrics
         self.tracer = tracer
         self.server_name = server_name
         self.started = False
@@ -109,7 +113,10 @@ class DataPlane:
         started = time.perf_counter()
         served: ServedVersion | None = None
         span = self.tracer.start_span(
-            "infer", kind=SpanKind.SERVER, attributes={"sluice.model": request.model, "rpc.system": protocol}
+            "infer",
+            context=request.trace_context,
+            kind=SpanKind.SERVER,
+            attributes={"sluice.model": request.model, "rpc.system": protocol},
         )
         try:
             if self.draining:
@@ -175,7 +182,9 @@ class DataPlane:
 
     def _count(self, served: ServedVersion | None, protocol: str, outcome: str, started: float) -> None:
         if served is None:
-            return  # unknown model: no per-version series to grow without bound
+            # Never label with the caller's model name: a scan of made-up names must not grow series.
+            self.metrics.requests.labels("", "", protocol, outcome).inc()
+            return
         m = served.metrics
         m.outcome(protocol, outcome).inc()
         m.duration(protocol).observe(time.perf_counter() - started)

@@ -26,6 +26,7 @@ from gateway.errors import (
     SluiceError,
 )
 from gateway.logs import request_id
+from gateway.tracing import extract_context
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             infer_request = decode_request(request)
+            metadata = context.invocation_metadata() or ()
+            carrier = {m.key: m.value for m in metadata if m.key in ("traceparent", "tracestate")}
+            if carrier:
+                infer_request.trace_context = extract_context(carrier)
             request_id.set(infer_request.id)
             remaining = context.time_remaining()
             if remaining is not None:

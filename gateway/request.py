@@ -36,6 +36,8 @@ class InferRequest:
     deadline_s: float | None = None
     """Time the transport still allows (a gRPC deadline); it can only shorten the timeout, never lengthen it."""
     binary_output: bool = False
+    trace_context: Any = None
+    """The caller's OpenTelemetry context (W3C traceparent), when it sent one."""
     """HTTP binary extension: `binary_data_output` request parameter."""
 
 

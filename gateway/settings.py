@@ -35,4 +35,10 @@ class GatewaySettings(BaseSettings):
     gc_gen0_threshold: int = Field(
         10_000, description="Python GC first-generation threshold for the serving process; 0 keeps Python's default."
     )
+    trace_sample_ratio: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="Share of root traces recorded unless OTEL_TRACES_SAMPLER is set (sampled callers: always).",
+    )
     service_name: str = Field("sluice", description="OpenTelemetry service.name and server metadata name.")

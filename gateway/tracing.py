@@ -12,20 +12,30 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.trace import Link, SpanKind, Tracer
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import Link, NonRecordingSpan, SpanKind, Tracer
 
 from gateway.metrics import VersionMetrics
 
 TRACER_NAME = "sluice.gateway"
 
 
-def make_tracer_provider(service_name: str, exporter: SpanExporter | None = None) -> TracerProvider:
-    """Build the provider from OTEL_* variables; an explicit exporter (tests) wins."""
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+def make_tracer_provider(
+    service_name: str, exporter: SpanExporter | None = None, sample_ratio: float = 0.01
+) -> TracerProvider:
+    """Build the provider from OTEL_* variables; an explicit exporter (tests) wins.
+
+    Unless OTEL_TRACES_SAMPLER says otherwise, root traces are sampled at `sample_ratio`
+    and a caller's sampling decision is always followed (parent-based), as service meshes
+    do by default: a Python span costs about 15 µs, four a request would cost a quarter of a
+    core at 4,000 req/s.
+    """
+    sampler = None if os.environ.get("OTEL_TRACES_SAMPLER") else ParentBased(TraceIdRatioBased(sample_ratio))
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}), sampler=sampler)
     if exporter is None:
         exporter = _exporter_from_env()
     if exporter is not None:
@@ -49,9 +59,18 @@ def _exporter_from_env() -> SpanExporter | None:
 
 
 def start_batch_span(tracer: Tracer, model: str, version: str, members: Sequence[Any], rows: int) -> Any:
-    links = [Link(ctx) for ctx in members if ctx is not None]
+    """A span for one runtime call, linked to its sampled member requests; None when none is sampled.
+
+    It is parented under the first sampled member, so it is sampled with that trace (a root
+    would face the root sampling ratio) and shows in at least one request's trace tree.
+    """
+    links = [Link(ctx) for ctx in members if ctx is not None and ctx.trace_flags.sampled]
+    if not links:
+        return None
+    parent = trace.set_span_in_context(NonRecordingSpan(links[0].context))
     return tracer.start_span(
         "batch",
+        context=parent,
         kind=SpanKind.INTERNAL,
         links=links,
         attributes={
@@ -84,3 +103,8 @@ class BatchTelemetry:
         if self.tracer is None:
             return None
         return start_batch_span(self.tracer, self.metrics.model, self.metrics.version, members, rows)
+
+
+def extract_context(carrier: dict[str, str]) -> Any:
+    """The caller's trace context from W3C `traceparent`/`tracestate` headers or gRPC metadata."""
+    return propagate.extract(carrier)

@@ -37,10 +37,44 @@ def test_request_spans_have_queue_and_batch_children_and_batches_link_members(de
         if s.parent is not None:
             by_parent.setdefault(s.parent.span_id, set()).add(s.name)
     for infer in infers:
-        assert by_parent.get(infer.context.span_id) == {"queue_wait", "batch_run"}
+        children = by_parent.get(infer.context.span_id, set())
+        assert {"queue_wait", "batch_run"} <= children <= {"queue_wait", "batch_run", "batch"}
     batches = [s for s in spans if s.name == "batch"]
+    for b in batches:  # parented under its first member, linked to all of them
+        assert b.parent is not None and b.parent.span_id == b.links[0].context.span_id
     linked = {link.context.span_id for b in batches for link in b.links}
     assert linked == {s.context.span_id for s in infers}
     assert sum(len(b.links) for b in batches) == 48
     assert max(len(b.links) for b in batches) > 1, "48 concurrent requests should share at least one batch"
     assert all(b.attributes["sluice.batch.rows"] == len(b.links) for b in batches)
+
+
+def test_callers_sampled_traceparent_is_followed_and_unsampled_roots_record_nothing(demo_repo: Path) -> None:
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    from gateway.tracing import make_tracer_provider
+
+    exporter = InMemorySpanExporter()
+    provider = make_tracer_provider("test", exporter=exporter, sample_ratio=0.0)
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    http_parent, grpc_parent = "00f067aa0ba902b7", "00f067aa0ba902b8"
+    body = {"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": [0.1] * 32}]}
+    with ThreadedGateway(settings_for(demo_repo), tracer_provider=provider) as gw:
+        for _ in range(10):
+            assert httpx.post(f"{gw.http_url}/v2/models/mlp/infer", json=body).status_code == 200
+        headers = {"traceparent": f"00-{trace_id}-{http_parent}-01"}
+        assert httpx.post(f"{gw.http_url}/v2/models/mlp/infer", json=body, headers=headers).status_code == 200
+        client = grpcclient.InferenceServerClient(gw.grpc_addr)
+        x = grpcclient.InferInput("input", [1, 32], "FP32")
+        x.set_data_from_numpy(np.full((1, 32), 0.1, np.float32))
+        client.infer("mlp", [x], headers={"traceparent": f"00-{trace_id}-{grpc_parent}-01"})
+        client.close()
+        provider.force_flush()
+    spans = exporter.get_finished_spans()
+    infers = [s for s in spans if s.name == "infer"]
+    assert len(infers) == 2, "only the two requests with a sampled traceparent are recorded"
+    assert {format(s.context.trace_id, "032x") for s in infers} == {trace_id}
+    assert {format(s.parent.span_id, "016x") for s in infers if s.parent} == {http_parent, grpc_parent}
+    assert {s.attributes["rpc.system"] for s in infers} == {"http", "grpc"}
+    assert len([s for s in spans if s.name == "batch"]) == 2
