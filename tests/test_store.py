@@ -1,0 +1,517 @@
+"""The state store on both engines: SQLite in a temporary directory and a real PostgreSQL.
+
+PostgreSQL: 127.0.0.1:5432, database `test`, trust auth, as `postgres` or the current user
+(override with SLUICE_TEST_PG_URL). Each test gets its own fresh schema, dropped afterwards.
+Unreachable: skipped locally, a failure when CI=true.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from gateway import store as store_mod
+from gateway.errors import Conflict, InvalidInput
+from gateway.rollout_model import CheckResult, CheckSpec, Phase, RolloutSpec, RolloutState, Verdict
+from gateway.store import AuditEvent, Migration, SchemaError, Store, add_column, upgrade_database
+from gateway.traffic import TrafficPolicy
+
+UTC = timezone.utc
+LATEST = len(store_mod.MIGRATIONS)
+
+
+# --- engines --------------------------------------------------------------------------------
+
+
+def _pg_candidates() -> list[str]:
+    if os.environ.get("SLUICE_TEST_PG_URL"):
+        return [os.environ["SLUICE_TEST_PG_URL"]]
+    users = dict.fromkeys(["postgres", getpass.getuser(), "root"])
+    return [f"postgresql+psycopg://{user}@127.0.0.1:5432/test" for user in users]
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """The first PostgreSQL URL that answers; skip (or fail under CI=true) when none does."""
+    errors = []
+    for url in _pg_candidates():
+        engine = sa.create_engine(url, connect_args={"connect_timeout": 3})
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text("select 1"))
+            return url
+        except sa.exc.OperationalError as exc:
+            errors.append(f"{engine.url.render_as_string(hide_password=True)}: {exc.orig}")
+        finally:
+            engine.dispose()
+    message = "PostgreSQL is unreachable: " + "; ".join(errors)
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@dataclass
+class Backend:
+    """One engine's database for one test; `open()` makes Store instances on it (a restart = a new one)."""
+
+    name: str
+    url: str
+    connect_args: dict[str, Any] = field(default_factory=dict)
+    opened: list[Store] = field(default_factory=list)
+
+    def open(self) -> Store:
+        s = Store(self.url, connect_args=self.connect_args)
+        self.opened.append(s)
+        return s
+
+    def url_with_search_path(self) -> str:
+        """The same database as a bare DSN (what `sluice db upgrade --dsn` gets)."""
+        if "options" not in self.connect_args:
+            return self.url
+        return (
+            sa.make_url(self.url)
+            .update_query_dict({"options": self.connect_args["options"]})
+            .render_as_string(hide_password=False)
+        )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    if request.param == "sqlite":
+        b = Backend("sqlite", f"sqlite:///{tmp_path / 'state' / 'sluice.db'}")
+        (tmp_path / "state").mkdir()
+        yield b
+        for s in b.opened:
+            s.close()
+        return
+    url = request.getfixturevalue("pg_url")
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    b = Backend("postgresql", url, {"options": f"-csearch_path={schema}"})
+    try:
+        yield b
+    finally:
+        for s in b.opened:
+            s.close()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def store(backend: Backend) -> Store:
+    """An upgraded store on each engine."""
+    s = backend.open()
+    s.upgrade()
+    return s
+
+
+def _tables(s: Store) -> set[str]:
+    with s.engine.connect() as conn:
+        return set(sa.inspect(conn).get_table_names())
+
+
+def _columns(s: Store, table: str) -> set[str]:
+    with s.engine.connect() as conn:
+        return {c["name"] for c in sa.inspect(conn).get_columns(table)}
+
+
+def _version_rows(s: Store) -> list[int]:
+    with s.engine.connect() as conn:
+        return list(conn.execute(sa.text("select version from schema_version order by version")).scalars())
+
+
+# --- schema and migrations ----------------------------------------------------------------------
+
+
+def test_upgrade_from_empty(backend: Backend) -> None:
+    s = backend.open()
+    assert s.schema_version() == 0
+    assert _tables(s) == set()
+    assert s.upgrade() == LATEST
+    assert s.schema_version() == LATEST
+    assert {"schema_version", "traffic_policies", "rollouts", "versions", "audit_events"} <= _tables(s)
+    assert _version_rows(s) == list(range(1, LATEST + 1))
+
+
+def test_upgrade_is_idempotent(backend: Backend) -> None:
+    s = backend.open()
+    assert s.upgrade() == LATEST
+    s.put_policy("m", TrafficPolicy(stable="1"))
+    assert s.upgrade() == LATEST
+    assert backend.open().upgrade() == LATEST
+    assert _version_rows(s) == list(range(1, LATEST + 1))
+    assert s.get_policy("m") == TrafficPolicy(stable="1")
+
+
+def test_migrated_schema_matches_live_tables(store: Store) -> None:
+    """Migration 1's frozen DDL and the tables the queries use agree, column for column."""
+    for table in store_mod.metadata.sorted_tables:
+        assert _columns(store, table.name) == set(table.columns.keys()), table.name
+
+
+def test_future_migration_runs_only_the_missing_step(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    original = store_mod.MIGRATIONS[0]
+
+    def step_1(conn: sa.Connection) -> None:
+        calls.append(1)
+        original.apply(conn)
+
+    def step_2(conn: sa.Connection) -> None:
+        calls.append(2)
+        add_column(conn, "versions", "note", sa.String(100), nullable=False, server_default="'none'")
+
+    monkeypatch.setattr(store_mod, "MIGRATIONS", [Migration(1, original.description, step_1)])
+    s = backend.open()
+    assert s.upgrade() == 1
+    s.put_version("m", "1", artifact=None, runtime="onnx", batching={}, desired="loaded")
+    assert calls == [1]
+    assert s.upgrade() == 1  # nothing more to add: a no-op
+    assert calls == [1]
+
+    monkeypatch.setattr(
+        store_mod, "MIGRATIONS", [Migration(1, original.description, step_1), Migration(2, "version notes", step_2)]
+    )
+    assert s.schema_version() == 1
+    assert s.upgrade() == 2
+    assert calls == [1, 2]  # only the missing step ran
+    assert "note" in _columns(s, "versions")
+    assert _version_rows(s) == [1, 2]
+    with s.engine.connect() as conn:
+        assert conn.execute(sa.text("select note from versions")).scalar_one() == "none"
+    assert s.versions("m")[0]["runtime"] == "onnx"  # old data is kept
+    assert backend.open().upgrade() == 2
+    assert calls == [1, 2]
+
+
+def test_failed_migration_rolls_back_entirely(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = backend.open()
+    s.upgrade()
+
+    def broken(conn: sa.Connection) -> None:
+        add_column(conn, "versions", "half_done", sa.Integer())
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(store_mod, "MIGRATIONS", [*store_mod.MIGRATIONS, Migration(LATEST + 1, "broken", broken)])
+    with pytest.raises(RuntimeError, match="boom"):
+        s.upgrade()
+    assert s.schema_version() == LATEST
+    assert "half_done" not in _columns(s, "versions")  # the DDL was in the transaction too
+
+
+def test_schema_newer_than_code_is_refused(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_mod, "MIGRATIONS", [])
+    with pytest.raises(SchemaError, match="newer than this code"):
+        store.upgrade()
+
+
+def test_migration_list_must_be_in_order(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    m1 = store_mod.MIGRATIONS[0]
+    monkeypatch.setattr(store_mod, "MIGRATIONS", [m1, Migration(3, "gap", lambda conn: None)])
+    with pytest.raises(SchemaError, match="numbered"):
+        backend.open().upgrade()
+
+
+def test_concurrent_upgrades_agree(backend: Backend) -> None:
+    stores = [backend.open() for _ in range(4)]
+    barrier = threading.Barrier(len(stores))
+    results: list[int] = []
+    errors: list[BaseException] = []
+
+    def run(s: Store) -> None:
+        try:
+            barrier.wait()
+            results.append(s.upgrade())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    assert results == [LATEST] * len(stores)
+    assert _version_rows(stores[0]) == list(range(1, LATEST + 1))
+
+
+def test_upgrade_database_by_url(backend: Backend) -> None:
+    url = backend.url_with_search_path()
+    assert upgrade_database(url) == LATEST
+    assert upgrade_database(url) == LATEST
+    assert backend.open().schema_version() == LATEST
+
+
+def test_for_state_dir_makes_a_wal_sqlite_file(tmp_path: Path) -> None:
+    s = Store.for_state_dir(tmp_path / "a" / "b")
+    try:
+        assert s.upgrade() == LATEST
+        assert (tmp_path / "a" / "b" / "sluice.db").is_file()
+        assert s.engine.dialect.name == "sqlite"
+        with s.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    finally:
+        s.close()
+
+
+def test_password_never_shown() -> None:
+    s = Store("postgresql+psycopg://sluice:hunter2@db.example:5432/sluice")  # no connection is made
+    try:
+        assert "hunter2" not in repr(s)
+        assert "hunter2" not in s.display_url
+        assert "***" in s.display_url
+    finally:
+        s.close()
+
+
+# --- traffic policies ---------------------------------------------------------------------------
+
+
+FULL_POLICY = TrafficPolicy(
+    stable="3",
+    canary="4",
+    canary_weight=12.5,
+    shadows=("5", "6"),
+    shadow_sample_rate=0.25,
+    sticky_header="x-user",
+    sticky_parameter="user_id",
+)
+
+
+def test_policy_round_trip_and_overwrite(store: Store) -> None:
+    assert store.get_policy("m") is None
+    store.put_policy("m", FULL_POLICY)
+    got = store.get_policy("m")
+    assert got == FULL_POLICY
+    assert got is not None and isinstance(got.shadows, tuple)
+
+    store.put_policy("m", TrafficPolicy())
+    assert store.get_policy("m") == TrafficPolicy()
+    assert store.all_policies() == {"m": TrafficPolicy()}
+
+
+def test_all_policies(store: Store) -> None:
+    assert store.all_policies() == {}
+    store.put_policy("b", FULL_POLICY)
+    store.put_policy("a", TrafficPolicy(stable="1"))
+    assert store.all_policies() == {"a": TrafficPolicy(stable="1"), "b": FULL_POLICY}
+
+
+def test_concurrent_puts_of_a_new_policy(store: Store) -> None:
+    barrier = threading.Barrier(6)
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait()
+            store.put_policy("new", TrafficPolicy(stable=str(i)))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    got = store.get_policy("new")
+    assert got is not None and got.stable in {str(i) for i in range(6)}
+    assert list(store.all_policies()) == ["new"]
+
+
+def test_policy_json_tolerates_missing_and_unknown_fields() -> None:
+    doc = store_mod.policy_to_json(FULL_POLICY)
+    assert doc["shadows"] == ["5", "6"]
+    assert store_mod.policy_from_json(doc) == FULL_POLICY
+    assert store_mod.policy_from_json({"stable": "2", "from_the_future": 1}) == TrafficPolicy(stable="2")
+
+
+# --- rollouts -----------------------------------------------------------------------------------
+
+
+def _rollout(model: str = "m", canary: str = "2", stable: str = "1") -> RolloutState:
+    spec = RolloutSpec(
+        canary=canary,
+        steps=(10.0, 50.0, 100.0),
+        interval_s=5.0,
+        failure_threshold=3,
+        checks=(CheckSpec("error_ratio", 1.2, min_requests=7),),
+    )
+    return RolloutState(model=model, stable=stable, spec=spec, window_started_at=1234.5)
+
+
+def test_rollout_save_update_and_finish(store: Store) -> None:
+    assert store.rollout("m") is None
+    assert store.active_rollouts() == []
+
+    first = _rollout()
+    store.save_rollout(first)
+    assert store.rollout("m") == first
+    assert store.active_rollouts() == [first]
+
+    stepped = replace(
+        first,
+        step=1,
+        failures=1,
+        window_started_at=1240.0,
+        last_results=(CheckResult("error_ratio", Verdict.FAIL, "canary 3% vs stable 1%"),),
+    )
+    store.save_rollout(stepped)
+    assert store.rollout("m") == stepped
+    assert store.active_rollouts() == [stepped]
+    assert store.rollout_history("m") == [stepped]  # updated in place, not a second row
+
+    done = replace(stepped, phase=Phase.PROMOTED, reason="all steps passed")
+    store.save_rollout(done)
+    assert store.active_rollouts() == []
+    assert store.rollout("m") == done
+    store.save_rollout(replace(done, reason="all steps passed (re-saved)"))
+    assert len(store.rollout_history("m")) == 1
+
+
+def test_rollout_history_and_one_active_per_model(store: Store) -> None:
+    old = replace(_rollout(canary="2"), phase=Phase.ROLLED_BACK, reason="errors")
+    store.save_rollout(_rollout(canary="2"))
+    store.save_rollout(old)
+
+    new = _rollout(canary="3")
+    store.save_rollout(new)
+    other = _rollout(model="n")
+    store.save_rollout(other)
+
+    assert store.rollout("m") == new
+    assert store.rollout_history("m") == [new, old]
+    assert store.active_rollouts() == [new, other]
+
+    with pytest.raises(Conflict, match="already has an active rollout"):
+        store.save_rollout(_rollout(canary="4"))
+    assert store.rollout("m") == new
+
+
+# --- versions -----------------------------------------------------------------------------------
+
+
+def test_versions_desired_state(store: Store) -> None:
+    assert store.versions() == []
+    store.put_version("m", "1", artifact="/models/m/1/model.onnx", runtime="onnx", batching={}, desired="loaded")
+    store.put_version(
+        "m",
+        "2",
+        artifact=None,
+        runtime="remote",
+        batching={"max_batch_size": 32, "delays_ms": [1, 2.5], "nested": {"a": None}},
+        desired="loaded",
+    )
+    store.put_version("n", "1", artifact="x", runtime="onnx", batching={}, desired="unloaded")
+
+    rows = store.versions("m")
+    assert [(r["model"], r["version"], r["desired"]) for r in rows] == [("m", "1", "loaded"), ("m", "2", "loaded")]
+    assert rows[1]["artifact"] is None
+    assert rows[1]["batching"] == {"max_batch_size": 32, "delays_ms": [1, 2.5], "nested": {"a": None}}
+    assert rows[0]["created_at"].tzinfo is not None and rows[0]["created_at"].utcoffset() == timedelta(0)
+    created = rows[0]["created_at"]
+
+    store.put_version("m", "1", artifact="/models/m/1/model.onnx", runtime="onnx", batching={}, desired="unloaded")
+    row = store.versions("m")[0]
+    assert row["desired"] == "unloaded"
+    assert row["created_at"] == created
+    assert row["updated_at"] >= created
+    assert len(store.versions()) == 3
+
+    with pytest.raises(InvalidInput, match="desired state"):
+        store.put_version("m", "1", artifact=None, runtime="onnx", batching={}, desired="running")
+
+
+# --- audit log ----------------------------------------------------------------------------------
+
+
+def test_audit_order_filter_limit_and_pages(store: Store) -> None:
+    ids = [store.audit("alice", "policy.put", "m" if i % 2 == 0 else "n", None, {"i": i}) for i in range(7)]
+    assert ids == sorted(ids) and len(set(ids)) == 7
+
+    events = store.audit_events()
+    assert [e.id for e in events] == ids[::-1]
+    assert [e.after["i"] for e in store.audit_events(model="m")] == [6, 4, 2, 0]
+    assert [e.after["i"] for e in store.audit_events(limit=3)] == [6, 5, 4]
+
+    pages: list[list[int]] = []
+    before: int | None = None
+    while page := store.audit_events(limit=3, before_id=before):
+        pages.append([e.after["i"] for e in page])
+        before = page[-1].id
+    assert pages == [[6, 5, 4], [3, 2, 1], [0]]
+    assert [e.after["i"] for e in store.audit_events(model="n", limit=1, before_id=ids[5])] == [3]
+
+    with pytest.raises(InvalidInput):
+        store.audit_events(limit=0)
+
+
+def test_audit_json_and_timestamps(store: Store) -> None:
+    before = {"policy": {"stable": "1", "shadows": [], "weight": 0.0}, "note": None}
+    after = {"policy": {"stable": "1", "canary": "2", "shadows": ["3"], "weight": 12.5}, "list": [1, "a", None]}
+    t0 = datetime.now(UTC)
+    event_id = store.audit("bob", "policy.put", "m", before, after)
+    given = datetime(2024, 5, 1, 14, 30, 15, 123456, tzinfo=timezone(timedelta(hours=2)))
+    store.audit("ops", "store.upgrade", None, None, None, at=given)
+
+    newest, first = store.audit_events()
+    assert first.id == event_id
+    assert (first.actor, first.action, first.model) == ("bob", "policy.put", "m")
+    assert first.before == before and first.after == after
+    assert first.at.utcoffset() == timedelta(0)
+    assert abs(first.at - t0) < timedelta(seconds=30)
+
+    assert newest.model is None and newest.before is None and newest.after is None
+    assert newest.at == given and newest.at.tzinfo is not None and newest.at.utcoffset() == timedelta(0)
+    assert newest.at.hour == 12
+
+    doc = first.to_json()
+    assert doc["at"].endswith("+00:00") and doc["before"] == before and doc["id"] == event_id
+
+    with pytest.raises(ValueError, match="naive"):
+        store.audit("bob", "x", None, None, None, at=datetime(2024, 1, 1))
+
+
+def test_audit_event_is_frozen() -> None:
+    e = AuditEvent(1, datetime.now(UTC), "a", "b", None, None, None)
+    with pytest.raises(AttributeError):
+        e.actor = "c"  # type: ignore[misc]
+
+
+# --- restart ------------------------------------------------------------------------------------
+
+
+def test_state_survives_a_restart(backend: Backend) -> None:
+    first = backend.open()
+    first.upgrade()
+    first.put_policy("m", FULL_POLICY)
+    rollout = _rollout()
+    first.save_rollout(rollout)
+    first.put_version("m", "4", artifact="a", runtime="onnx", batching={"max_batch_size": 8}, desired="loaded")
+    event_id = first.audit("alice", "rollout.start", "m", None, rollout.to_json())
+    first.close()
+
+    second = backend.open()
+    assert second.schema_version() == LATEST
+    assert second.upgrade() == LATEST
+    assert second.get_policy("m") == FULL_POLICY
+    assert second.active_rollouts() == [rollout]
+    assert [(v["version"], v["desired"], v["batching"]) for v in second.versions()] == [
+        ("4", "loaded", {"max_batch_size": 8})
+    ]
+    (event,) = second.audit_events()
+    assert event.id == event_id
+    assert RolloutState.from_json(event.after) == rollout
