@@ -15,6 +15,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
+from gateway.control import ControlPlane
 from gateway.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -28,6 +29,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.registry import ModelRegistry, ServedVersion
 from gateway.request import InferRequest, InferResponse
 from gateway.router import pick_version
+from gateway.shadow import ShadowDispatcher
 from gateway.validation import validate
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,10 @@ _OUTCOME_BY_ERROR: tuple[tuple[type[Exception], str], ...] = (
 )
 
 
+# Outcomes that say something about the version itself (a caller's 400 does not).
+_ANALYSED = frozenset(("ok", "error", "timeout", "overloaded"))
+
+
 def outcome_of(exc: BaseException) -> str:
     for cls, outcome in _OUTCOME_BY_ERROR:
         if isinstance(exc, cls):
@@ -55,10 +61,18 @@ def outcome_of(exc: BaseException) -> str:
 
 class DataPlane:
     def __init__(
-        self, registry: ModelRegistry, tracer: Tracer, metrics: GatewayMetrics, server_name: str = SERVER_NAME
+        self,
+        registry: ModelRegistry,
+        tracer: Tracer,
+        metrics: GatewayMetrics,
+        control: ControlPlane,
+        shadows: ShadowDispatcher,
+        server_name: str = SERVER_NAME,
     ) -> None:
         self.registry = registry
         self.metrics = metrics
+        self.control = control
+        self.shadows = shadows
         self.tracer = tracer
         self.server_name = server_name
         self.started = False
@@ -88,7 +102,11 @@ class DataPlane:
 
     def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
         model = self.registry.get_model(name)
-        served = self.registry.get_version(name, version) if version else pick_version(model, None)
+        served = (
+            self.registry.get_version(name, version)
+            if version
+            else pick_version(model, self.control.policy(name).stable)
+        )
         if served.runtime is None:
             raise ModelNotReady(served.not_ready_reason())
         sig = served.runtime.signature
@@ -121,8 +139,12 @@ class DataPlane:
         try:
             if self.draining:
                 raise ShuttingDown("gateway is shutting down")
-            served = pick_version(self.registry.get_model(request.model), request.version)
+            routed = self.control.route(self.registry.get_model(request.model), request)
+            served = routed.version
+            span.set_attribute("sluice.route", routed.route.value)
             response = await self._infer_version(request, served, span, protocol)
+            if routed.shadows:
+                self.shadows.dispatch(request, response.outputs, routed.shadows)
         except SluiceError as exc:
             self._count(served, protocol, outcome_of(exc), started)
             span.set_status(Status(StatusCode.ERROR, str(exc)))
@@ -186,5 +208,8 @@ class DataPlane:
             self.metrics.requests.labels("", "", protocol, outcome).inc()
             return
         m = served.metrics
+        elapsed = time.perf_counter() - started
         m.outcome(protocol, outcome).inc()
-        m.duration(protocol).observe(time.perf_counter() - started)
+        m.duration(protocol).observe(elapsed)
+        if outcome in _ANALYSED:
+            self.control.windows.record(served.model, served.version, outcome == "ok", elapsed)

@@ -41,3 +41,15 @@ class ShuttingDown(SluiceError):
 
 class InferenceFailed(SluiceError):
     """The runtime raised while running this request."""
+
+
+class Conflict(SluiceError):
+    """The request clashes with the current state (a second rollout on a model, a version in use)."""
+
+
+class Unauthorized(SluiceError):
+    """No credentials were sent (admin API: no bearer token)."""
+
+
+class Forbidden(SluiceError):
+    """Credentials were sent but are not valid."""

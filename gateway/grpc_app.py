@@ -16,6 +16,7 @@ from tritonclient.grpc import service_pb2_grpc
 from gateway.codec_grpc import decode_request, encode_response, metadata_response
 from gateway.dataplane import DataPlane
 from gateway.errors import (
+    Conflict,
     DeadlineExceeded,
     InferenceFailed,
     InvalidInput,
@@ -38,6 +39,7 @@ GRPC_STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (InferenceFailed, grpc.StatusCode.INTERNAL),
+    (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
 )
 
 
@@ -80,6 +82,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         try:
             infer_request = decode_request(request)
             metadata = context.invocation_metadata() or ()
+            infer_request.headers = metadata
             carrier = {m.key: m.value for m in metadata if m.key in ("traceparent", "tracestate")}
             if carrier:
                 infer_request.trace_context = extract_context(carrier)

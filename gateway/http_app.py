@@ -17,15 +17,20 @@ from typing import Any, TypeVar
 
 import orjson
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
+from gateway.admin_api import build_admin_router
+from gateway.admin_auth import AdminAuth
 from gateway.codec_json import decode_request, encode_response
 from gateway.dataplane import DataPlane
 from gateway.errors import (
+    Conflict,
     DeadlineExceeded,
+    Forbidden,
     InferenceFailed,
     InvalidInput,
     ModelNotFound,
@@ -34,6 +39,7 @@ from gateway.errors import (
     PayloadTooLarge,
     ShuttingDown,
     SluiceError,
+    Unauthorized,
 )
 from gateway.logs import request_id
 from gateway.tracing import extract_context
@@ -53,6 +59,9 @@ HTTP_STATUS: tuple[tuple[type[Exception], int], ...] = (
     (Overloaded, 429),
     (DeadlineExceeded, 504),
     (InferenceFailed, 500),
+    (Conflict, 409),
+    (Unauthorized, 401),
+    (Forbidden, 403),
 )
 
 
@@ -70,10 +79,16 @@ def error_body(message: str) -> bytes:
 class HttpAdapter:
     """The ASGI application uvicorn serves."""
 
-    def __init__(self, dataplane: DataPlane, registry: CollectorRegistry, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        registry: CollectorRegistry,
+        max_body_bytes: int,
+        admin_auth: AdminAuth | None = None,
+    ) -> None:
         self.dataplane = dataplane
         self.max_body_bytes = max_body_bytes
-        self.api = build_api(dataplane, registry)
+        self.api = build_api(dataplane, registry, admin_auth)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -119,6 +134,7 @@ class HttpAdapter:
             if encoding != b"identity":
                 body = _inflate(body, encoding, self.max_body_bytes)
             request = decode_request(body, header_length, model, version)
+            request.headers = scope["headers"]
             if trace_headers is not None:
                 request.trace_context = extract_context(trace_headers)
             request_id.set(request.id)
@@ -229,7 +245,8 @@ async def _send(
     await send({"type": "http.response.body", "body": body})
 
 
-def build_api(dataplane: DataPlane, registry: CollectorRegistry) -> FastAPI:
+def build_api(dataplane: DataPlane, registry: CollectorRegistry, admin_auth: AdminAuth | None = None) -> FastAPI:
+    """The FastAPI app; `admin_auth` None (or without tokens) leaves the admin API disabled (403)."""
     api = FastAPI(
         title="Sluice",
         summary="KServe V2 / Open Inference Protocol gateway",
@@ -239,6 +256,10 @@ def build_api(dataplane: DataPlane, registry: CollectorRegistry) -> FastAPI:
     @api.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": validation_message(exc)}, status_code=422)
 
     @api.exception_handler(SluiceError)
     async def _sluice_error(_: Request, exc: SluiceError) -> JSONResponse:
@@ -279,4 +300,16 @@ def build_api(dataplane: DataPlane, registry: CollectorRegistry) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    api.include_router(
+        build_admin_router(dataplane.control, admin_auth or AdminAuth(), ready=lambda: dataplane.ready())
+    )
     return api
+
+
+def validation_message(exc: RequestValidationError) -> str:
+    """One line per problem, naming the field: "body.canary_weight: Input should be less than or equal to 100"."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error.get("loc", ()))
+        parts.append(f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg", "invalid")))
+    return "invalid request: " + "; ".join(parts)

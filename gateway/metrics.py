@@ -22,6 +22,19 @@ QUEUE_DEPTH = "sluice_queue_depth"
 INFLIGHT = "sluice_inflight_requests"
 MODEL_READY = "sluice_model_ready"
 EXECUTION_PROVIDER = "sluice_execution_provider"
+# Control plane: traffic, rollouts, shadows, webhooks.
+TRAFFIC_WEIGHT = "sluice_traffic_weight"
+ROLLOUT_PHASE = "sluice_rollout_phase"
+ROLLOUT_STEP = "sluice_rollout_step"
+ROLLOUT_CHECKS = "sluice_rollout_checks"
+ROLLBACKS = "sluice_rollbacks"
+PROMOTIONS = "sluice_promotions"
+SHADOW_REQUESTS = "sluice_shadow_requests"
+SHADOW_DROPPED = "sluice_shadow_dropped"
+SHADOW_AGREEMENT = "sluice_shadow_agreement_ratio"
+SHADOW_ABS_DIFF = "sluice_shadow_abs_diff"
+SHADOW_LATENCY = "sluice_shadow_latency_seconds"
+WEBHOOK_DELIVERIES = "sluice_webhook_deliveries"
 
 # Exposed names (counters gain _total, histograms _bucket/_sum/_count).
 METRIC_NAMES = (
@@ -36,7 +49,21 @@ METRIC_NAMES = (
     INFLIGHT,
     MODEL_READY,
     EXECUTION_PROVIDER,
+    TRAFFIC_WEIGHT,
+    ROLLOUT_PHASE,
+    ROLLOUT_STEP,
+    f"{ROLLOUT_CHECKS}_total",
+    f"{ROLLBACKS}_total",
+    f"{PROMOTIONS}_total",
+    f"{SHADOW_REQUESTS}_total",
+    f"{SHADOW_DROPPED}_total",
+    SHADOW_AGREEMENT,
+    SHADOW_ABS_DIFF,
+    SHADOW_LATENCY,
+    f"{WEBHOOK_DELIVERIES}_total",
 )
+
+ROLLOUT_PHASES = ("progressing", "paused", "promoted", "rolled_back", "aborted")
 
 OUTCOMES = ("ok", "invalid", "not_found", "not_ready", "overloaded", "timeout", "error", "draining", "cancelled")
 
@@ -102,6 +129,44 @@ class GatewayMetrics:
             EXECUTION_PROVIDER,
             "1 for the execution provider that runs the version.",
             (*mv, "provider"),
+            registry=r,
+        )
+        # Control plane
+        self.traffic_weight = Gauge(
+            TRAFFIC_WEIGHT, "Percent of a model's traffic each version receives.", mv, registry=r
+        )
+        self.rollout_phase = Gauge(
+            ROLLOUT_PHASE, "1 for the phase a model's rollout is in.", ("model", "canary", "phase"), registry=r
+        )
+        self.rollout_step = Gauge(ROLLOUT_STEP, "Index of the rollout step in force (0-based).", ("model",), registry=r)
+        self.rollout_checks = Counter(
+            ROLLOUT_CHECKS, "Rollout analysis verdicts by check.", ("model", "check", "verdict"), registry=r
+        )
+        self.rollbacks = Counter(ROLLBACKS, "Canaries rolled back, by reason.", ("model", "reason"), registry=r)
+        self.promotions = Counter(PROMOTIONS, "Canaries promoted to stable.", ("model",), registry=r)
+        self.shadow_requests = Counter(
+            SHADOW_REQUESTS, "Requests copied to a shadow version, by outcome.", (*mv, "outcome"), registry=r
+        )
+        self.shadow_dropped = Counter(
+            SHADOW_DROPPED, "Shadow copies dropped because the shadow's queue was full.", mv, registry=r
+        )
+        self.shadow_agreement = Gauge(
+            SHADOW_AGREEMENT, "Share of compared shadow answers that agree with the primary's.", mv, registry=r
+        )
+        self.shadow_abs_diff = Histogram(
+            SHADOW_ABS_DIFF,
+            "Mean absolute difference of a shadow answer from the primary's.",
+            mv,
+            buckets=(1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0),
+            registry=r,
+        )
+        self.shadow_latency = Histogram(
+            SHADOW_LATENCY, "Shadow version inference time.", mv, buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.webhook_deliveries = Counter(
+            WEBHOOK_DELIVERIES,
+            "Webhook deliveries by outcome (delivered, retried, failed).",
+            ("event", "outcome"),
             registry=r,
         )
         self._versions: dict[tuple[str, str], VersionMetrics] = {}

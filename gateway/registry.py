@@ -20,7 +20,7 @@ from gateway.batcher import Batcher
 from gateway.errors import ModelNotFound
 from gateway.metrics import GatewayMetrics, VersionMetrics
 from gateway.model_config import ModelConfig
-from gateway.repository import ModelSource, VersionSource, scan_repository
+from gateway.repository import ModelSource, VersionSource, scan_model, scan_repository
 from gateway.tracing import BatchTelemetry
 from runtimes.base import ModelRuntime
 
@@ -34,6 +34,7 @@ class VersionState(str, enum.Enum):
     READY = "READY"
     FAILED = "FAILED"
     UNLOADING = "UNLOADING"
+    UNLOADED = "UNLOADED"
 
 
 @dataclass
@@ -128,6 +129,40 @@ class ModelRegistry:
             runtime.info.execution_provider,
             batching.max_batch_size,
         )
+
+    async def load_version(self, name: str, version: str) -> ServedVersion:
+        """Load (or reload) one version from the repository, whatever the version policy says."""
+        model = self.get_model(name)
+        current = model.versions.get(version)
+        if current is not None and current.state in (VersionState.READY, VersionState.LOADING):
+            return current
+        source = await asyncio.to_thread(scan_model, self.repo, self.repo / name, True)
+        match = [v for v in source.versions if v.version == version]
+        if source.error and not match:
+            raise ModelNotFound(source.error)
+        if not match:
+            raise ModelNotFound(f"model '{name}' has no version '{version}' in the repository")
+        served = ServedVersion(name, version, source.config, self._metrics.version(name, version))
+        model.versions[version] = served
+        await self._load_version(source, match[0], served)
+        return served
+
+    async def unload_version(self, name: str, version: str, drain_timeout_s: float) -> ServedVersion:
+        """Stop routing to the version, let its in-flight requests finish, then free the runtime."""
+        served = self.get_version(name, version)
+        if served.state is not VersionState.READY:
+            return served
+        served.state = VersionState.UNLOADING
+        served.metrics.set_ready(False)
+        if served.batcher is not None:
+            await served.batcher.drain(drain_timeout_s)
+            await served.batcher.close()
+        if served.runtime is not None:
+            await served.runtime.close()
+        served.batcher, served.runtime = None, None
+        served.state = VersionState.UNLOADED
+        log.info("model %s version %s unloaded", name, version)
+        return served
 
     def get_model(self, name: str) -> ServedModel:
         model = self.models.get(name)

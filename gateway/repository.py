@@ -50,8 +50,11 @@ def scan_repository(repo: Path) -> list[ModelSource]:
     return models
 
 
-def scan_model(repo: Path, directory: Path) -> ModelSource:
+def scan_model(repo: Path, directory: Path, every_version: bool = False) -> ModelSource:
+    """Scan one model folder; `every_version` ignores the version policy (an explicit load)."""
     name = directory.name
+    if not directory.is_dir():
+        return ModelSource(name, directory, ModelConfig(), error=f"{directory}: no such model folder")
     if not _MODEL_NAME.match(name):
         return ModelSource(name, directory, ModelConfig(), error=f"{directory}: not a valid model name")
     try:
@@ -61,13 +64,14 @@ def scan_model(repo: Path, directory: Path) -> ModelSource:
     source = ModelSource(name, directory, config)
     numbers = [int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit()]
     if config.runtime.kind == "remote":
-        chosen = config.version_policy.select(numbers or list(config.runtime.versions or [1]))
+        candidates = numbers or list(config.runtime.versions or [1])
+        chosen = sorted(candidates) if every_version else config.version_policy.select(candidates)
         source.versions = [VersionSource(str(v), None) for v in chosen]
         return source
     if not numbers:
         source.error = f"{directory}: no version folders (expected {directory}/1/{config.runtime.filename})"
         return source
-    for number in config.version_policy.select(numbers):
+    for number in sorted(numbers) if every_version else config.version_policy.select(numbers):
         artifact = directory / str(number) / config.runtime.filename
         try:
             artifact = confined(repo, artifact)

@@ -6,6 +6,7 @@ Both the HTTP and the gRPC adapters decode into `InferRequest` and encode from
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,8 @@ class InferRequest:
     deadline_s: float | None = None
     """Time the transport still allows (a gRPC deadline); it can only shorten the timeout, never lengthen it."""
     binary_output: bool = False
+    headers: Sequence[tuple[Any, Any]] = ()
+    """Raw transport headers (HTTP: bytes pairs; gRPC: metadata), read only when a policy needs one."""
     trace_context: Any = None
     """The caller's OpenTelemetry context (W3C traceparent), when it sent one."""
     """HTTP binary extension: `binary_data_output` request parameter."""
@@ -48,3 +51,13 @@ class InferResponse:
     id: str
     outputs: dict[str, np.ndarray]
     parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def header_value(headers: Sequence[tuple[Any, Any]], name: str) -> str | None:
+    """Case-insensitive header (or gRPC metadata) lookup over either transport's raw pairs."""
+    wanted = name.lower()
+    for key, value in headers:
+        k = key.decode("latin-1") if isinstance(key, bytes) else key
+        if k.lower() == wanted:
+            return value.decode("latin-1") if isinstance(value, bytes) else str(value)
+    return None

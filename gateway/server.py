@@ -14,13 +14,16 @@ import importlib.util
 import logging
 import signal
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import uvicorn
 from opentelemetry.sdk.trace import TracerProvider
 
+from gateway.admin_auth import AdminAuth
+from gateway.control import ControlPlane
 from gateway.dataplane import DataPlane
 from gateway.grpc_app import build_grpc_server
 from gateway.http_app import HttpAdapter
@@ -28,7 +31,10 @@ from gateway.metrics import GatewayMetrics
 from gateway.registry import ModelRegistry, RuntimeFactory
 from gateway.repository import ModelSource, VersionSource
 from gateway.settings import GatewaySettings
+from gateway.shadow import ShadowDispatcher
+from gateway.store import Store
 from gateway.tracing import get_tracer, make_tracer_provider
+from gateway.webhooks import WebhookSender
 from runtimes.base import ModelRuntime
 from runtimes.onnx import OnnxRuntime
 
@@ -50,7 +56,10 @@ class Gateway:
         *,
         tracer_provider: TracerProvider | None = None,
         runtime_factory: RuntimeFactory | None = None,
+        clock: Callable[[], float] = time.time,
+        run_controller: bool = True,
     ) -> None:
+        self._run_controller = run_controller
         self.settings = settings
         self.metrics = GatewayMetrics()
         self.tracer_provider = tracer_provider or make_tracer_provider(
@@ -59,7 +68,23 @@ class Gateway:
         self._executor = ThreadPoolExecutor(max_workers=settings.runtime_threads, thread_name_prefix="runtime")
         tracer = get_tracer(self.tracer_provider)
         self.registry = ModelRegistry(settings.model_repo, self.metrics, runtime_factory or self._make_runtime, tracer)
-        self.dataplane = DataPlane(self.registry, tracer, self.metrics, settings.service_name)
+        url = settings.database_url.get_secret_value() if settings.database_url else None
+        store = Store(url) if url else Store.for_state_dir(settings.state_dir)
+        secret = settings.webhook_secret.get_secret_value().encode() if settings.webhook_secret else None
+        webhooks = WebhookSender(settings.webhook_urls, secret, self.metrics) if settings.webhook_urls else None
+        self.control = ControlPlane(
+            self.registry,
+            self.metrics,
+            store,
+            webhooks=webhooks,
+            clock=clock,
+            tick_s=settings.rollout_tick_s,
+            drain_timeout_s=settings.drain_timeout_s,
+        )
+        self.shadows = ShadowDispatcher(self.metrics, self.control.windows)
+        self.dataplane = DataPlane(
+            self.registry, tracer, self.metrics, self.control, self.shadows, settings.service_name
+        )
         self.http_port = 0
         self.grpc_port = 0
         self._http: _UvicornServer | None = None
@@ -93,6 +118,7 @@ class Gateway:
     async def start(self) -> None:
         """Bind and serve at once (live), then load models (ready when they are warm)."""
         s = self.settings
+        admin_auth = AdminAuth.from_settings(s)  # a bad token list stops start-up before anything binds
         self._stopping = asyncio.Event()
         sock = socket.socket(socket.AF_INET6 if ":" in s.host else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -101,7 +127,7 @@ class Gateway:
         sock.setblocking(False)
         self.http_port = sock.getsockname()[1]
         config = uvicorn.Config(
-            HttpAdapter(self.dataplane, self.metrics.registry, s.max_body_bytes),
+            HttpAdapter(self.dataplane, self.metrics.registry, s.max_body_bytes, admin_auth),
             http="httptools",
             loop="none",
             lifespan="off",
@@ -128,6 +154,7 @@ class Gateway:
                 "'sluicegate[cpu]' (onnxruntime) or 'sluicegate[gpu]' (onnxruntime-gpu)"
             )
         await self.registry.load_all()
+        await self.control.start(run_loop=self._run_controller)
         self.dataplane.started = True
         log.info("ready", extra={"models": sorted(self.registry.models)})
 
@@ -167,6 +194,8 @@ class Gateway:
         drained = await self.registry.drain(timeout)
         if not drained:
             log.warning("drain timeout passed with requests still queued")
+        await self.shadows.aclose()
+        await self.control.stop()
         await self.registry.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self.tracer_provider.shutdown()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -32,6 +32,21 @@ class GatewaySettings(BaseSettings):
     )
     log_level: str = Field("info", description="debug, info, warning or error.")
     log_format: str = Field("json", description="json (one object a line) or text.")
+    state_dir: Path = Field(Path(".sluice"), description="Where the SQLite state database lives (default engine).")
+    database_url: SecretStr | None = Field(
+        None,
+        description="SQLAlchemy URL of the state database, e.g. postgresql+psycopg://u@host/db (wins over state_dir).",
+    )
+    admin_tokens: SecretStr | None = Field(
+        None,
+        description="Admin API bearer tokens as name:token pairs, comma separated; the name goes to the audit log.",
+    )
+    admin_tokens_file: Path | None = Field(
+        None, description="File with one name:token pair a line (# comments allowed)."
+    )
+    webhook_urls: list[str] = Field(default_factory=list, description="URLs told about every rollout transition.")
+    webhook_secret: SecretStr | None = Field(None, description="HMAC-SHA256 key that signs webhook bodies.")
+    rollout_tick_s: float = Field(1.0, gt=0, description="How often the rollout controller checks for due analyses.")
     gc_gen0_threshold: int = Field(
         10_000, description="Python GC first-generation threshold for the serving process; 0 keeps Python's default."
     )

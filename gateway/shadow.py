@@ -1,0 +1,86 @@
+"""Shadow traffic: a copy of a request to other versions, compared with the primary's answer.
+
+The copy is sent after the primary answered, as a task of its own: it never changes the
+response and never holds it up. It is bounded twice (tasks in flight, and the shadow's own
+queue kept at most half full so shadows never crowd out real callers of that version); what
+does not fit is dropped and counted. Observers never break requests: every error is caught
+and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from gateway.metrics import GatewayMetrics
+from gateway.registry import ServedVersion
+from gateway.request import InferRequest
+from gateway.validation import validate
+from gateway.window_stats import WindowRecorder
+from monitors.shadow_compare import OutputRule, compare_outputs
+
+log = logging.getLogger(__name__)
+
+RulesFor = Callable[[ServedVersion], Mapping[str, OutputRule]]
+
+
+class ShadowDispatcher:
+    def __init__(
+        self,
+        metrics: GatewayMetrics,
+        windows: WindowRecorder,
+        rules_for: RulesFor | None = None,
+        max_in_flight: int = 256,
+    ) -> None:
+        self._metrics = metrics
+        self._windows = windows
+        self._rules_for = rules_for or (lambda _: {})
+        self._max_in_flight = max_in_flight
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._agreement: dict[tuple[str, str], list[int]] = {}
+
+    def dispatch(
+        self, request: InferRequest, primary: Mapping[str, np.ndarray], shadows: tuple[ServedVersion, ...]
+    ) -> None:
+        for shadow in shadows:
+            batcher = shadow.batcher
+            full = batcher is None or batcher.queue_depth * 2 >= batcher.config.queue_capacity
+            if full or len(self._tasks) >= self._max_in_flight:
+                self._metrics.shadow_dropped.labels(shadow.model, shadow.version).inc()
+                continue
+            task = asyncio.get_running_loop().create_task(self._shadow(request, primary, shadow))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _shadow(self, request: InferRequest, primary: Mapping[str, np.ndarray], shadow: ServedVersion) -> None:
+        labels = (shadow.model, shadow.version)
+        started = time.perf_counter()
+        try:
+            runtime, batcher = shadow.runtime, shadow.batcher
+            if runtime is None or batcher is None:
+                raise RuntimeError(shadow.not_ready_reason())
+            rows = validate(request, runtime.signature, shadow.batching.max_batch_size)
+            outputs, _ = await batcher.submit(request.inputs, rows, None, request.timeout_s)
+        except Exception as exc:
+            self._metrics.shadow_requests.labels(*labels, "error").inc()
+            self._windows.record_shadow(shadow.model, shadow.version, agreed=False)
+            log.info("shadow %s/%s failed: %s", shadow.model, shadow.version, exc)
+            return
+        self._metrics.shadow_latency.labels(*labels).observe(time.perf_counter() - started)
+        result = compare_outputs(primary, outputs, self._rules_for(shadow))
+        self._metrics.shadow_requests.labels(*labels, "agreed" if result.agreed else "disagreed").inc()
+        if result.mean_abs_diff is not None:
+            self._metrics.shadow_abs_diff.labels(*labels).observe(result.mean_abs_diff)
+        counts = self._agreement.setdefault(labels, [0, 0])
+        counts[0] += int(result.agreed)
+        counts[1] += 1
+        self._metrics.shadow_agreement.labels(*labels).set(counts[0] / counts[1])
+        self._windows.record_shadow(shadow.model, shadow.version, agreed=result.agreed)
+
+    async def aclose(self, timeout_s: float = 5.0) -> None:
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout_s)
