@@ -9,7 +9,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from gateway import cli_admin
+from gateway.admin_auth import AdminTokenError
 from gateway.logs import configure_logging
 from gateway.settings import GatewaySettings
 
@@ -44,6 +47,22 @@ SampleRatio = Annotated[
 ]
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
 LogFormat = Annotated[str, typer.Option("--log-format", help="json or text.")]
+StateDir = Annotated[
+    Path,
+    typer.Option(
+        "--state-dir",
+        help="Directory of the SQLite state database (policies, rollouts, audit log); "
+        "SLUICE_DATABASE_URL overrides it with PostgreSQL.",
+    ),
+]
+AdminTokensFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--admin-tokens-file",
+        help="File of admin API tokens, one name:token a line (also: SLUICE_ADMIN_TOKENS). None: admin API disabled.",
+        show_default=False,
+    ),
+]
 
 _DEFAULTS = GatewaySettings()
 
@@ -91,6 +110,9 @@ def _start(settings: GatewaySettings, banner: bool) -> None:
 
     try:
         _run(serve(settings, on_ready))
+    except AdminTokenError as exc:
+        console.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from None
     except OSError as exc:
         console.print(f"[red]error:[/] cannot listen on {settings.host}: {exc.strerror or exc}")
         raise typer.Exit(1) from None
@@ -108,6 +130,8 @@ def serve(
     trace_sample_ratio: SampleRatio = _DEFAULTS.trace_sample_ratio,
     log_level: LogLevel = _DEFAULTS.log_level,
     log_format: LogFormat = _DEFAULTS.log_format,
+    state_dir: StateDir = _DEFAULTS.state_dir,
+    admin_tokens_file: AdminTokensFile = None,
 ) -> None:
     """Serve a model repository over V2 HTTP and gRPC until SIGTERM or Ctrl-C."""
     settings = _settings(
@@ -121,6 +145,8 @@ def serve(
         trace_sample_ratio=trace_sample_ratio,
         log_level=log_level,
         log_format=log_format,
+        state_dir=state_dir,
+        admin_tokens_file=admin_tokens_file,
     )
     _start(settings, banner=False)
 
@@ -153,6 +179,18 @@ def demo(
         log_format=log_format,
     )
     _start(settings, banner=True)
+
+
+# Admin commands: they talk to a running gateway's /admin API (see gateway.cli_admin).
+app.command("models")(cli_admin.models)
+app.add_typer(cli_admin.traffic_app, name="traffic")
+app.add_typer(cli_admin.canary_app, name="canary")
+app.command("shadow")(cli_admin.shadow)
+app.command("rollback")(cli_admin.rollback)
+app.command("load")(cli_admin.load)
+app.command("unload")(cli_admin.unload)
+app.command("audit")(cli_admin.audit)
+app.add_typer(cli_admin.db_app, name="db")
 
 
 def main() -> None:  # pragma: no cover

@@ -47,6 +47,7 @@ from gateway.tracing import extract_context
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+ADMIN_MAX_BODY_BYTES = 1024 * 1024
 INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 
 # Most specific class first; the first isinstance match wins.
@@ -96,7 +97,30 @@ class HttpAdapter:
             if match is not None:
                 await self._infer(scope, receive, send, match.group(1), match.group(2))
                 return
+        if scope["type"] == "http" and scope["path"].startswith("/admin/"):
+            await self._admin(scope, receive, send)
+            return
         await self.api(scope, receive, send)
+
+    async def _admin(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Admin bodies are small: read at most ADMIN_MAX_BODY_BYTES (FastAPI reads a body before it
+        checks the token, so without this an anonymous caller could make it buffer any size)."""
+        body = await _read_body(receive, ADMIN_MAX_BODY_BYTES)
+        if body is None:
+            return
+        if body is _TOO_LARGE:
+            await _send(send, 413, error_body(f"admin request body is over the limit of {ADMIN_MAX_BODY_BYTES} bytes"))
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.api(scope, replay, send)
 
     async def _infer(self, scope: Scope, receive: Receive, send: Send, model: str, version: str | None) -> None:
         header_length: int | None = None

@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -50,6 +52,13 @@ class GatewayProcess:
     http_port: int
     grpc_port: int
     log_path: Path
+    admin_token: str = ""
+    """The token of the admin named "ci" (SLUICE_ADMIN_TOKENS), unless the caller's env replaced it."""
+    state_dir: Path | None = None
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token}"}
 
     @property
     def http_url(self) -> str:
@@ -76,9 +85,20 @@ class GatewayProcess:
 
 
 @contextlib.contextmanager
-def gateway_process(repo: Path, *args: str, tmp: Path, env: dict[str, str] | None = None) -> Iterator[GatewayProcess]:
+def gateway_process(
+    repo: Path,
+    *args: str,
+    tmp: Path,
+    env: dict[str, str] | None = None,
+    admin_token: str | None = None,
+    state_dir: Path | None = None,
+) -> Iterator[GatewayProcess]:
+    """A `sluice serve` subprocess with its own state directory (default `tmp/state`) and an admin token
+    for the name "ci" (random unless given; both are on the result)."""
     http_port, grpc_port = free_port(), free_port()
     log_path = tmp / f"gateway-{http_port}.log"
+    admin_token = admin_token or secrets.token_urlsafe(24)
+    state_dir = state_dir or tmp / "state"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [
@@ -94,14 +114,16 @@ def gateway_process(repo: Path, *args: str, tmp: Path, env: dict[str, str] | Non
                 str(http_port),
                 "--grpc-port",
                 str(grpc_port),
+                "--state-dir",
+                str(state_dir),
                 *args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, "SLUICE_ADMIN_TOKENS": f"ci:{admin_token}", **(env or {})},
         )
-    gw = GatewayProcess(proc, http_port, grpc_port, log_path)
+    gw = GatewayProcess(proc, http_port, grpc_port, log_path, admin_token, state_dir)
     try:
 
         def ready() -> bool:
@@ -175,8 +197,16 @@ class ThreadedGateway:
         return httpx.get(f"{self.http_url}/metrics", timeout=10).text
 
 
-def settings_for(repo: Path, **overrides: Any) -> GatewaySettings:
-    values: dict[str, Any] = {"model_repo": repo, "host": "127.0.0.1", "http_port": 0, "grpc_port": 0}
+def settings_for(repo: Path, tmp: Path | None = None, **overrides: Any) -> GatewaySettings:
+    """Settings for a test gateway; its state directory is `tmp/state` (a fresh temporary one by default)."""
+    state_dir = (tmp or Path(tempfile.mkdtemp(prefix="sluice-test-"))) / "state"
+    values: dict[str, Any] = {
+        "model_repo": repo,
+        "host": "127.0.0.1",
+        "http_port": 0,
+        "grpc_port": 0,
+        "state_dir": state_dir,
+    }
     return GatewaySettings(**{**values, **overrides})
 
 
