@@ -1,7 +1,7 @@
 """The reference throughput test, in one command, with its baseline measured in the same run.
 
     python -m loadtests.bench [--out bench-results] [--duration 15] [--warmup 3] \
-        [--connections 1,16,64] [--repeats 3] [--skip-raw] [--modes floor,batching_on,batching_off]
+        [--connections 1,16,64] [--repeats 3] [--skip-raw] [--modes floor,batching_on,shadow,batching_off]
 
 Why this exists: the peer figures the project is compared with (Triton, MLServer, KServe, Ray Serve,
 BentoML) were all taken the way /work/shared/bench/README.md describes: wrk with one thread, closed loop,
@@ -14,6 +14,9 @@ makes a single run interpretable on a noisy shared box:
   against: "gateway / floor" req/s and "p50 above floor" are read off within one run;
 - two modes of the same gateway, dynamic batching on (max_batch_size 64, max_queue_delay_ms 2) and off
   (max_batch_size 0), so the effect of batching is a difference inside one run, not across runs;
+- a third, `shadow`: batching on, with every request also copied to a second version of the model, so the
+  cost of shadow traffic to the primary's answers (req/s, p50, p99) is read off against batching_on, with
+  the gateway's shadow counters (compared, errored, dropped) scraped from /metrics to show the shadow ran;
 - raw ONNX Runtime in-process on the same model (intra_op_num_threads=1), at batch 1 and batch 32, plus
   the in-process cost of decoding and encoding one V2 JSON request, so the gateway's own overhead can be
   read off ("overhead ratio" = gateway p50 at 1 connection / one raw ORT batch-1 call);
@@ -50,6 +53,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from gateway.traffic import TrafficPolicy
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_LUA = Path("/work/shared/bench/v2_b1.lua")
 LOCAL_LUA = Path(__file__).resolve().parent / "v2_b1.lua"
@@ -84,20 +89,39 @@ runtime:
   execution_providers: [cpu]
   intra_op_threads: 1
 """
+_VERSIONS_YAML = "version_policy:\n  all: true\n"
+_BATCHING_ON_YAML = "batching:\n  max_batch_size: 64\n  max_queue_delay_ms: 2\n  queue_capacity: 2048\n"
+_BATCHING_OFF_YAML = "batching:\n  max_batch_size: 0\n  max_queue_delay_ms: 2\n  queue_capacity: 2048\n"
 FLOOR = "floor"
 """The mode that runs loadtests/floor_app.py instead of the gateway."""
+SHADOW = "shadow"
+"""The gateway mode that copies every request to a shadow version."""
+PRIMARY_VERSION = "1"
+SHADOW_VERSION = "2"
+REFERENCE_VERSIONS: tuple[tuple[str, int], ...] = ((PRIMARY_VERSION, 1234),)
+"""The reference MLP alone (weights from default_rng(1234)): the floor's and the raw baseline's model."""
+GATEWAY_VERSIONS: tuple[tuple[str, int], ...] = (*REFERENCE_VERSIONS, (SHADOW_VERSION, 4321))
+"""What every gateway mode's repository holds: the reference MLP as version 1, and a second MLP of the same
+shape (seed 4321) as version 2, so the modes differ only by their batching settings and traffic policy."""
 MODES: dict[str, str] = {
-    "batching_on": (
-        "batching:\n  max_batch_size: 64\n  max_queue_delay_ms: 2\n  queue_capacity: 2048\n" + _RUNTIME_YAML
-    ),
-    "batching_off": (
-        "batching:\n  max_batch_size: 0\n  max_queue_delay_ms: 2\n  queue_capacity: 2048\n" + _RUNTIME_YAML
-    ),
+    "batching_on": _BATCHING_ON_YAML + _VERSIONS_YAML + _RUNTIME_YAML,
+    SHADOW: _BATCHING_ON_YAML + _VERSIONS_YAML + _RUNTIME_YAML,
+    "batching_off": _BATCHING_OFF_YAML + _VERSIONS_YAML + _RUNTIME_YAML,
 }
 """Gateway modes: name -> mlp/config.yaml."""
+POLICIES: dict[str, TrafficPolicy] = {
+    "batching_on": TrafficPolicy(stable=PRIMARY_VERSION),
+    SHADOW: TrafficPolicy(stable=PRIMARY_VERSION, shadows=(SHADOW_VERSION,), shadow_sample_rate=1.0),
+    "batching_off": TrafficPolicy(stable=PRIMARY_VERSION),
+}
+"""The traffic policy each gateway mode's state database is seeded with before the gateway starts. Version 1
+answers every request in every mode (without a policy the newest ready version, 2, would); `shadow` also sends
+a copy of every request to version 2."""
 ALL_MODES = (FLOOR, *MODES)
 GATEWAY_VS_FLOOR = "batching_on"
 """The gateway mode compared with the floor, and held to the targets below."""
+SHADOW_SETTLE_S = 0.5
+"""Pause after a wrk run before /metrics is scraped, so the shadow copies still in flight are counted."""
 
 # The project's targets, checked in the report (gateway = GATEWAY_VS_FLOOR).
 TARGET_RPS_C64 = 3000.0
@@ -130,13 +154,29 @@ def decode_row(body: bytes) -> np.ndarray[Any, np.dtype[np.float32]]:
     return np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
 
 
-def write_model_repo(root: Path, config_yaml: str) -> Path:
-    """A one-model repository: mlp/1/model.onnx (reference weights, seed 1234) and mlp/config.yaml."""
+def write_model_repo(root: Path, config_yaml: str, versions: Sequence[tuple[str, int]] = REFERENCE_VERSIONS) -> Path:
+    """A one-model repository: mlp/<version>/model.onnx for each (version, seed), and mlp/config.yaml.
+
+    The default is the reference MLP alone, mlp/1/model.onnx with weights from default_rng(1234).
+    """
     from gateway.demo import build_reference_mlp
 
-    build_reference_mlp(root / MODEL / "1" / "model.onnx", seed=1234)
+    for version, seed in versions:
+        build_reference_mlp(root / MODEL / version / "model.onnx", seed=seed)
     (root / MODEL / "config.yaml").write_text(config_yaml)
     return root
+
+
+def seed_state(state_dir: Path, policy: TrafficPolicy) -> None:
+    """Write `policy` for the model into a fresh state database; the gateway loads it at start-up."""
+    from gateway.store import Store
+
+    store = Store.for_state_dir(state_dir)
+    try:
+        store.upgrade()
+        store.put_policy(MODEL, policy)
+    finally:
+        store.close()
 
 
 def lua_script() -> Path:
@@ -179,6 +219,9 @@ class Gateway:
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         }
         env["PYTHONUNBUFFERED"] = "1"
+        # Each mode keeps its state (policies) in its own fresh --state-dir; a database URL in this
+        # environment would override it and share state between runs.
+        env.pop("SLUICE_DATABASE_URL", None)
         env.update(self.extra_env)
         self.proc = subprocess.Popen(
             self.cmd,
@@ -261,21 +304,75 @@ def http_post(url: str, body: bytes, timeout_s: float = 10.0) -> tuple[int, byte
         return int(exc.code), exc.read()
 
 
-def check_gateway(gw: Gateway, body: bytes, expected: np.ndarray[Any, Any] | None) -> dict[str, Any]:
-    """One request before the load: a server that answers 4xx fast would otherwise post a great req/s."""
+def check_gateway(
+    gw: Gateway, body: bytes, expected: np.ndarray[Any, Any] | None, expected_version: str | None = None
+) -> dict[str, Any]:
+    """One request before the load: a server that answers 4xx fast would otherwise post a great req/s.
+
+    `expected` is raw ONNX Runtime's output on version 1 (None with --skip-raw); `expected_version`, when
+    given, is the version that must have answered (the seeded policy's stable version).
+    """
     status, raw = http_post(f"{gw.base_url}/v2/models/{MODEL}/infer", body)
     if status != 200:
         raise BenchError(f"infer answered {status}: {raw[:300]!r}")
     doc = orjson.loads(raw)
+    answered = doc.get("model_version")
+    if expected_version is not None and answered is not None and str(answered) != expected_version:
+        raise BenchError(f"version {answered} answered; the seeded policy routes to version {expected_version}")
     out = doc["outputs"][0]
     got = np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
-    result: dict[str, Any] = {"status": status, "output_shape": list(got.shape), "response_bytes": len(raw)}
+    result: dict[str, Any] = {
+        "status": status,
+        "model_version": answered,
+        "output_shape": list(got.shape),
+        "response_bytes": len(raw),
+    }
     if expected is not None:
         diff = float(np.max(np.abs(got - expected)))
         result["max_abs_diff_vs_raw_ort"] = diff
         if not np.allclose(got, expected, rtol=1e-4, atol=1e-5):
             raise BenchError(f"server output differs from raw ONNX Runtime (max abs diff {diff:g})")
     return result
+
+
+SHADOW_COUNTERS = ("compared", "agreed", "disagreed", "errored", "dropped", "latency_count", "latency_sum_s")
+
+
+def scrape_shadow(gw: Gateway, settle_s: float = SHADOW_SETTLE_S) -> dict[str, float]:
+    """The gateway's shadow counters for the model, summed over shadow versions, from its /metrics.
+
+    compared = agreed + disagreed (copies the shadow answered and that were checked against the primary);
+    errored (the copy failed); dropped (shed before it was sent: the shadow's queue was half full or too
+    many copies were in flight); latency_count / latency_sum_s (the shadow's own inference time).
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    time.sleep(settle_s)
+    try:
+        with urllib.request.urlopen(f"{gw.base_url}/metrics", timeout=5.0) as resp:
+            text = resp.read().decode("utf-8", errors="replace")
+    except (OSError, urllib.error.URLError) as exc:
+        raise BenchError(f"cannot scrape {gw.base_url}/metrics: {exc}") from exc
+    out = dict.fromkeys(SHADOW_COUNTERS, 0.0)
+    outcomes = {"agreed": "agreed", "disagreed": "disagreed", "error": "errored"}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("model") != MODEL:
+                continue
+            if sample.name == "sluice_shadow_requests_total" and sample.labels.get("outcome") in outcomes:
+                out[outcomes[sample.labels["outcome"]]] += sample.value
+            elif sample.name == "sluice_shadow_dropped_total":
+                out["dropped"] += sample.value
+            elif sample.name == "sluice_shadow_latency_seconds_count":
+                out["latency_count"] += sample.value
+            elif sample.name == "sluice_shadow_latency_seconds_sum":
+                out["latency_sum_s"] += sample.value
+    out["compared"] = out["agreed"] + out["disagreed"]
+    return out
+
+
+def counter_delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: after[k] - before.get(k, 0.0) for k in after}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -482,6 +579,8 @@ class Row:
     median: dict[str, float]
     runs: list[dict[str, float]] = field(default_factory=list)
     overhead_ratio: float | None = None
+    shadow: dict[str, float] | None = None
+    """Shadow counters over this row's wrk runs (the shadow mode only)."""
 
     @property
     def us_per_req(self) -> float | None:
@@ -501,6 +600,7 @@ class Row:
             "us_per_req": us,
             "core_us_per_req": us * nproc if us is not None else None,
             "overhead_ratio": self.overhead_ratio,
+            "shadow": self.shadow,
             "runs": self.runs,
         }
 
@@ -591,6 +691,91 @@ def vs_floor(rows: Sequence[Row]) -> list[dict[str, Any]]:
     return out
 
 
+def shadow_cost(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """Per connection count the shadow mode ran at: batching_on (no shadow) against the shadow mode, from the
+    medians, with the shadow counters over the shadow mode's runs at that count."""
+    on = {r.connections: r for r in rows if r.mode == GATEWAY_VS_FLOOR}
+    sh = {r.connections: r for r in rows if r.mode == SHADOW}
+    out = []
+    for c in sorted(sh):
+        a = on[c].median if c in on else {}
+        b = sh[c].median
+        counters = sh[c].shadow or {}
+        requests = sum(r.get("requests", 0.0) for r in sh[c].runs)
+        dropped = counters.get("dropped")
+        out.append(
+            {
+                "connections": c,
+                "on_rps": a.get("rps"),
+                "shadow_rps": b.get("rps"),
+                "rps_ratio": b["rps"] / a["rps"] if a.get("rps") and "rps" in b else None,
+                "on_p50_ms": a.get("p50_ms"),
+                "shadow_p50_ms": b.get("p50_ms"),
+                "on_p99_ms": a.get("p99_ms"),
+                "shadow_p99_ms": b.get("p99_ms"),
+                "p99_ratio": b["p99_ms"] / a["p99_ms"] if a.get("p99_ms") and "p99_ms" in b else None,
+                "requests": requests,
+                "shadow_compared": counters.get("compared"),
+                "shadow_disagreed": counters.get("disagreed"),
+                "shadow_errored": counters.get("errored"),
+                "shadow_dropped": dropped,
+                "dropped_share": dropped / requests if dropped is not None and requests else None,
+            }
+        )
+    return out
+
+
+SHADOW_COST_HEADER = [
+    "conns",
+    f"{GATEWAY_VS_FLOOR} req/s",
+    f"{SHADOW} req/s",
+    f"{GATEWAY_VS_FLOOR} p50 ms",
+    f"{SHADOW} p50 ms",
+    f"{GATEWAY_VS_FLOOR} p99 ms",
+    f"{SHADOW} p99 ms",
+    "p99 ratio (shadow / on)",
+    "wrk requests",
+    "shadow compared",
+    "errored",
+    "dropped",
+]
+
+
+def shadow_cost_rows(rows: Sequence[Row]) -> list[list[str]]:
+    return [
+        [
+            str(v["connections"]),
+            _fmt(v["on_rps"], ",.0f"),
+            _fmt(v["shadow_rps"], ",.0f"),
+            _fmt(v["on_p50_ms"], ".2f"),
+            _fmt(v["shadow_p50_ms"], ".2f"),
+            _fmt(v["on_p99_ms"], ".2f"),
+            _fmt(v["shadow_p99_ms"], ".2f"),
+            _fmt(v["p99_ratio"], ".2f"),
+            _fmt(v["requests"], ",.0f"),
+            _fmt(v["shadow_compared"], ",.0f"),
+            _fmt(v["shadow_errored"], ",.0f"),
+            _fmt(v["shadow_dropped"], ",.0f")
+            + (f" ({v['dropped_share']:.0%})" if v["dropped_share"] is not None else ""),
+        ]
+        for v in shadow_cost(rows)
+    ]
+
+
+def shadow_totals_line(totals: dict[str, float] | None) -> str | None:
+    """The shadow mode's counters since start-up (check request and warm-up included), in one sentence."""
+    if not totals:
+        return None
+    offered = totals["compared"] + totals["errored"] + totals["dropped"]
+    mean_ms = totals["latency_sum_s"] * 1e3 / totals["latency_count"] if totals["latency_count"] else None
+    return (
+        f"shadow totals since start-up (check request and warm-up included): {offered:,.0f} copies offered to "
+        f"version {SHADOW_VERSION}; {totals['compared']:,.0f} compared ({totals['agreed']:,.0f} agreed, "
+        f"{totals['disagreed']:,.0f} disagreed), {totals['errored']:,.0f} errored, {totals['dropped']:,.0f} "
+        f"dropped; mean shadow inference time {_fmt(mean_ms, '.2f')} ms"
+    )
+
+
 def target_checks(rows: Sequence[Row]) -> list[dict[str, Any]]:
     """The project's targets for the gateway; `met` is None when not measured in this run.
 
@@ -657,8 +842,9 @@ def vs_floor_rows(rows: Sequence[Row]) -> list[list[str]]:
     ]
 
 
-def print_report(rows: Sequence[Row], raw: dict[str, Any] | None) -> None:
+def print_report(rows: Sequence[Row], raw: dict[str, Any] | None, shadow_totals: dict[str, float] | None) -> None:
     """rich when installed (it is a project dependency), plain text otherwise."""
+    totals_line = shadow_totals_line(shadow_totals)
     try:
         from rich.console import Console
         from rich.table import Table
@@ -671,6 +857,10 @@ def print_report(rows: Sequence[Row], raw: dict[str, Any] | None) -> None:
             print("  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)))
         for line in vs_floor_rows(rows):
             print(f"vs floor, c={line[0]}: gateway / floor {line[3]}, p50 above floor {line[4]} ms")
+        for line in shadow_cost_rows(rows):
+            print("shadow cost, " + ", ".join(f"{h}: {c}" for h, c in zip(SHADOW_COST_HEADER, line, strict=True)))
+        if totals_line:
+            print(totals_line)
         for t in target_checks(rows):
             print(f"target {t['target']}: {t['shown']} -> {_met(t['met'])}")
         return
@@ -697,6 +887,16 @@ def print_report(rows: Sequence[Row], raw: dict[str, Any] | None) -> None:
         for line in cmp_rows:
             cmp.add_row(*line)
         console.print(cmp)
+    cost_rows = shadow_cost_rows(rows)
+    if cost_rows:
+        cost = Table(title=f"Shadow cost: {GATEWAY_VS_FLOOR} vs {SHADOW} (every request copied to version 2)")
+        for h in SHADOW_COST_HEADER:
+            cost.add_column(h, justify="right")
+        for line in cost_rows:
+            cost.add_row(*line)
+        console.print(cost)
+    if totals_line:
+        console.print(totals_line)
     targets = Table(title=f"Targets ({GATEWAY_VS_FLOOR})")
     for h in ("target", "measured", "met"):
         targets.add_column(h, justify="left" if h == "target" else "right")
@@ -769,6 +969,30 @@ def markdown_report(
             "",
             "- gateway / floor = req/s ratio; p50 above floor = gateway p50 − floor p50 (medians).",
         ]
+    cost_rows = shadow_cost_rows(rows)
+    if cost_rows:
+        totals_line = shadow_totals_line(modes.get(SHADOW, {}).get("shadow_totals"))
+        lines += [
+            "",
+            "## Shadow cost",
+            "",
+            "| " + " | ".join(SHADOW_COST_HEADER) + " |",
+            "|" + "|".join(["---:"] * len(SHADOW_COST_HEADER)) + "|",
+            *("| " + " | ".join(line) + " |" for line in cost_rows),
+            "",
+            f"- Both modes serve the same two-version repository with version {PRIMARY_VERSION} answering every "
+            f"request; `{SHADOW}` also sends a copy of every request (sample rate 1.0) to version {SHADOW_VERSION} "
+            "(a second MLP, seed 4321), after the primary answered. The two modes differ only by the shadow.",
+            "- p99 ratio = shadow p99 / batching_on p99 (medians). wrk requests = the requests wrk completed over "
+            "the shadow mode's runs at that count (copies of requests still in flight when a run ended are "
+            "counted with it too, so the shadow figures can be a little higher); shadow compared = agreed + "
+            "disagreed; dropped = copies shed because the shadow's queue was half full or too many copies were "
+            "in flight (share of wrk requests).",
+            "- On a box where wrk and the gateway share the cores, the shadow's inference competes with the "
+            "primary's for CPU: req/s can drop even though no response waits for its shadow.",
+        ]
+        if totals_line:
+            lines.append(f"- {totals_line[0].upper()}{totals_line[1:]}.")
     lines += ["", f"## Targets ({GATEWAY_VS_FLOOR})", "", "| target | measured | met |", "|---|---:|---|"]
     lines += [f"| {t['target']} | {t['shown']} | {_met(t['met'])} |" for t in target_checks(rows)]
     return "\n".join(lines) + "\n"
@@ -859,12 +1083,19 @@ def bench_mode(
         info = {"app": "loadtests/floor_app.py", "env": extra_env}
         log_path = args.out / f"{name}.log"
     else:
-        repo = write_model_repo(work / f"repo-{name}", MODES[name])
+        repo = write_model_repo(work / f"repo-{name}", MODES[name], GATEWAY_VERSIONS)
+        policy = POLICIES[name]
+        # A fresh state directory per mode (the gateway's default, ./.sluice, would be shared between runs),
+        # seeded with the mode's traffic policy before the gateway starts and loads it.
+        state_dir = work / f"state-{name}"
+        seed_state(state_dir, policy)
         cmd = [
             *shlex.split(args.gateway_cmd),
             "serve",
             "--model-repo",
             str(repo),
+            "--state-dir",
+            str(state_dir),
             "--host",
             HOST,
             "--http-port",
@@ -872,18 +1103,30 @@ def bench_mode(
             "--grpc-port",
             "-1",
         ]
-        info = {"config_yaml": MODES[name]}
+        info = {
+            "config_yaml": MODES[name],
+            "versions": {v: {"seed": seed} for v, seed in GATEWAY_VERSIONS},
+            "policy": {
+                "stable": policy.stable,
+                "shadows": list(policy.shadows),
+                "shadow_sample_rate": policy.shadow_sample_rate,
+            },
+        }
         log_path = args.out / f"gateway-{name}.log"
     info.update(cmd=shlex.join(cmd), port=port)
+    shadowed = name != FLOOR and bool(POLICIES[name].shadows)
     rows: list[Row] = []
     url = f"http://{HOST}:{port}/v2/models/{MODEL}/infer"
     print(f"[{name}] starting: {shlex.join(cmd)}", flush=True)
     with running_gateway(cmd, log_path, port, extra_env) as gw:
         info["ready_s"] = round(gw.wait_ready(), 2)
-        info["check"] = check_gateway(gw, body_file.read_bytes(), expected)
+        info["check"] = check_gateway(
+            gw, body_file.read_bytes(), expected, None if name == FLOOR else POLICIES[name].stable
+        )
         print(f"[{name}] ready in {info['ready_s']} s; warm-up {args.warmup} s at 16 connections", flush=True)
         if args.warmup > 0:
             info["warmup"] = run_wrk(url, lua, body_file, 16, args.warmup, work)
+        before = scrape_shadow(gw) if shadowed else None
         for c in args.connections:
             runs = []
             for i in range(args.repeats):
@@ -896,7 +1139,21 @@ def bench_mode(
                 runs.append(res)
             med = median_summary(runs)
             ratio = med["p50_ms"] * 1e3 / raw_b1_us if c == 1 and raw_b1_us else None
-            rows.append(Row(mode=name, connections=c, median=med, runs=runs, overhead_ratio=ratio))
+            counters = None
+            if before is not None:
+                after = scrape_shadow(gw)
+                counters = counter_delta(after, before)
+                before = after
+                print(
+                    f"[{name}] c={c} shadow copies: {counters['compared']:,.0f} compared "
+                    f"({counters['disagreed']:,.0f} disagreed), {counters['errored']:,.0f} errored, "
+                    f"{counters['dropped']:,.0f} dropped",
+                    flush=True,
+                )
+            rows.append(Row(mode=name, connections=c, median=med, runs=runs, overhead_ratio=ratio, shadow=counters))
+        if before is not None:
+            # Everything since start-up: the check request and the warm-up included.
+            info["shadow_totals"] = before
         code = gw.stop()
         info["exit_code"] = code
         info["log_tail"] = gw.log_tail(10)
@@ -969,11 +1226,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "modes": modes,
         "results": [r.as_dict(nproc) for r in rows],
         "vs_floor": {"gateway_mode": GATEWAY_VS_FLOOR, "by_connections": vs_floor(rows)},
+        "shadow_cost": {
+            "baseline_mode": GATEWAY_VS_FLOOR,
+            "shadow_mode": SHADOW,
+            "by_connections": shadow_cost(rows),
+            "totals": modes.get(SHADOW, {}).get("shadow_totals"),
+        },
         "targets": [{k: v for k, v in t.items() if k != "shown"} for t in target_checks(rows)],
     }
     (args.out / "bench.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     (args.out / "bench.md").write_text(markdown_report(command, facts, args, raw, rows, modes))
-    print_report(rows, raw)
+    print_report(rows, raw, modes.get(SHADOW, {}).get("shadow_totals"))
     print(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.md'}")
     return 1 if failed else 0
 
