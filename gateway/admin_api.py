@@ -190,28 +190,25 @@ def build_admin_router(control: ControlPlane, auth: AdminAuth, ready: Callable[[
 
     @router.patch("/models/{model}/traffic", summary="Change some fields of the model's traffic policy")
     async def patch_traffic(actor: Actor, model: ModelName, body: TrafficBody) -> dict[str, Any]:
-        control.registry.get_model(model)
         changes = body.model_dump(exclude_unset=True)
         if "shadows" in changes:
             changes["shadows"] = tuple(changes["shadows"])
-        return policy_to_json(await control.set_policy(actor, model, replace(control.policy(model), **changes)))
+        return policy_to_json(await control.update_policy(actor, model, lambda current: replace(current, **changes)))
 
     @router.post("/models/{model}/shadow", summary="Set the shadow versions, keeping the rest of the policy")
     async def set_shadow(actor: Actor, model: ModelName, body: ShadowBody) -> dict[str, Any]:
-        control.registry.get_model(model)
-        current = control.policy(model)
-        rate = current.shadow_sample_rate if body.sample_rate is None else body.sample_rate
-        new = replace(current, shadows=tuple(body.versions), shadow_sample_rate=rate)
-        return policy_to_json(await control.set_policy(actor, model, new))
+        def change(current: TrafficPolicy) -> TrafficPolicy:
+            rate = current.shadow_sample_rate if body.sample_rate is None else body.sample_rate
+            return replace(current, shadows=tuple(body.versions), shadow_sample_rate=rate)
+
+        return policy_to_json(await control.update_policy(actor, model, change))
 
     @router.post("/models/{model}/promote", summary="Make the canary the stable version now")
     async def promote(actor: Actor, model: ModelName) -> dict[str, Any]:
-        control.registry.get_model(model)
         return policy_to_json(await control.promote(actor, model))
 
     @router.post("/models/{model}/rollback", summary="Send all traffic back to the stable version now")
     async def rollback(actor: Actor, model: ModelName) -> dict[str, Any]:
-        control.registry.get_model(model)
         return policy_to_json(await control.rollback(actor, model))
 
     # -- rollouts --

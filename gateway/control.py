@@ -20,7 +20,7 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from gateway import rollout_engine
-from gateway.errors import Conflict, InvalidInput, ModelNotFound
+from gateway.errors import Conflict, InvalidInput, ModelNotFound, ModelNotReady
 from gateway.metrics import ROLLOUT_PHASES, GatewayMetrics
 from gateway.registry import ModelRegistry, ServedModel, VersionState
 from gateway.request import InferRequest
@@ -191,12 +191,17 @@ class ControlPlane:
     ) -> RolloutState:
         async with self._lock:
             self._model(model)
-            state = self._rollouts.get(model)
-            if state is None:
-                raise Conflict(f"model '{model}' has no active rollout")
-            new = op(state)
-            await self._commit_rollout(actor, action, state, new, {})
-            return new
+            return await self._rollout_op_locked(actor, model, action, op)
+
+    async def _rollout_op_locked(
+        self, actor: str, model: str, action: str, op: Callable[[RolloutState], RolloutState]
+    ) -> RolloutState:
+        state = self._rollouts.get(model)
+        if state is None:
+            raise Conflict(f"model '{model}' has no active rollout")
+        new = op(state)
+        await self._commit_rollout(actor, action, state, new, {})
+        return new
 
     async def _commit_rollout(
         self, actor: str, action: str, before: RolloutState | None, new: RolloutState, extra: dict[str, Any]
@@ -211,12 +216,13 @@ class ControlPlane:
         else:
             policy = replace(policy, stable=new.stable, canary=new.spec.canary, canary_weight=new.weight)
         old_policy = self.policy(model)
+        # Persist first: if the store fails, the live state has not moved either.
+        await asyncio.to_thread(self._persist_rollout, actor, action, before, new, old_policy, policy, extra)
         self._policies[model] = policy
         if new.phase.finished:
             self._rollouts.pop(model, None)
         else:
             self._rollouts[model] = new
-        await asyncio.to_thread(self._persist_rollout, actor, action, before, new, old_policy, policy, extra)
         if before is None or before.phase is not new.phase:
             if new.phase is Phase.PROMOTED:
                 self.metrics.promotions.labels(model).inc()
@@ -245,8 +251,16 @@ class ControlPlane:
     # -- traffic policy -----------------------------------------------------------------
 
     async def set_policy(self, actor: str, model: str, policy: TrafficPolicy) -> TrafficPolicy:
+        return await self.update_policy(actor, model, lambda _: policy)
+
+    async def update_policy(
+        self, actor: str, model: str, change: Callable[[TrafficPolicy], TrafficPolicy]
+    ) -> TrafficPolicy:
+        """Read, change and write a policy atomically: concurrent edits cannot overwrite each other."""
         async with self._lock:
             served_model = self._model(model)
+            old = self.policy(model)
+            policy = change(old)
             problems = policy.problems()
             if problems:
                 raise InvalidInput(f"traffic policy for model '{model}': {'; '.join(problems)}")
@@ -254,55 +268,57 @@ class ControlPlane:
                 if version is not None:
                     self._require_ready(served_model, version)
             active = self._rollouts.get(model)
-            old = self.policy(model)
-            if active is not None and (policy.canary, policy.canary_weight, policy.stable) != (
-                old.canary,
-                old.canary_weight,
-                old.stable,
-            ):
+            owned = ("canary", "canary_weight", "stable")
+            if active is not None and any(getattr(policy, f) != getattr(old, f) for f in owned):
                 raise Conflict(
                     f"model '{model}' has a rollout of version {active.spec.canary} in progress: it owns the stable, "
                     "canary and weight; pause or abort it first (shadows and sticky keys may change)"
                 )
+            # Persist first: if the store fails, the live state has not moved either.
+            await asyncio.to_thread(self._persist_policy, actor, "policy.set", model, old, policy)
             self._policies[model] = policy
-            await asyncio.to_thread(self._persist_policy, actor, model, old, policy)
             self._publish(model)
             return policy
 
-    def _persist_policy(self, actor: str, model: str, old: TrafficPolicy, policy: TrafficPolicy) -> None:
+    def _persist_policy(self, actor: str, action: str, model: str, old: TrafficPolicy, policy: TrafficPolicy) -> None:
         self.store.put_policy(model, policy)
-        self.store.audit(actor, "policy.set", model, asdict(old), asdict(policy))
+        self.store.audit(actor, action, model, asdict(old), asdict(policy))
 
     async def promote(self, actor: str, model: str) -> TrafficPolicy:
         """Make the canary the stable version now (ends a rollout as promoted)."""
-        if model in self._rollouts:
-            await self._rollout_op(actor, model, "rollout.promote", rollout_engine.manual_promote)
-            return self.policy(model)
-        policy = self.policy(model)
-        if policy.canary is None:
-            raise Conflict(f"model '{model}' has no canary to promote")
-        new = replace(policy, stable=policy.canary, canary=None, canary_weight=0.0)
         async with self._lock:
+            self._model(model)
+            if model in self._rollouts:
+                await self._rollout_op_locked(actor, model, "rollout.promote", rollout_engine.manual_promote)
+                return self.policy(model)
+            policy = self.policy(model)
+            if policy.canary is None:
+                raise Conflict(f"model '{model}' has no canary to promote")
+            new = replace(policy, stable=policy.canary, canary=None, canary_weight=0.0)
+            await asyncio.to_thread(self._persist_policy, actor, "policy.promote", model, policy, new)
             self._policies[model] = new
-            await asyncio.to_thread(self._persist_policy, actor, model, policy, new)
         self.metrics.promotions.labels(model).inc()
         self._publish(model)
         return new
 
     async def rollback(self, actor: str, model: str) -> TrafficPolicy:
         """Send all traffic back to the stable version now (ends a rollout as rolled back)."""
-        if model in self._rollouts:
-            await self._rollout_op(
-                actor, model, "rollout.rollback", lambda s: rollout_engine.manual_rollback(s, f"rolled back by {actor}")
-            )
-            return self.policy(model)
-        policy = self.policy(model)
-        if policy.canary is None:
-            raise Conflict(f"model '{model}' has no canary to roll back")
-        new = replace(policy, canary=None, canary_weight=0.0)
         async with self._lock:
+            self._model(model)
+            if model in self._rollouts:
+                await self._rollout_op_locked(
+                    actor,
+                    model,
+                    "rollout.rollback",
+                    lambda s: rollout_engine.manual_rollback(s, f"rolled back by {actor}"),
+                )
+                return self.policy(model)
+            policy = self.policy(model)
+            if policy.canary is None:
+                raise Conflict(f"model '{model}' has no canary to roll back")
+            new = replace(policy, canary=None, canary_weight=0.0)
+            await asyncio.to_thread(self._persist_policy, actor, "policy.rollback", model, policy, new)
             self._policies[model] = new
-            await asyncio.to_thread(self._persist_policy, actor, model, policy, new)
         self.metrics.rollbacks.labels(model, "manual").inc()
         self._publish(model)
         return new
@@ -311,8 +327,13 @@ class ControlPlane:
 
     async def load_version(self, actor: str, model: str, version: str) -> dict[str, Any]:
         async with self._lock:
-            self._model(model)
+            served_model = self._model(model)
+            current = served_model.versions.get(version)
+            if current is not None and current.ready:
+                return self.version_view(model, version)  # already loaded: nothing changes, nothing to audit
             served = await self.registry.load_version(model, version)
+            if not served.ready:
+                raise ModelNotReady(f"cannot load {served.not_ready_reason()}")
             await asyncio.to_thread(self._persist_version, actor, "version.load", served.model, version, "loaded")
             self._publish(model)
             return self.version_view(model, version)
@@ -322,6 +343,8 @@ class ControlPlane:
             served_model = self._model(model)
             if version not in served_model.versions:
                 raise ModelNotFound(f"model '{model}' has no version '{version}'")
+            if served_model.versions[version].state is VersionState.UNLOADED:
+                return self.version_view(model, version)  # already unloaded: nothing to audit
             policy = self.policy(model)
             roles = [role for role, v in (("stable", policy.stable), ("canary", policy.canary)) if v == version] + (
                 ["shadow"] if version in policy.shadows else []
