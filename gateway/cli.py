@@ -63,6 +63,13 @@ AdminTokensFile = Annotated[
         show_default=False,
     ),
 ]
+WebhookUrls = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--webhook-url",
+        help="URL told about every rollout transition (repeatable); bodies are signed with SLUICE_WEBHOOK_SECRET.",
+    ),
+]
 
 _DEFAULTS = GatewaySettings()
 
@@ -132,6 +139,7 @@ def serve(
     log_format: LogFormat = _DEFAULTS.log_format,
     state_dir: StateDir = _DEFAULTS.state_dir,
     admin_tokens_file: AdminTokensFile = None,
+    webhook_url: WebhookUrls = None,
 ) -> None:
     """Serve a model repository over V2 HTTP and gRPC until SIGTERM or Ctrl-C."""
     settings = _settings(
@@ -147,6 +155,7 @@ def serve(
         log_format=log_format,
         state_dir=state_dir,
         admin_tokens_file=admin_tokens_file,
+        webhook_urls=webhook_url or None,
     )
     _start(settings, banner=False)
 

@@ -61,6 +61,7 @@ class ControlPlane:
         self._sequence: dict[str, int] = {}
         self._rollouts: dict[str, RolloutState] = {}
         self._baselines: dict[str, VersionWindow] = {}
+        self._shadow_evidence: dict[str, VersionWindow] = {}
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
@@ -143,6 +144,13 @@ class ControlPlane:
         if window.stable.requests:
             self._baselines[state.model] = window.stable
         window = with_baseline(window, self._baselines.get(state.model))
+        # A canary is never a shadow at the same time: judge agreement on its shadow run before the rollout.
+        evidence = self._shadow_evidence.get(state.model)
+        if window.canary.shadow_compared == 0 and evidence is not None and evidence.shadow_compared:
+            canary = replace(
+                window.canary, shadow_compared=evidence.shadow_compared, shadow_agreed=evidence.shadow_agreed
+            )
+            window = replace(window, canary=canary)
         results = evaluate(window, state.spec.checks)
         for r in results:
             self.metrics.rollout_checks.labels(state.model, r.check, r.verdict.value).inc()
@@ -168,9 +176,13 @@ class ControlPlane:
             if stable is None or stable == spec.canary:
                 raise Conflict(f"model '{model}' has no stable version to compare canary {spec.canary} against")
             self._require_ready(served_model, stable)
-            # Traffic before the rollout must not count in its first window.
-            self.windows.take(model, spec.canary)
+            # Traffic before the rollout must not count in its first window, but what the canary did
+            # as a shadow before it is the evidence the shadow_agreement check reads.
+            before = self.windows.take(model, spec.canary)
             self.windows.take(model, stable)
+            self._shadow_evidence[model] = VersionWindow(
+                shadow_compared=before.shadow_compared, shadow_agreed=before.shadow_agreed
+            )
             state = rollout_engine.start(model, stable, spec, self.clock())
             await self._commit_rollout(actor, "rollout.start", None, state, {})
             return state

@@ -81,6 +81,10 @@ class ShadowDispatcher:
         self._metrics.shadow_agreement.labels(*labels).set(counts[0] / counts[1])
         self._windows.record_shadow(shadow.model, shadow.version, agreed=result.agreed)
 
-    async def aclose(self, timeout_s: float = 5.0) -> None:
+    async def wait_idle(self, timeout_s: float = 5.0) -> None:
+        """Wait (bounded) for the shadow copies in flight; used on shutdown and by tests."""
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout_s)
+
+    async def aclose(self, timeout_s: float = 5.0) -> None:
+        await self.wait_idle(timeout_s)

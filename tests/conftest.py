@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from gateway.demo import build_demo_repository
+from tests.databases import Backend, find_pg_url
 from tests.helpers import GatewayProcess, gateway_process
 
 
@@ -21,3 +25,41 @@ def demo_gateway(demo_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         demo_repo, "--max-body-bytes", str(4 * 1024 * 1024), tmp=tmp_path_factory.mktemp("logs")
     ) as gw:
         yield gw
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """The real PostgreSQL; skipped when unreachable locally, a failure under CI=true."""
+    url, errors = find_pg_url()
+    if url is not None:
+        return url
+    message = "PostgreSQL is unreachable: " + "; ".join(errors)
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """Each storage feature runs on both engines; PostgreSQL tests get a schema of their own."""
+    if request.param == "sqlite":
+        (tmp_path / "state").mkdir(exist_ok=True)
+        b = Backend("sqlite", f"sqlite:///{tmp_path / 'state' / 'sluice.db'}")
+        yield b
+        for s in b.opened:
+            s.close()
+        return
+    url = request.getfixturevalue("pg_url")
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    b = Backend("postgresql", url, {"options": f"-csearch_path={schema}"})
+    try:
+        yield b
+    finally:
+        for s in b.opened:
+            s.close()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()

@@ -23,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from gateway.rollout_model import CheckSpec, Phase, RolloutSpec
 from gateway.webhooks import verify_signature
+from tests.databases import Backend
 from tests.helpers import ThreadedGateway, metric_value, settings_for
 
 INTERVAL = 60.0
@@ -252,9 +253,13 @@ def test_no_canary_traffic_is_no_data_never_a_pass(harness: Harness) -> None:
     assert {r.verdict.value for r in state.last_results} == {"no_data"}
 
 
-def test_a_restart_in_the_middle_of_a_rollout_resumes_it(repo: Path, tmp_path: Path) -> None:
+def test_a_restart_in_the_middle_of_a_rollout_resumes_it(repo: Path, tmp_path: Path, backend: Backend) -> None:
+    """On SQLite (the state dir) and on PostgreSQL (a DSN shared by replicas) alike."""
     clock = FakeClock()
-    settings = settings_for(repo, state_dir=tmp_path / "state", grpc_port=-1)
+    extra: dict[str, Any] = {"state_dir": tmp_path / "state"}
+    if backend.name == "postgresql":
+        extra = {"database_url": backend.url_with_search_path()}
+    settings = settings_for(repo, grpc_port=-1, **extra)
     with ThreadedGateway(settings, clock=clock, run_controller=False) as gw:
         h = Harness(gw, clock)
         pin_stable(h)
@@ -273,3 +278,29 @@ def test_a_restart_in_the_middle_of_a_rollout_resumes_it(repo: Path, tmp_path: P
         state = h.control.rollout("lookup")
         assert state is not None and state.weight == 100.0
         h.http.close()
+
+
+@pytest.mark.parametrize(("candidate", "phase_after_one_window"), [("2", None), ("3", Phase.ROLLED_BACK)])
+def test_shadow_agreement_judges_the_canary_on_its_shadow_run_first(
+    harness: Harness, candidate: str, phase_after_one_window: Phase | None
+) -> None:
+    """Version 3 fails on a fifth of inputs while shadowing (counted as disagreeing); version 2 agrees."""
+    from gateway.traffic import TrafficPolicy
+
+    h = harness
+    h.run(h.control.set_policy("test", "lookup", TrafficPolicy(stable="1", shadows=(candidate,))))
+    shadowed = h.traffic(300, seed=40)
+    assert all(status == 200 and v == "1" for status, v, _ in shadowed), "a shadow never changes a response"
+    h.run(h.gw.gateway.shadows.wait_idle())
+    h.run(h.control.set_policy("test", "lookup", TrafficPolicy(stable="1")))
+    checks = (CheckSpec("shadow_agreement", 0.95, min_requests=50),)
+    h.run(h.control.start_rollout("alice", "lookup", spec(candidate, checks=checks, failure_threshold=1)))
+    h.clock.now += INTERVAL
+    h.run(h.control.tick())
+    state = h.control.rollout("lookup")
+    if phase_after_one_window is None:
+        assert state is not None and state.step == 1, state
+        assert state.last_results[0].verdict.value == "pass"
+    else:
+        last = h.run(h.control.last_rollout("lookup"))
+        assert last.phase is phase_after_one_window and "shadow_agreement" in last.reason

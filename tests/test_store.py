@@ -7,15 +7,10 @@ Unreachable: skipped locally, a failure when CI=true.
 
 from __future__ import annotations
 
-import getpass
-import os
 import threading
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -25,89 +20,13 @@ from gateway.errors import Conflict, InvalidInput
 from gateway.rollout_model import CheckResult, CheckSpec, Phase, RolloutSpec, RolloutState, Verdict
 from gateway.store import AuditEvent, Migration, SchemaError, Store, add_column, upgrade_database
 from gateway.traffic import TrafficPolicy
+from tests.databases import Backend
 
 UTC = timezone.utc
 LATEST = len(store_mod.MIGRATIONS)
 
 
-# --- engines --------------------------------------------------------------------------------
-
-
-def _pg_candidates() -> list[str]:
-    if os.environ.get("SLUICE_TEST_PG_URL"):
-        return [os.environ["SLUICE_TEST_PG_URL"]]
-    users = dict.fromkeys(["postgres", getpass.getuser(), "root"])
-    return [f"postgresql+psycopg://{user}@127.0.0.1:5432/test" for user in users]
-
-
-@pytest.fixture(scope="session")
-def pg_url() -> str:
-    """The first PostgreSQL URL that answers; skip (or fail under CI=true) when none does."""
-    errors = []
-    for url in _pg_candidates():
-        engine = sa.create_engine(url, connect_args={"connect_timeout": 3})
-        try:
-            with engine.connect() as conn:
-                conn.execute(sa.text("select 1"))
-            return url
-        except sa.exc.OperationalError as exc:
-            errors.append(f"{engine.url.render_as_string(hide_password=True)}: {exc.orig}")
-        finally:
-            engine.dispose()
-    message = "PostgreSQL is unreachable: " + "; ".join(errors)
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-@dataclass
-class Backend:
-    """One engine's database for one test; `open()` makes Store instances on it (a restart = a new one)."""
-
-    name: str
-    url: str
-    connect_args: dict[str, Any] = field(default_factory=dict)
-    opened: list[Store] = field(default_factory=list)
-
-    def open(self) -> Store:
-        s = Store(self.url, connect_args=self.connect_args)
-        self.opened.append(s)
-        return s
-
-    def url_with_search_path(self) -> str:
-        """The same database as a bare DSN (what `sluice db upgrade --dsn` gets)."""
-        if "options" not in self.connect_args:
-            return self.url
-        return (
-            sa.make_url(self.url)
-            .update_query_dict({"options": self.connect_args["options"]})
-            .render_as_string(hide_password=False)
-        )
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    if request.param == "sqlite":
-        b = Backend("sqlite", f"sqlite:///{tmp_path / 'state' / 'sluice.db'}")
-        (tmp_path / "state").mkdir()
-        yield b
-        for s in b.opened:
-            s.close()
-        return
-    url = request.getfixturevalue("pg_url")
-    schema = f"test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    b = Backend("postgresql", url, {"options": f"-csearch_path={schema}"})
-    try:
-        yield b
-    finally:
-        for s in b.opened:
-            s.close()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+# --- engines: the `backend` fixture (tests/conftest.py) gives SQLite and PostgreSQL ---
 
 
 @pytest.fixture
