@@ -20,36 +20,9 @@ import tritonclient.http as httpclient
 
 from gateway.dataplane import EXTENSIONS, SERVER_NAME, SERVER_VERSION
 from gateway.demo import DTYPES
+from tests.expected import ORT_TO_V2, V2_TO_NUMPY
 from tests.helpers import GatewayProcess, metric_value
 
-ORT_TO_V2 = {
-    "tensor(bool)": "BOOL",
-    "tensor(uint8)": "UINT8",
-    "tensor(uint16)": "UINT16",
-    "tensor(uint32)": "UINT32",
-    "tensor(uint64)": "UINT64",
-    "tensor(int8)": "INT8",
-    "tensor(int16)": "INT16",
-    "tensor(int32)": "INT32",
-    "tensor(int64)": "INT64",
-    "tensor(float16)": "FP16",
-    "tensor(float)": "FP32",
-    "tensor(double)": "FP64",
-}
-V2_TO_NUMPY = {
-    "BOOL": np.bool_,
-    "UINT8": np.uint8,
-    "UINT16": np.uint16,
-    "UINT32": np.uint32,
-    "UINT64": np.uint64,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "FP16": np.float16,
-    "FP32": np.float32,
-    "FP64": np.float64,
-}
 # model -> (versions, max_batch_size reported in metadata)
 MODELS: dict[str, tuple[list[str], str]] = {
     "mlp": (["1", "2"], "64"),
