@@ -1,10 +1,10 @@
 """Shadow traffic: a copy of a request to other versions, compared with the primary's answer.
 
 The copy is sent after the primary answered, as a task of its own: it never changes the
-response and never holds it up. It is bounded twice (tasks in flight, and the shadow's own
-queue kept at most half full so shadows never crowd out real callers of that version); what
-does not fit is dropped and counted. Observers never break requests: every error is caught
-and counted.
+response and never holds it up. Shadows use spare capacity only: a copy is dropped (and
+counted) when the shadow already has a full batch waiting, or too many copies are in flight.
+Under saturation the shadow is sampled down instead of taking CPU from real callers.
+Observers never break requests: every error is caught and counted.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class ShadowDispatcher:
         metrics: GatewayMetrics,
         windows: WindowRecorder,
         rules_for: RulesFor | None = None,
-        max_in_flight: int = 256,
+        max_in_flight: int = 64,
     ) -> None:
         self._metrics = metrics
         self._windows = windows
@@ -48,8 +48,8 @@ class ShadowDispatcher:
     ) -> None:
         for shadow in shadows:
             batcher = shadow.batcher
-            full = batcher is None or batcher.queue_depth * 2 >= batcher.config.queue_capacity
-            if full or len(self._tasks) >= self._max_in_flight:
+            busy = batcher is None or batcher.queue_depth >= max(1, batcher.config.max_batch_size)
+            if busy or len(self._tasks) >= self._max_in_flight:
                 self._metrics.shadow_dropped.labels(shadow.model, shadow.version).inc()
                 continue
             task = asyncio.get_running_loop().create_task(self._shadow(request, primary, shadow))

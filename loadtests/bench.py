@@ -342,7 +342,7 @@ def scrape_shadow(gw: Gateway, settle_s: float = SHADOW_SETTLE_S) -> dict[str, f
     """The gateway's shadow counters for the model, summed over shadow versions, from its /metrics.
 
     compared = agreed + disagreed (copies the shadow answered and that were checked against the primary);
-    errored (the copy failed); dropped (shed before it was sent: the shadow's queue was half full or too
+    errored (the copy failed); dropped (shed before it was sent: the shadow already had a full batch waiting or too
     many copies were in flight); latency_count / latency_sum_s (the shadow's own inference time).
     """
     from prometheus_client.parser import text_string_to_metric_families
@@ -986,8 +986,8 @@ def markdown_report(
             "- p99 ratio = shadow p99 / batching_on p99 (medians). wrk requests = the requests wrk completed over "
             "the shadow mode's runs at that count (copies of requests still in flight when a run ended are "
             "counted with it too, so the shadow figures can be a little higher); shadow compared = agreed + "
-            "disagreed; dropped = copies shed because the shadow's queue was half full or too many copies were "
-            "in flight (share of wrk requests).",
+            "disagreed; dropped = copies shed because the shadow already had a full batch waiting or too many "
+            "copies were in flight (share of wrk requests).",
             "- On a box where wrk and the gateway share the cores, the shadow's inference competes with the "
             "primary's for CPU: req/s can drop even though no response waits for its shadow.",
         ]
