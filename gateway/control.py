@@ -451,10 +451,13 @@ class ControlPlane:
             newest_ready(served_model, excluding=policy.canary if policy else None), "version", None
         )
         weights: dict[str, float] = {}
-        if policy is not None and policy.canary is not None:
-            weights[policy.canary] = policy.canary_weight
+        canary = served_model.versions.get(policy.canary) if policy is not None and policy.canary else None
+        # A canary that is not ready gives its share back to the stable version (as the router does).
+        canary_weight = policy.canary_weight if policy is not None and canary is not None and canary.ready else 0.0
+        if canary is not None:
+            weights[canary.version] = canary_weight
         if stable is not None:
-            weights[stable] = 100.0 - weights.get(policy.canary, 0.0) if policy and policy.canary else 100.0
+            weights[stable] = 100.0 - canary_weight
         return weights
 
     def _publish(self, model: str, rollout: RolloutState | None = None) -> None:
