@@ -53,6 +53,9 @@ def _digest(token: str) -> bytes:
 class AdminAuth:
     """Checks `Authorization: Bearer <token>` headers against the configured tokens."""
 
+    realm = "admin API"
+    kind = "admin token"
+
     def __init__(self, pairs: Iterable[tuple[str, str]] = (), *, source: str = "admin tokens") -> None:
         """`pairs`: (name, token). Names must be unique and tokens non-empty and distinct."""
         tokens: list[_Token] = []
@@ -76,7 +79,7 @@ class AdminAuth:
                     f"{where}: {name!r} has the same token as {by_digest[digest]!r}; every name needs its own token"
                 )
             if len(token) < MIN_TOKEN_LENGTH:
-                log.warning("admin token for %r is shorter than %d characters", name, MIN_TOKEN_LENGTH)
+                log.warning("%s for %r is shorter than %d characters", self.kind, name, MIN_TOKEN_LENGTH)
             by_digest[digest] = name
             tokens.append(_Token(name, digest))
         self._tokens = tuple(tokens)
@@ -118,7 +121,7 @@ class AdminAuth:
         if not self._tokens:
             raise Forbidden(DISABLED_MESSAGE)
         if authorization_header is None or not authorization_header.strip():
-            raise Unauthorized("admin API needs a bearer token: send 'Authorization: Bearer <token>'")
+            raise Unauthorized(f"{self.realm} needs a bearer token: send 'Authorization: Bearer <token>'")
         scheme, _, credentials = authorization_header.strip().partition(" ")
         credentials = credentials.strip()
         if scheme.lower() != "bearer" or not credentials or " " in credentials:
@@ -129,8 +132,35 @@ class AdminAuth:
             if hmac.compare_digest(presented, token.digest):
                 matched = token.name
         if matched is None:
-            raise Forbidden("invalid admin token")
+            raise Forbidden(f"invalid {self.kind}")
         return matched
+
+
+class InferenceAuth(AdminAuth):
+    """Optional keys for inference and model metadata: enforced only when some are configured.
+
+    Same format, same constant-time check as admin tokens; health probes and /metrics stay open.
+    """
+
+    realm = "inference"
+    kind = "inference key"
+
+    @classmethod
+    def from_inference_settings(cls, settings: GatewaySettings) -> InferenceAuth:
+        pairs: list[tuple[str, str]] = []
+        if settings.inference_keys is not None and settings.inference_keys.get_secret_value().strip():
+            pairs += parse_token_list(settings.inference_keys.get_secret_value(), "SLUICE_INFERENCE_KEYS")
+        if settings.inference_keys_file is not None:
+            pairs += read_token_file(settings.inference_keys_file)
+        auth = cls(pairs, source="inference keys")
+        if auth.enabled:
+            log.info("inference keys enforced for %s", ", ".join(auth.names))
+        return auth
+
+    def check(self, authorization_header: str | None) -> None:
+        """Raise Unauthorized/Forbidden when keys are configured and this header holds none of them."""
+        if self.enabled:
+            self.authenticate(authorization_header)
 
 
 def parse_token_list(value: str, source: str = "SLUICE_ADMIN_TOKENS") -> list[tuple[str, str]]:

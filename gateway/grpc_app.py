@@ -13,11 +13,13 @@ import grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
+from gateway.admin_auth import InferenceAuth
 from gateway.codec_grpc import decode_request, encode_response, metadata_response
 from gateway.dataplane import DataPlane
 from gateway.errors import (
     Conflict,
     DeadlineExceeded,
+    Forbidden,
     InferenceFailed,
     InvalidInput,
     ModelNotFound,
@@ -25,6 +27,7 @@ from gateway.errors import (
     Overloaded,
     ShuttingDown,
     SluiceError,
+    Unauthorized,
 )
 from gateway.logs import request_id
 from gateway.tracing import extract_context
@@ -40,6 +43,8 @@ GRPC_STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (InferenceFailed, grpc.StatusCode.INTERNAL),
     (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
+    (Unauthorized, grpc.StatusCode.UNAUTHENTICATED),
+    (Forbidden, grpc.StatusCode.PERMISSION_DENIED),
 )
 
 
@@ -51,8 +56,15 @@ def grpc_status(exc: BaseException) -> grpc.StatusCode:
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, auth: InferenceAuth | None = None) -> None:
         self.dataplane = dataplane
+        self.auth = auth or InferenceAuth()
+
+    def _check(self, context: grpc.aio.ServicerContext) -> None:
+        """Inference keys, when configured, ride in the `authorization` metadata as on HTTP."""
+        if self.auth.enabled:
+            header = next((m.value for m in context.invocation_metadata() or () if m.key == "authorization"), None)
+            self.auth.check(header)
 
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return pb.ServerLiveResponse(live=self.dataplane.live())
@@ -62,6 +74,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            self._check(context)
             ready = self.dataplane.model_ready(request.name, request.version or None)
         except SluiceError as exc:
             await context.abort(grpc_status(exc), str(exc))
@@ -73,6 +86,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            self._check(context)
             meta = self.dataplane.model_metadata(request.name, request.version or None)
         except SluiceError as exc:
             await context.abort(grpc_status(exc), str(exc))
@@ -80,6 +94,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            self._check(context)
             infer_request = decode_request(request)
             metadata = context.invocation_metadata() or ()
             infer_request.headers = metadata
@@ -103,7 +118,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
 
 def build_grpc_server(
-    dataplane: DataPlane, host: str, port: int, max_message_bytes: int
+    dataplane: DataPlane, host: str, port: int, max_message_bytes: int, auth: InferenceAuth | None = None
 ) -> tuple[grpc.aio.Server, int]:
     """Create (not start) the server; returns it with the port actually bound."""
     server = grpc.aio.server(
@@ -113,7 +128,7 @@ def build_grpc_server(
             ("grpc.so_reuseport", 0),
         ]
     )
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane, auth), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind gRPC to {host}:{port}")

@@ -16,7 +16,7 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.admin_api import build_admin_router
-from gateway.admin_auth import AdminAuth
+from gateway.admin_auth import AdminAuth, InferenceAuth
 from gateway.codec_json import decode_request, encode_response
 from gateway.dataplane import DataPlane
 from gateway.errors import (
@@ -86,10 +86,12 @@ class HttpAdapter:
         registry: CollectorRegistry,
         max_body_bytes: int,
         admin_auth: AdminAuth | None = None,
+        inference_auth: InferenceAuth | None = None,
     ) -> None:
         self.dataplane = dataplane
         self.max_body_bytes = max_body_bytes
-        self.api = build_api(dataplane, registry, admin_auth)
+        self.inference_auth = inference_auth or InferenceAuth()
+        self.api = build_api(dataplane, registry, admin_auth, self.inference_auth)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -127,8 +129,11 @@ class HttpAdapter:
         declared = -1
         encoding = b"identity"
         trace_headers: dict[str, str] | None = None
+        authorization: str | None = None
         for key, value in scope["headers"]:
-            if key in (b"traceparent", b"tracestate"):
+            if key == b"authorization":
+                authorization = value.decode("latin-1")
+            elif key in (b"traceparent", b"tracestate"):
                 trace_headers = trace_headers or {}
                 trace_headers[key.decode()] = value.decode("latin-1")
             elif key == b"content-length":
@@ -145,6 +150,12 @@ class HttpAdapter:
                     message = f"Content-Encoding {value.decode(errors='replace')} is not supported ({supported})"
                     await _send(send, 415, error_body(message))
                     return
+        if self.inference_auth.enabled:
+            try:
+                self.inference_auth.check(authorization)
+            except SluiceError as exc:
+                await _send(send, http_status(exc), error_body(str(exc)), extra=[(b"www-authenticate", b"Bearer")])
+                return
         if declared > self.max_body_bytes:
             await _send(send, 413, error_body(self._too_large()))
             return
@@ -269,8 +280,23 @@ async def _send(
     await send({"type": "http.response.body", "body": body})
 
 
-def build_api(dataplane: DataPlane, registry: CollectorRegistry, admin_auth: AdminAuth | None = None) -> FastAPI:
-    """The FastAPI app; `admin_auth` None (or without tokens) leaves the admin API disabled (403)."""
+def build_api(
+    dataplane: DataPlane,
+    registry: CollectorRegistry,
+    admin_auth: AdminAuth | None = None,
+    inference_auth: InferenceAuth | None = None,
+) -> FastAPI:
+    """The FastAPI app; `admin_auth` None (or without tokens) leaves the admin API disabled (403).
+
+    `inference_auth` with keys guards model metadata and readiness as it guards infer; server
+    health, server metadata and /metrics stay open for probes and Prometheus.
+    """
+    keys = inference_auth or InferenceAuth()
+
+    async def inference_key(request: Request) -> None:
+        keys.check(request.headers.get("authorization"))
+
+    guarded = [Depends(inference_key)]
     api = FastAPI(
         title="Sluice",
         summary="KServe V2 / Open Inference Protocol gateway",
@@ -302,20 +328,20 @@ def build_api(dataplane: DataPlane, registry: CollectorRegistry, admin_auth: Adm
     async def server_metadata() -> dict[str, Any]:
         return dataplane.server_metadata()
 
-    @api.get("/v2/models/{model}", tags=["metadata"])
+    @api.get("/v2/models/{model}", tags=["metadata"], dependencies=guarded)
     async def model_metadata(model: str) -> dict[str, Any]:
         return dataplane.model_metadata(model, None)
 
-    @api.get("/v2/models/{model}/versions/{version}", tags=["metadata"])
+    @api.get("/v2/models/{model}/versions/{version}", tags=["metadata"], dependencies=guarded)
     async def version_metadata(model: str, version: str) -> dict[str, Any]:
         return dataplane.model_metadata(model, version)
 
-    @api.get("/v2/models/{model}/ready", tags=["health"])
+    @api.get("/v2/models/{model}/ready", tags=["health"], dependencies=guarded)
     async def model_ready(model: str) -> JSONResponse:
         ok = dataplane.model_ready(model, None)
         return JSONResponse({"name": model, "ready": ok}, status_code=200 if ok else 503)
 
-    @api.get("/v2/models/{model}/versions/{version}/ready", tags=["health"])
+    @api.get("/v2/models/{model}/versions/{version}/ready", tags=["health"], dependencies=guarded)
     async def version_ready(model: str, version: str) -> JSONResponse:
         ok = dataplane.model_ready(model, version)
         return JSONResponse({"name": model, "version": version, "ready": ok}, status_code=200 if ok else 503)

@@ -22,7 +22,7 @@ from typing import Any
 import uvicorn
 from opentelemetry.sdk.trace import TracerProvider
 
-from gateway.admin_auth import AdminAuth
+from gateway.admin_auth import AdminAuth, InferenceAuth
 from gateway.control import ControlPlane
 from gateway.dataplane import DataPlane
 from gateway.grpc_app import build_grpc_server
@@ -119,6 +119,7 @@ class Gateway:
         """Bind and serve at once (live), then load models (ready when they are warm)."""
         s = self.settings
         admin_auth = AdminAuth.from_settings(s)  # a bad token list stops start-up before anything binds
+        inference_auth = InferenceAuth.from_inference_settings(s)
         self._stopping = asyncio.Event()
         sock = socket.socket(socket.AF_INET6 if ":" in s.host else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -127,7 +128,7 @@ class Gateway:
         sock.setblocking(False)
         self.http_port = sock.getsockname()[1]
         config = uvicorn.Config(
-            HttpAdapter(self.dataplane, self.metrics.registry, s.max_body_bytes, admin_auth),
+            HttpAdapter(self.dataplane, self.metrics.registry, s.max_body_bytes, admin_auth, inference_auth),
             http="httptools",
             loop="none",
             lifespan="off",
@@ -140,7 +141,9 @@ class Gateway:
         self._http = _UvicornServer(config)
         self._http_task = asyncio.get_running_loop().create_task(self._http.serve(sockets=[sock]))
         if s.grpc_port >= 0:
-            self._grpc, self.grpc_port = build_grpc_server(self.dataplane, s.host, s.grpc_port, s.max_body_bytes)
+            self._grpc, self.grpc_port = build_grpc_server(
+                self.dataplane, s.host, s.grpc_port, s.max_body_bytes, inference_auth
+            )
             await self._grpc.start()
         while not self._http.started:
             if self._http_task.done():

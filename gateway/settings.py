@@ -44,6 +44,10 @@ class GatewaySettings(BaseSettings):
     admin_tokens_file: Path | None = Field(
         None, description="File with one name:token pair a line (# comments allowed)."
     )
+    inference_keys: SecretStr | None = Field(
+        None, description="Optional inference keys (name:key pairs, comma separated); when set, infer needs one."
+    )
+    inference_keys_file: Path | None = Field(None, description="File with one inference name:key pair a line.")
     webhook_urls: list[str] = Field(default_factory=list, description="URLs told about every rollout transition.")
     webhook_secret: SecretStr | None = Field(None, description="HMAC-SHA256 key that signs webhook bodies.")
     rollout_tick_s: float = Field(1.0, gt=0, description="How often the rollout controller checks for due analyses.")
