@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from gateway.control import ControlPlane
 from gateway.demo import build_reference_mlp
 from gateway.errors import ModelNotFound, ModelNotReady
 from gateway.traffic import TrafficPolicy
-from tests.helpers import ThreadedGateway, settings_for
+from tests.helpers import ThreadedGateway, metric_value, settings_for, wait_until
+from tests.models import build_slow
 
 
 @pytest.fixture
@@ -86,3 +89,31 @@ def test_a_store_failure_leaves_the_live_policy_unchanged(gw: ThreadedGateway, m
     with pytest.raises(OSError, match="disk full"):
         run(gw, control.set_policy("alice", "mlp", TrafficPolicy(stable="1", canary="2", canary_weight=50)))
     assert control.policy("mlp") == TrafficPolicy(stable="1")
+
+
+def test_unload_drains_in_flight_requests_before_freeing_the_runtime(tmp_path: Path) -> None:
+    repo = tmp_path / "slowrepo"
+    build_slow(repo / "slow" / "1" / "model.onnx", matmuls=4, n=1024)
+    build_slow(repo / "slow" / "2" / "model.onnx", matmuls=4, n=1024)
+    (repo / "slow" / "config.yaml").write_text("version_policy:\n  all: true\nbatching:\n  max_batch_size: 2\n")
+
+    with ThreadedGateway(settings_for(repo, tmp=tmp_path, grpc_port=-1), run_controller=False) as gw:
+        control = gw.gateway.control
+        run(gw, control.set_policy("alice", "slow", TrafficPolicy(stable="2")))
+
+        def pinned(value: float) -> tuple[int, list[float]]:
+            body = {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [value]}]}
+            r = httpx.post(f"{gw.http_url}/v2/models/slow/versions/1/infer", json=body, timeout=60)
+            return r.status_code, (r.json()["outputs"][0]["data"] if r.status_code == 200 else [])
+
+        with ThreadPoolExecutor(6) as pool:
+            futures = [pool.submit(pinned, float(i)) for i in range(6)]
+            wait_until(lambda: metric_value(gw.metrics(), "sluice_inflight_requests", model="slow", version="1") == 6)
+            view = run(gw, control.unload_version("alice", "slow", "1"))
+            assert view["state"] == "UNLOADED"
+            assert [f.result(60) for f in futures] == [(200, [float(i)]) for i in range(6)]
+        after = httpx.post(
+            f"{gw.http_url}/v2/models/slow/versions/1/infer",
+            json={"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]},
+        )
+        assert after.status_code == 503 and "UNLOADED" in after.json()["error"]
