@@ -1,0 +1,74 @@
+"""What the monitors read and write: prediction records, labels, and the sink that stores them.
+
+`monitors` never imports `gateway`: the gateway's store implements `PredictionSink`, and the
+gateway hands it to the monitors. Records keep numpy arrays as they came; turning them into
+JSON happens in the writer's thread, never on the request path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionRecord:
+    id: str
+    """The V2 response `id` (generated when the caller sent none): what a label refers to."""
+    at: datetime
+    model: str
+    version: str
+    route: str
+    """stable, canary, pinned or shadow."""
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+    latency_s: float
+    outcome: str
+    """ok, or the failure outcome (error, timeout, ...); failed requests have no outputs."""
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    prediction_id: str
+    value: Any
+    """Ground truth as JSON: a class, a number, or a list for several rows."""
+    at: datetime | None = None
+    """When the truth became known; None: when it was received."""
+
+
+@dataclass(frozen=True)
+class LabelResult:
+    stored: int
+    """New labels and changed ones."""
+    unchanged: int = 0
+    """Labels that were already there with the same value (a repeat is idempotent)."""
+    unknown: tuple[str, ...] = field(default=())
+    """Prediction ids the log does not know; nothing was stored for them."""
+
+
+@dataclass(frozen=True)
+class LabeledPrediction:
+    id: str
+    at: datetime
+    version: str
+    outputs: dict[str, Any]
+    label: Any
+    labeled_at: datetime
+
+
+class PredictionSink(Protocol):
+    """Synchronous storage, called from a worker thread (never on the event loop)."""
+
+    def write_predictions(self, records: Sequence[PredictionRecord]) -> None: ...
+
+    def prune_predictions(self, *, older_than: datetime | None, keep_rows: int | None) -> int: ...
+
+    def write_labels(self, model: str, labels: Sequence[Label]) -> LabelResult: ...
+
+    def labeled_predictions(
+        self, model: str, version: str, *, since: datetime | None = None, limit: int = 10_000
+    ) -> list[LabeledPrediction]: ...
