@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from typing import Any
 
 from opentelemetry import trace
@@ -31,6 +30,7 @@ from gateway.request import InferRequest, InferResponse
 from gateway.router import pick_version
 from gateway.shadow import ShadowDispatcher
 from gateway.validation import validate
+from monitors.prediction_log import PredictionLog, new_prediction_id
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,11 @@ class DataPlane:
         control: ControlPlane,
         shadows: ShadowDispatcher,
         server_name: str = SERVER_NAME,
+        predictions: PredictionLog | None = None,
     ) -> None:
         self.registry = registry
+        self.predictions = predictions
+        """Where each finished request's record goes (None: no prediction log)."""
         self.metrics = metrics
         self.control = control
         self.shadows = shadows
@@ -130,6 +133,7 @@ class DataPlane:
     async def infer(self, request: InferRequest, protocol: str) -> InferResponse:
         started = time.perf_counter()
         served: ServedVersion | None = None
+        route = ""
         span = self.tracer.start_span(
             "infer",
             context=request.trace_context,
@@ -141,24 +145,57 @@ class DataPlane:
                 raise ShuttingDown("gateway is shutting down")
             routed = self.control.route(self.registry.get_model(request.model), request)
             served = routed.version
-            span.set_attribute("sluice.route", routed.route.value)
+            route = routed.route.value
+            span.set_attribute("sluice.route", route)
             response = await self._infer_version(request, served, span, protocol)
             if routed.shadows:
-                self.shadows.dispatch(request, response.outputs, routed.shadows)
+                self.shadows.dispatch(request, response.outputs, routed.shadows, response.id)
         except SluiceError as exc:
-            self._count(served, protocol, outcome_of(exc), started)
+            outcome = outcome_of(exc)
+            elapsed = self._count(served, protocol, outcome, started)
+            self._log(request, request.id, served, route, {}, elapsed, outcome)
             span.set_status(Status(StatusCode.ERROR, str(exc)))
             span.end()
             raise
         except BaseException as exc:
             outcome = "cancelled" if isinstance(exc, asyncio.CancelledError) else "error"
-            self._count(served, protocol, outcome, started)
+            elapsed = self._count(served, protocol, outcome, started)
+            self._log(request, request.id, served, route, {}, elapsed, outcome)
             span.set_status(Status(StatusCode.ERROR, repr(exc)))
             span.end()
             raise
-        self._count(served, protocol, "ok", started)
+        elapsed = self._count(served, protocol, "ok", started)
+        self._log(request, response.id, served, route, response.outputs, elapsed, "ok")
         span.end()
         return response
+
+    def _log(
+        self,
+        request: InferRequest,
+        prediction_id: str,
+        served: ServedVersion | None,
+        route: str,
+        outputs: dict[str, Any],
+        elapsed: float,
+        outcome: str,
+    ) -> None:
+        """Offer the request's record to the prediction log: O(1), no copies (the arrays are kept by
+        reference), never raises. A request that failed before a version was chosen is not logged;
+        one that failed after gets a generated id (the caller saw none) and no outputs."""
+        log = self.predictions
+        if log is None or served is None:
+            return
+        log.record(
+            prediction_id or new_prediction_id(),
+            served.model,
+            served.version,
+            route,
+            request.inputs,
+            outputs,
+            elapsed,
+            outcome,
+            served.config.logging.rate,
+        )
 
     async def _infer_version(
         self, request: InferRequest, served: ServedVersion, span: trace.Span, protocol: str
@@ -198,18 +235,20 @@ class DataPlane:
         return InferResponse(
             model=served.model,
             version=served.version,
-            id=request.id or uuid.uuid4().hex,
+            id=request.id or new_prediction_id(),
             outputs=outputs,
         )
 
-    def _count(self, served: ServedVersion | None, protocol: str, outcome: str, started: float) -> None:
+    def _count(self, served: ServedVersion | None, protocol: str, outcome: str, started: float) -> float:
+        """Count the finished request; returns its latency in seconds."""
         if served is None:
             # Never label with the caller's model name: a scan of made-up names must not grow series.
             self.metrics.requests.labels("", "", protocol, outcome).inc()
-            return
+            return time.perf_counter() - started
         m = served.metrics
         elapsed = time.perf_counter() - started
         m.outcome(protocol, outcome).inc()
         m.duration(protocol).observe(elapsed)
         if outcome in _ANALYSED:
             self.control.windows.record(served.model, served.version, outcome == "ok", elapsed)
+        return elapsed

@@ -7,9 +7,12 @@ Each gateway owns its registry, so several gateways can live in one test process
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 REQUESTS = "sluice_requests"
 REQUEST_DURATION = "sluice_request_duration_seconds"
@@ -35,6 +38,9 @@ SHADOW_AGREEMENT = "sluice_shadow_agreement_ratio"
 SHADOW_ABS_DIFF = "sluice_shadow_abs_diff"
 SHADOW_LATENCY = "sluice_shadow_latency_seconds"
 WEBHOOK_DELIVERIES = "sluice_webhook_deliveries"
+# Monitors: the prediction log.
+PREDICTION_LOG_RECORDS = "sluice_prediction_log_records"
+PREDICTION_LOG_QUEUE_DEPTH = "sluice_prediction_log_queue_depth"
 
 # Exposed names (counters gain _total, histograms _bucket/_sum/_count).
 METRIC_NAMES = (
@@ -61,6 +67,8 @@ METRIC_NAMES = (
     SHADOW_ABS_DIFF,
     SHADOW_LATENCY,
     f"{WEBHOOK_DELIVERIES}_total",
+    f"{PREDICTION_LOG_RECORDS}_total",
+    PREDICTION_LOG_QUEUE_DEPTH,
 )
 
 ROLLOUT_PHASES = ("progressing", "paused", "promoted", "rolled_back", "aborted")
@@ -171,6 +179,13 @@ class GatewayMetrics:
         )
         self._versions: dict[tuple[str, str], VersionMetrics] = {}
 
+    def watch_prediction_log(self, counts: Callable[[], Mapping[str, int]], depth: Callable[[], int]) -> None:
+        """Export the prediction log's counters, read at scrape time: the hot path only adds to plain ints.
+
+        `counts`: records by outcome (written, dropped, failed, sampled_out); `depth`: records queued.
+        """
+        self.registry.register(_PredictionLogCollector(counts, depth))
+
     def version(self, model: str, version: str) -> VersionMetrics:
         key = (model, version)
         vm = self._versions.get(key)
@@ -224,3 +239,22 @@ class VersionMetrics:
         self._batch_requests.observe(requests)
         if not ok:
             self._batch_failures.inc()
+
+
+class _PredictionLogCollector(Collector):
+    def __init__(self, counts: Callable[[], Mapping[str, int]], depth: Callable[[], int]) -> None:
+        self._counts = counts
+        self._depth = depth
+
+    def collect(self) -> Iterator[Metric]:
+        records = CounterMetricFamily(
+            PREDICTION_LOG_RECORDS,
+            "Prediction records by fate: written, dropped (queue full), failed (write error), sampled_out.",
+            labels=("outcome",),
+        )
+        for outcome, n in self._counts().items():
+            records.add_metric((outcome,), n)
+        yield records
+        yield GaugeMetricFamily(
+            PREDICTION_LOG_QUEUE_DEPTH, "Prediction records waiting to be written.", value=self._depth()
+        )

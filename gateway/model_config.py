@@ -19,6 +19,9 @@ runtime:
   url: 127.0.0.1:8001
   protocol: grpc            # or http
   remote_model: name        # default: this model's name
+logging:                    # the prediction log (monitors/prediction_log.py)
+  enabled: true
+  sample_rate: 1.0          # share of predictions logged, decided by a hash of the prediction id
 ```
 """
 
@@ -86,11 +89,24 @@ class RuntimeSection(_Strict):
         return self
 
 
+class LoggingSection(_Strict):
+    """Which of the model's predictions the prediction log keeps (its shadows' answers follow the same rule)."""
+
+    enabled: bool = True
+    sample_rate: float = Field(1.0, ge=0.0, le=1.0)
+
+    @property
+    def rate(self) -> float:
+        """The effective sample rate: 0 when logging is off."""
+        return self.sample_rate if self.enabled else 0.0
+
+
 class ModelConfig(_Strict):
     batching: BatchingSection = Field(default_factory=lambda: BatchingSection())
     timeout_ms: float | None = Field(30_000, gt=0)
     version_policy: VersionPolicy = Field(default_factory=lambda: VersionPolicy())
     runtime: RuntimeSection = Field(default_factory=lambda: RuntimeSection())
+    logging: LoggingSection = Field(default_factory=lambda: LoggingSection())
 
     def batching_config(self) -> BatchingConfig:
         b = self.batching

@@ -2,7 +2,8 @@
 
 Lifecycle: bind both ports (live, not ready) -> load and warm every model -> ready. On
 SIGTERM or SIGINT: readiness goes false, both servers stop accepting and finish what they
-have (queued and running batches included) within the drain timeout, then the process exits 0.
+have (queued and running batches included) within the drain timeout, the prediction log
+writes what is queued, then the process exits 0.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from gateway.shadow import ShadowDispatcher
 from gateway.store import Store
 from gateway.tracing import get_tracer, make_tracer_provider
 from gateway.webhooks import WebhookSender
+from monitors.prediction_log import PredictionLog, Retention
 from runtimes.base import ModelRuntime
 from runtimes.onnx import OnnxRuntime
 
@@ -81,9 +83,26 @@ class Gateway:
             tick_s=settings.rollout_tick_s,
             drain_timeout_s=settings.drain_timeout_s,
         )
-        self.shadows = ShadowDispatcher(self.metrics, self.control.windows)
+        days = settings.prediction_retention_days
+        self.predictions = PredictionLog(
+            store,
+            capacity=settings.prediction_log_capacity,
+            retention=Retention(
+                max_age_s=None if days is None else days * 86400.0,
+                max_rows=settings.prediction_retention_rows,
+                every_s=settings.prediction_prune_interval_s,
+            ),
+        )
+        self.metrics.watch_prediction_log(self.predictions.counters.as_dict, lambda: self.predictions.depth)
+        self.shadows = ShadowDispatcher(self.metrics, self.control.windows, predictions=self.predictions)
         self.dataplane = DataPlane(
-            self.registry, tracer, self.metrics, self.control, self.shadows, settings.service_name
+            self.registry,
+            tracer,
+            self.metrics,
+            self.control,
+            self.shadows,
+            settings.service_name,
+            predictions=self.predictions,
         )
         self.http_port = 0
         self.grpc_port = 0
@@ -157,7 +176,8 @@ class Gateway:
                 "'sluicegate[cpu]' (onnxruntime) or 'sluicegate[gpu]' (onnxruntime-gpu)"
             )
         await self.registry.load_all()
-        await self.control.start(run_loop=self._run_controller)
+        await self.control.start(run_loop=self._run_controller)  # upgrades the store's schema first
+        self.predictions.start()
         self.dataplane.started = True
         log.info("ready", extra={"models": sorted(self.registry.models)})
 
@@ -198,6 +218,9 @@ class Gateway:
         if not drained:
             log.warning("drain timeout passed with requests still queued")
         await self.shadows.aclose()
+        # Every request has finished and every shadow copy has answered: flush their records before
+        # the control plane closes the store (SIGTERM loses no record that was queued).
+        await self.predictions.close(timeout)
         await self.control.stop()
         await self.registry.close()
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -61,3 +61,15 @@ class GatewaySettings(BaseSettings):
         description="Share of root traces recorded unless OTEL_TRACES_SAMPLER is set (sampled callers: always).",
     )
     service_name: str = Field("sluice", description="OpenTelemetry service.name and server metadata name.")
+    prediction_log_capacity: int = Field(
+        10_000, ge=1, description="Prediction records queued for writing; beyond it records are dropped and counted."
+    )
+    prediction_retention_days: float | None = Field(
+        30.0, gt=0, description="Prediction log records older than this are deleted (None: kept by age)."
+    )
+    prediction_retention_rows: int | None = Field(
+        None, ge=0, description="At most this many prediction records are kept, newest first, across models."
+    )
+    prediction_prune_interval_s: float = Field(
+        300.0, gt=0, description="How often the prediction log is pruned to its retention."
+    )

@@ -19,14 +19,23 @@ connection; `upgrade()` applies the missing ones in order in one transaction and
 `schema_version`. A step's DDL is frozen history: migration 1 keeps its own copy of the v1 tables,
 so a later step that adds a column to the live tables below (with `add_column`) does not also
 change what migration 1 creates.
+
+The store is also the prediction log's sink (`monitors.records.PredictionSink`): predictions and
+their labels (migration 2). Predictions are written by the log's writer thread in batches through
+the driver directly (one `INSERT ... ON CONFLICT DO NOTHING` executemany, JSON already encoded):
+SQLAlchemy's per-row bind processing would cost more GIL time than the rest of the log together.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import logging
+import os
+import time
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -40,19 +49,23 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    Float,
     Index,
     Integer,
     MetaData,
     String,
     Table,
     create_engine,
+    delete,
     event,
+    exists,
     func,
     insert,
     inspect,
     select,
     text,
     true,
+    tuple_,
     update,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -62,6 +75,8 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 from gateway.errors import Conflict, InvalidInput
 from gateway.rollout_model import RolloutState
 from gateway.traffic import TrafficPolicy
+from monitors.prediction_log import MAX_ID_LENGTH, tensors_to_json
+from monitors.records import Label, LabeledPrediction, LabelResult, PredictionRecord
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +84,13 @@ UTC = timezone.utc
 DESIRED_STATES = ("loaded", "unloaded")
 _ADVISORY_LOCK_KEY = zlib.crc32(b"sluice.store.upgrade")
 """pg_advisory_xact_lock key that serialises `upgrade()` across processes sharing a database."""
+_PRUNE_CHUNK = 10_000
+"""Predictions deleted per transaction when pruning."""
+_IN_CHUNK = 500
+"""Ids per IN (...) list: far below every engine's limit on bound parameters."""
+_INSERT_ROWS = int(os.environ.get("XR", "500"))
+_YIELD_EVERY = int(os.environ.get("YE", "1000000"))
+"""Predictions per INSERT statement: 4,500 parameters, below SQLite's 32,766 and PostgreSQL's 65,535."""
 
 
 class SchemaError(RuntimeError):
@@ -165,6 +187,31 @@ audit_table = Table(
 )
 
 
+predictions_table = Table(
+    "predictions",
+    metadata,
+    Column("model", String(255), primary_key=True),
+    Column("id", String(MAX_ID_LENGTH), primary_key=True),
+    Column("version", String(255), primary_key=True),
+    Column("route", String(16), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("latency_s", Float, nullable=False),
+    Column("outcome", String(32), nullable=False),
+    Column("inputs", JSON, nullable=False),
+    Column("outputs", JSON, nullable=False),
+)
+
+labels_table = Table(
+    "labels",
+    metadata,
+    Column("model", String(255), primary_key=True),
+    Column("prediction_id", String(MAX_ID_LENGTH), primary_key=True),
+    Column("value", JSON, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+)
+
+
 # --- migrations -----------------------------------------------------------------------------
 
 
@@ -234,8 +281,46 @@ def _migration_1(conn: Connection) -> None:
     md.create_all(conn, checkfirst=False)
 
 
+def _migration_2(conn: Connection) -> None:
+    """The prediction log and its labels (a frozen copy, as migration 1's).
+
+    A prediction's key is (model, id, version): a shadow answer shares its request's id (the V2
+    response id) but not its version, and ids are the callers' own, unique only within a model.
+    A label belongs to (model, prediction id): it is the truth about the request, whichever
+    versions answered it, so the stable's and a shadow's accuracy are read from the same labels.
+    """
+    md = MetaData()
+    predictions = Table(
+        "predictions",
+        md,
+        Column("model", String(255), primary_key=True),
+        Column("id", String(256), primary_key=True),
+        Column("version", String(255), primary_key=True),
+        Column("route", String(16), nullable=False),
+        Column("at", UTCDateTime, nullable=False),
+        Column("latency_s", Float, nullable=False),
+        Column("outcome", String(32), nullable=False),
+        Column("inputs", JSON, nullable=False),
+        Column("outputs", JSON, nullable=False),
+    )
+    # Windows of one version (monitors) and retention by age / by row count (pruning).
+    Index("ix_predictions_model_version_at", predictions.c.model, predictions.c.version, predictions.c.at)
+    Index("ix_predictions_at", predictions.c.at)
+    Table(
+        "labels",
+        md,
+        Column("model", String(255), primary_key=True),
+        Column("prediction_id", String(256), primary_key=True),
+        Column("value", JSON, nullable=False),
+        Column("at", UTCDateTime, nullable=False),
+        Column("received_at", UTCDateTime, nullable=False),
+    )
+    md.create_all(conn, checkfirst=False)
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "traffic policies, rollouts, versions, audit log", _migration_1),
+    Migration(2, "prediction log and labels", _migration_2),
 ]
 """Ordered, append-only. A new step: `Migration(2, "...", fn)`, where fn uses e.g. `add_column`."""
 
@@ -611,6 +696,204 @@ class Store:
             for row in rows
         ]
 
+    # --- prediction log (monitors.records.PredictionSink) ----------------------------------------
+
+    def write_predictions(self, records: Sequence[PredictionRecord]) -> None:
+        """Insert a batch in one transaction; a record whose (model, id, version) is already stored
+        is ignored (a caller that reuses an id keeps its first prediction), not an error.
+
+        Tensors are encoded here, in the writer's thread. The insert goes to the driver directly, as
+        multi-row INSERTs: executemany would step the statement once per row, and the sqlite3 driver
+        gives the GIL up and takes it back around every step, so a busy event loop makes each row wait
+        for its turn (hundreds of rows: seconds). SQLite stores the time as SQLAlchemy's DateTime does
+        (naive UTC text with microseconds), so the queries below read and compare it like any other.
+        """
+        if not records:
+            return
+        sqlite = self._engine.dialect.name == "sqlite"
+        values: list[Any] = []
+        for i, r in enumerate(records, 1):
+            if i % _YIELD_EVERY == 0:
+                time.sleep(0)
+            values += (
+                r.model,
+                r.id,
+                r.version,
+                r.route,
+                _sqlite_time(r.at) if sqlite else r.at,
+                float(r.latency_s),
+                r.outcome,
+                tensors_to_json(r.inputs),
+                tensors_to_json(r.outputs),
+            )
+        width = len(predictions_table.columns)
+        with self._write() as conn:
+            for start in range(0, len(records), _INSERT_ROWS):
+                rows = min(_INSERT_ROWS, len(records) - start)
+                conn.exec_driver_sql(
+                    _insert_predictions_sql(conn.dialect, rows),
+                    tuple(values[start * width : (start + rows) * width]),
+                )
+
+    def prune_predictions(self, *, older_than: datetime | None, keep_rows: int | None) -> int:
+        """Delete predictions older than `older_than`, then all but the newest `keep_rows` (across every
+        model: the row count bounds the database, not a model's share); labels whose prediction is gone
+        go with them. Deletes run in chunks of their own transactions, so a large prune never holds the
+        write lock long. Returns the number of predictions deleted."""
+        if older_than is not None and (older_than.tzinfo is None or older_than.utcoffset() is None):
+            raise ValueError(f"naive datetime {older_than!r}: the store takes timezone-aware datetimes only")
+        if keep_rows is not None and keep_rows < 0:
+            raise InvalidInput(f"keep_rows must be at least 0, got {keep_rows}")
+        t = predictions_table
+        deleted = 0
+        if older_than is not None:
+            deleted += self._delete_predictions(t.c.at < older_than)
+        if keep_rows is not None:
+            with self._read() as conn:
+                cutoff = conn.execute(
+                    select(t.c.at).order_by(t.c.at.desc()).offset(keep_rows).limit(1)
+                ).scalar_one_or_none()
+            if cutoff is not None:
+                # At most keep_rows stay: rows that tie with the cutoff time go too.
+                deleted += self._delete_predictions(t.c.at <= cutoff)
+        if deleted:
+            lt = labels_table
+            orphan = ~exists().where(t.c.model == lt.c.model, t.c.id == lt.c.prediction_id)
+            with self._write() as conn:
+                conn.execute(delete(lt).where(orphan))
+        return deleted
+
+    def _delete_predictions(self, condition: Any, chunk: int = _PRUNE_CHUNK) -> int:
+        t = predictions_table
+        key = tuple_(t.c.model, t.c.id, t.c.version)
+        total = 0
+        while True:
+            with self._write() as conn:
+                victims = select(t.c.model, t.c.id, t.c.version).where(condition).limit(chunk)
+                n = conn.execute(delete(t).where(key.in_(victims))).rowcount
+            total += n
+            if n < chunk:
+                return total
+
+    def write_labels(self, model: str, labels: Sequence[Label]) -> LabelResult:
+        """Store ground truth for the model's predictions, all or nothing.
+
+        When any id is not a prediction of `model`, nothing is stored and the result lists the unknown
+        ids (the HTTP layer answers 404 naming them). A label equal to the stored one (the same JSON)
+        is left alone and counted unchanged, so a repeated post is idempotent; a different value
+        replaces it. An id given twice in one call: the last one wins.
+        """
+        latest: dict[str, Label] = {}
+        for label in labels:
+            latest[label.prediction_id] = label
+        encoded = {pid: _canonical_json(label.value, pid) for pid, label in latest.items()}
+        for attempt in range(2):
+            try:
+                return self._write_labels(model, latest, encoded)
+            except IntegrityError:  # PostgreSQL: a concurrent post inserted the same new label first
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _write_labels(self, model: str, latest: dict[str, Label], encoded: dict[str, str]) -> LabelResult:
+        t, lt = predictions_table, labels_table
+        ids = list(latest)
+        now = _now()
+        with self._write() as conn:
+            known: set[str] = set()
+            stored: dict[str, str] = {}
+            for chunk in _chunks(ids, _IN_CHUNK):
+                known.update(
+                    conn.execute(select(t.c.id).where(t.c.model == model, t.c.id.in_(chunk)).distinct()).scalars()
+                )
+                for row in conn.execute(
+                    select(lt.c.prediction_id, lt.c.value).where(lt.c.model == model, lt.c.prediction_id.in_(chunk))
+                ):
+                    stored[row.prediction_id] = _canonical_json(row.value, row.prediction_id)
+            unknown = tuple(pid for pid in ids if pid not in known)
+            if unknown:
+                return LabelResult(stored=0, unchanged=0, unknown=unknown)
+            new = []
+            changed = 0
+            unchanged = 0
+            for pid, label in latest.items():
+                values = {"value": json.loads(encoded[pid]), "at": label.at or now, "received_at": now}
+                if pid not in stored:
+                    new.append({"model": model, "prediction_id": pid, **values})
+                elif stored[pid] == encoded[pid]:
+                    unchanged += 1
+                else:
+                    conn.execute(update(lt).where(lt.c.model == model, lt.c.prediction_id == pid).values(**values))
+                    changed += 1
+            if new:
+                conn.execute(insert(lt), new)
+        return LabelResult(stored=len(new) + changed, unchanged=unchanged)
+
+    def labeled_predictions(
+        self, model: str, version: str, *, since: datetime | None = None, limit: int = 10_000
+    ) -> list[LabeledPrediction]:
+        """The version's answered predictions (outcome ok) that have a label, oldest first, from `since`.
+
+        `outputs` keep their stored JSON form: {"name": {"shape": [...], "datatype": ..., "data": [...]}}.
+        """
+        t, lt = predictions_table, labels_table
+        query = (
+            select(t.c.id, t.c.at, t.c.version, t.c.outputs, lt.c.value, lt.c.at.label("labeled_at"))
+            .join(lt, (lt.c.model == t.c.model) & (lt.c.prediction_id == t.c.id))
+            .where(t.c.model == model, t.c.version == version, t.c.outcome == "ok")
+            .order_by(t.c.at, t.c.id)
+            .limit(limit)
+        )
+        if since is not None:
+            query = query.where(t.c.at >= since)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [
+            LabeledPrediction(
+                id=row.id,
+                at=row.at,
+                version=row.version,
+                outputs=row.outputs,
+                label=row.value,
+                labeled_at=row.labeled_at,
+            )
+            for row in rows
+        ]
+
+    def predictions(
+        self,
+        model: str,
+        *,
+        version: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        ids: Sequence[str] | None = None,
+        limit: int = 10_000,
+    ) -> list[dict[str, Any]]:
+        """Stored predictions as dicts (the table's columns; inputs and outputs in their JSON form),
+        oldest first: the window a monitor reads, or the records of some ids."""
+        t = predictions_table
+        query = select(t).where(t.c.model == model).order_by(t.c.at, t.c.id, t.c.version).limit(limit)
+        if version is not None:
+            query = query.where(t.c.version == version)
+        if since is not None:
+            query = query.where(t.c.at >= since)
+        if until is not None:
+            query = query.where(t.c.at < until)
+        if ids is not None:
+            query = query.where(t.c.id.in_(list(ids)))
+        with self._read() as conn:
+            return [dict(row) for row in conn.execute(query).mappings()]
+
+    def labels(self, model: str, ids: Sequence[str] | None = None) -> dict[str, Any]:
+        """The model's labels by prediction id (all of them, or those of `ids`)."""
+        lt = labels_table
+        query = select(lt.c.prediction_id, lt.c.value).where(lt.c.model == model)
+        if ids is not None:
+            query = query.where(lt.c.prediction_id.in_(list(ids)))
+        with self._read() as conn:
+            return {row.prediction_id: row.value for row in conn.execute(query)}
+
 
 def upgrade_database(url: str, *, connect_args: Mapping[str, Any] | None = None) -> int:
     """Bring the database at `url` to the newest schema; return its version (`sluice db upgrade`)."""
@@ -629,6 +912,50 @@ def _current_version(conn: Connection) -> int:
         return 0
     t = schema_version_table
     return int(conn.execute(select(func.coalesce(func.max(t.c.version), 0))).scalar_one())
+
+
+def _sqlite_time(at: datetime) -> str:
+    """The text SQLAlchemy's DateTime stores on SQLite for a UTC time: "2025-01-31 12:00:00.000000"."""
+    if at.tzinfo is not UTC:  # the prediction log makes its times in UTC: no conversion in the common case
+        at = at.astimezone(UTC)
+    return "%04d-%02d-%02d %02d:%02d:%02d.%06d" % (  # noqa: UP031 - a third of isoformat's time
+        at.year,
+        at.month,
+        at.day,
+        at.hour,
+        at.minute,
+        at.second,
+        at.microsecond,
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_predictions_sql(dialect: Dialect, rows: int) -> str:
+    """INSERT of `rows` predictions in one statement; a key already stored is skipped (ON CONFLICT DO NOTHING)."""
+    quote = dialect.identifier_preparer.quote
+    columns = [c.name for c in predictions_table.columns]
+    if dialect.paramstyle == "qmark":
+        marks = ["?"] * len(columns)
+    else:  # psycopg: the JSON text is cast to json by the server
+        marks = ["CAST(%s AS JSON)" if c in ("inputs", "outputs") else "%s" for c in columns]
+    row = f"({', '.join(marks)})"
+    return (
+        f"INSERT INTO {quote(predictions_table.name)} ({', '.join(quote(c) for c in columns)}) "
+        f"VALUES {', '.join([row] * rows)} ON CONFLICT DO NOTHING"
+    )
+
+
+def _canonical_json(value: Any, prediction_id: str) -> str:
+    """One text per JSON value (keys sorted), to tell a repeated label from a changed one."""
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"label for prediction '{prediction_id}' is not a JSON value: {exc}") from None
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _checked(migrations: list[Migration]) -> list[Migration]:
