@@ -41,6 +41,7 @@ from gateway.errors import (
     SluiceError,
     Unauthorized,
 )
+from gateway.feedback_api import build_feedback_router
 from gateway.logs import request_id
 from gateway.tracing import extract_context
 
@@ -100,18 +101,21 @@ class HttpAdapter:
                 await self._infer(scope, receive, send, match.group(1), match.group(2))
                 return
         if scope["type"] == "http" and scope["path"].startswith("/admin/"):
-            await self._admin(scope, receive, send)
+            await self._bounded(scope, receive, send, ADMIN_MAX_BODY_BYTES, "admin request body")
+            return
+        if scope["type"] == "http" and scope["path"].endswith("/feedback"):
+            await self._bounded(scope, receive, send, self.max_body_bytes, "request body")
             return
         await self.api(scope, receive, send)
 
-    async def _admin(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Admin bodies are small: read at most ADMIN_MAX_BODY_BYTES (FastAPI reads a body before it
-        checks the token, so without this an anonymous caller could make it buffer any size)."""
-        body = await _read_body(receive, ADMIN_MAX_BODY_BYTES)
+    async def _bounded(self, scope: Scope, receive: Receive, send: Send, limit: int, what: str) -> None:
+        """Read at most `limit` bytes of body before FastAPI sees it (FastAPI reads a body before it
+        checks a token, so without this an anonymous caller could make it buffer any size)."""
+        body = await _read_body(receive, limit)
         if body is None:
             return
         if body is _TOO_LARGE:
-            await _send(send, 413, error_body(f"admin request body is over the limit of {ADMIN_MAX_BODY_BYTES} bytes"))
+            await _send(send, 413, error_body(f"{what} is over the limit of {limit} bytes"))
             return
         replayed = False
 
@@ -353,6 +357,7 @@ def build_api(
     api.include_router(
         build_admin_router(dataplane.control, admin_auth or AdminAuth(), ready=lambda: dataplane.ready())
     )
+    api.include_router(build_feedback_router(dataplane.registry, lambda: dataplane.predictions, guarded))
     return api
 
 
