@@ -1,7 +1,7 @@
 """The reference throughput test, in one command, with its baseline measured in the same run.
 
     python -m loadtests.bench [--out bench-results] [--duration 15] [--warmup 3] \
-        [--connections 1,16,64] [--repeats 3] [--skip-raw] [--modes floor,batching_on,shadow,batching_off]
+        [--connections 1,16,64] [--repeats 3] [--skip-raw] [--modes floor,batching_on,logging_off,shadow,batching_off]
 
 Why this exists: the peer figures the project is compared with (Triton, MLServer, KServe, Ray Serve,
 BentoML) were all taken the way /work/shared/bench/README.md describes: wrk with one thread, closed loop,
@@ -14,7 +14,11 @@ makes a single run interpretable on a noisy shared box:
   against: "gateway / floor" req/s and "p50 above floor" are read off within one run;
 - two modes of the same gateway, dynamic batching on (max_batch_size 64, max_queue_delay_ms 2) and off
   (max_batch_size 0), so the effect of batching is a difference inside one run, not across runs;
-- a third, `shadow`: batching on, with every request also copied to a second version of the model, so the
+- `logging_off`: batching on with the model's prediction log switched off (`logging: {enabled: false}`),
+  so the cost of logging every prediction (every gateway mode logs, as the default config does) is the
+  req/s difference against batching_on, run right after it; the log's counters (written, dropped, failed)
+  are scraped from /metrics to show it kept up;
+- `shadow`: batching on, with every request also copied to a second version of the model, so the
   cost of shadow traffic to the primary's answers (req/s, p50, p99) is read off against batching_on, with
   the gateway's shadow counters (compared, errored, dropped) scraped from /metrics to show the shadow ran;
 - raw ONNX Runtime in-process on the same model (intra_op_num_threads=1), at batch 1 and batch 32, plus
@@ -92,10 +96,13 @@ runtime:
 _VERSIONS_YAML = "version_policy:\n  all: true\n"
 _BATCHING_ON_YAML = "batching:\n  max_batch_size: 64\n  max_queue_delay_ms: 2\n  queue_capacity: 2048\n"
 _BATCHING_OFF_YAML = "batching:\n  max_batch_size: 0\n  max_queue_delay_ms: 2\n  queue_capacity: 2048\n"
+_LOGGING_OFF_YAML = "logging:\n  enabled: false\n"
 FLOOR = "floor"
 """The mode that runs loadtests/floor_app.py instead of the gateway."""
 SHADOW = "shadow"
 """The gateway mode that copies every request to a shadow version."""
+LOGGING_OFF = "logging_off"
+"""batching_on without the prediction log: the baseline its cost is read against."""
 PRIMARY_VERSION = "1"
 SHADOW_VERSION = "2"
 REFERENCE_VERSIONS: tuple[tuple[str, int], ...] = ((PRIMARY_VERSION, 1234),)
@@ -105,12 +112,14 @@ GATEWAY_VERSIONS: tuple[tuple[str, int], ...] = (*REFERENCE_VERSIONS, (SHADOW_VE
 shape (seed 4321) as version 2, so the modes differ only by their batching settings and traffic policy."""
 MODES: dict[str, str] = {
     "batching_on": _BATCHING_ON_YAML + _VERSIONS_YAML + _RUNTIME_YAML,
+    LOGGING_OFF: _BATCHING_ON_YAML + _VERSIONS_YAML + _RUNTIME_YAML + _LOGGING_OFF_YAML,
     SHADOW: _BATCHING_ON_YAML + _VERSIONS_YAML + _RUNTIME_YAML,
     "batching_off": _BATCHING_OFF_YAML + _VERSIONS_YAML + _RUNTIME_YAML,
 }
 """Gateway modes: name -> mlp/config.yaml."""
 POLICIES: dict[str, TrafficPolicy] = {
     "batching_on": TrafficPolicy(stable=PRIMARY_VERSION),
+    LOGGING_OFF: TrafficPolicy(stable=PRIMARY_VERSION),
     SHADOW: TrafficPolicy(stable=PRIMARY_VERSION, shadows=(SHADOW_VERSION,), shadow_sample_rate=1.0),
     "batching_off": TrafficPolicy(stable=PRIMARY_VERSION),
 }
@@ -368,6 +377,28 @@ def scrape_shadow(gw: Gateway, settle_s: float = SHADOW_SETTLE_S) -> dict[str, f
             elif sample.name == "sluice_shadow_latency_seconds_sum":
                 out["latency_sum_s"] += sample.value
     out["compared"] = out["agreed"] + out["disagreed"]
+    return out
+
+
+LOG_OUTCOMES = ("written", "dropped", "failed", "sampled_out")
+
+
+def scrape_prediction_log(gw: Gateway) -> dict[str, float]:
+    """The gateway's prediction log counters since start-up (records by fate, and the queue depth now)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"{gw.base_url}/metrics", timeout=5.0) as resp:
+            text = resp.read().decode("utf-8", errors="replace")
+    except (OSError, urllib.error.URLError) as exc:
+        raise BenchError(f"cannot scrape {gw.base_url}/metrics: {exc}") from exc
+    out = dict.fromkeys((*LOG_OUTCOMES, "queue_depth"), 0.0)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "sluice_prediction_log_records_total" and sample.labels.get("outcome") in out:
+                out[sample.labels["outcome"]] += sample.value
+            elif sample.name == "sluice_prediction_log_queue_depth":
+                out["queue_depth"] = sample.value
     return out
 
 
@@ -725,6 +756,70 @@ def shadow_cost(rows: Sequence[Row]) -> list[dict[str, Any]]:
     return out
 
 
+def log_cost(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """Per connection count both ran at: batching_on (every prediction logged) against logging_off."""
+    on = {r.connections: r for r in rows if r.mode == GATEWAY_VS_FLOOR}
+    off = {r.connections: r for r in rows if r.mode == LOGGING_OFF}
+    out = []
+    for c in sorted(set(on) & set(off)):
+        a, b = on[c].median, off[c].median
+        out.append(
+            {
+                "connections": c,
+                "on_rps": a.get("rps"),
+                "off_rps": b.get("rps"),
+                "rps_loss": 1.0 - a["rps"] / b["rps"] if a.get("rps") and b.get("rps") else None,
+                "on_rps_range": (min(r["rps"] for r in on[c].runs), max(r["rps"] for r in on[c].runs)),
+                "off_rps_range": (min(r["rps"] for r in off[c].runs), max(r["rps"] for r in off[c].runs)),
+                "on_p50_ms": a.get("p50_ms"),
+                "off_p50_ms": b.get("p50_ms"),
+                "on_p99_ms": a.get("p99_ms"),
+                "off_p99_ms": b.get("p99_ms"),
+            }
+        )
+    return out
+
+
+LOG_COST_TARGET = 0.05
+"""The issue's target: logging every prediction costs at most 5% of req/s at 64 connections."""
+LOG_COST_HEADER = [
+    "conns",
+    f"{GATEWAY_VS_FLOOR} req/s (logging on)",
+    f"{LOGGING_OFF} req/s",
+    "req/s loss",
+    "on p50 ms",
+    "off p50 ms",
+    "on p99 ms",
+    "off p99 ms",
+]
+
+
+def log_cost_rows(rows: Sequence[Row]) -> list[list[str]]:
+    return [
+        [
+            str(v["connections"]),
+            f"{_fmt(v['on_rps'], ',.0f')} ({v['on_rps_range'][0]:,.0f}–{v['on_rps_range'][1]:,.0f})",
+            f"{_fmt(v['off_rps'], ',.0f')} ({v['off_rps_range'][0]:,.0f}–{v['off_rps_range'][1]:,.0f})",
+            _fmt(None if v["rps_loss"] is None else v["rps_loss"] * 100, ".1f") + " %",
+            _fmt(v["on_p50_ms"], ".2f"),
+            _fmt(v["off_p50_ms"], ".2f"),
+            _fmt(v["on_p99_ms"], ".2f"),
+            _fmt(v["off_p99_ms"], ".2f"),
+        ]
+        for v in log_cost(rows)
+    ]
+
+
+def log_totals_line(totals: dict[str, float] | None) -> str | None:
+    if not totals:
+        return None
+    return (
+        f"{GATEWAY_VS_FLOOR}'s prediction log since start-up (check request and warm-up included): "
+        f"{totals['written']:,.0f} records written, {totals['dropped']:,.0f} dropped (queue full), "
+        f"{totals['failed']:,.0f} failed, {totals['queue_depth']:,.0f} still queued when scraped"
+    )
+
+
 SHADOW_COST_HEADER = [
     "conns",
     f"{GATEWAY_VS_FLOOR} req/s",
@@ -861,6 +956,8 @@ def print_report(rows: Sequence[Row], raw: dict[str, Any] | None, shadow_totals:
             print("shadow cost, " + ", ".join(f"{h}: {c}" for h, c in zip(SHADOW_COST_HEADER, line, strict=True)))
         if totals_line:
             print(totals_line)
+        for line in log_cost_rows(rows):
+            print("log cost, " + ", ".join(f"{h}: {c}" for h, c in zip(LOG_COST_HEADER, line, strict=True)))
         for t in target_checks(rows):
             print(f"target {t['target']}: {t['shown']} -> {_met(t['met'])}")
         return
@@ -897,6 +994,14 @@ def print_report(rows: Sequence[Row], raw: dict[str, Any] | None, shadow_totals:
         console.print(cost)
     if totals_line:
         console.print(totals_line)
+    log_rows = log_cost_rows(rows)
+    if log_rows:
+        logc = Table(title=f"Prediction log cost: {GATEWAY_VS_FLOOR} (logging on) vs {LOGGING_OFF}")
+        for h in LOG_COST_HEADER:
+            logc.add_column(h, justify="right")
+        for line in log_rows:
+            logc.add_row(*line)
+        console.print(logc)
     targets = Table(title=f"Targets ({GATEWAY_VS_FLOOR})")
     for h in ("target", "measured", "met"):
         targets.add_column(h, justify="left" if h == "target" else "right")
@@ -993,6 +1098,27 @@ def markdown_report(
         ]
         if totals_line:
             lines.append(f"- {totals_line[0].upper()}{totals_line[1:]}.")
+    log_rows = log_cost_rows(rows)
+    if log_rows:
+        lines += [
+            "",
+            "## Prediction log cost",
+            "",
+            "| " + " | ".join(LOG_COST_HEADER) + " |",
+            "|" + "|".join(["---:"] * len(LOG_COST_HEADER)) + "|",
+            *("| " + " | ".join(line) + " |" for line in log_rows),
+            "",
+            f"- {GATEWAY_VS_FLOOR} logs every prediction (the default: `logging: {{enabled: true, sample_rate: "
+            f"1.0}}`); {LOGGING_OFF} is the same configuration with `logging: {{enabled: false}}`. req/s loss = "
+            f"1 − on / off (medians; ranges over the repeats in brackets). Target: at most "
+            f"{LOG_COST_TARGET:.0%} at 64 connections.",
+            "- Each record keeps the request's input and output arrays; a writer thread encodes them to JSON and "
+            "inserts batches of up to 500 into the state database (SQLite here) every 0.5 s or when a batch "
+            "fills. On a box where wrk and the gateway share the cores, that thread's CPU is taken from them.",
+        ]
+        line = log_totals_line(modes.get(GATEWAY_VS_FLOOR, {}).get("prediction_log"))
+        if line:
+            lines.append(f"- {line}.")
     lines += ["", f"## Targets ({GATEWAY_VS_FLOOR})", "", "| target | measured | met |", "|---|---:|---|"]
     lines += [f"| {t['target']} | {t['shown']} | {_met(t['met'])} |" for t in target_checks(rows)]
     return "\n".join(lines) + "\n"
@@ -1154,6 +1280,10 @@ def bench_mode(
         if before is not None:
             # Everything since start-up: the check request and the warm-up included.
             info["shadow_totals"] = before
+        if name != FLOOR:
+            time.sleep(1.0)  # the log's writer runs every 0.5 s: let it write the last runs' records
+            info["prediction_log"] = scrape_prediction_log(gw)
+            print(f"[{name}] prediction log since start-up: {info['prediction_log']}", flush=True)
         code = gw.stop()
         info["exit_code"] = code
         info["log_tail"] = gw.log_tail(10)
@@ -1231,6 +1361,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "shadow_mode": SHADOW,
             "by_connections": shadow_cost(rows),
             "totals": modes.get(SHADOW, {}).get("shadow_totals"),
+        },
+        "log_cost": {
+            "logging_on_mode": GATEWAY_VS_FLOOR,
+            "logging_off_mode": LOGGING_OFF,
+            "by_connections": log_cost(rows),
+            "target_loss": LOG_COST_TARGET,
+            "prediction_log": modes.get(GATEWAY_VS_FLOOR, {}).get("prediction_log"),
         },
         "targets": [{k: v for k, v in t.items() if k != "shown"} for t in target_checks(rows)],
     }
