@@ -3,7 +3,12 @@ not against the mapping in runtimes.tensors that the gateway itself uses."""
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+from typing import Any
+
 import numpy as np
+import onnxruntime as ort
 
 ORT_TO_V2 = {
     "tensor(bool)": "BOOL",
@@ -33,3 +38,32 @@ V2_TO_NUMPY = {
     "FP32": np.float32,
     "FP64": np.float64,
 }
+
+
+RTOL, ATOL = 1e-5, 1e-6
+
+
+@functools.cache
+def _session(path: str) -> ort.InferenceSession:
+    return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+
+def session(repo: Path, model: str, version: str) -> ort.InferenceSession:
+    return _session(str(repo / model / version / "model.onnx"))
+
+
+def reference(repo: Path, model: str, version: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    sess = session(repo, model, version)
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feed), strict=True))
+
+
+def onnx_signature(repo: Path, model: str, version: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Inputs and outputs as V2 metadata should report them, read from the ONNX graph itself."""
+    sess = session(repo, model, version)
+
+    def spec(arg: Any) -> dict[str, Any]:
+        shape = [d if isinstance(d, int) else -1 for d in arg.shape]
+        return {"name": arg.name, "datatype": ORT_TO_V2[arg.type], "shape": shape}
+
+    return [spec(i) for i in sess.get_inputs()], [spec(o) for o in sess.get_outputs()]

@@ -6,21 +6,19 @@ expected values come from ONNX Runtime run directly on the demo repository's fil
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
-import onnxruntime as ort
 import orjson
 import pytest
 import tritonclient.http as httpclient
 
 from gateway.dataplane import EXTENSIONS, SERVER_NAME, SERVER_VERSION
 from gateway.demo import DTYPES
-from tests.expected import ORT_TO_V2, V2_TO_NUMPY
+from tests.expected import ATOL, RTOL, V2_TO_NUMPY, onnx_signature, reference
 from tests.helpers import GatewayProcess, metric_value
 
 # model -> (versions, max_batch_size reported in metadata)
@@ -32,33 +30,6 @@ MODELS: dict[str, tuple[list[str], str]] = {
     "fixed": (["1"], "0"),
 }
 MODEL_VERSIONS = [(m, v) for m, (versions, _) in MODELS.items() for v in versions]
-RTOL, ATOL = 1e-5, 1e-6
-
-
-@functools.cache
-def _session(path: str) -> ort.InferenceSession:
-    return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-
-
-def session(repo: Path, model: str, version: str) -> ort.InferenceSession:
-    return _session(str(repo / model / version / "model.onnx"))
-
-
-def reference(repo: Path, model: str, version: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    sess = session(repo, model, version)
-    names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, feed), strict=True))
-
-
-def onnx_signature(repo: Path, model: str, version: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Inputs and outputs as V2 metadata should report them, read from the ONNX graph itself."""
-    sess = session(repo, model, version)
-
-    def spec(arg: Any) -> dict[str, Any]:
-        shape = [d if isinstance(d, int) else -1 for d in arg.shape]
-        return {"name": arg.name, "datatype": ORT_TO_V2[arg.type], "shape": shape}
-
-    return [spec(i) for i in sess.get_inputs()], [spec(o) for o in sess.get_outputs()]
 
 
 def dtype_values(name: str, rows: int, rng: np.random.Generator, special: bool) -> np.ndarray:
