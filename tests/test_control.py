@@ -93,8 +93,9 @@ def test_a_store_failure_leaves_the_live_policy_unchanged(gw: ThreadedGateway, m
 
 def test_unload_drains_in_flight_requests_before_freeing_the_runtime(tmp_path: Path) -> None:
     repo = tmp_path / "slowrepo"
-    build_slow(repo / "slow" / "1" / "model.onnx", matmuls=4, n=1024)
-    build_slow(repo / "slow" / "2" / "model.onnx", matmuls=4, n=1024)
+    # ~0.35 s a call: all six requests are surely in flight before the first batch ends.
+    build_slow(repo / "slow" / "1" / "model.onnx", matmuls=16, n=1024)
+    build_slow(repo / "slow" / "2" / "model.onnx", matmuls=1, n=64)
     (repo / "slow" / "config.yaml").write_text("version_policy:\n  all: true\nbatching:\n  max_batch_size: 2\n")
 
     with ThreadedGateway(settings_for(repo, tmp=tmp_path, grpc_port=-1), run_controller=False) as gw:

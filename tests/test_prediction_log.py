@@ -33,6 +33,7 @@ from monitors.prediction_log import (
     MAX_ID_LENGTH,
     PredictionLog,
     Retention,
+    new_prediction_id,
     sampled,
     tensors_from_json,
     tensors_to_json,
@@ -310,6 +311,15 @@ def test_sampling_is_deterministic_by_id_and_near_the_rate() -> None:
     assert all(sampled(i, 1.0) for i in ids[:100]) and not any(sampled(i, 0.0) for i in ids[:100])
     # A lower rate keeps a subset of what a higher one keeps.
     assert all(sampled(i, 0.5) for i in ids if sampled(i, 0.2))
+
+
+def test_generated_ids_are_unique_time_ordered_hex() -> None:
+    ids = [new_prediction_id() for _ in range(50_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    prefixes = [i[:12] for i in ids]
+    assert prefixes == sorted(prefixes)  # milliseconds first: they arrive in the store's index order
+    assert abs(int(ids[-1][:12], 16) - time.time() * 1000) < 60_000
 
 
 def test_record_samples_and_counts() -> None:

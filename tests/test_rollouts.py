@@ -168,7 +168,9 @@ def spec(canary: str, **overrides: Any) -> RolloutSpec:
         "steps": (20.0, 50.0, 100.0),
         "interval_s": INTERVAL,
         "failure_threshold": 2,
-        "checks": (CheckSpec("error_ratio", 1.5, min_requests=10), CheckSpec("latency_p99_ratio", 10.0, 10)),
+        # Mechanics only: in-process gateways share pytest's heap, whose GC pauses make tiny-window p99s
+        # noise. Latency is tested where it is the point (the slow canary, with its own checks).
+        "checks": (CheckSpec("error_ratio", 1.5, min_requests=10),),
     }
     values.update(overrides)
     return RolloutSpec(**values)
