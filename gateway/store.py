@@ -32,7 +32,7 @@ import dataclasses
 import functools
 import json
 import logging
-import os
+import sqlite3
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -88,8 +88,7 @@ _PRUNE_CHUNK = 10_000
 """Predictions deleted per transaction when pruning."""
 _IN_CHUNK = 500
 """Ids per IN (...) list: far below every engine's limit on bound parameters."""
-_INSERT_ROWS = int(os.environ.get("XR", "500"))
-_YIELD_EVERY = int(os.environ.get("YE", "1000000"))
+_INSERT_ROWS = 500
 """Predictions per INSERT statement: 4,500 parameters, below SQLite's 32,766 and PostgreSQL's 65,535."""
 
 
@@ -399,12 +398,26 @@ def _now() -> datetime:
 _WRITE_OPTION = "sluice_write"
 
 
+def _set_wal(cursor: Any, attempts: int = 100) -> None:
+    """Switch to WAL, retrying briefly: the switch can report "database is locked" at once (not after
+    the busy timeout) while another connection is opening or switching the same file. WAL persists
+    in the file, so only the first connections ever race."""
+    for attempt in range(attempts):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.02)
+
+
 def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
     # Take BEGIN away from the sqlite3 driver (it would skip it for SELECT and DDL); see _sqlite_on_begin.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _set_wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
     finally:
@@ -712,9 +725,7 @@ class Store:
             return
         sqlite = self._engine.dialect.name == "sqlite"
         values: list[Any] = []
-        for i, r in enumerate(records, 1):
-            if i % _YIELD_EVERY == 0:
-                time.sleep(0)
+        for r in records:
             values += (
                 r.model,
                 r.id,

@@ -39,7 +39,7 @@ PROTOCOLS = ("http", "grpc")
 MLP_OUT = ["output"]
 MULTI_OUT = ["scores", "count", "inverted"]
 RTOL, ATOL = 1e-5, 1e-6
-SLOW_TARGET_S = 1.5
+SLOW_TARGET_S = 2.0  # well above the 1 s the tests need, so a loaded machine cannot make it come up short
 B_TIMEOUT_MS = 300
 C_SLOW_TIMEOUT_MS = 1000  # below one call of C's slow model: a caller must ask for more time to get an answer
 
