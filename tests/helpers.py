@@ -210,8 +210,9 @@ def settings_for(repo: Path, tmp: Path | None = None, **overrides: Any) -> Gatew
     return GatewaySettings(**{**values, **overrides})
 
 
-def metric_value(text: str, name: str, **labels: str) -> float:
-    """Sum of a metric's samples whose labels include `labels` (Prometheus text format)."""
+def metric_value(text: str, name: str, default: float | None = None, **labels: str) -> float:
+    """Sum of a metric's samples whose labels include `labels` (Prometheus text format); `default`
+    when there is none yet (else KeyError)."""
     total = 0.0
     found = False
     for line in text.splitlines():
@@ -222,5 +223,7 @@ def metric_value(text: str, name: str, **labels: str) -> float:
             total += float(value)
             found = True
     if not found:
+        if default is not None:
+            return default  # a labelled series appears only after its first sample
         raise KeyError(f"no sample of {name} with {labels}")
     return total

@@ -89,10 +89,7 @@ def snapshot(admin: httpx.Client) -> tuple[Any, int]:
 
 
 def shadow_count(gw: GatewayProcess, model: str, version: str) -> float:
-    try:
-        return metric_value(gw.metrics(), "sluice_shadow_requests_total", model=model, version=version)
-    except KeyError:
-        return 0.0
+    return metric_value(gw.metrics(), "sluice_shadow_requests_total", 0.0, model=model, version=version)
 
 
 # -- tokens -------------------------------------------------------------------------------------

@@ -78,10 +78,7 @@ def lookup_gateway(lookup_repo: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
-    try:
-        return metric_value(text, name, model=MODEL, **labels)
-    except KeyError:
-        return 0.0
+    return metric_value(text, name, 0.0, model=MODEL, **labels)
 
 
 @dataclass
