@@ -21,9 +21,14 @@ so a later step that adds a column to the live tables below (with `add_column`) 
 change what migration 1 creates.
 
 The store is also the prediction log's sink (`monitors.records.PredictionSink`): predictions and
-their labels (migration 2). Predictions are written by the log's writer thread in batches through
-the driver directly (one `INSERT ... ON CONFLICT DO NOTHING` executemany, JSON already encoded):
-SQLAlchemy's per-row bind processing would cost more GIL time than the rest of the log together.
+their labels (migration 2). Tensors are stored as bytes (`monitors.prediction_log.tensors_to_bytes`,
+migration 3; rows from before keep their JSON text, and the readers decode both), and handed back
+as numpy arrays (`prediction_records`) or in the JSON form (`predictions`, `labeled_predictions`).
+Predictions are written by the log's writer thread in batches through the driver directly
+(multi-row `INSERT ... ON CONFLICT DO NOTHING` on SQLite, one array per column unnested on
+PostgreSQL): SQLAlchemy's per-row bind processing would cost more GIL time than the rest of the log
+together. The table has one index besides its key, (model, version, at): each index costs every
+logged request, so pruning goes through that one too.
 """
 
 from __future__ import annotations
@@ -47,12 +52,15 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    CompoundSelect,
     DateTime,
     Dialect,
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
+    Select,
     String,
     Table,
     create_engine,
@@ -62,10 +70,13 @@ from sqlalchemy import (
     func,
     insert,
     inspect,
+    literal,
+    literal_column,
     select,
     text,
     true,
     tuple_,
+    union_all,
     update,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -75,7 +86,7 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 from gateway.errors import Conflict, InvalidInput
 from gateway.rollout_model import RolloutState
 from gateway.traffic import TrafficPolicy
-from monitors.prediction_log import MAX_ID_LENGTH, tensors_to_json
+from monitors.prediction_log import MAX_ID_LENGTH, stored_tensors_to_json, tensors_from_bytes, tensors_to_bytes
 from monitors.records import Label, LabeledPrediction, LabelResult, PredictionRecord
 
 log = logging.getLogger(__name__)
@@ -88,6 +99,8 @@ _PRUNE_CHUNK = 10_000
 """Predictions deleted per transaction when pruning."""
 _IN_CHUNK = 500
 """Ids per IN (...) list: far below every engine's limit on bound parameters."""
+_MERGE_VERSIONS = 200
+"""Model versions up to which pruning by row count merges their index ranges (a UNION ALL arm each)."""
 _INSERT_ROWS = 500
 """Predictions per INSERT statement: 4,500 parameters, below SQLite's 32,766 and PostgreSQL's 65,535."""
 
@@ -196,9 +209,11 @@ predictions_table = Table(
     Column("at", UTCDateTime, nullable=False),
     Column("latency_s", Float, nullable=False),
     Column("outcome", String(32), nullable=False),
-    Column("inputs", JSON, nullable=False),
-    Column("outputs", JSON, nullable=False),
+    Column("inputs", LargeBinary, nullable=False),
+    Column("outputs", LargeBinary, nullable=False),
 )
+"""Tensors are stored in `monitors.prediction_log`'s binary form (`tensors_to_bytes`); rows from before
+migration 3 hold their JSON text, which the readers below tell apart and read too."""
 
 labels_table = Table(
     "labels",
@@ -208,6 +223,22 @@ labels_table = Table(
     Column("value", JSON, nullable=False),
     Column("at", UTCDateTime, nullable=False),
     Column("received_at", UTCDateTime, nullable=False),
+)
+
+monitor_runs_table = Table(
+    "monitor_runs",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("model", String(255), nullable=False),
+    Column("version", String(255), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("actor", String(255), nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("figures", JSON, nullable=False),
+    Column("detail", JSON, nullable=False),
+    Column("report", String(255), nullable=True),
 )
 
 
@@ -317,11 +348,84 @@ def _migration_2(conn: Connection) -> None:
     md.create_all(conn, checkfirst=False)
 
 
+def _migration_3(conn: Connection) -> None:
+    """Predictions keep their tensors as bytes (the binary form), and lose the index on `at` alone.
+
+    The JSON text of the rows already stored is kept, as bytes (`tensors_from_bytes` and
+    `stored_tensors_to_json` read it): the step is SQL only, however large the table. Pruning by
+    age or by row count uses the (model, version, at) index, per model and version.
+
+    PostgreSQL changes the column types in place. SQLite cannot, so the table is rebuilt: a copy
+    in one statement, then the old table dropped and the copy renamed (all in `upgrade()`'s
+    transaction, so a failure leaves the old table as it was).
+    """
+    quote = conn.dialect.identifier_preparer.quote
+    conn.execute(text(f"DROP INDEX {quote('ix_predictions_at')}"))
+    if conn.dialect.name == "postgresql":
+        for column in ("inputs", "outputs"):
+            conn.execute(
+                text(
+                    f"ALTER TABLE predictions ALTER COLUMN {column} TYPE bytea USING convert_to({column}::text, 'UTF8')"
+                )
+            )
+        return
+    md = MetaData()
+    Table(
+        "predictions_v3",
+        md,
+        Column("model", String(255), primary_key=True),
+        Column("id", String(256), primary_key=True),
+        Column("version", String(255), primary_key=True),
+        Column("route", String(16), nullable=False),
+        Column("at", UTCDateTime, nullable=False),
+        Column("latency_s", Float, nullable=False),
+        Column("outcome", String(32), nullable=False),
+        Column("inputs", LargeBinary, nullable=False),
+        Column("outputs", LargeBinary, nullable=False),
+    )
+    md.create_all(conn, checkfirst=False)
+    conn.execute(
+        text(
+            "INSERT INTO predictions_v3 (model, id, version, route, at, latency_s, outcome, inputs, outputs) "
+            "SELECT model, id, version, route, at, latency_s, outcome, CAST(inputs AS BLOB), CAST(outputs AS BLOB) "
+            "FROM predictions"
+        )
+    )
+    conn.execute(text("DROP TABLE predictions"))
+    conn.execute(text("ALTER TABLE predictions_v3 RENAME TO predictions"))
+    conn.execute(text("CREATE INDEX ix_predictions_model_version_at ON predictions (model, version, at)"))
+
+
+def _migration_4(conn: Connection) -> None:
+    """Drift and accuracy runs: their figures (what gauges, triggers and rollout checks read), the
+    whole result, and the file name of the Evidently HTML report (a frozen copy, as the others)."""
+    md = MetaData()
+    runs = Table(
+        "monitor_runs",
+        md,
+        Column("id", _Id, primary_key=True, autoincrement=True),
+        Column("model", String(255), nullable=False),
+        Column("version", String(255), nullable=False),
+        Column("kind", String(16), nullable=False),
+        Column("status", String(16), nullable=False),
+        Column("at", UTCDateTime, nullable=False),
+        Column("actor", String(255), nullable=False),
+        Column("rows", Integer, nullable=False),
+        Column("figures", JSON, nullable=False),
+        Column("detail", JSON, nullable=False),
+        Column("report", String(255), nullable=True),
+    )
+    Index("ix_monitor_runs_model_kind_id", runs.c.model, runs.c.kind, runs.c.id)
+    md.create_all(conn, checkfirst=False)
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "traffic policies, rollouts, versions, audit log", _migration_1),
     Migration(2, "prediction log and labels", _migration_2),
+    Migration(3, "prediction tensors as bytes; no index on the time alone", _migration_3),
+    Migration(4, "drift and accuracy runs", _migration_4),
 ]
-"""Ordered, append-only. A new step: `Migration(2, "...", fn)`, where fn uses e.g. `add_column`."""
+"""Ordered, append-only. A new step: `Migration(5, "...", fn)`, where fn uses e.g. `add_column`."""
 
 
 def add_column(
@@ -715,30 +819,22 @@ class Store:
         """Insert a batch in one transaction; a record whose (model, id, version) is already stored
         is ignored (a caller that reuses an id keeps its first prediction), not an error.
 
-        Tensors are encoded here, in the writer's thread. The insert goes to the driver directly, as
-        multi-row INSERTs: executemany would step the statement once per row, and the sqlite3 driver
-        gives the GIL up and takes it back around every step, so a busy event loop makes each row wait
-        for its turn (hundreds of rows: seconds). SQLite stores the time as SQLAlchemy's DateTime does
-        (naive UTC text with microseconds), so the queries below read and compare it like any other.
+        Tensors are encoded here, in the writer's thread, to their binary form (`tensors_to_bytes`).
+        The insert goes to the driver directly, as multi-row INSERTs: executemany would step the
+        statement once per row, and the sqlite3 driver gives the GIL up and takes it back around every
+        step, so a busy event loop makes each row wait for its turn (hundreds of rows: seconds).
         """
         if not records:
             return
-        sqlite = self._engine.dialect.name == "sqlite"
-        values: list[Any] = []
-        for r in records:
-            values += (
-                r.model,
-                r.id,
-                r.version,
-                r.route,
-                _sqlite_time(r.at) if sqlite else r.at,
-                float(r.latency_s),
-                r.outcome,
-                tensors_to_json(r.inputs),
-                tensors_to_json(r.outputs),
-            )
+        values = self._prediction_params(records)
         width = len(predictions_table.columns)
         with self._write() as conn:
+            if conn.dialect.name == "postgresql":
+                # One array per column, unnested by the server: psycopg parses a query's placeholders in
+                # Python and caches only short queries, so a 4,500-placeholder VALUES list would cost
+                # ~40 µs a row in the parsing alone.
+                conn.exec_driver_sql(_INSERT_PREDICTIONS_PG, tuple(values[i::width] for i in range(width)))
+                return
             for start in range(0, len(records), _INSERT_ROWS):
                 rows = min(_INSERT_ROWS, len(records) - start)
                 conn.exec_driver_sql(
@@ -746,33 +842,123 @@ class Store:
                     tuple(values[start * width : (start + rows) * width]),
                 )
 
+    def _prediction_params(self, records: Sequence[PredictionRecord]) -> list[Any]:
+        """The INSERT's parameters for `records`, row after row, flat. SQLite stores the time as
+        SQLAlchemy's DateTime does (naive UTC text with microseconds), so the queries below read and
+        compare it like any other. This runs for every logged request: keep it lean."""
+        values: list[Any] = []
+        encode = tensors_to_bytes
+        if self._engine.dialect.name == "sqlite":
+            # `_sqlite_time`, with the text up to the second made once per second (records come in
+            # time order, a batch spans about a second) and the tuple compare cheaper than replace().
+            second: tuple[int, ...] = ()
+            prefix = ""
+            for r in records:
+                at = r.at
+                if at.tzinfo is UTC:
+                    if second != (at.second, at.minute, at.hour, at.day, at.month, at.year):
+                        second = (at.second, at.minute, at.hour, at.day, at.month, at.year)
+                        prefix = _sqlite_time(at)[:19]
+                    when = "%s.%06d" % (prefix, at.microsecond)  # noqa: UP031 - the fastest form here
+                else:
+                    when = _sqlite_time(at)
+                values += (
+                    r.model,
+                    r.id,
+                    r.version,
+                    r.route,
+                    when,
+                    float(r.latency_s),
+                    r.outcome,
+                    encode(r.inputs),
+                    encode(r.outputs),
+                )
+        else:
+            for r in records:
+                values += (
+                    r.model,
+                    r.id,
+                    r.version,
+                    r.route,
+                    r.at,
+                    float(r.latency_s),
+                    r.outcome,
+                    encode(r.inputs),
+                    encode(r.outputs),
+                )
+        return values
+
     def prune_predictions(self, *, older_than: datetime | None, keep_rows: int | None) -> int:
         """Delete predictions older than `older_than`, then all but the newest `keep_rows` (across every
         model: the row count bounds the database, not a model's share); labels whose prediction is gone
         go with them. Deletes run in chunks of their own transactions, so a large prune never holds the
-        write lock long. Returns the number of predictions deleted."""
+        write lock long. Returns the number of predictions deleted.
+
+        There is no index on the time alone (each one costs every logged request): the work goes
+        through the (model, version, at) index, one model version at a time.
+        """
         if older_than is not None and (older_than.tzinfo is None or older_than.utcoffset() is None):
             raise ValueError(f"naive datetime {older_than!r}: the store takes timezone-aware datetimes only")
         if keep_rows is not None and keep_rows < 0:
             raise InvalidInput(f"keep_rows must be at least 0, got {keep_rows}")
         t = predictions_table
         deleted = 0
+        keys = self._prediction_versions()
         if older_than is not None:
-            deleted += self._delete_predictions(t.c.at < older_than)
+            for model, version in keys:
+                deleted += self._delete_predictions(
+                    (t.c.model == model) & (t.c.version == version) & (t.c.at < older_than)
+                )
         if keep_rows is not None:
-            with self._read() as conn:
-                cutoff = conn.execute(
-                    select(t.c.at).order_by(t.c.at.desc()).offset(keep_rows).limit(1)
-                ).scalar_one_or_none()
+            cutoff = self._nth_newest_time(keys, keep_rows)
             if cutoff is not None:
                 # At most keep_rows stay: rows that tie with the cutoff time go too.
-                deleted += self._delete_predictions(t.c.at <= cutoff)
+                for model, version in keys:
+                    deleted += self._delete_predictions(
+                        (t.c.model == model) & (t.c.version == version) & (t.c.at <= cutoff)
+                    )
         if deleted:
             lt = labels_table
             orphan = ~exists().where(t.c.model == lt.c.model, t.c.id == lt.c.prediction_id)
             with self._write() as conn:
                 conn.execute(delete(lt).where(orphan))
         return deleted
+
+    def _prediction_versions(self) -> list[tuple[str, str]]:
+        """Every (model, version) in the log, by a skip scan of the (model, version, at) index: one seek
+        per pair, whatever the number of rows."""
+        t = predictions_table
+        first = select(t.c.model, t.c.version).order_by(t.c.model, t.c.version).limit(1)
+        keys: list[tuple[str, str]] = []
+        with self._read() as conn:
+            row = conn.execute(first).first()
+            while row is not None:
+                keys.append((row.model, row.version))
+                after = tuple_(t.c.model, t.c.version) > tuple_(literal(row.model), literal(row.version))
+                row = conn.execute(first.where(after)).first()
+        return keys
+
+    def _nth_newest_time(self, keys: list[tuple[str, str]], n: int) -> datetime | None:
+        """The time of the (n+1)-th newest prediction across `keys`; None when there are at most n.
+
+        Up to _MERGE_VERSIONS pairs, the newest rows of each are merged from the index (SQLite and
+        PostgreSQL both walk the arms of an ordered UNION ALL in step); with more, one ordered scan
+        of the table (slower, but pruning runs every few minutes, not per request)."""
+        t = predictions_table
+        if not keys:
+            return None
+        query: Select[Any] | CompoundSelect[Any]
+        if len(keys) <= _MERGE_VERSIONS:
+            arms = [select(t.c.at).where(t.c.model == model, t.c.version == version) for model, version in keys]
+            if len(arms) == 1:
+                query = arms[0].order_by(t.c.at.desc()).offset(n).limit(1)
+            else:
+                query = union_all(*arms).order_by(literal_column("at").desc()).offset(n).limit(1)
+        else:
+            query = select(t.c.at).order_by(t.c.at.desc()).offset(n).limit(1)
+        with self._read() as conn:
+            at: datetime | None = conn.execute(query).scalar_one_or_none()
+        return at
 
     def _delete_predictions(self, condition: Any, chunk: int = _PRUNE_CHUNK) -> int:
         t = predictions_table
@@ -845,7 +1031,7 @@ class Store:
     ) -> list[LabeledPrediction]:
         """The version's answered predictions (outcome ok) that have a label, oldest first, from `since`.
 
-        `outputs` keep their stored JSON form: {"name": {"shape": [...], "datatype": ..., "data": [...]}}.
+        `outputs` are in the JSON form: {"name": {"shape": [...], "datatype": ..., "data": [...]}}.
         """
         t, lt = predictions_table, labels_table
         query = (
@@ -864,7 +1050,7 @@ class Store:
                 id=row.id,
                 at=row.at,
                 version=row.version,
-                outputs=row.outputs,
+                outputs=stored_tensors_to_json(row.outputs),
                 label=row.value,
                 labeled_at=row.labeled_at,
             )
@@ -881,8 +1067,9 @@ class Store:
         ids: Sequence[str] | None = None,
         limit: int = 10_000,
     ) -> list[dict[str, Any]]:
-        """Stored predictions as dicts (the table's columns; inputs and outputs in their JSON form),
-        oldest first: the window a monitor reads, or the records of some ids."""
+        """Stored predictions as dicts (the table's columns; inputs and outputs in the JSON form
+        {"name": {"shape": [...], "datatype": ..., "data": [...]}}, NaN and infinities as null), oldest
+        first: the window a monitor reads, or the records of some ids."""
         t = predictions_table
         query = select(t).where(t.c.model == model).order_by(t.c.at, t.c.id, t.c.version).limit(limit)
         if version is not None:
@@ -894,7 +1081,95 @@ class Store:
         if ids is not None:
             query = query.where(t.c.id.in_(list(ids)))
         with self._read() as conn:
+            rows = [dict(row) for row in conn.execute(query).mappings()]
+        for row in rows:
+            row["inputs"] = stored_tensors_to_json(row["inputs"])
+            row["outputs"] = stored_tensors_to_json(row["outputs"])
+        return rows
+
+    def prediction_records(
+        self,
+        model: str,
+        version: str,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 10_000,
+        newest: bool = False,
+        outcome: str | None = "ok",
+    ) -> list[PredictionRecord]:
+        """One version's stored predictions as records with numpy tensors, oldest first: the window a
+        drift job reads. `newest`: the last `limit` rows of the range instead of the first."""
+        t = predictions_table
+        order = (t.c.at.desc(), t.c.id.desc()) if newest else (t.c.at, t.c.id)
+        query = select(t).where(t.c.model == model, t.c.version == version).order_by(*order).limit(limit)
+        if outcome is not None:
+            query = query.where(t.c.outcome == outcome)
+        if since is not None:
+            query = query.where(t.c.at >= since)
+        if until is not None:
+            query = query.where(t.c.at < until)
+        with self._read() as conn:
+            rows = list(conn.execute(query).all())
+        if newest:
+            rows.reverse()
+        return [
+            PredictionRecord(
+                id=row.id,
+                at=row.at,
+                model=row.model,
+                version=row.version,
+                route=row.route,
+                inputs=tensors_from_bytes(row.inputs),
+                outputs=tensors_from_bytes(row.outputs),
+                latency_s=row.latency_s,
+                outcome=row.outcome,
+            )
+            for row in rows
+        ]
+
+    def count_predictions(
+        self, model: str, version: str, *, since: datetime | None = None, until: datetime | None = None
+    ) -> int:
+        """Answered predictions (outcome ok) of one version in [since, until): a window's coverage denominator."""
+        t = predictions_table
+        query = select(func.count()).where(t.c.model == model, t.c.version == version, t.c.outcome == "ok")
+        if since is not None:
+            query = query.where(t.c.at >= since)
+        if until is not None:
+            query = query.where(t.c.at < until)
+        with self._read() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    # --- monitor runs (drift, accuracy) -------------------------------------------------------------
+
+    def save_monitor_run(self, run: Mapping[str, Any]) -> int:
+        """Store one drift or accuracy run (the keys of `monitor_runs`, less `id`); returns its id."""
+        values = {c.name: run[c.name] for c in monitor_runs_table.columns if c.name != "id" and c.name in run}
+        values.setdefault("at", _now())
+        with self._write() as conn:
+            key = conn.execute(insert(monitor_runs_table).values(**values)).inserted_primary_key
+        assert key is not None
+        return int(key[0])
+
+    def monitor_runs(
+        self, model: str, *, kind: str | None = None, version: str | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        """The model's runs, newest first."""
+        t = monitor_runs_table
+        query = select(t).where(t.c.model == model).order_by(t.c.id.desc()).limit(limit)
+        if kind is not None:
+            query = query.where(t.c.kind == kind)
+        if version is not None:
+            query = query.where(t.c.version == version)
+        with self._read() as conn:
             return [dict(row) for row in conn.execute(query).mappings()]
+
+    def monitor_run(self, model: str, run_id: int) -> dict[str, Any] | None:
+        t = monitor_runs_table
+        with self._read() as conn:
+            row = conn.execute(select(t).where(t.c.model == model, t.c.id == run_id)).mappings().first()
+        return dict(row) if row is not None else None
 
     def labels(self, model: str, ids: Sequence[str] | None = None) -> dict[str, Any]:
         """The model's labels by prediction id (all of them, or those of `ids`)."""
@@ -940,16 +1215,22 @@ def _sqlite_time(at: datetime) -> str:
     )
 
 
+_INSERT_PREDICTIONS_PG = (
+    "INSERT INTO predictions (model, id, version, route, at, latency_s, outcome, inputs, outputs) "
+    "SELECT * FROM unnest(%b::varchar[], %b::varchar[], %b::varchar[], %b::varchar[], %b::timestamptz[], "
+    "%b::float8[], %b::varchar[], %b::bytea[], %b::bytea[]) ON CONFLICT DO NOTHING"
+)
+"""A batch of predictions on PostgreSQL: one array of values per column (in `predictions_table`'s order),
+sent in psycopg's binary format (%b): no quoting of text, no hex for bytes."""
+
+
 @functools.lru_cache(maxsize=64)
 def _insert_predictions_sql(dialect: Dialect, rows: int) -> str:
     """INSERT of `rows` predictions in one statement; a key already stored is skipped (ON CONFLICT DO NOTHING)."""
     quote = dialect.identifier_preparer.quote
     columns = [c.name for c in predictions_table.columns]
-    if dialect.paramstyle == "qmark":
-        marks = ["?"] * len(columns)
-    else:  # psycopg: the JSON text is cast to json by the server
-        marks = ["CAST(%s AS JSON)" if c in ("inputs", "outputs") else "%s" for c in columns]
-    row = f"({', '.join(marks)})"
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    row = f"({', '.join([mark] * len(columns))})"
     return (
         f"INSERT INTO {quote(predictions_table.name)} ({', '.join(quote(c) for c in columns)}) "
         f"VALUES {', '.join([row] * rows)} ON CONFLICT DO NOTHING"

@@ -11,23 +11,33 @@ Sampling is per model and deterministic: a hash of the prediction id decides, so
 its shadow copies are either all logged or all not, and a repeated id gets the same verdict.
 
 Records keep the request's numpy arrays by reference (they are read-only views of the request body
-or the batch's outputs); `tensors_to_json` turns them into the stored form in the writer's thread:
-``{"name": {"shape": [...], "datatype": "FP32", "data": [flat list]}}``. NaN and infinities are
-stored as null (JSON has no such numbers).
+or the batch's outputs); `tensors_to_bytes` turns them into the stored form in the writer's thread:
+a small header per tensor and its raw little-endian bytes, so NaN, infinities and every bit of the
+values are kept. A set with a BYTES tensor is stored as its JSON text instead, as every row was
+before store migration 3; `tensors_from_bytes` reads both. Readers that want JSON get
+``{"name": {"shape": [...], "datatype": "FP32", "data": [flat list]}}`` (`stored_tensors_to_json`),
+with NaN and infinities as null (JSON has no such numbers).
+
+Everything here runs for every logged request, on the event loop (`record`) or in the writer's
+thread, which holds the GIL the loop needs: `python -m loadtests.log_cost` measures the CPU of each
+step per record.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import math
 import os
+import struct
+import sys
 import time
 import zlib
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from hashlib import blake2b
@@ -74,28 +84,28 @@ def v2_datatype(dtype: np.dtype[Any]) -> str:
 
 
 def tensors_to_json(tensors: Mapping[str, np.ndarray]) -> str:
-    """The stored JSON text of named tensors (run in the writer's thread, never on the event loop).
+    """The JSON text of named tensors: ``{"name": {"shape": [...], "datatype": "FP32", "data": [...]}}``.
 
-    The common case (numeric arrays) is one orjson call that writes the arrays natively; this runs
-    once per input and output of every logged request, so it is kept to that.
+    What readers get (`stored_tensors_to_json`), and the stored form of a set with a BYTES tensor.
+    Numeric arrays are written by orjson natively, whatever their memory layout (float32 in its
+    shortest form); BYTES (object or string arrays) through Python values, as UTF-8 text.
     """
-    try:
-        doc = {
-            name: {"shape": array.shape, "datatype": _V2_BY_DTYPE[array.dtype], "data": array.reshape(-1)}
-            for name, array in tensors.items()
-        }
-        return orjson.dumps(doc, option=_DUMPS).decode()
-    except (KeyError, AttributeError, TypeError, orjson.JSONEncodeError):
-        # BYTES (object or string arrays), a strided view orjson cannot read, something not an array:
-        # through Python values (slower, same result).
-        return orjson.dumps({name: _tensor_doc(np.asarray(array)) for name, array in tensors.items()}).decode()
+    return orjson.dumps({name: _json_entry(array) for name, array in tensors.items()}, option=_DUMPS).decode()
+
+
+def _json_entry(array: np.ndarray) -> dict[str, Any]:
+    array = np.asarray(array)
+    datatype = _V2_BY_DTYPE.get(array.dtype)
+    if datatype is None:  # BYTES, or a byte order orjson cannot read
+        return _tensor_doc(array)
+    return {"shape": array.shape, "datatype": datatype, "data": np.ascontiguousarray(array).reshape(-1)}
 
 
 def _tensor_doc(array: np.ndarray) -> dict[str, Any]:
     flat = array.reshape(-1)
     return {
         "shape": list(array.shape),
-        "datatype": v2_datatype(array.dtype),
+        "datatype": v2_datatype(array.dtype.newbyteorder("=")),
         "data": [_jsonable(v) for v in flat.tolist()],
     }
 
@@ -119,6 +129,110 @@ def tensors_from_json(doc: Mapping[str, Any] | None) -> dict[str, np.ndarray]:
         array = np.array(data, dtype=dtype if dtype is not None else object)
         tensors[name] = array.reshape(entry.get("shape", [len(data)]))
     return tensors
+
+
+# The binary form: what the store keeps. One byte, TENSORS_V1, then for each tensor a header and its
+# raw little-endian data in C order:
+#     u16 name length, name (UTF-8), u8 datatype code, u8 rank, rank x u64 dimensions, data
+# The data's length follows from the dimensions and the datatype. A set of tensors with a BYTES one
+# (or a dtype not in the table) is stored as its JSON text instead, which begins with "{"; so does a
+# row written before the binary form existed: `tensors_from_bytes` reads both.
+
+TENSORS_V1 = b"\x01"
+_CODES: tuple[np.dtype[Any], ...] = tuple(_V2_BY_DTYPE)
+_CODE_BY_DTYPE: dict[np.dtype[Any], int] = {dtype: code for code, dtype in enumerate(_CODES)}
+_U16 = struct.Struct("<H")
+_LITTLE_ENDIAN = sys.byteorder == "little"
+_headers: dict[tuple[str, np.dtype[Any], tuple[int, ...]], bytes] = {}
+"""Header bytes by (name, dtype, shape): a model's tensors repeat the same few."""
+_tagged: dict[tuple[str, np.dtype[Any], tuple[int, ...]], bytes] = {}
+"""The same, with TENSORS_V1 in front: the whole prefix of a set of one tensor."""
+_MAX_HEADERS = 4096
+
+
+def _header(name: str, dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
+    if not _LITTLE_ENDIAN:  # the binary form is little-endian: a big-endian host stores JSON text
+        raise KeyError(dtype)
+    code = _CODE_BY_DTYPE[dtype]  # KeyError: BYTES, or a non-native byte order
+    encoded = name.encode()
+    head = _U16.pack(len(encoded)) + encoded + struct.pack(f"<BB{len(shape)}Q", code, len(shape), *shape)
+    if len(_headers) >= _MAX_HEADERS:
+        _headers.clear()
+        _tagged.clear()
+    _headers[(name, dtype, shape)] = head
+    return head
+
+
+def tensors_to_bytes(tensors: Mapping[str, np.ndarray]) -> bytes:
+    """The stored form of named tensors: raw array bytes behind a small header (run in the writer's
+    thread). Per tensor that is a cached header and one `tobytes()`, no per-value work: NaN,
+    infinities and every bit of the values are kept. Tensors that have no fixed-width datatype
+    (BYTES) make the whole set fall back to its JSON text."""
+    headers = _headers
+    try:
+        if len(tensors) == 1:  # the common case, a fifth cheaper: the cached header carries the tag
+            for name, array in tensors.items():
+                shape = array.shape
+                head = _tagged.get((name, array.dtype, shape))
+                if head is None:
+                    head = _tagged[(name, array.dtype, shape)] = TENSORS_V1 + _header(name, array.dtype, shape)
+                return head + array.tobytes()
+        parts = [TENSORS_V1]
+        for name, array in tensors.items():
+            shape = array.shape
+            head = headers.get((name, array.dtype, shape))
+            if head is None:
+                head = _header(name, array.dtype, shape)
+            parts.append(head)
+            parts.append(array.tobytes())
+    except (KeyError, AttributeError, TypeError, UnicodeEncodeError, struct.error):
+        return tensors_to_json(tensors).encode()
+    return b"".join(parts)
+
+
+def tensors_from_bytes(blob: bytes | str | None) -> dict[str, np.ndarray]:
+    """Named tensors back from their stored form: the binary form, or JSON text (the fallback, and rows
+    stored before the binary form). Arrays are fresh and writable."""
+    if not blob:
+        return {}
+    if isinstance(blob, str):
+        return tensors_from_json(orjson.loads(blob))
+    view = memoryview(blob)
+    if view[:1] != TENSORS_V1:
+        return tensors_from_json(orjson.loads(view))
+    tensors: dict[str, np.ndarray] = {}
+    offset = 1
+    end = len(view)
+    while offset < end:
+        (length,) = _U16.unpack_from(view, offset)
+        offset += 2
+        name = bytes(view[offset : offset + length]).decode()
+        offset += length
+        code, rank = view[offset], view[offset + 1]
+        offset += 2
+        shape = struct.unpack_from(f"<{rank}Q", view, offset)
+        offset += 8 * rank
+        dtype = _CODES[code].newbyteorder("<")
+        count = math.prod(shape)
+        array = np.frombuffer(view, dtype=dtype, count=count, offset=offset).reshape(shape)
+        offset += count * dtype.itemsize
+        tensors[name] = array.astype(_CODES[code], copy=True)
+    return tensors
+
+
+def stored_tensors_to_json(blob: bytes | str | None) -> dict[str, Any]:
+    """The JSON form (``{"name": {"shape", "datatype", "data"}}``, NaN and infinities as null) of stored
+    tensors, for readers that take JSON: exactly what the store kept before the binary form."""
+    if not blob:
+        return {}
+    if isinstance(blob, str):
+        doc: dict[str, Any] = orjson.loads(blob)
+        return doc
+    if blob[:1] != TENSORS_V1:
+        doc = orjson.loads(blob)
+        return doc
+    doc = orjson.loads(tensors_to_json(tensors_from_bytes(blob)))
+    return doc
 
 
 # --- ids and sampling ---------------------------------------------------------------------------
@@ -162,6 +276,56 @@ def sampled(prediction_id: str, rate: float) -> bool:
 
 
 # --- the log ------------------------------------------------------------------------------------
+
+
+def _record_maker() -> Callable[..., PredictionRecord]:
+    """`PredictionRecord(...)` at half the cost, for the hot path: the frozen dataclass's __init__ sets
+    each field through object.__setattr__ (about 80 ns apiece); this sets the slots directly. The
+    result is the same object (a test compares the two)."""
+    fields = [f.name for f in dataclasses.fields(PredictionRecord)]
+    if fields != ["id", "at", "model", "version", "route", "inputs", "outputs", "latency_s", "outcome"]:
+        return PredictionRecord  # the record changed shape: the plain constructor, until this is updated
+    slot = {name: getattr(PredictionRecord, name).__set__ for name in fields}
+    new = object.__new__
+
+    def make(
+        id: str,
+        at: datetime,
+        model: str,
+        version: str,
+        route: str,
+        inputs: dict[str, np.ndarray],
+        outputs: dict[str, np.ndarray],
+        latency_s: float,
+        outcome: str,
+        *,
+        _cls: type[PredictionRecord] = PredictionRecord,
+        _id: Callable[[object, object], None] = slot["id"],
+        _at: Callable[[object, object], None] = slot["at"],
+        _model: Callable[[object, object], None] = slot["model"],
+        _version: Callable[[object, object], None] = slot["version"],
+        _route: Callable[[object, object], None] = slot["route"],
+        _inputs: Callable[[object, object], None] = slot["inputs"],
+        _outputs: Callable[[object, object], None] = slot["outputs"],
+        _latency_s: Callable[[object, object], None] = slot["latency_s"],
+        _outcome: Callable[[object, object], None] = slot["outcome"],
+    ) -> PredictionRecord:
+        record: PredictionRecord = new(_cls)
+        _id(record, id)
+        _at(record, at)
+        _model(record, model)
+        _version(record, version)
+        _route(record, route)
+        _inputs(record, inputs)
+        _outputs(record, outputs)
+        _latency_s(record, latency_s)
+        _outcome(record, outcome)
+        return record
+
+    return make
+
+
+_new_record = _record_maker()
 
 
 @dataclass
@@ -255,19 +419,37 @@ class PredictionLog:
         outcome: str,
         sample_rate: float = 1.0,
     ) -> bool:
-        """Sample, build and offer one record; True when it was queued. Never blocks, never raises."""
+        """Sample, build and queue one record (as `offer` does); True when it was queued. Never blocks,
+        never raises. This runs for every request on the event loop: `offer` is inlined, and the record
+        is built without the frozen dataclass's __init__ (see `_new_record`)."""
         try:
             if sample_rate < 1.0 and not sampled(prediction_id, sample_rate):
                 self.counters.sampled_out += 1
                 return False
-            record = PredictionRecord(
+            if len(prediction_id) > MAX_ID_LENGTH:
+                self.counters.failed += 1
+                return False
+            size = 0
+            for array in inputs.values():
+                size += array.nbytes
+            for array in outputs.values():
+                size += array.nbytes
+            queue = self._queue
+            if self._closed or len(queue) >= self.capacity or self._queued_bytes + size > self.max_bytes:
+                self.counters.dropped += 1
+                return False
+            record = _new_record(
                 prediction_id, datetime.now(UTC), model, version, route, inputs, outputs, latency_s, outcome
             )
+            queue.append((record, size))
+            self._queued_bytes += size
+            if len(queue) >= self.batch_size:
+                self._wake.set()
+            return True
         except Exception:  # an observer never breaks a request
-            log.exception("prediction log: cannot build a record")
+            log.exception("prediction log: cannot queue a record")
             self.counters.failed += 1
             return False
-        return self.offer(record)
 
     def offer(self, record: PredictionRecord) -> bool:
         """Queue a record; False (and counted) when the queue is full or closed. O(1), never raises."""

@@ -2,7 +2,7 @@
 
 `monitors` never imports `gateway`: the gateway's store implements `PredictionSink`, and the
 gateway hands it to the monitors. Records keep numpy arrays as they came; turning them into
-JSON happens in the writer's thread, never on the request path.
+their stored form (bytes) happens in the writer's thread, never on the request path.
 """
 
 from __future__ import annotations

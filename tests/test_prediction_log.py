@@ -21,21 +21,28 @@ from typing import Any
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 import sqlalchemy as sa
 import tritonclient.grpc as grpcclient
 from prometheus_client import generate_latest
 
+from gateway import store as store_mod
 from gateway.demo import build_demo_repository, build_reference_mlp
 from gateway.metrics import GatewayMetrics
 from gateway.store import Store
 from monitors.prediction_log import (
     MAX_ID_LENGTH,
+    TENSORS_V1,
     PredictionLog,
     Retention,
+    _new_record,
     new_prediction_id,
     sampled,
+    stored_tensors_to_json,
+    tensors_from_bytes,
     tensors_from_json,
+    tensors_to_bytes,
     tensors_to_json,
 )
 from monitors.records import Label, PredictionRecord
@@ -330,6 +337,35 @@ def test_record_samples_and_counts() -> None:
     assert plog.counters.sampled_out == kept.count(False) and plog.depth == kept.count(True)
 
 
+def test_record_checks_as_offer_does() -> None:
+    """`record` inlines `offer`: the same limits, the same counters."""
+    plog = PredictionLog(_NullSink(), capacity=3, max_bytes=100)
+    x = np.zeros((1, 4), dtype=np.float32)  # 16 bytes
+    assert plog.record("x" * (MAX_ID_LENGTH + 1), "m", "1", "stable", {"x": x}, {}, 0.0, "ok") is False
+    assert plog.counters.failed == 1
+    assert plog.record("big", "m", "1", "stable", {"x": np.zeros(26, np.float32)}, {}, 0.0, "ok") is False
+    assert plog.counters.dropped == 1  # 104 bytes: over max_bytes
+    assert [plog.record(f"p{i}", "m", "1", "stable", {"x": x}, {"y": x}, 0.0, "ok") for i in range(4)] == [
+        True,
+        True,
+        True,
+        False,  # capacity
+    ]
+    assert plog.counters.dropped == 2 and plog.depth == 3 and plog._queued_bytes == 96
+    record = plog._queue[0][0]
+    assert type(record) is PredictionRecord and record.id == "p0" and record.at.tzinfo is UTC
+    assert plog.record("p", "m", "1", "stable", None, {}, 0.0, "ok") is False  # type: ignore[arg-type]
+    assert plog.counters.failed == 2  # never raises
+
+
+def test_the_fast_record_constructor_makes_the_same_record() -> None:
+    args = ("p1", T0, "m", "1", "stable", {"x": np.ones(2)}, {}, 0.5, "ok")
+    fast, plain = _new_record(*args), PredictionRecord(*args)
+    assert type(fast) is PredictionRecord and fast == plain and repr(fast) == repr(plain)
+    with pytest.raises(AttributeError):
+        fast.id = "other"  # type: ignore[misc]  # still frozen
+
+
 class _NullSink:
     def write_predictions(self, records: Sequence[PredictionRecord]) -> None:
         pass
@@ -346,9 +382,7 @@ class _NullSink:
         return []
 
 
-def test_tensors_round_trip_through_their_stored_form() -> None:
-    import orjson
-
+def test_tensors_round_trip_through_their_json_form() -> None:
     tensors = {
         "f32": np.arange(6, dtype=np.float32).reshape(2, 3) / 3,
         "f16": np.array([[0.5, -1.25]], dtype=np.float16),
@@ -373,6 +407,58 @@ def test_tensors_round_trip_through_their_stored_form() -> None:
         assert back[name].dtype == tensors[name].dtype, name
         np.testing.assert_array_equal(back[name], tensors[name])
     assert np.isnan(back["f64"][1]) and back["f64"][0] == 1.5
+
+
+def test_tensors_round_trip_through_their_binary_form() -> None:
+    tensors = {
+        "f32": np.arange(6, dtype=np.float32).reshape(2, 3) / 3,
+        "f16": np.array([[0.5, -1.25]], dtype=np.float16),
+        "f64": np.array([1.5, np.nan, np.inf, -np.inf, -0.0]),
+        "i64": np.array([[1, -2], [3, 2**62]], dtype=np.int64),
+        "u64": np.array([2**64 - 1], dtype=np.uint64),
+        "u8": np.array([255, 0], dtype=np.uint8),
+        "b": np.array([[True, False]]),
+        "strided": np.arange(12, dtype=np.float32).reshape(3, 4)[:, ::2],
+        "transposed": np.arange(6, dtype=np.int32).reshape(2, 3).T,
+        "scalar": np.array(2.5, dtype=np.float32),
+        "empty": np.zeros((0, 4), dtype=np.int8),
+        "named \u00e9": np.array([7], dtype=np.int16),
+    }
+    blob = tensors_to_bytes(tensors)
+    assert blob[:1] == TENSORS_V1
+    back = tensors_from_bytes(blob)
+    assert list(back) == list(tensors)
+    for name, array in tensors.items():
+        assert back[name].dtype == array.dtype and back[name].shape == array.shape, name
+        assert back[name].tobytes() == np.ascontiguousarray(array).tobytes(), name  # every bit, NaN included
+        assert back[name].flags.writeable, name
+    # One tensor (the common case, with its own cached prefix) and none.
+    one = {"input": np.arange(32, dtype=np.float32).reshape(1, 32)}
+    assert len(tensors_to_bytes(one)) == 1 + 2 + 5 + 2 + 16 + 128
+    np.testing.assert_array_equal(tensors_from_bytes(tensors_to_bytes(one))["input"], one["input"])
+    assert tensors_from_bytes(tensors_to_bytes({})) == {} and tensors_from_bytes(None) == {}
+    # The JSON form read from the binary one is what the store kept before (NaN and infinities as null).
+    assert stored_tensors_to_json(blob) == orjson.loads(tensors_to_json(tensors))
+    assert stored_tensors_to_json(blob)["f64"]["data"] == [1.5, None, None, None, -0.0]
+
+
+def test_tensors_without_a_fixed_width_fall_back_to_json_text() -> None:
+    tensors = {
+        "x": np.array([1.0, np.nan], dtype=np.float32),
+        "bytes": np.array([b"abc", "d\u00e9".encode()], dtype=object),
+    }
+    blob = tensors_to_bytes(tensors)
+    assert blob.startswith(b"{") and orjson.loads(blob) == orjson.loads(tensors_to_json(tensors))
+    back = tensors_from_bytes(blob)
+    assert back["bytes"].tolist() == ["abc", "d\u00e9"] and np.isnan(back["x"][1])
+    # Not native byte order: JSON too, with its datatype (not BYTES).
+    big = tensors_from_bytes(tensors_to_bytes({"be": np.arange(3, dtype=">f4")}))["be"]
+    assert big.dtype == np.float32 and big.tolist() == [0.0, 1.0, 2.0]
+    # JSON text as stored before the binary form (bytes after migration 3, or text) reads the same.
+    legacy = tensors_to_json({"y": np.array([[1, -1]], dtype=np.int64)})
+    for stored in (legacy, legacy.encode(), memoryview(legacy.encode())):
+        assert tensors_from_bytes(stored)["y"].tolist() == [[1, -1]]
+        assert stored_tensors_to_json(stored) == {"y": {"shape": [1, 2], "datatype": "INT64", "data": [1, -1]}}
 
 
 # --- the store as the sink, on SQLite and PostgreSQL ----------------------------------------------------
@@ -419,6 +505,51 @@ def test_prune_by_row_count_keeps_the_newest_across_models(store: Store) -> None
     assert store.prune_predictions(older_than=None, keep_rows=4) == 0
     assert store.prune_predictions(older_than=None, keep_rows=0) == 4
     assert _ids(store, "a") == []
+
+
+def test_prune_by_row_count_with_more_versions_than_it_merges(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_mod, "_MERGE_VERSIONS", 1)  # one ordered scan of the table instead
+    store.write_predictions([_record(i, version=str(i % 3)) for i in range(10)])
+    assert store._prediction_versions() == [("m", "0"), ("m", "1"), ("m", "2")]
+    assert store.prune_predictions(older_than=None, keep_rows=4) == 6
+    assert _ids(store) == ["p6", "p7", "p8", "p9"]
+    assert store.prune_predictions(older_than=T0 + timedelta(seconds=8), keep_rows=None) == 2
+    assert _ids(store) == ["p8", "p9"]
+
+
+def test_prune_by_row_count_counts_ties_and_single_versions(store: Store) -> None:
+    store.write_predictions([_record(i, at=T0 + timedelta(seconds=i // 2)) for i in range(6)])  # pairs share a time
+    assert store.prune_predictions(older_than=None, keep_rows=3) == 4  # the pair at the cutoff goes whole
+    assert _ids(store) == ["p4", "p5"]
+    assert store.prune_predictions(older_than=None, keep_rows=5) == 0
+    store.prune_predictions(older_than=None, keep_rows=0)
+    assert _ids(store) == [] and store._prediction_versions() == []
+    assert store.prune_predictions(older_than=T0, keep_rows=0) == 0
+
+
+def test_tensors_round_trip_through_the_store(store: Store) -> None:
+    """NaN, infinities, strided views and BYTES tensors, on both engines: numpy arrays back from
+    `prediction_records`, the JSON form (null for NaN) from `predictions` and `labeled_predictions`."""
+    x = np.array([[np.nan, np.inf, -np.inf, 1.5]], dtype=np.float32)
+    strided = np.arange(12, dtype=np.float64).reshape(3, 4)[:, ::2]
+    text = np.array([b"abc", "d\u00e9".encode()], dtype=object)
+    records = [
+        PredictionRecord("a", T0, "m", "1", "stable", {"x": x, "s": strided}, {"y": x[:, :2]}, 0.1, "ok"),
+        PredictionRecord("b", T0 + timedelta(seconds=1), "m", "1", "stable", {"t": text}, {"n": x[0, 3:]}, 0.1, "ok"),
+    ]
+    store.write_predictions(records)
+    a, b = store.prediction_records("m", "1")
+    assert a.inputs["x"].tobytes() == x.tobytes() and a.inputs["x"].dtype == np.float32
+    np.testing.assert_array_equal(a.inputs["s"], strided)
+    assert a.outputs["y"].shape == (1, 2) and np.isnan(a.outputs["y"][0, 0])
+    assert b.inputs["t"].tolist() == ["abc", "d\u00e9"] and b.outputs["n"].tolist() == [1.5]
+    rows = store.predictions("m")
+    assert rows[0]["inputs"]["x"] == {"shape": [1, 4], "datatype": "FP32", "data": [None, None, None, 1.5]}
+    assert rows[0]["inputs"]["s"]["data"] == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
+    assert rows[1]["inputs"] == {"t": {"shape": [2], "datatype": "BYTES", "data": ["abc", "d\u00e9"]}}
+    store.write_labels("m", [Label("a", 1)])
+    (labeled,) = store.labeled_predictions("m", "1")
+    assert labeled.outputs == {"y": {"shape": [1, 2], "datatype": "FP32", "data": [None, None]}}
 
 
 def test_prune_deletes_in_chunks(store: Store) -> None:

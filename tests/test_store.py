@@ -12,6 +12,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 
@@ -20,6 +21,7 @@ from gateway.errors import Conflict, InvalidInput
 from gateway.rollout_model import CheckResult, CheckSpec, Phase, RolloutSpec, RolloutState, Verdict
 from gateway.store import AuditEvent, Migration, SchemaError, Store, add_column, upgrade_database
 from gateway.traffic import TrafficPolicy
+from monitors.records import Label, PredictionRecord
 from tests.databases import Backend
 
 UTC = timezone.utc
@@ -434,3 +436,75 @@ def test_state_survives_a_restart(backend: Backend) -> None:
     (event,) = second.audit_events()
     assert event.id == event_id
     assert RolloutState.from_json(event.after) == rollout
+
+
+# --- migration 3: prediction tensors from JSON to bytes -------------------------------------------
+
+
+def _indexes(s: Store, table: str) -> set[str]:
+    with s.engine.connect() as conn:
+        return {ix["name"] for ix in sa.inspect(conn).get_indexes(table) if ix["name"]}
+
+
+def test_migration_3_keeps_predictions_stored_as_json_readable(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows the JSON store wrote (migration 2) read the same after migration 3, beside new binary rows."""
+    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS[:2])
+    s = backend.open()
+    assert s.upgrade() == 2
+    assert "ix_predictions_at" in _indexes(s, "predictions")
+    old = sa.Table(  # the predictions table as migration 2 made it, and rows as the JSON store wrote them
+        "predictions",
+        sa.MetaData(),
+        *(
+            sa.Column(c.name, c.type)
+            for c in store_mod.predictions_table.columns
+            if c.name not in ("inputs", "outputs")
+        ),
+        sa.Column("inputs", sa.JSON),
+        sa.Column("outputs", sa.JSON),
+    )
+    t0 = datetime(2025, 1, 31, 12, 0, tzinfo=UTC)
+    x_doc = {"x": {"shape": [1, 3], "datatype": "FP32", "data": [0.5, None, 2.0]}}  # NaN was stored as null
+    y_doc = {"y": {"shape": [1, 2], "datatype": "INT64", "data": [1, -1]}}
+    with s.engine.begin() as conn:
+        conn.execute(
+            sa.insert(old),
+            [
+                {"model": "m", "id": "old-1", "version": "1", "route": "stable", "at": t0, "latency_s": 0.01,
+                 "outcome": "ok", "inputs": x_doc, "outputs": y_doc},
+                {"model": "m", "id": "old-2", "version": "1", "route": "stable", "at": t0 + timedelta(seconds=1),
+                 "latency_s": 0.02, "outcome": "error", "inputs": x_doc, "outputs": {}},
+            ],
+        )  # fmt: skip
+    monkeypatch.undo()
+
+    assert s.upgrade() == LATEST
+    assert "ix_predictions_at" not in _indexes(s, "predictions")
+    assert "ix_predictions_model_version_at" in _indexes(s, "predictions")
+    x = np.array([[1.0, np.inf, -2.0]], dtype=np.float32)
+    new = PredictionRecord(
+        "new-1", t0 + timedelta(seconds=2), "m", "1", "stable", {"x": x}, {"y": x[:, :2]}, 0.03, "ok"
+    )
+    s.write_predictions([new])
+
+    rows = s.predictions("m")
+    assert [r["id"] for r in rows] == ["old-1", "old-2", "new-1"]
+    assert rows[0]["inputs"] == x_doc and rows[0]["outputs"] == y_doc and rows[0]["at"] == t0
+    assert rows[1]["outputs"] == {} and rows[1]["outcome"] == "error"
+    assert rows[2]["inputs"] == {"x": {"shape": [1, 3], "datatype": "FP32", "data": [1.0, None, -2.0]}}
+    records = s.prediction_records("m", "1", outcome=None)
+    assert [r.id for r in records] == ["old-1", "old-2", "new-1"]
+    old_x = records[0].inputs["x"]
+    assert old_x.dtype == np.float32 and old_x.shape == (1, 3) and np.isnan(old_x[0, 1]) and old_x[0, 2] == 2.0
+    assert records[0].outputs["y"].tolist() == [[1, -1]] and records[1].outputs == {}
+    assert records[2].inputs["x"].tobytes() == x.tobytes()  # infinity kept, bit for bit
+    s.write_labels("m", [Label("old-1", 1), Label("new-1", 0)])
+    assert [(p.id, p.outputs) for p in s.labeled_predictions("m", "1")] == [
+        ("old-1", y_doc),
+        ("new-1", {"y": {"shape": [1, 2], "datatype": "FP32", "data": [1.0, None]}}),
+    ]
+    assert s.prune_predictions(older_than=t0 + timedelta(seconds=1), keep_rows=None) == 1
+    assert [r["id"] for r in s.predictions("m")] == ["old-2", "new-1"]
+    assert s.labels("m") == {"new-1": 0}
