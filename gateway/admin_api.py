@@ -129,8 +129,8 @@ class RolloutBody(_Body):
 # -- the router -----------------------------------------------------------------------------
 
 
-def build_admin_router(control: ControlPlane, auth: AdminAuth, ready: Callable[[], bool] | None = None) -> APIRouter:
-    """The /admin routes over `control`, guarded by `auth`. `ready`: False while the gateway starts."""
+def admin_actor_dependency(auth: AdminAuth, ready: Callable[[], bool] | None) -> Callable[..., Any]:
+    """The FastAPI dependency every /admin route uses: the token's name, or 401/403 (503 while starting)."""
 
     async def admin_actor(
         request: Request, _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
@@ -143,8 +143,11 @@ def build_admin_router(control: ControlPlane, auth: AdminAuth, ready: Callable[[
             raise ModelNotReady("the gateway is starting or draining; try again when it is ready")
         return actor
 
-    Actor = Annotated[str, Security(admin_actor)]
-    router = APIRouter(
+    return admin_actor
+
+
+def admin_router() -> APIRouter:
+    return APIRouter(
         prefix="/admin",
         tags=["admin"],
         responses={
@@ -152,6 +155,12 @@ def build_admin_router(control: ControlPlane, auth: AdminAuth, ready: Callable[[
             403: {"description": "Wrong token, or the admin API is disabled."},
         },
     )
+
+
+def build_admin_router(control: ControlPlane, auth: AdminAuth, ready: Callable[[], bool] | None = None) -> APIRouter:
+    """The /admin routes over `control`, guarded by `auth`. `ready`: False while the gateway starts."""
+    Actor = Annotated[str, Security(admin_actor_dependency(auth, ready))]
+    router = admin_router()
 
     def policy_json(model: str) -> dict[str, Any]:
         return policy_to_json(control.policy(model))

@@ -14,6 +14,7 @@ from rich.markup import escape
 from gateway import cli_admin
 from gateway.admin_auth import AdminTokenError
 from gateway.cli_labels import labels_app
+from gateway.cli_monitor import monitor_app
 from gateway.logs import configure_logging
 from gateway.settings import GatewaySettings
 
@@ -202,6 +203,7 @@ app.command("unload")(cli_admin.unload)
 app.command("audit")(cli_admin.audit)
 app.add_typer(cli_admin.db_app, name="db")
 app.add_typer(labels_app, name="labels")
+app.add_typer(monitor_app, name="monitor")
 
 
 def main() -> None:  # pragma: no cover

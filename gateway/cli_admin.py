@@ -73,6 +73,17 @@ class AdminClient:
         return f"AdminClient({self.url!r})"
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None, **params: Any) -> Any:
+        response = self._request(method, path, body, **params)
+        try:
+            return response.json()
+        except ValueError:
+            fail(f"the gateway at {self.url} answered {method} {path} with something that is not JSON")
+
+    def get_bytes(self, path: str) -> bytes:
+        """A GET whose answer is not JSON (an HTML report)."""
+        return bytes(self._request("GET", path, None).content)
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None, **params: Any) -> Any:
         import httpx  # here, not at the top: `sluice serve` must not need an HTTP client library
 
         query = {k: v for k, v in params.items() if v is not None}
@@ -94,10 +105,7 @@ class AdminClient:
                 message = response.text.strip() or response.reason_phrase
             code = AUTH_EXIT if response.status_code in (401, 403) else 1
             fail(f"{message} (HTTP {response.status_code})", code)
-        try:
-            return response.json()
-        except ValueError:
-            fail(f"the gateway at {self.url} answered {method} {path} with something that is not JSON")
+        return response
 
     def get(self, path: str, **params: Any) -> Any:
         return self.call("GET", path, **params)

@@ -64,6 +64,9 @@ class ControlPlane:
         self._shadow_evidence: dict[str, VersionWindow] = {}
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self.monitor_figures: Callable[[str, str, float], dict[str, Any]] | None = None
+        """(model, version, since clock) -> VersionWindow fields from the monitors (drift, accuracy); set by
+        the MonitorService, read by the "drift" and "accuracy" rollout checks."""
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -151,6 +154,10 @@ class ControlPlane:
                 window.canary, shadow_compared=evidence.shadow_compared, shadow_agreed=evidence.shadow_agreed
             )
             window = replace(window, canary=canary)
+        if self.monitor_figures is not None:
+            canary = replace(window.canary, **self.monitor_figures(state.model, state.spec.canary, state.started_at))
+            stable = replace(window.stable, **self.monitor_figures(state.model, state.stable, state.started_at))
+            window = replace(window, canary=canary, stable=stable)
         results = evaluate(window, state.spec.checks)
         for r in results:
             self.metrics.rollout_checks.labels(state.model, r.check, r.verdict.value).inc()

@@ -43,6 +43,8 @@ from gateway.errors import (
 )
 from gateway.feedback_api import build_feedback_router
 from gateway.logs import request_id
+from gateway.monitor_api import build_monitor_router
+from gateway.monitor_service import MonitorService
 from gateway.tracing import extract_context
 
 log = logging.getLogger(__name__)
@@ -88,11 +90,12 @@ class HttpAdapter:
         max_body_bytes: int,
         admin_auth: AdminAuth | None = None,
         inference_auth: InferenceAuth | None = None,
+        monitor: MonitorService | None = None,
     ) -> None:
         self.dataplane = dataplane
         self.max_body_bytes = max_body_bytes
         self.inference_auth = inference_auth or InferenceAuth()
-        self.api = build_api(dataplane, registry, admin_auth, self.inference_auth)
+        self.api = build_api(dataplane, registry, admin_auth, self.inference_auth, monitor)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -289,6 +292,7 @@ def build_api(
     registry: CollectorRegistry,
     admin_auth: AdminAuth | None = None,
     inference_auth: InferenceAuth | None = None,
+    monitor: MonitorService | None = None,
 ) -> FastAPI:
     """The FastAPI app; `admin_auth` None (or without tokens) leaves the admin API disabled (403).
 
@@ -357,6 +361,8 @@ def build_api(
     api.include_router(
         build_admin_router(dataplane.control, admin_auth or AdminAuth(), ready=lambda: dataplane.ready())
     )
+    if monitor is not None:
+        api.include_router(build_monitor_router(monitor, admin_auth or AdminAuth(), ready=lambda: dataplane.ready()))
     api.include_router(build_feedback_router(dataplane.registry, lambda: dataplane.predictions, guarded))
     return api
 

@@ -41,6 +41,17 @@ WEBHOOK_DELIVERIES = "sluice_webhook_deliveries"
 # Monitors: the prediction log.
 PREDICTION_LOG_RECORDS = "sluice_prediction_log_records"
 PREDICTION_LOG_QUEUE_DEPTH = "sluice_prediction_log_queue_depth"
+# Monitors: drift, accuracy, triggers.
+DRIFT_SHARE = "sluice_drift_share"
+DATASET_DRIFT = "sluice_dataset_drift"
+FEATURE_DRIFT_SCORE = "sluice_feature_drift_score"
+PREDICTION_DRIFT_SCORE = "sluice_prediction_drift_score"
+MONITOR_RUNS = "sluice_monitor_runs"
+MONITOR_RUN_DURATION = "sluice_monitor_run_duration_seconds"
+ACCURACY = "sluice_accuracy"
+LABEL_COVERAGE = "sluice_label_coverage"
+LABEL_LAG = "sluice_label_lag_seconds"
+TRIGGER_FIRINGS = "sluice_trigger_firings"
 
 # Exposed names (counters gain _total, histograms _bucket/_sum/_count).
 METRIC_NAMES = (
@@ -69,6 +80,16 @@ METRIC_NAMES = (
     f"{WEBHOOK_DELIVERIES}_total",
     f"{PREDICTION_LOG_RECORDS}_total",
     PREDICTION_LOG_QUEUE_DEPTH,
+    DRIFT_SHARE,
+    DATASET_DRIFT,
+    FEATURE_DRIFT_SCORE,
+    PREDICTION_DRIFT_SCORE,
+    f"{MONITOR_RUNS}_total",
+    MONITOR_RUN_DURATION,
+    ACCURACY,
+    LABEL_COVERAGE,
+    LABEL_LAG,
+    f"{TRIGGER_FIRINGS}_total",
 )
 
 ROLLOUT_PHASES = ("progressing", "paused", "promoted", "rolled_back", "aborted")
@@ -176,6 +197,38 @@ class GatewayMetrics:
             "Webhook deliveries by outcome (delivered, retried, failed).",
             ("event", "outcome"),
             registry=r,
+        )
+        self.drift_share = Gauge(
+            DRIFT_SHARE, "Share of drifted features in the version's last drift run.", mv, registry=r
+        )
+        self.dataset_drift = Gauge(DATASET_DRIFT, "1 when the last drift run found dataset drift.", mv, registry=r)
+        self.feature_drift_score = Gauge(
+            FEATURE_DRIFT_SCORE,
+            "Drift score of one feature in the last run (the method's statistic: p-value or distance).",
+            (*mv, "feature", "method"),
+            registry=r,
+        )
+        self.prediction_drift_score = Gauge(
+            PREDICTION_DRIFT_SCORE, "Drift score of one output in the last run.", (*mv, "output", "method"), registry=r
+        )
+        self.monitor_runs = Counter(
+            MONITOR_RUNS,
+            "Drift and accuracy runs by kind and status (ok, no_data, error).",
+            (*mv, "kind", "status"),
+            registry=r,
+        )
+        self.monitor_run_duration = Histogram(
+            MONITOR_RUN_DURATION, "Wall time of one drift or accuracy run.", ("model", "kind"), registry=r
+        )
+        self.accuracy = Gauge(
+            ACCURACY, "The version's figures over its last labeled window, by metric.", (*mv, "metric"), registry=r
+        )
+        self.label_coverage = Gauge(
+            LABEL_COVERAGE, "Share of the window's predictions that have a label.", mv, registry=r
+        )
+        self.label_lag = Gauge(LABEL_LAG, "Median seconds from prediction to label in the last window.", mv, registry=r)
+        self.trigger_firings = Counter(
+            TRIGGER_FIRINGS, "Monitor trigger firings by rule and action.", (*mv, "rule", "action"), registry=r
         )
         self._versions: dict[tuple[str, str], VersionMetrics] = {}
 

@@ -120,8 +120,58 @@ def shadow_agreement(window: Window, spec: CheckSpec) -> CheckResult:
     return CheckResult(spec.name, verdict, detail)
 
 
+@register("drift")
+def drift(window: Window, spec: CheckSpec) -> CheckResult:
+    """FAIL when the canary's newest drift run (since the rollout began) found a share of drifted
+    features above `threshold` (0-1); NO_DATA without such a run on at least `min_requests` rows."""
+    canary = window.canary
+    if canary.drift_share is None or _too_few(canary.drift_rows, spec):
+        return CheckResult(
+            spec.name,
+            Verdict.NO_DATA,
+            f"no drift run for the canary on at least {spec.min_requests} rows since the rollout began",
+        )
+    verdict = Verdict.FAIL if canary.drift_share > spec.threshold else Verdict.PASS
+    detail = (
+        f"canary drift share {_pct(canary.drift_share)} over {canary.drift_rows} rows "
+        f"{'>' if verdict is Verdict.FAIL else '<='} threshold {_pct(spec.threshold)}"
+    )
+    return CheckResult(spec.name, verdict, detail)
+
+
+@register("accuracy")
+def accuracy(window: Window, spec: CheckSpec) -> CheckResult:
+    """FAIL when the canary's accuracy on labeled predictions is more than `threshold` below the stable's
+    (classifiers: absolute points, 0.05 = 5 points), or its MAE more than `threshold` above the stable's
+    relative to it (regressors: 0.05 = 5% worse). NO_DATA with fewer than `min_requests` labels on either side."""
+    canary, stable = window.canary, window.stable
+    if _too_few(canary.labeled, spec) or _too_few(stable.labeled, spec):
+        return CheckResult(
+            spec.name,
+            Verdict.NO_DATA,
+            f"labeled predictions: canary {canary.labeled}, stable {stable.labeled}; need {spec.min_requests} each",
+        )
+    if canary.accuracy is not None and stable.accuracy is not None:
+        drop = stable.accuracy - canary.accuracy
+        verdict = Verdict.FAIL if drop > spec.threshold else Verdict.PASS
+        detail = (
+            f"canary accuracy {_pct(canary.accuracy)} vs stable {_pct(stable.accuracy)}: drop {_pct(drop)} "
+            f"{'>' if verdict is Verdict.FAIL else '<='} {_pct(spec.threshold)}"
+        )
+        return CheckResult(spec.name, verdict, detail)
+    if canary.mae is not None and stable.mae is not None:
+        limit = stable.mae * (1 + spec.threshold)
+        verdict = Verdict.FAIL if canary.mae > limit else Verdict.PASS
+        detail = (
+            f"canary MAE {canary.mae:.4g} {'>' if verdict is Verdict.FAIL else '<='} limit {limit:.4g} "
+            f"(stable {stable.mae:.4g} x {1 + spec.threshold:g})"
+        )
+        return CheckResult(spec.name, verdict, detail)
+    return CheckResult(spec.name, Verdict.NO_DATA, "no accuracy or MAE figure for both versions")
+
+
 _RATIO_CHECKS = ("error_ratio", "latency_p99_ratio")
-_SHARE_CHECKS = ("shadow_agreement",)
+_SHARE_CHECKS = ("shadow_agreement", "drift")
 
 
 def _unknown(name: str) -> str:
@@ -140,6 +190,10 @@ def check_problems(spec: RolloutSpec) -> list[str]:
             issues.append(f"check {check.name!r}: min_requests must be at least 1, got {check.min_requests}")
         if check.name in _RATIO_CHECKS and not check.threshold > 0:
             issues.append(f"check {check.name!r}: threshold is a ratio and must be positive, got {check.threshold}")
+        if check.name == "accuracy" and not check.threshold >= 0:
+            issues.append(
+                f"check 'accuracy': threshold is the largest allowed drop and must be >= 0, got {check.threshold}"
+            )
         if check.name in _SHARE_CHECKS and not 0 < check.threshold <= 1:
             issues.append(f"check {check.name!r}: threshold is a share and must be in (0, 1], got {check.threshold}")
     return issues

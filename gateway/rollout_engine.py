@@ -47,7 +47,7 @@ def start(model: str, stable: str, spec: RolloutSpec, now: float) -> RolloutStat
         issues.append(f"version {stable!r} cannot be both stable and canary")
     if issues:
         raise InvalidInput(f"invalid rollout of model {model!r}: " + "; ".join(issues))
-    return RolloutState(model=model, stable=stable, spec=spec, window_started_at=now)
+    return RolloutState(model=model, stable=stable, spec=spec, window_started_at=now, started_at=now)
 
 
 def due(state: RolloutState, now: float) -> bool:

@@ -101,6 +101,14 @@ class VersionWindow:
     shadow_compared: int = 0
     """Times this version ran as a shadow and its answer was compared with the primary's."""
     shadow_agreed: int = 0
+    drift_share: float | None = None
+    """The newest drift run's share of drifted features for this version (monitors), if any."""
+    drift_rows: int = 0
+    accuracy: float | None = None
+    """Classification accuracy over the version's newest labeled window (monitors), if any."""
+    mae: float | None = None
+    """Regression mean absolute error over that window, if any."""
+    labeled: int = 0
 
     @property
     def error_rate(self) -> float | None:
@@ -132,6 +140,8 @@ class RolloutState:
     no_data_windows: int = 0
     window_started_at: float = 0.0
     """Clock time the current analysis window began (the injected clock's seconds)."""
+    started_at: float = 0.0
+    """Clock time the rollout began: monitor figures from before it are no evidence about it."""
     last_results: tuple[CheckResult, ...] = field(default=())
     reason: str = ""
 
@@ -164,6 +174,7 @@ class RolloutState:
             failures=int(doc["failures"]),
             no_data_windows=int(doc.get("no_data_windows", 0)),
             window_started_at=float(doc["window_started_at"]),
+            started_at=float(doc.get("started_at", doc["window_started_at"])),
             last_results=tuple(
                 CheckResult(r["check"], Verdict(r["verdict"]), r["detail"]) for r in doc.get("last_results", [])
             ),

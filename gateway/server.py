@@ -29,6 +29,7 @@ from gateway.dataplane import DataPlane
 from gateway.grpc_app import build_grpc_server
 from gateway.http_app import HttpAdapter
 from gateway.metrics import GatewayMetrics
+from gateway.monitor_service import MonitorService
 from gateway.registry import ModelRegistry, RuntimeFactory
 from gateway.repository import ModelSource, VersionSource
 from gateway.settings import GatewaySettings
@@ -82,6 +83,14 @@ class Gateway:
             clock=clock,
             tick_s=settings.rollout_tick_s,
             drain_timeout_s=settings.drain_timeout_s,
+        )
+        self.monitor = MonitorService(
+            self.control,
+            store,
+            self.metrics,
+            reports_dir=settings.reports_dir or settings.state_dir / "reports",
+            webhook_secret=secret,
+            tick_s=settings.monitor_tick_s,
         )
         days = settings.prediction_retention_days
         self.predictions = PredictionLog(
@@ -147,7 +156,9 @@ class Gateway:
         sock.setblocking(False)
         self.http_port = sock.getsockname()[1]
         config = uvicorn.Config(
-            HttpAdapter(self.dataplane, self.metrics.registry, s.max_body_bytes, admin_auth, inference_auth),
+            HttpAdapter(
+                self.dataplane, self.metrics.registry, s.max_body_bytes, admin_auth, inference_auth, self.monitor
+            ),
             http="httptools",
             loop="none",
             lifespan="off",
@@ -178,6 +189,7 @@ class Gateway:
         await self.registry.load_all()
         await self.control.start(run_loop=self._run_controller)  # upgrades the store's schema first
         self.predictions.start()
+        self.monitor.start(run_loop=self._run_controller)
         self.dataplane.started = True
         log.info("ready", extra={"models": sorted(self.registry.models)})
 
@@ -221,6 +233,7 @@ class Gateway:
         # Every request has finished and every shadow copy has answered: flush their records before
         # the control plane closes the store (SIGTERM loses no record that was queued).
         await self.predictions.close(timeout)
+        await self.monitor.stop()
         await self.control.stop()
         await self.registry.close()
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -70,6 +70,12 @@ class GatewaySettings(BaseSettings):
     prediction_retention_rows: int | None = Field(
         None, ge=0, description="At most this many prediction records are kept, newest first, across models."
     )
+    monitor_tick_s: float = Field(
+        5.0, gt=0, description="How often the monitor checks which drift and accuracy runs are due."
+    )
+    reports_dir: Path | None = Field(
+        None, description="Where Evidently HTML drift reports are written (default: <state_dir>/reports)."
+    )
     prediction_prune_interval_s: float = Field(
         300.0, gt=0, description="How often the prediction log is pruned to its retention."
     )

@@ -227,3 +227,36 @@ def metric_value(text: str, name: str, default: float | None = None, **labels: s
             return default  # a labelled series appears only after its first sample
         raise KeyError(f"no sample of {name} with {labels}")
     return total
+
+
+class HookReceiver:
+    """A real HTTP receiver on 127.0.0.1 in a thread: records every POST (headers, raw body), answers 200."""
+
+    def __init__(self) -> None:
+        import http.server
+
+        hits: list[tuple[dict[str, str], bytes]] = []
+        self.hits = hits
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                hits.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hooks/retrain"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> HookReceiver:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()

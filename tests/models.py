@@ -44,3 +44,22 @@ def build_slow(path: Path, matmuls: int = 8, n: int = 512) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+def build_tabular(path: Path, features: int = 6, classes: int = 3, seed: int = 0) -> Path:
+    """A linear classifier on `features` float32 columns: input [batch, features] -> scores [batch, classes]."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((features, classes)).astype(np.float32)
+    b = np.zeros(classes, dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["input", "w", "b"], ["scores"])],
+        "tabular",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", features])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", classes])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
