@@ -46,6 +46,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -85,14 +86,17 @@ WRK_FIELDS = (
     "timeout",
 )
 
-# The runtime section pins what the raw baseline uses (one intra-op thread, CPU), so that the overhead
-# ratio compares like with like; the batching section is the only thing that differs between the modes.
-_RUNTIME_YAML = """\
-runtime:
-  kind: onnx
-  execution_providers: [cpu]
-  intra_op_threads: 1
-"""
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+"""--provider choices -> the ONNX Runtime provider the gateway, the floor and the raw baseline all use."""
+
+
+def runtime_yaml(provider: str) -> str:
+    """The runtime section pins what the raw baseline uses (one intra-op thread, one provider, no fallback),
+    so that the overhead ratio compares like with like; the batching section is the only thing that differs
+    between the modes."""
+    return f"runtime:\n  kind: onnx\n  execution_providers: [{provider}]\n  intra_op_threads: 1\n"
+
+
 _VERSIONS_YAML = "version_policy:\n  all: true\n"
 _BATCHING_ON_YAML = "batching:\n  max_batch_size: 64\n  max_queue_delay_ms: 2\n  queue_capacity: 2048\n"
 _BATCHING_OFF_YAML = "batching:\n  max_batch_size: 0\n  max_queue_delay_ms: 2\n  queue_capacity: 2048\n"
@@ -101,6 +105,13 @@ FLOOR = "floor"
 """The mode that runs loadtests/floor_app.py instead of the gateway."""
 SHADOW = "shadow"
 """The gateway mode that copies every request to a shadow version."""
+DRIFT = "drift"
+"""batching_on with drift jobs running back to back through every wrk run: does p99 move?"""
+DRIFT_TOKEN = "bench-drift-token-0123456789"
+_DRIFT_YAML = (
+    "monitoring:\n  drift:\n    schedule_s: 0\n    window_rows: 10000\n    min_rows: 100\n"
+    "    reference_rows: 1000\n  accuracy:\n    schedule_s: 0\n"
+)
 LOGGING_OFF = "logging_off"
 """batching_on without the prediction log: the baseline its cost is read against."""
 PRIMARY_VERSION = "1"
@@ -111,17 +122,19 @@ GATEWAY_VERSIONS: tuple[tuple[str, int], ...] = (*REFERENCE_VERSIONS, (SHADOW_VE
 """What every gateway mode's repository holds: the reference MLP as version 1, and a second MLP of the same
 shape (seed 4321) as version 2, so the modes differ only by their batching settings and traffic policy."""
 MODES: dict[str, str] = {
-    "batching_on": _BATCHING_ON_YAML + _VERSIONS_YAML + _RUNTIME_YAML,
-    LOGGING_OFF: _BATCHING_ON_YAML + _VERSIONS_YAML + _RUNTIME_YAML + _LOGGING_OFF_YAML,
-    SHADOW: _BATCHING_ON_YAML + _VERSIONS_YAML + _RUNTIME_YAML,
-    "batching_off": _BATCHING_OFF_YAML + _VERSIONS_YAML + _RUNTIME_YAML,
+    "batching_on": _BATCHING_ON_YAML + _VERSIONS_YAML,
+    LOGGING_OFF: _BATCHING_ON_YAML + _VERSIONS_YAML + _LOGGING_OFF_YAML,
+    SHADOW: _BATCHING_ON_YAML + _VERSIONS_YAML,
+    "batching_off": _BATCHING_OFF_YAML + _VERSIONS_YAML,
+    DRIFT: _BATCHING_ON_YAML + _VERSIONS_YAML + _DRIFT_YAML,
 }
-"""Gateway modes: name -> mlp/config.yaml."""
+"""Gateway modes: name -> mlp/config.yaml, less the runtime section (`mode_config`)."""
 POLICIES: dict[str, TrafficPolicy] = {
     "batching_on": TrafficPolicy(stable=PRIMARY_VERSION),
     LOGGING_OFF: TrafficPolicy(stable=PRIMARY_VERSION),
     SHADOW: TrafficPolicy(stable=PRIMARY_VERSION, shadows=(SHADOW_VERSION,), shadow_sample_rate=1.0),
     "batching_off": TrafficPolicy(stable=PRIMARY_VERSION),
+    DRIFT: TrafficPolicy(stable=PRIMARY_VERSION),
 }
 """The traffic policy each gateway mode's state database is seeded with before the gateway starts. Version 1
 answers every request in every mode (without a policy the newest ready version, 2, would); `shadow` also sends
@@ -144,6 +157,11 @@ class BenchError(RuntimeError):
 
 # --------------------------------------------------------------------------------------------------------
 # Inputs: model repositories, the request body, the wrk script
+
+
+def mode_config(name: str, provider: str) -> str:
+    """The whole mlp/config.yaml of a gateway mode on one execution provider."""
+    return MODES[name] + runtime_yaml(provider)
 
 
 def request_body() -> bytes:
@@ -311,6 +329,39 @@ def http_post(url: str, body: bytes, timeout_s: float = 10.0) -> tuple[int, byte
             return int(resp.status), resp.read()
     except urllib.error.HTTPError as exc:
         return int(exc.code), exc.read()
+
+
+class DriftLoop:
+    """Asks the gateway for a drift run of version 1, again as soon as one answers, until stopped."""
+
+    def __init__(self, base_url: str) -> None:
+        self.url = f"{base_url}/admin/models/{MODEL}/monitor/drift"
+        self.runs: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        body = orjson.dumps({"version": PRIMARY_VERSION})
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {DRIFT_TOKEN}"}
+        while not self._stop.is_set():
+            req = urllib.request.Request(self.url, data=body, method="POST", headers=headers)
+            t0 = time.monotonic()
+            try:
+                with urllib.request.urlopen(req, timeout=120) as resp:
+                    run = orjson.loads(resp.read())["runs"][0]
+            except (OSError, ValueError) as exc:
+                self.runs.append({"status": f"failed: {exc}", "s": time.monotonic() - t0})
+                self._stop.wait(1.0)
+                continue
+            self.runs.append({"status": run["status"], "rows": run["rows"], "s": round(time.monotonic() - t0, 2)})
+
+    def __enter__(self) -> DriftLoop:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(130)
 
 
 def check_gateway(
@@ -498,7 +549,7 @@ def time_interleaved(
     }
 
 
-def measure_raw(model_path: Path, body: bytes) -> dict[str, Any]:
+def measure_raw(model_path: Path, body: bytes, provider: str = "cpu") -> dict[str, Any]:
     """Raw ONNX Runtime and JSON costs in this process, on the model and body the gateway serves."""
     import onnxruntime as ort
 
@@ -506,7 +557,9 @@ def measure_raw(model_path: Path, body: bytes) -> dict[str, Any]:
     so.intra_op_num_threads = 1
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    sess = ort.InferenceSession(str(model_path), sess_options=so, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(model_path), sess_options=so, providers=[PROVIDERS[provider]])
+    if sess.get_providers()[0] != PROVIDERS[provider]:
+        raise BenchError(f"ONNX Runtime runs {sess.get_providers()[0]}, not {PROVIDERS[provider]}")
 
     x1 = decode_row(body)
     x32 = np.random.default_rng(7).standard_normal((32, 32)).astype(np.float32)
@@ -596,6 +649,7 @@ def machine_facts() -> dict[str, Any]:
         "numpy": np.__version__,
         "orjson": orjson.__version__,
         "wrk": _cmd_output(["wrk", "-v"]),
+        "gpu": _cmd_output(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"]),
         "git_commit": _cmd_output(["git", "rev-parse", "--short", "HEAD"]),
         "hostname": platform.node(),
     }
@@ -1140,11 +1194,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="comma-separated connection counts",
     )
     p.add_argument("--repeats", type=int, default=3, help="wrk runs per connection count (median)")
+    p.add_argument(
+        "--provider",
+        choices=sorted(PROVIDERS),
+        default="cpu",
+        help="execution provider for the gateway, the floor and the raw baseline alike (cuda needs onnxruntime-gpu)",
+    )
     p.add_argument("--skip-raw", action="store_true", help="skip the in-process ONNX Runtime baseline")
     p.add_argument(
         "--modes",
         type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
-        default=list(ALL_MODES),
+        default=[m for m in ALL_MODES if m != DRIFT],
         help=f"comma-separated subset of {','.join(ALL_MODES)} (run in the order given)",
     )
     p.add_argument(
@@ -1203,18 +1263,21 @@ def bench_mode(
     info: dict[str, Any]
     extra_env: dict[str, str] = {}
     if name == FLOOR:
-        model = write_model_repo(work / f"repo-{name}", MODES["batching_off"]) / MODEL / "1" / "model.onnx"
+        config = mode_config("batching_off", args.provider)
+        model = write_model_repo(work / f"repo-{name}", config) / MODEL / "1" / "model.onnx"
         cmd = floor_cmd(port)
-        extra_env = {"FLOOR_MODEL": str(model), "FLOOR_MODEL_NAME": MODEL}
+        extra_env = {"FLOOR_MODEL": str(model), "FLOOR_MODEL_NAME": MODEL, "FLOOR_PROVIDER": args.provider}
         info = {"app": "loadtests/floor_app.py", "env": extra_env}
         log_path = args.out / f"{name}.log"
     else:
-        repo = write_model_repo(work / f"repo-{name}", MODES[name], GATEWAY_VERSIONS)
+        repo = write_model_repo(work / f"repo-{name}", mode_config(name, args.provider), GATEWAY_VERSIONS)
         policy = POLICIES[name]
         # A fresh state directory per mode (the gateway's default, ./.sluice, would be shared between runs),
         # seeded with the mode's traffic policy before the gateway starts and loads it.
         state_dir = work / f"state-{name}"
         seed_state(state_dir, policy)
+        if name == DRIFT:
+            extra_env = {"SLUICE_ADMIN_TOKENS": f"bench:{DRIFT_TOKEN}"}
         cmd = [
             *shlex.split(args.gateway_cmd),
             "serve",
@@ -1230,7 +1293,7 @@ def bench_mode(
             "-1",
         ]
         info = {
-            "config_yaml": MODES[name],
+            "config_yaml": mode_config(name, args.provider),
             "versions": {v: {"seed": seed} for v, seed in GATEWAY_VERSIONS},
             "policy": {
                 "stable": policy.stable,
@@ -1253,6 +1316,7 @@ def bench_mode(
         if args.warmup > 0:
             info["warmup"] = run_wrk(url, lua, body_file, 16, args.warmup, work)
         before = scrape_shadow(gw) if shadowed else None
+        drift_loop = DriftLoop(gw.base_url).__enter__() if name == DRIFT else None
         for c in args.connections:
             runs = []
             for i in range(args.repeats):
@@ -1277,6 +1341,11 @@ def bench_mode(
                     flush=True,
                 )
             rows.append(Row(mode=name, connections=c, median=med, runs=runs, overhead_ratio=ratio, shadow=counters))
+        if drift_loop is not None:
+            drift_loop.__exit__()
+            info["drift_runs"] = drift_loop.runs
+            ok = [r for r in drift_loop.runs if r["status"] == "ok"]
+            print(f"[{name}] drift runs during the load: {len(ok)} ok of {len(drift_loop.runs)}: {drift_loop.runs}")
         if before is not None:
             # Everything since start-up: the check request and the warm-up included.
             info["shadow_totals"] = before
@@ -1322,8 +1391,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         expected = None
         if not args.skip_raw:
             print("measuring raw ONNX Runtime in-process ...", flush=True)
-            model = write_model_repo(work / "repo-raw", MODES["batching_off"]) / MODEL / "1" / "model.onnx"
-            raw = measure_raw(model, body)
+            config = mode_config("batching_off", args.provider)
+            model = write_model_repo(work / "repo-raw", config) / MODEL / "1" / "model.onnx"
+            raw = measure_raw(model, body, args.provider)
             expected = np.asarray(raw["expected_output"], dtype=np.float32)
         raw_b1 = raw["ort_b1_us"] if raw else None
 
@@ -1351,6 +1421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "repeats": args.repeats,
             "lua": str(lua_script()),
             "request_bytes": len(body),
+            "provider": args.provider,
         },
         "raw": raw,
         "modes": modes,

@@ -1,9 +1,10 @@
 """The bare floor: the least a KServe V2 JSON server on this stack can do per request.
 
 A bare ASGI handler, no framework, no batching, no thread pool: read the body, `orjson.loads` it, build
-the float32 array from inputs[0], call ONNX Runtime (one intra-op thread, CPU) in the handler itself,
-and answer a V2 JSON response with `orjson.dumps(..., OPT_SERIALIZE_NUMPY)`. `bench.py` runs it under the
-same wrk recipe as the gateway; what the gateway costs above this is what its framework, routing,
+the float32 array from inputs[0], call ONNX Runtime (one intra-op thread; CPU, or CUDA with
+FLOOR_PROVIDER=cuda) in the handler itself, and answer a V2 JSON response with
+`orjson.dumps(..., OPT_SERIALIZE_NUMPY)`. `bench.py` runs it under the same wrk recipe as the gateway;
+what the gateway costs above this is what its framework, routing,
 validation, batching and thread hand-offs add.
 
     FLOOR_MODEL=path/to/model.onnx python -m uvicorn loadtests.floor_app:app --host 127.0.0.1 --port 8000 \
@@ -30,6 +31,7 @@ Send = Callable[[Message], Awaitable[None]]
 
 MODEL_NAME = os.environ.get("FLOOR_MODEL_NAME", "mlp")
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
 class _Model:
@@ -42,7 +44,10 @@ class _Model:
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+        provider = _PROVIDERS[os.environ.get("FLOOR_PROVIDER", "cpu")]
+        self.session = ort.InferenceSession(path, sess_options=options, providers=[provider])
+        if self.session.get_providers()[0] != provider:
+            raise RuntimeError(f"ONNX Runtime runs {self.session.get_providers()[0]}, not {provider}")
         self.input_name: str = self.session.get_inputs()[0].name
         self.output_names: list[str] = [o.name for o in self.session.get_outputs()]
 
