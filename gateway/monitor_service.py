@@ -89,7 +89,7 @@ class MonitorService:
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._task: asyncio.Task[None] | None = None
         self._hooks: set[asyncio.Task[None]] = set()
-        self._db_url = store.engine.url.render_as_string(hide_password=False)
+        self._db_url = store.connect_url
         control.monitor_figures = self.window_figures
 
     # -- lifecycle ----------------------------------------------------------------------------

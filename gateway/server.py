@@ -28,6 +28,7 @@ from gateway.control import ControlPlane
 from gateway.dataplane import DataPlane
 from gateway.grpc_app import build_grpc_server
 from gateway.http_app import HttpAdapter
+from gateway.log_writer import ProcessPredictionSink, WriterProcessError
 from gateway.metrics import GatewayMetrics
 from gateway.monitor_service import MonitorService
 from gateway.registry import ModelRegistry, RuntimeFactory
@@ -93,8 +94,9 @@ class Gateway:
             tick_s=settings.monitor_tick_s,
         )
         days = settings.prediction_retention_days
+        self._log_writer = ProcessPredictionSink(store) if settings.prediction_log_writer == "process" else None
         self.predictions = PredictionLog(
-            store,
+            self._log_writer or store,
             capacity=settings.prediction_log_capacity,
             retention=Retention(
                 max_age_s=None if days is None else days * 86400.0,
@@ -188,6 +190,11 @@ class Gateway:
             )
         await self.registry.load_all()
         await self.control.start(run_loop=self._run_controller)  # upgrades the store's schema first
+        if self._log_writer is not None:
+            try:
+                await asyncio.to_thread(self._log_writer.start)
+            except WriterProcessError as exc:  # the first batch tries again; until then nothing is lost
+                log.error("prediction log: %s", exc)
         self.predictions.start()
         self.monitor.start(run_loop=self._run_controller)
         self.dataplane.started = True
@@ -233,6 +240,8 @@ class Gateway:
         # Every request has finished and every shadow copy has answered: flush their records before
         # the control plane closes the store (SIGTERM loses no record that was queued).
         await self.predictions.close(timeout)
+        if self._log_writer is not None:
+            await asyncio.to_thread(self._log_writer.close)
         await self.monitor.stop()
         await self.control.stop()
         await self.registry.close()

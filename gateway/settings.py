@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -63,6 +64,13 @@ class GatewaySettings(BaseSettings):
     service_name: str = Field("sluice", description="OpenTelemetry service.name and server metadata name.")
     prediction_log_capacity: int = Field(
         10_000, ge=1, description="Prediction records queued for writing; beyond it records are dropped and counted."
+    )
+    prediction_log_writer: Literal["process", "thread"] = Field(
+        "process",
+        description=(
+            "Where the prediction log's database writes run: a child process (the serving process only encodes "
+            "and hands batches over, keeping its GIL for requests) or a thread of the serving process."
+        ),
     )
     prediction_retention_days: float | None = Field(
         30.0, gt=0, description="Prediction log records older than this are deleted (None: kept by age)."

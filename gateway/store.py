@@ -86,8 +86,13 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 from gateway.errors import Conflict, InvalidInput
 from gateway.rollout_model import RolloutState
 from gateway.traffic import TrafficPolicy
-from monitors.prediction_log import MAX_ID_LENGTH, stored_tensors_to_json, tensors_from_bytes, tensors_to_bytes
-from monitors.records import Label, LabeledPrediction, LabelResult, PredictionRecord
+from monitors.prediction_log import (
+    MAX_ID_LENGTH,
+    prediction_rows,
+    stored_tensors_to_json,
+    tensors_from_bytes,
+)
+from monitors.records import Label, LabeledPrediction, LabelResult, PredictionRecord, PredictionRow
 
 log = logging.getLogger(__name__)
 
@@ -557,6 +562,7 @@ class Store:
     def __init__(self, url: str, *, connect_args: Mapping[str, Any] | None = None) -> None:
         """`url`: "sqlite:///path/sluice.db" or "postgresql+psycopg://user:pw@host:5432/db"."""
         self._engine = _make_engine(url, connect_args)
+        self._connect_args = dict(connect_args or {})
 
     @classmethod
     def for_state_dir(cls, state_dir: Path) -> Store:
@@ -573,6 +579,17 @@ class Store:
     @property
     def engine(self) -> Engine:
         return self._engine
+
+    @property
+    def connect_url(self) -> str:
+        """The full URL, password included: for handing to a worker process that opens its own
+        engine on the same database (the log writer, the monitor jobs). Never log it."""
+        return self._engine.url.render_as_string(hide_password=False)
+
+    @property
+    def connect_args(self) -> dict[str, Any]:
+        """The extra driver arguments this store was opened with (a worker opens its own with them)."""
+        return dict(self._connect_args)
 
     def __repr__(self) -> str:
         return f"Store({self.display_url!r})"
@@ -816,17 +833,22 @@ class Store:
     # --- prediction log (monitors.records.PredictionSink) ----------------------------------------
 
     def write_predictions(self, records: Sequence[PredictionRecord]) -> None:
-        """Insert a batch in one transaction; a record whose (model, id, version) is already stored
-        is ignored (a caller that reuses an id keeps its first prediction), not an error.
+        """Insert a batch in one transaction (see `write_prediction_rows`)."""
+        self.write_prediction_rows(prediction_rows(records))
 
-        Tensors are encoded here, in the writer's thread, to their binary form (`tensors_to_bytes`).
-        The insert goes to the driver directly, as multi-row INSERTs: executemany would step the
-        statement once per row, and the sqlite3 driver gives the GIL up and takes it back around every
-        step, so a busy event loop makes each row wait for its turn (hundreds of rows: seconds).
+    def write_prediction_rows(self, rows: Sequence[PredictionRow]) -> None:
+        """Insert a batch of encoded records (`monitors.prediction_log.prediction_rows`) in one transaction;
+        a row whose (model, id, version) is already stored is ignored (a caller that reuses an id keeps
+        its first prediction), not an error.
+
+        Encoded rows are what the log's writer process receives: the serving process encodes (cheap,
+        and it has the arrays), this side does the rest. The insert goes to the driver directly, as
+        multi-row INSERTs: executemany would step the statement once per row, and the sqlite3 driver
+        gives the GIL up and takes it back around every step.
         """
-        if not records:
+        if not rows:
             return
-        values = self._prediction_params(records)
+        values = self._prediction_params(rows)
         width = len(predictions_table.columns)
         with self._write() as conn:
             if conn.dialect.name == "postgresql":
@@ -835,57 +857,36 @@ class Store:
                 # ~40 µs a row in the parsing alone.
                 conn.exec_driver_sql(_INSERT_PREDICTIONS_PG, tuple(values[i::width] for i in range(width)))
                 return
-            for start in range(0, len(records), _INSERT_ROWS):
-                rows = min(_INSERT_ROWS, len(records) - start)
+            for start in range(0, len(rows), _INSERT_ROWS):
+                count = min(_INSERT_ROWS, len(rows) - start)
                 conn.exec_driver_sql(
-                    _insert_predictions_sql(conn.dialect, rows),
-                    tuple(values[start * width : (start + rows) * width]),
+                    _insert_predictions_sql(conn.dialect, count),
+                    tuple(values[start * width : (start + count) * width]),
                 )
 
-    def _prediction_params(self, records: Sequence[PredictionRecord]) -> list[Any]:
-        """The INSERT's parameters for `records`, row after row, flat. SQLite stores the time as
-        SQLAlchemy's DateTime does (naive UTC text with microseconds), so the queries below read and
-        compare it like any other. This runs for every logged request: keep it lean."""
+    def _prediction_params(self, rows: Sequence[PredictionRow]) -> list[Any]:
+        """The INSERT's parameters for `rows`, row after row, flat: the rows as they are but for the
+        time, epoch seconds in the row. SQLite stores it as SQLAlchemy's DateTime does (naive UTC text
+        with microseconds), so the queries below read and compare it like any other."""
         values: list[Any] = []
-        encode = tensors_to_bytes
         if self._engine.dialect.name == "sqlite":
-            # `_sqlite_time`, with the text up to the second made once per second (records come in
-            # time order, a batch spans about a second) and the tuple compare cheaper than replace().
-            second: tuple[int, ...] = ()
+            # The text up to the second is made once per second (rows come in time order).
+            second = -1
             prefix = ""
-            for r in records:
-                at = r.at
-                if at.tzinfo is UTC:
-                    if second != (at.second, at.minute, at.hour, at.day, at.month, at.year):
-                        second = (at.second, at.minute, at.hour, at.day, at.month, at.year)
-                        prefix = _sqlite_time(at)[:19]
-                    when = "%s.%06d" % (prefix, at.microsecond)  # noqa: UP031 - the fastest form here
-                else:
-                    when = _sqlite_time(at)
-                values += (
-                    r.model,
-                    r.id,
-                    r.version,
-                    r.route,
-                    when,
-                    float(r.latency_s),
-                    r.outcome,
-                    encode(r.inputs),
-                    encode(r.outputs),
-                )
+            for model, id_, version, route, at, latency_s, outcome, inputs, outputs in rows:
+                whole = int(at)
+                micros = round((at - whole) * 1_000_000)
+                if micros >= 1_000_000:
+                    whole, micros = whole + 1, micros - 1_000_000
+                if whole != second:
+                    second = whole
+                    prefix = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(whole))
+                when = "%s.%06d" % (prefix, micros)  # noqa: UP031 - the fastest form here
+                values += (model, id_, version, route, when, latency_s, outcome, inputs, outputs)
         else:
-            for r in records:
-                values += (
-                    r.model,
-                    r.id,
-                    r.version,
-                    r.route,
-                    r.at,
-                    float(r.latency_s),
-                    r.outcome,
-                    encode(r.inputs),
-                    encode(r.outputs),
-                )
+            stamp = datetime.fromtimestamp
+            for model, id_, version, route, at, latency_s, outcome, inputs, outputs in rows:
+                values += (model, id_, version, route, stamp(at, UTC), latency_s, outcome, inputs, outputs)
         return values
 
     def prune_predictions(self, *, older_than: datetime | None, keep_rows: int | None) -> int:
@@ -1198,21 +1199,6 @@ def _current_version(conn: Connection) -> int:
         return 0
     t = schema_version_table
     return int(conn.execute(select(func.coalesce(func.max(t.c.version), 0))).scalar_one())
-
-
-def _sqlite_time(at: datetime) -> str:
-    """The text SQLAlchemy's DateTime stores on SQLite for a UTC time: "2025-01-31 12:00:00.000000"."""
-    if at.tzinfo is not UTC:  # the prediction log makes its times in UTC: no conversion in the common case
-        at = at.astimezone(UTC)
-    return "%04d-%02d-%02d %02d:%02d:%02d.%06d" % (  # noqa: UP031 - a third of isoformat's time
-        at.year,
-        at.month,
-        at.day,
-        at.hour,
-        at.minute,
-        at.second,
-        at.microsecond,
-    )
 
 
 _INSERT_PREDICTIONS_PG = (

@@ -3,9 +3,10 @@
 The data plane calls `PredictionLog.record` (or `offer`) after each request; that is O(1), never
 blocks and never raises: the record goes onto a bounded in-memory queue, or, when the queue is full
 (by record count or by tensor bytes), it is dropped and counted. A writer task hands the queue to
-the sink (the gateway's store) in batches, in a worker thread, so neither JSON encoding nor the
-database runs on the event loop. A failed write loses that batch; it is logged and counted, and the
-log keeps going. `close()` (the SIGTERM path) drains what is queued within a time limit.
+the sink in batches, in a worker thread, so neither the encoding nor the database runs on the event
+loop; the gateway's sink then hands each batch to a writer process (`gateway.log_writer`), so the
+database does not hold the serving process's GIL either. A failed write loses that batch; it is
+logged and counted, and the log keeps going. `close()` (the SIGTERM path) drains what is queued within a time limit.
 
 Sampling is per model and deterministic: a hash of the prediction id decides, so a prediction and
 its shadow copies are either all logged or all not, and a repeated id gets the same verdict.
@@ -20,14 +21,13 @@ with NaN and infinities as null (JSON has no such numbers).
 
 Everything here runs for every logged request, on the event loop (`record`) or in the writer's
 thread, which holds the GIL the loop needs: `python -m loadtests.log_cost` measures the CPU of each
-step per record.
+step per record, and `python -m loadtests.ab` what it costs the gateway's req/s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import itertools
 import logging
 import math
@@ -37,7 +37,7 @@ import sys
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from hashlib import blake2b
@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from monitors.records import PredictionRecord, PredictionSink
+from monitors.records import PredictionRecord, PredictionRow, PredictionSink
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +235,29 @@ def stored_tensors_to_json(blob: bytes | str | None) -> dict[str, Any]:
     return doc
 
 
+# --- the stored form of records ----------------------------------------------------------------
+
+
+def prediction_rows(records: Sequence[PredictionRecord]) -> list[PredictionRow]:
+    """Encode records for the store (about 1.5 µs a record): done where the arrays are, in the writer
+    thread of the serving process; the database work then runs wherever the rows are sent."""
+    encode = tensors_to_bytes
+    return [
+        (
+            r.model,
+            r.id,
+            r.version,
+            r.route,
+            r.at.timestamp(),
+            float(r.latency_s),
+            r.outcome,
+            encode(r.inputs),
+            encode(r.outputs),
+        )
+        for r in records
+    ]
+
+
 # --- ids and sampling ---------------------------------------------------------------------------
 
 
@@ -278,54 +301,18 @@ def sampled(prediction_id: str, rate: float) -> bool:
 # --- the log ------------------------------------------------------------------------------------
 
 
-def _record_maker() -> Callable[..., PredictionRecord]:
-    """`PredictionRecord(...)` at half the cost, for the hot path: the frozen dataclass's __init__ sets
-    each field through object.__setattr__ (about 80 ns apiece); this sets the slots directly. The
-    result is the same object (a test compares the two)."""
-    fields = [f.name for f in dataclasses.fields(PredictionRecord)]
-    if fields != ["id", "at", "model", "version", "route", "inputs", "outputs", "latency_s", "outcome"]:
-        return PredictionRecord  # the record changed shape: the plain constructor, until this is updated
-    slot = {name: getattr(PredictionRecord, name).__set__ for name in fields}
-    new = object.__new__
-
-    def make(
-        id: str,
-        at: datetime,
-        model: str,
-        version: str,
-        route: str,
-        inputs: dict[str, np.ndarray],
-        outputs: dict[str, np.ndarray],
-        latency_s: float,
-        outcome: str,
-        *,
-        _cls: type[PredictionRecord] = PredictionRecord,
-        _id: Callable[[object, object], None] = slot["id"],
-        _at: Callable[[object, object], None] = slot["at"],
-        _model: Callable[[object, object], None] = slot["model"],
-        _version: Callable[[object, object], None] = slot["version"],
-        _route: Callable[[object, object], None] = slot["route"],
-        _inputs: Callable[[object, object], None] = slot["inputs"],
-        _outputs: Callable[[object, object], None] = slot["outputs"],
-        _latency_s: Callable[[object, object], None] = slot["latency_s"],
-        _outcome: Callable[[object, object], None] = slot["outcome"],
-    ) -> PredictionRecord:
-        record: PredictionRecord = new(_cls)
-        _id(record, id)
-        _at(record, at)
-        _model(record, model)
-        _version(record, version)
-        _route(record, route)
-        _inputs(record, inputs)
-        _outputs(record, outputs)
-        _latency_s(record, latency_s)
-        _outcome(record, outcome)
-        return record
-
-    return make
+Pending = tuple[str, float, str, str, str, dict[str, np.ndarray], dict[str, np.ndarray], float, str, int]
+"""A queued record, as the hot path makes it: (id, at as epoch seconds, model, version, route, inputs,
+outputs, latency_s, outcome, tensor bytes). A plain tuple and `time.time()`: a third of the cost of a
+`PredictionRecord` and `datetime.now()`, and this runs for every request on the event loop."""
 
 
-_new_record = _record_maker()
+def _encode_pending(batch: Sequence[Pending]) -> list[PredictionRow]:
+    encode = tensors_to_bytes
+    return [
+        (model, id_, version, route, at, float(latency_s), outcome, encode(inputs), encode(outputs))
+        for id_, at, model, version, route, inputs, outputs, latency_s, outcome, _size in batch
+    ]
 
 
 @dataclass
@@ -388,7 +375,7 @@ class PredictionLog:
         self.flush_interval_s = flush_interval_s
         self.retention = retention
         self.counters = LogCounters()
-        self._queue: deque[tuple[PredictionRecord, int]] = deque()
+        self._queue: deque[Pending] = deque()
         self._queued_bytes = 0
         self._lock = asyncio.Lock()
         """Held while a batch is with the sink: one write at a time, and `flush` waits for the one in flight."""
@@ -419,13 +406,36 @@ class PredictionLog:
         outcome: str,
         sample_rate: float = 1.0,
     ) -> bool:
-        """Sample, build and queue one record (as `offer` does); True when it was queued. Never blocks,
-        never raises. This runs for every request on the event loop: `offer` is inlined, and the record
-        is built without the frozen dataclass's __init__ (see `_new_record`)."""
+        """Sample and queue one record, stamped now; True when it was queued. O(1), never blocks, never
+        raises: the arrays are kept by reference and encoded in the writer's thread."""
+        if sample_rate < 1.0 and not sampled(prediction_id, sample_rate):
+            self.counters.sampled_out += 1
+            return False
+        return self._enqueue(prediction_id, time.time(), model, version, route, inputs, outputs, latency_s, outcome)
+
+    def offer(self, record: PredictionRecord) -> bool:
+        """Queue a record as it is (its own time); False (and counted) when the queue is full or closed."""
         try:
-            if sample_rate < 1.0 and not sampled(prediction_id, sample_rate):
-                self.counters.sampled_out += 1
-                return False
+            at = record.at.timestamp()
+        except Exception:
+            self.counters.failed += 1
+            return False
+        r = record
+        return self._enqueue(r.id, at, r.model, r.version, r.route, r.inputs, r.outputs, r.latency_s, r.outcome)
+
+    def _enqueue(
+        self,
+        prediction_id: str,
+        at: float,
+        model: str,
+        version: str,
+        route: str,
+        inputs: dict[str, np.ndarray],
+        outputs: dict[str, np.ndarray],
+        latency_s: float,
+        outcome: str,
+    ) -> bool:
+        try:
             if len(prediction_id) > MAX_ID_LENGTH:
                 self.counters.failed += 1
                 return False
@@ -438,10 +448,7 @@ class PredictionLog:
             if self._closed or len(queue) >= self.capacity or self._queued_bytes + size > self.max_bytes:
                 self.counters.dropped += 1
                 return False
-            record = _new_record(
-                prediction_id, datetime.now(UTC), model, version, route, inputs, outputs, latency_s, outcome
-            )
-            queue.append((record, size))
+            queue.append((prediction_id, at, model, version, route, inputs, outputs, latency_s, outcome, size))
             self._queued_bytes += size
             if len(queue) >= self.batch_size:
                 self._wake.set()
@@ -449,30 +456,6 @@ class PredictionLog:
         except Exception:  # an observer never breaks a request
             log.exception("prediction log: cannot queue a record")
             self.counters.failed += 1
-            return False
-
-    def offer(self, record: PredictionRecord) -> bool:
-        """Queue a record; False (and counted) when the queue is full or closed. O(1), never raises."""
-        try:
-            if len(record.id) > MAX_ID_LENGTH:
-                self.counters.failed += 1
-                return False
-            size = 0
-            for array in record.inputs.values():
-                size += array.nbytes
-            for array in record.outputs.values():
-                size += array.nbytes
-            if self._closed or len(self._queue) >= self.capacity or self._queued_bytes + size > self.max_bytes:
-                self.counters.dropped += 1
-                return False
-            self._queue.append((record, size))
-            self._queued_bytes += size
-            if len(self._queue) >= self.batch_size:
-                self._wake.set()
-            return True
-        except Exception:  # an observer never breaks a request
-            log.exception("prediction log: cannot queue a record")
-            self.counters.dropped += 1
             return False
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -545,20 +528,23 @@ class PredictionLog:
             while self._queue:
                 await self._write(self._take())
 
-    def _take(self) -> list[PredictionRecord]:
-        batch: list[PredictionRecord] = []
-        taken = 0
+    def _take(self) -> list[Pending]:
         queue = self._queue
-        while queue and len(batch) < self.batch_size:
-            record, size = queue.popleft()
-            batch.append(record)
-            taken += size
-        self._queued_bytes -= taken
+        if len(queue) <= self.batch_size:  # the common case: the whole queue, without a loop on the event loop
+            self._queue = deque()
+            self._queued_bytes = 0
+            return list(queue)
+        batch = [queue.popleft() for _ in range(self.batch_size)]
+        self._queued_bytes -= sum(p[9] for p in batch)
         return batch
 
-    async def _write(self, batch: list[PredictionRecord]) -> None:
+    def _encode_and_write(self, batch: Sequence[Pending]) -> None:
+        """In a worker thread: the arrays' bytes, then the sink."""
+        self.sink.write_prediction_rows(_encode_pending(batch))
+
+    async def _write(self, batch: list[Pending]) -> None:
         try:
-            await asyncio.to_thread(self.sink.write_predictions, batch)
+            await asyncio.to_thread(self._encode_and_write, batch)
         except asyncio.CancelledError:
             self.counters.failed += len(batch)
             raise

@@ -36,7 +36,6 @@ from monitors.prediction_log import (
     TENSORS_V1,
     PredictionLog,
     Retention,
-    _new_record,
     new_prediction_id,
     sampled,
     stored_tensors_to_json,
@@ -45,7 +44,7 @@ from monitors.prediction_log import (
     tensors_to_bytes,
     tensors_to_json,
 )
-from monitors.records import Label, PredictionRecord
+from monitors.records import Label, PredictionRecord, PredictionRow
 from tests.databases import Backend
 from tests.helpers import gateway_process, metric_value, wait_until
 
@@ -101,11 +100,11 @@ class RecordingSink:
         self.batches: list[int] = []
         self.delay_s = delay_s
 
-    def write_predictions(self, records: Sequence[PredictionRecord]) -> None:
-        self.batches.append(len(records))
+    def write_prediction_rows(self, rows: Sequence[PredictionRow]) -> None:
+        self.batches.append(len(rows))
         if self.delay_s:
             time.sleep(self.delay_s)
-        self.store.write_predictions(records)
+        self.store.write_prediction_rows(rows)
 
     def prune_predictions(self, *, older_than: datetime | None, keep_rows: int | None) -> int:
         return self.store.prune_predictions(older_than=older_than, keep_rows=keep_rows)
@@ -352,22 +351,30 @@ def test_record_checks_as_offer_does() -> None:
         False,  # capacity
     ]
     assert plog.counters.dropped == 2 and plog.depth == 3 and plog._queued_bytes == 96
-    record = plog._queue[0][0]
-    assert type(record) is PredictionRecord and record.id == "p0" and record.at.tzinfo is UTC
+    pending = plog._queue[0]
+    assert pending[0] == "p0" and abs(pending[1] - time.time()) < 60 and pending[-1] == 32
     assert plog.record("p", "m", "1", "stable", None, {}, 0.0, "ok") is False  # type: ignore[arg-type]
     assert plog.counters.failed == 2  # never raises
 
 
-def test_the_fast_record_constructor_makes_the_same_record() -> None:
-    args = ("p1", T0, "m", "1", "stable", {"x": np.ones(2)}, {}, 0.5, "ok")
-    fast, plain = _new_record(*args), PredictionRecord(*args)
-    assert type(fast) is PredictionRecord and fast == plain and repr(fast) == repr(plain)
-    with pytest.raises(AttributeError):
-        fast.id = "other"  # type: ignore[misc]  # still frozen
+async def test_record_and_offer_store_the_same_fields(sqlite_store: Store) -> None:
+    plog = PredictionLog(sqlite_store)
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    before = datetime.now(UTC)
+    assert plog.record("p1", "m", "1", "canary", {"x": x}, {"y": x * 2}, 0.25, "ok")
+    assert plog.offer(PredictionRecord("p2", T0, "m", "1", "canary", {"x": x}, {"y": x * 2}, 0.25, "ok"))
+    await plog.flush()
+    rows = {r.id: r for r in sqlite_store.prediction_records("m", "1")}
+    assert rows["p2"].at == T0.replace(tzinfo=None) or rows["p2"].at == T0  # the record's own time
+    assert before.replace(tzinfo=None) - timedelta(seconds=1) <= rows["p1"].at.replace(tzinfo=None)
+    for r in rows.values():
+        assert (r.route, r.latency_s, r.outcome) == ("canary", 0.25, "ok")
+        np.testing.assert_array_equal(r.inputs["x"], x)
+        np.testing.assert_array_equal(r.outputs["y"], x * 2)
 
 
 class _NullSink:
-    def write_predictions(self, records: Sequence[PredictionRecord]) -> None:
+    def write_prediction_rows(self, rows: Sequence[PredictionRow]) -> None:
         pass
 
     def prune_predictions(self, *, older_than: datetime | None, keep_rows: int | None) -> int:

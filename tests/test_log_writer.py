@@ -1,0 +1,187 @@
+"""The prediction log's writer process: batches cross a pipe to a child that owns its own store.
+
+Real child processes (`python -m gateway.log_writer`), real SQLite and PostgreSQL; faults are real
+too: the child is SIGKILLed, or held on a SQLite write lock until the parent gives up on it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from gateway.log_writer import ProcessPredictionSink, WriterProcessError
+from gateway.store import Store
+from monitors.prediction_log import PredictionLog, prediction_rows
+from monitors.records import PredictionRecord
+from tests.databases import Backend
+from tests.helpers import gateway_process, wait_until
+from tests.models import build_tabular
+
+UTC = timezone.utc
+T0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+
+
+def _records(start: int, n: int, model: str = "m") -> list[PredictionRecord]:
+    out = []
+    for i in range(start, start + n):
+        x = np.full((1, 3), i, dtype=np.float32)
+        out.append(
+            PredictionRecord(
+                f"p{i}", T0 + timedelta(milliseconds=i), model, "1", "stable", {"x": x}, {"y": x[:, :1]}, 0.01, "ok"
+            )
+        )
+    return out
+
+
+@pytest.fixture
+def sink(backend: Backend) -> Iterator[ProcessPredictionSink]:
+    store = backend.open()
+    store.upgrade()
+    s = ProcessPredictionSink(store, write_timeout_s=30)
+    yield s
+    s.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is not alive
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_batches_are_written_by_a_child_process(sink: ProcessPredictionSink) -> None:
+    records = _records(0, 700)
+    sink.write_prediction_rows(prediction_rows(records[:500]))
+    sink.write_prediction_rows(prediction_rows(records[500:]))
+    sink.write_prediction_rows(prediction_rows(records[:10]))  # repeats: ignored, as in-process
+    assert sink.pid is not None and sink.pid != os.getpid()
+    stored = sink.store.prediction_records("m", "1", limit=1000)
+    assert [r.id for r in stored] == [f"p{i}" for i in range(700)]
+    assert stored[7].at.replace(tzinfo=UTC) == T0 + timedelta(milliseconds=7)  # microseconds kept
+    np.testing.assert_array_equal(stored[7].inputs["x"], np.full((1, 3), 7, np.float32))
+    np.testing.assert_array_equal(stored[7].outputs["y"], np.full((1, 1), 7, np.float32))
+
+
+def test_a_killed_child_is_replaced_and_the_next_batch_written(sink: ProcessPredictionSink) -> None:
+    sink.write_prediction_rows(prediction_rows(_records(0, 5)))
+    first = sink.pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: sink.pid is None, timeout=10, what="the killed child to be gone")
+    sink.write_prediction_rows(prediction_rows(_records(5, 5)))
+    assert sink.pid not in (None, first) and sink.restarts == 1
+    assert sink.store.count_predictions("m", "1") == 10
+
+
+def test_a_child_that_does_not_answer_is_killed_and_the_log_counts_the_batch_failed(tmp_path: Path) -> None:
+    store = Store.for_state_dir(tmp_path / "state")
+    store.upgrade()
+    sink = ProcessPredictionSink(store, write_timeout_s=1.0)
+    sink.start()
+    hung = sink.pid
+    assert hung is not None
+    blocker = sqlite3.connect(tmp_path / "state" / "sluice.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the child's insert now waits for the lock (30 s busy timeout)
+    try:
+        with pytest.raises(WriterProcessError, match="failed: TimeoutError"):
+            sink.write_prediction_rows(prediction_rows(_records(0, 3)))
+        assert not _alive(hung)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    sink.write_prediction_rows(prediction_rows(_records(3, 3)))  # a new child; the held batch is gone
+    assert sink.restarts == 1
+    assert [r.id for r in store.prediction_records("m", "1")] == ["p3", "p4", "p5"]
+    sink.close()
+    store.close()
+
+
+async def test_through_the_log_a_failed_batch_is_counted_and_the_log_goes_on(tmp_path: Path) -> None:
+    store = Store.for_state_dir(tmp_path / "state")
+    store.upgrade()
+    sink = ProcessPredictionSink(store)
+    plog = PredictionLog(sink, batch_size=50)
+    for r in _records(0, 50):
+        plog.offer(r)
+    await plog.flush()
+    child = sink.pid
+    assert child is not None and plog.counters.written == 50
+    os.kill(child, signal.SIGKILL)
+    wait_until(lambda: sink.pid is None, timeout=10, what="the killed child to be gone")
+    for r in _records(50, 50):
+        plog.offer(r)
+    await plog.flush()
+    assert plog.counters.as_dict() == {"written": 100, "dropped": 0, "failed": 0, "sampled_out": 0}
+    assert store.count_predictions("m", "1") == 100
+    sink.close()
+    store.close()
+
+
+def test_a_database_the_child_cannot_open_fails_without_showing_the_password(tmp_path: Path) -> None:
+    store = Store("postgresql+psycopg://sluice:hunter2-secret@127.0.0.1:1/nowhere")
+    sink = ProcessPredictionSink(store)
+    with pytest.raises(WriterProcessError) as caught:
+        sink.write_prediction_rows(prediction_rows(_records(0, 1)))
+    assert "could not open the database" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+    assert sink.pid is None
+    store.close()
+
+
+def test_the_child_leaves_with_a_gateway_killed_outright(tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    build_tabular(repo / "tab" / "1" / "model.onnx", features=4, classes=2, seed=3)
+    with gateway_process(repo, tmp=tmp_path) as gw:
+        body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [0.1, 0.2, 0.3, 0.4]}]}
+        for _ in range(5):
+            assert httpx.post(f"{gw.http_url}/v2/models/tab/infer", json=body, timeout=10).status_code == 200
+        wait_until(lambda: _children(gw.proc.pid, "gateway.log_writer"), timeout=20, what="the writer process")
+        children = _children(gw.proc.pid, "gateway.log_writer")
+        assert len(children) == 1
+        os.kill(gw.proc.pid, signal.SIGKILL)
+        gw.proc.wait(10)
+        wait_until(lambda: not any(_alive(pid) for pid in children), timeout=20, what="the orphaned writer to exit")
+
+
+def _children(parent: int, needle: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and needle in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def test_time_between_batches_is_not_spent_polling(sink: ProcessPredictionSink) -> None:
+    """An idle child blocks on its pipe: it uses no CPU while no batch comes."""
+    sink.write_prediction_rows(prediction_rows(_records(0, 1)))
+    pid = sink.pid
+    assert pid is not None
+
+    def cpu() -> float:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    before = cpu()
+    time.sleep(1.0)
+    assert cpu() - before < 0.05
