@@ -1248,6 +1248,44 @@ def floor_cmd(port: int) -> list[str]:
     ]
 
 
+def prepare_gateway(
+    name: str, work: Path, port: int, provider: str, gateway_cmd: str
+) -> tuple[list[str], dict[str, str], dict[str, Any]]:
+    """A gateway mode ready to start: its repository and seeded state under `work`; returns the command,
+    the extra environment and what to record about it."""
+    repo = write_model_repo(work / f"repo-{name}", mode_config(name, provider), GATEWAY_VERSIONS)
+    policy = POLICIES[name]
+    # A fresh state directory per mode (the gateway's default, ./.sluice, would be shared between runs),
+    # seeded with the mode's traffic policy before the gateway starts and loads it.
+    state_dir = work / f"state-{name}"
+    seed_state(state_dir, policy)
+    extra_env = {"SLUICE_ADMIN_TOKENS": f"bench:{DRIFT_TOKEN}"} if name == DRIFT else {}
+    cmd = [
+        *shlex.split(gateway_cmd),
+        "serve",
+        "--model-repo",
+        str(repo),
+        "--state-dir",
+        str(state_dir),
+        "--host",
+        HOST,
+        "--http-port",
+        str(port),
+        "--grpc-port",
+        "-1",
+    ]
+    info = {
+        "config_yaml": mode_config(name, provider),
+        "versions": {v: {"seed": seed} for v, seed in GATEWAY_VERSIONS},
+        "policy": {
+            "stable": policy.stable,
+            "shadows": list(policy.shadows),
+            "shadow_sample_rate": policy.shadow_sample_rate,
+        },
+    }
+    return cmd, extra_env, info
+
+
 def bench_mode(
     name: str,
     args: argparse.Namespace,
@@ -1270,37 +1308,7 @@ def bench_mode(
         info = {"app": "loadtests/floor_app.py", "env": extra_env}
         log_path = args.out / f"{name}.log"
     else:
-        repo = write_model_repo(work / f"repo-{name}", mode_config(name, args.provider), GATEWAY_VERSIONS)
-        policy = POLICIES[name]
-        # A fresh state directory per mode (the gateway's default, ./.sluice, would be shared between runs),
-        # seeded with the mode's traffic policy before the gateway starts and loads it.
-        state_dir = work / f"state-{name}"
-        seed_state(state_dir, policy)
-        if name == DRIFT:
-            extra_env = {"SLUICE_ADMIN_TOKENS": f"bench:{DRIFT_TOKEN}"}
-        cmd = [
-            *shlex.split(args.gateway_cmd),
-            "serve",
-            "--model-repo",
-            str(repo),
-            "--state-dir",
-            str(state_dir),
-            "--host",
-            HOST,
-            "--http-port",
-            str(port),
-            "--grpc-port",
-            "-1",
-        ]
-        info = {
-            "config_yaml": mode_config(name, args.provider),
-            "versions": {v: {"seed": seed} for v, seed in GATEWAY_VERSIONS},
-            "policy": {
-                "stable": policy.stable,
-                "shadows": list(policy.shadows),
-                "shadow_sample_rate": policy.shadow_sample_rate,
-            },
-        }
+        cmd, extra_env, info = prepare_gateway(name, work, port, args.provider, args.gateway_cmd)
         log_path = args.out / f"gateway-{name}.log"
     info.update(cmd=shlex.join(cmd), port=port)
     shadowed = name != FLOOR and bool(POLICIES[name].shadows)

@@ -13,14 +13,17 @@ server's CPU for the same work (its backend process, read from /proc) is reporte
 
 Reported, in microseconds per record:
 
-- hot path: `PredictionLog.record` as the data plane calls it (build the record, queue it);
-- encode: turning a batch of 500 records into the INSERT's parameters (`Store._prediction_params`);
-- database: the rest of `Store.write_predictions` (the driver and the engine), into a table that
-  already holds --prefill rows;
-- total: what the writer thread spends per record (encode + database).
+- hot path: `PredictionLog.record` as the data plane calls it (queue a tuple), on the event loop;
+- encode + pickle: a batch of 500 records turned into `PredictionRow`s and pickled (and unpickled):
+  what the serving process's writer thread does, under the GIL the event loop needs;
+- database: `Store.write_prediction_rows` into a table that already holds --prefill rows: what the
+  writer process (`gateway.log_writer`) does, on another core, without the serving process's GIL
+  (or the writer thread, with `prediction_log_writer: thread`).
 
-At ~7,600 req/s on 2 cores, the issue's 5% budget is about 5 µs of CPU per logged request, all three
-together. --profile prints cProfile's view of the writes (Python-level only: SQLite's C is one line).
+At ~5,000-8,000 req/s on 2 cores, the issue's 5% budget is 6-10 µs of the event loop's time per
+logged request: the hot path and the encoding count against it, the database (in its own process)
+only through the other core. --profile prints cProfile's view of the writes (Python-level only:
+SQLite's C is one line).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import os
+import pickle
 import pstats
 import statistics
 import tempfile
@@ -41,8 +45,8 @@ import numpy as np
 import sqlalchemy as sa
 
 from gateway.store import Store
-from monitors.prediction_log import PredictionLog, new_prediction_id
-from monitors.records import PredictionRecord
+from monitors.prediction_log import PredictionLog, new_prediction_id, prediction_rows
+from monitors.records import PredictionRecord, PredictionRow
 
 UTC = timezone.utc
 BATCH = 500
@@ -51,7 +55,7 @@ BATCH = 500
 class NullSink:
     """A sink that is never called (the hot-path measurement does not start the writer)."""
 
-    def write_predictions(self, records: Sequence[PredictionRecord]) -> None:
+    def write_prediction_rows(self, rows: Sequence[PredictionRow]) -> None:
         pass
 
     def prune_predictions(self, *, older_than: datetime | None, keep_rows: int | None) -> int:
@@ -101,34 +105,6 @@ def hot_path(n: int) -> float:
     return spent / n / 1000
 
 
-def _encode(store: Store) -> Callable[[Sequence[PredictionRecord]], Any]:
-    params = getattr(store, "_prediction_params", None)
-    if params is None:  # the JSON store before the binary form: encode as it did
-        from gateway.store import _sqlite_time
-        from monitors.prediction_log import tensors_to_json
-
-        sqlite = store.engine.dialect.name == "sqlite"
-
-        def encode(records: Sequence[PredictionRecord]) -> Any:
-            values: list[Any] = []
-            for r in records:
-                values += (
-                    r.model,
-                    r.id,
-                    r.version,
-                    r.route,
-                    _sqlite_time(r.at) if sqlite else r.at,
-                    float(r.latency_s),
-                    r.outcome,
-                    tensors_to_json(r.inputs),
-                    tensors_to_json(r.outputs),
-                )
-            return values
-
-        return encode
-    return params  # type: ignore[no-any-return]
-
-
 def _backend_cpu_ns(store: Store) -> Callable[[], int] | None:
     """The PostgreSQL backend's CPU so far (utime + stime), when the server runs on this machine."""
     if store.engine.dialect.name != "postgresql":
@@ -162,33 +138,35 @@ def store_cost(store: Store, batches: int, profile: bool, seed: int) -> dict[str
     """One round: `batches` batches of new records written, their mean cost per record."""
     rng = np.random.default_rng(seed)
     backend = _backend_cpu_ns(store)
-    encode = _encode(store)
     later = datetime.now(UTC) + timedelta(hours=seed)
     batch_list = [make_records(BATCH, later + timedelta(seconds=i), rng) for i in range(batches)]
     enc_ns: list[int] = []
-    total_ns: list[int] = []
+    db_ns: list[int] = []
     server_ns: list[int] = []
     profiler = cProfile.Profile() if profile else None
     for batch in batch_list:
         t0 = time.thread_time_ns()
-        encode(batch)
+        rows = prediction_rows(batch)
+        pickle.loads(pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL))  # the handover and its receipt
         enc_ns.append(time.thread_time_ns() - t0)
         s0 = backend() if backend else 0
         t0 = time.thread_time_ns()
         if profiler:
             profiler.enable()
-        store.write_predictions(batch)
+        store.write_prediction_rows(rows)
         if profiler:
             profiler.disable()
-        total_ns.append(time.thread_time_ns() - t0)
+        db_ns.append(time.thread_time_ns() - t0)
         if backend:
             server_ns.append(backend() - s0)
     if profiler:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(18)
     per = 1000 * BATCH
-    encode_us = statistics.mean(enc_ns) / per
-    total_us = statistics.mean(total_ns) / per  # a mean: every few commits one also checkpoints the WAL
-    result = {"encode": encode_us, "database": total_us - encode_us, "writer total": total_us}
+    # Means: every few commits one also checkpoints the WAL.
+    result = {
+        "encode + pickle": statistics.mean(enc_ns) / per,
+        "database": statistics.mean(db_ns) / per,
+    }
     if server_ns:
         result["server (postgres backend)"] = statistics.mean(server_ns) / per
     return result

@@ -1,0 +1,294 @@
+"""Two gateway modes side by side, wrk alternating between them: a small cost measured on a noisy box.
+
+    python -m loadtests.ab --a batching_on --b logging_off [--connections 64] [--duration 10] \
+        [--pairs 8] [--warmup 3] [--out bench-results/ab]
+    python -m loadtests.ab --a drift --b batching_on      # p99 while drift jobs run in mode a
+    python -m loadtests.ab --a batching_on --a-env SLUICE_PREDICTION_LOG_WRITER=thread \
+        --b batching_on                                   # the log's writer thread against its process
+
+Why not `loadtests.bench`: it runs one mode after the other, each with its own gateway, so a 5% effect
+(the prediction log's target) drowns in what the shared 2-core box does between the two: one bench run
+here read the same build's log cost as 3.6%, 7.3% and 13.1%. This script starts both gateways first
+and keeps both up (the idle one costs nothing), then runs wrk against a and b in turn, swapping the
+order every pair (ab, ba, ab, ...) so a drift of the machine's speed during the run falls on both
+alike. Each pair gives a ratio of two runs a few seconds apart; the median of those ratios is the
+figure, with the medians of each side's req/s, p50 and p99 beside it.
+
+Mode `drift` gets a loop of on-demand drift runs (10,000 rows against a 1,000-row reference, the
+issue's 10k x 32 window shape on the reference MLP's inputs) going during its runs only, started once
+before the pairs so the first one (the worker process's start and Evidently's import) is done before
+anything is measured.
+
+The reference test's recipe otherwise (loadtests/bench.py, /work/shared/bench/README.md): wrk with one
+thread, closed loop, the reference MLP and one-row body, 127.0.0.1 only, bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import shlex
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from loadtests.bench import (
+    DRIFT,
+    MODEL,
+    MODES,
+    BenchError,
+    DriftLoop,
+    Gateway,
+    check_gateway,
+    free_port,
+    lua_script,
+    machine_facts,
+    prepare_gateway,
+    request_body,
+    run_wrk,
+    running_gateway,
+    scrape_prediction_log,
+)
+
+DRIFT_WARM_TIMEOUT_S = 180.0
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m loadtests.ab", description=__doc__.splitlines()[0])
+    p.add_argument("--a", default="batching_on", choices=sorted(MODES), help="the mode whose cost is measured")
+    p.add_argument("--b", default="logging_off", choices=sorted(MODES), help="the baseline mode")
+    p.add_argument(
+        "--a-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment for a's gateway (repeatable), e.g. SLUICE_PREDICTION_LOG_WRITER=thread",
+    )
+    p.add_argument("--b-env", action="append", default=[], metavar="NAME=VALUE", help="the same for b")
+    p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    p.add_argument("--pairs", type=int, default=8, help="a and b runs, alternating order")
+    p.add_argument("--warmup", type=int, default=3, help="warm-up seconds at 16 connections, each side")
+    p.add_argument("--provider", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--out", type=Path, default=Path("bench-results/ab"), help="results folder")
+    p.add_argument("--gateway-cmd", default=f"{shlex.quote(sys.executable)} -m gateway")
+    args = p.parse_args(argv)
+    for side in ("a", "b"):
+        env = {}
+        for item in getattr(args, f"{side}_env"):
+            name, sep, value = item.partition("=")
+            if not sep or not name:
+                p.error(f"--{side}-env takes NAME=VALUE, not {item!r}")
+            env[name] = value
+        setattr(args, f"{side}_env", env)
+    if args.a == args.b and args.a_env == args.b_env:
+        p.error("a and b are the same: give another mode or another environment")
+    if args.pairs < 1 or args.duration < 1 or args.connections < 1:
+        p.error("need --pairs, --duration and --connections >= 1")
+    return args
+
+
+@contextlib.contextmanager
+def two_gateways(args: argparse.Namespace, work: Path, body: bytes) -> Iterator[dict[str, Gateway]]:
+    with contextlib.ExitStack() as stack:
+        gateways: dict[str, Gateway] = {}
+        for side in ("a", "b"):
+            name, env = getattr(args, side), getattr(args, f"{side}_env")
+            port = free_port()
+            cmd, extra_env, _info = prepare_gateway(name, work / side, port, args.provider, args.gateway_cmd)
+            print(f"[{side}: {label(args, side)}] starting: {shlex.join(cmd)}", flush=True)
+            log_path = args.out / f"gateway-{side}-{name}.log"
+            gw = stack.enter_context(running_gateway(cmd, log_path, port, {**extra_env, **env}))
+            gw.wait_ready()
+            check_gateway(gw, body, None)
+            gateways[side] = gw
+        yield gateways
+
+
+def label(args: argparse.Namespace, side: str) -> str:
+    """A side's mode, with its environment when it has one."""
+    env = getattr(args, f"{side}_env")
+    extra = " ".join(f"{k}={v}" for k, v in env.items())
+    return f"{getattr(args, side)} {extra}".strip()
+
+
+def warm_drift(gw: Gateway) -> float:
+    """One drift run to completion (starts the worker, imports Evidently); seconds it took."""
+    loop = DriftLoop(gw.base_url).__enter__()
+    t0 = time.monotonic()
+    try:
+        while not loop.runs:
+            if time.monotonic() - t0 > DRIFT_WARM_TIMEOUT_S:
+                raise BenchError("the first drift run did not finish")
+            time.sleep(0.2)
+    finally:
+        loop.__exit__()
+    return time.monotonic() - t0
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_s(stat_path: str) -> float:
+    """utime + stime of one /proc stat file, in seconds (fields 14 and 15, after the command's parens)."""
+    with open(stat_path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def cpu_times(pid: int) -> dict[str, float]:
+    """CPU seconds so far: the gateway's main thread (the event loop, which bounds its req/s), the whole
+    process, and its child processes (the log writer, the monitor worker). Read from /proc (Linux)."""
+    out = {"main_thread": _cpu_s(f"/proc/{pid}/task/{pid}/stat"), "process": _cpu_s(f"/proc/{pid}/stat")}
+    children = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                children += (int(fields[11]) + int(fields[12])) / _TICK
+    out["children"] = children
+    return out
+
+
+def measured_run(
+    gw: Gateway, lua: Path, body_file: Path, connections: int, duration_s: int, work: Path
+) -> dict[str, float]:
+    """One wrk run, with the gateway's CPU per request beside wrk's figures: CPU time is what a noisy
+    shared box disturbs least (its req/s moves ±10% between runs seconds apart, its CPU per request
+    a few %)."""
+    assert gw.proc is not None
+    before = cpu_times(gw.proc.pid)
+    result = run_wrk(f"{gw.base_url}/v2/models/{MODEL}/infer", lua, body_file, connections, duration_s, work)
+    after = cpu_times(gw.proc.pid)
+    requests = max(1.0, result["requests"])
+    for key in before:
+        result[f"cpu_us_per_req_{key}"] = (after[key] - before[key]) * 1e6 / requests
+    return result
+
+
+def ratio(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("wrk is not installed: sudo apt-get install -y wrk", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.out = args.out.resolve()
+    command = shlex.join([Path(sys.executable).name, "-m", "loadtests.ab", *(argv or sys.argv[1:])])
+    pairs: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="sluice-ab-") as tmp:
+        work = Path(tmp)
+        body = request_body()
+        body_file = work / "request_b1.json"
+        body_file.write_bytes(body)
+        lua = work / "v2_b1.lua"
+        shutil.copyfile(lua_script(), lua)
+        with two_gateways(args, work, body) as gws:
+            for side, gw in gws.items():
+                run_wrk(f"{gw.base_url}/v2/models/{MODEL}/infer", lua, body_file, 16, max(1, args.warmup), work)
+                if getattr(args, side) == DRIFT:
+                    extra["drift_warm_s"] = round(warm_drift(gw), 2)
+                    print(f"[{side}] first drift run (worker start) took {extra['drift_warm_s']} s", flush=True)
+            drift_runs: list[dict[str, Any]] = []
+            for i in range(args.pairs):
+                order = ("a", "b") if i % 2 == 0 else ("b", "a")
+                pair: dict[str, Any] = {"order": list(order)}
+                for side in order:
+                    gw = gws[side]
+                    loop = DriftLoop(gw.base_url).__enter__() if getattr(args, side) == DRIFT else None
+                    try:
+                        pair[side] = measured_run(gw, lua, body_file, args.connections, args.duration, work)
+                    finally:
+                        if loop is not None:
+                            loop.__exit__()
+                            drift_runs += loop.runs
+                pairs.append(pair)
+                a, b = pair["a"], pair["b"]
+                print(
+                    f"pair {i + 1}/{args.pairs} ({order[0]} first): a {a['rps']:,.0f} req/s p99 "
+                    f"{a['p99_ms']:.2f} ms | b {b['rps']:,.0f} req/s p99 {b['p99_ms']:.2f} ms | "
+                    f"a/b req/s {a['rps'] / b['rps']:.3f}, main-thread CPU µs/req "
+                    f"{a['cpu_us_per_req_main_thread']:.1f} vs {b['cpu_us_per_req_main_thread']:.1f}",
+                    flush=True,
+                )
+            for side, gw in gws.items():
+                extra[f"prediction_log_{side}"] = scrape_prediction_log(gw)
+            if drift_runs:
+                extra["drift_runs"] = drift_runs
+    summary = summarise(args, pairs)
+    result = {
+        "command": command,
+        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_facts(),
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "summary": summary,
+        "pairs": pairs,
+        **extra,
+    }
+    (args.out / "ab.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps({"command": command, **summary}, indent=2))
+    if "drift_runs" in extra:
+        ok = [r for r in extra["drift_runs"] if r["status"] == "ok"]
+        print(f"drift runs during the drift side's load: {len(ok)} ok of {len(extra['drift_runs'])}")
+    print(f"wrote {args.out / 'ab.json'}")
+    return 0
+
+
+def summarise(args: argparse.Namespace, pairs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Medians of each side, and the median of the per-pair ratios (each from runs seconds apart)."""
+    out: dict[str, Any] = {
+        "a": label(args, "a"),
+        "b": label(args, "b"),
+        "connections": args.connections,
+        "pairs": len(pairs),
+    }
+    for key in (
+        "rps",
+        "p50_ms",
+        "p99_ms",
+        "cpu_us_per_req_main_thread",
+        "cpu_us_per_req_process",
+        "cpu_us_per_req_children",
+    ):
+        a = [p["a"][key] for p in pairs]
+        b = [p["b"][key] for p in pairs]
+        ratios = [r for r in (ratio(x, y) for x, y in zip(a, b, strict=True)) if r is not None]
+        out[key] = {
+            "a_median": round(statistics.median(a), 2),
+            "b_median": round(statistics.median(b), 2),
+            "a_over_b_median": round(statistics.median(ratios), 4) if ratios else None,
+            "a_over_b_range": [round(min(ratios), 4), round(max(ratios), 4)] if ratios else None,
+        }
+    rps = out["rps"]["a_over_b_median"]
+    out["rps_loss_pct"] = round((1 - rps) * 100, 2) if rps is not None else None
+    main = out["cpu_us_per_req_main_thread"]["a_over_b_median"]
+    out["main_thread_cpu_cost_pct"] = round((main - 1) * 100, 2) if main is not None else None
+    """What the event loop, the bound on req/s, spends more per request in a than in b."""
+    errors = sum(
+        sum(p[n].get(k, 0) for k in ("non2xx", "connect", "read", "write", "timeout"))
+        for p in pairs
+        for n in ("a", "b")
+    )
+    out["errors_and_non2xx"] = errors
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
