@@ -31,9 +31,22 @@ _stores: dict[str, Store] = {}
 
 
 def worker_init() -> None:
-    """Start-up of a worker process: lower priority (the serving process comes first), import Evidently."""
-    with contextlib.suppress(OSError):
-        os.nice(10)
+    """Start-up of a worker process: the lowest priority there is, then import Evidently.
+
+    SCHED_IDLE (Linux) runs the worker only on a core nothing else wants, and a waking serving
+    thread (the event loop, a runtime thread, the log writer) preempts it at once; under plain
+    nice 10 the worker still took its CFS share and, in a benchmark on 2 cores with jobs back to
+    back, moved the gateway's p99 at 64 connections by about a fifth. Threads the job starts later
+    (BLAS pools) inherit the policy. Elsewhere: nice 19.
+    """
+    idle = getattr(os, "SCHED_IDLE", None)
+    try:
+        if idle is None:
+            raise OSError("no SCHED_IDLE")
+        os.sched_setscheduler(0, idle, os.sched_param(0))
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.nice(19)
     with contextlib.suppress(Exception):
         import evidently.presets  # noqa: F401 - seconds of import, paid once here instead of in the first job
 
