@@ -8,6 +8,9 @@ Traffic is seeded, so every window's rows, and therefore Evidently's verdicts, a
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -201,3 +204,16 @@ def test_drift_windows_gauges_and_a_retraining_hook_called_once(
         missing = http.get("/admin/models/tab/monitor/runs/999999/report")
         assert missing.status_code == 404 and "999999" in missing.text
         assert httpx.post(f"{gw.http_url}/admin/models/tab/monitor/drift").status_code == 401
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux-only")
+def test_the_monitor_worker_runs_only_on_otherwise_idle_cpu() -> None:
+    """The worker's start-up puts it under SCHED_IDLE: a serving thread that wakes preempts it at once."""
+    code = (
+        "import os; from gateway.monitor_jobs import worker_init; worker_init(); "
+        "print(os.sched_getscheduler(0) == os.SCHED_IDLE)"
+    )
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "True"
