@@ -149,6 +149,9 @@ def cpu_times(pid: int) -> dict[str, float]:
     """CPU seconds so far: the gateway's main thread (the event loop, which bounds its req/s), the whole
     process, and its child processes (the log writer, the monitor worker). Read from /proc (Linux)."""
     out = {"main_thread": _cpu_s(f"/proc/{pid}/task/{pid}/stat"), "process": _cpu_s(f"/proc/{pid}/stat")}
+    with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{pid}/task/{pid}/schedstat") as f:
+        # The loop's time runnable but waiting for a CPU (not for the GIL: that is a sleep).
+        out["main_thread_runqueue"] = int(f.read().split()[1]) / 1e9
     children = 0.0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -175,6 +178,15 @@ def measured_run(
     requests = max(1.0, result["requests"])
     for key in before:
         result[f"cpu_us_per_req_{key}"] = (after[key] - before[key]) * 1e6 / requests
+    seconds = max(1e-9, result["duration_us"] / 1e6)
+    if "main_thread" in before:
+        # Share of the run the event loop was on a CPU; what is left it waited: for the GIL, for a
+        # CPU (main_thread_runqueue_share), or for work (epoll).
+        result["main_thread_busy_share"] = (after["main_thread"] - before["main_thread"]) / seconds
+    if "main_thread_runqueue" in before and "main_thread_runqueue" in after:
+        result["main_thread_runqueue_share"] = (
+            after["main_thread_runqueue"] - before["main_thread_runqueue"]
+        ) / seconds
     return result
 
 
@@ -225,7 +237,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"pair {i + 1}/{args.pairs} ({order[0]} first): a {a['rps']:,.0f} req/s p99 "
                     f"{a['p99_ms']:.2f} ms | b {b['rps']:,.0f} req/s p99 {b['p99_ms']:.2f} ms | "
                     f"a/b req/s {a['rps'] / b['rps']:.3f}, main-thread CPU µs/req "
-                    f"{a['cpu_us_per_req_main_thread']:.1f} vs {b['cpu_us_per_req_main_thread']:.1f}",
+                    f"{a['cpu_us_per_req_main_thread']:.1f} vs {b['cpu_us_per_req_main_thread']:.1f}, busy "
+                    f"{a.get('main_thread_busy_share', 0):.2f} vs {b.get('main_thread_busy_share', 0):.2f}, "
+                    f"runqueue {a.get('main_thread_runqueue_share', 0):.3f} vs "
+                    f"{b.get('main_thread_runqueue_share', 0):.3f}",
                     flush=True,
                 )
             for side, gw in gws.items():
@@ -266,7 +281,11 @@ def summarise(args: argparse.Namespace, pairs: Sequence[dict[str, Any]]) -> dict
         "cpu_us_per_req_main_thread",
         "cpu_us_per_req_process",
         "cpu_us_per_req_children",
+        "main_thread_busy_share",
+        "main_thread_runqueue_share",
     ):
+        if not all(key in p["a"] and key in p["b"] for p in pairs):
+            continue
         a = [p["a"][key] for p in pairs]
         b = [p["b"][key] for p in pairs]
         ratios = [r for r in (ratio(x, y) for x, y in zip(a, b, strict=True)) if r is not None]
