@@ -28,7 +28,7 @@ from gateway.control import ControlPlane
 from gateway.dataplane import DataPlane
 from gateway.grpc_app import build_grpc_server
 from gateway.http_app import HttpAdapter
-from gateway.log_writer import ProcessPredictionSink, WriterProcessError
+from gateway.log_writer import ProcessRowWriter, WriterProcessError
 from gateway.metrics import GatewayMetrics
 from gateway.monitor_service import MonitorService
 from gateway.registry import ModelRegistry, RuntimeFactory
@@ -94,9 +94,10 @@ class Gateway:
             tick_s=settings.monitor_tick_s,
         )
         days = settings.prediction_retention_days
-        self._log_writer = ProcessPredictionSink(store) if settings.prediction_log_writer == "process" else None
+        self._log_writer = ProcessRowWriter(store) if settings.prediction_log_writer == "process" else None
         self.predictions = PredictionLog(
-            self._log_writer or store,
+            store,
+            writer=self._log_writer,
             capacity=settings.prediction_log_capacity,
             retention=Retention(
                 max_age_s=None if days is None else days * 86400.0,
@@ -192,7 +193,7 @@ class Gateway:
         await self.control.start(run_loop=self._run_controller)  # upgrades the store's schema first
         if self._log_writer is not None:
             try:
-                await asyncio.to_thread(self._log_writer.start)
+                await self._log_writer.start()
             except WriterProcessError as exc:  # the first batch tries again; until then nothing is lost
                 log.error("prediction log: %s", exc)
         self.predictions.start()
@@ -241,7 +242,7 @@ class Gateway:
         # the control plane closes the store (SIGTERM loses no record that was queued).
         await self.predictions.close(timeout)
         if self._log_writer is not None:
-            await asyncio.to_thread(self._log_writer.close)
+            await self._log_writer.close()
         await self.monitor.stop()
         await self.control.stop()
         await self.registry.close()

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from monitors.records import PredictionRecord, PredictionRow, PredictionSink
+from monitors.records import PredictionRecord, PredictionRow, PredictionSink, RowWriter
 
 log = logging.getLogger(__name__)
 
@@ -358,6 +358,7 @@ class PredictionLog:
         self,
         sink: PredictionSink,
         *,
+        writer: RowWriter | None = None,
         capacity: int = 10_000,
         max_bytes: int = 256 * 1024 * 1024,
         batch_size: int = 500,
@@ -365,10 +366,13 @@ class PredictionLog:
         retention: Retention | None = None,
     ) -> None:
         """`capacity` records and `max_bytes` of tensor data bound the queue (records hold the request's
-        arrays until written, so a count alone would not bound memory when bodies are large)."""
+        arrays until written, so a count alone would not bound memory when bodies are large).
+        `writer`: where batches go, encoded on the event loop (the gateway's writer process); without
+        one, they are encoded and written to `sink` in a worker thread."""
         if capacity < 1 or batch_size < 1 or flush_interval_s <= 0:
             raise ValueError("capacity and batch_size must be at least 1, flush_interval_s above 0")
         self.sink = sink
+        self.writer = writer
         self.capacity = capacity
         self.max_bytes = max_bytes
         self.batch_size = batch_size
@@ -544,7 +548,10 @@ class PredictionLog:
 
     async def _write(self, batch: list[Pending]) -> None:
         try:
-            await asyncio.to_thread(self._encode_and_write, batch)
+            if self.writer is not None:  # encoded here, on the loop: no second thread to share the GIL with
+                await self.writer.write(_encode_pending(batch))
+            else:
+                await asyncio.to_thread(self._encode_and_write, batch)
         except asyncio.CancelledError:
             self.counters.failed += len(batch)
             raise

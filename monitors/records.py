@@ -67,6 +67,12 @@ Plain values only, so a batch pickles in C, about 0.2 µs a row: the form a batc
 writer process in."""
 
 
+class RowWriter(Protocol):
+    """Writes encoded batches from the event loop (the gateway's writer process); the sink keeps the rest."""
+
+    async def write(self, rows: Sequence[PredictionRow]) -> None: ...
+
+
 class PredictionSink(Protocol):
     """Synchronous storage, called from a worker thread (never on the event loop)."""
 

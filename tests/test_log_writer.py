@@ -6,11 +6,10 @@ too: the child is SIGKILLed, or held on a SQLite write lock until the parent giv
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sqlite3
-import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from gateway.log_writer import ProcessPredictionSink, WriterProcessError
+from gateway.log_writer import ProcessRowWriter, WriterProcessError
 from gateway.store import Store
 from monitors.prediction_log import PredictionLog, prediction_rows
 from monitors.records import PredictionRecord
@@ -43,12 +42,10 @@ def _records(start: int, n: int, model: str = "m") -> list[PredictionRecord]:
 
 
 @pytest.fixture
-def sink(backend: Backend) -> Iterator[ProcessPredictionSink]:
-    store = backend.open()
-    store.upgrade()
-    s = ProcessPredictionSink(store, write_timeout_s=30)
-    yield s
-    s.close()
+def store(backend: Backend) -> Store:
+    s = backend.open()
+    s.upgrade()
+    return s
 
 
 def _alive(pid: int) -> bool:
@@ -60,82 +57,95 @@ def _alive(pid: int) -> bool:
         return f.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def test_batches_are_written_by_a_child_process(sink: ProcessPredictionSink) -> None:
+async def test_batches_are_written_by_a_child_process(store: Store) -> None:
+    writer = ProcessRowWriter(store, write_timeout_s=30)
     records = _records(0, 700)
-    sink.write_prediction_rows(prediction_rows(records[:500]))
-    sink.write_prediction_rows(prediction_rows(records[500:]))
-    sink.write_prediction_rows(prediction_rows(records[:10]))  # repeats: ignored, as in-process
-    assert sink.pid is not None and sink.pid != os.getpid()
-    stored = sink.store.prediction_records("m", "1", limit=1000)
+    await writer.write(prediction_rows(records[:500]))
+    await writer.write(prediction_rows(records[500:]))
+    await writer.write(prediction_rows(records[:10]))  # repeats: ignored, as in-process
+    assert writer.pid is not None and writer.pid != os.getpid()
+    stored = store.prediction_records("m", "1", limit=1000)
     assert [r.id for r in stored] == [f"p{i}" for i in range(700)]
     assert stored[7].at.replace(tzinfo=UTC) == T0 + timedelta(milliseconds=7)  # microseconds kept
     np.testing.assert_array_equal(stored[7].inputs["x"], np.full((1, 3), 7, np.float32))
     np.testing.assert_array_equal(stored[7].outputs["y"], np.full((1, 1), 7, np.float32))
+    await writer.close()
+    assert writer.pid is None
 
 
-def test_a_killed_child_is_replaced_and_the_next_batch_written(sink: ProcessPredictionSink) -> None:
-    sink.write_prediction_rows(prediction_rows(_records(0, 5)))
-    first = sink.pid
+async def _gone(writer: ProcessRowWriter, timeout_s: float = 10.0) -> None:
+    for _ in range(int(timeout_s / 0.02)):
+        if writer.pid is None:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the killed writer process is still there")
+
+
+async def test_a_killed_child_is_replaced_and_the_next_batch_written(store: Store) -> None:
+    writer = ProcessRowWriter(store, write_timeout_s=30)
+    await writer.write(prediction_rows(_records(0, 5)))
+    first = writer.pid
     assert first is not None
     os.kill(first, signal.SIGKILL)
-    wait_until(lambda: sink.pid is None, timeout=10, what="the killed child to be gone")
-    sink.write_prediction_rows(prediction_rows(_records(5, 5)))
-    assert sink.pid not in (None, first) and sink.restarts == 1
-    assert sink.store.count_predictions("m", "1") == 10
+    await _gone(writer)
+    await writer.write(prediction_rows(_records(5, 5)))
+    assert writer.pid not in (None, first) and writer.restarts == 1
+    assert store.count_predictions("m", "1") == 10
+    await writer.close()
 
 
-def test_a_child_that_does_not_answer_is_killed_and_the_log_counts_the_batch_failed(tmp_path: Path) -> None:
+async def test_a_child_that_does_not_answer_is_killed_and_the_next_batch_goes_through(tmp_path: Path) -> None:
     store = Store.for_state_dir(tmp_path / "state")
     store.upgrade()
-    sink = ProcessPredictionSink(store, write_timeout_s=1.0)
-    sink.start()
-    hung = sink.pid
+    writer = ProcessRowWriter(store, write_timeout_s=1.0)
+    await writer.start()
+    hung = writer.pid
     assert hung is not None
     blocker = sqlite3.connect(tmp_path / "state" / "sluice.db", isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # the child's insert now waits for the lock (30 s busy timeout)
     try:
         with pytest.raises(WriterProcessError, match="failed: TimeoutError"):
-            sink.write_prediction_rows(prediction_rows(_records(0, 3)))
+            await writer.write(prediction_rows(_records(0, 3)))
         assert not _alive(hung)
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
-    sink.write_prediction_rows(prediction_rows(_records(3, 3)))  # a new child; the held batch is gone
-    assert sink.restarts == 1
+    await writer.write(prediction_rows(_records(3, 3)))  # a new child; the held batch is gone
+    assert writer.restarts == 1
     assert [r.id for r in store.prediction_records("m", "1")] == ["p3", "p4", "p5"]
-    sink.close()
+    await writer.close()
     store.close()
 
 
-async def test_through_the_log_a_failed_batch_is_counted_and_the_log_goes_on(tmp_path: Path) -> None:
+async def test_through_the_log_a_killed_child_loses_nothing_between_batches(tmp_path: Path) -> None:
     store = Store.for_state_dir(tmp_path / "state")
     store.upgrade()
-    sink = ProcessPredictionSink(store)
-    plog = PredictionLog(sink, batch_size=50)
+    writer = ProcessRowWriter(store)
+    plog = PredictionLog(store, writer=writer, batch_size=50)
     for r in _records(0, 50):
         plog.offer(r)
     await plog.flush()
-    child = sink.pid
+    child = writer.pid
     assert child is not None and plog.counters.written == 50
     os.kill(child, signal.SIGKILL)
-    wait_until(lambda: sink.pid is None, timeout=10, what="the killed child to be gone")
+    await _gone(writer)
     for r in _records(50, 50):
         plog.offer(r)
     await plog.flush()
     assert plog.counters.as_dict() == {"written": 100, "dropped": 0, "failed": 0, "sampled_out": 0}
     assert store.count_predictions("m", "1") == 100
-    sink.close()
+    await writer.close()
     store.close()
 
 
-def test_a_database_the_child_cannot_open_fails_without_showing_the_password(tmp_path: Path) -> None:
+async def test_a_database_the_child_cannot_open_fails_without_showing_the_password() -> None:
     store = Store("postgresql+psycopg://sluice:hunter2-secret@127.0.0.1:1/nowhere")
-    sink = ProcessPredictionSink(store)
+    writer = ProcessRowWriter(store)
     with pytest.raises(WriterProcessError) as caught:
-        sink.write_prediction_rows(prediction_rows(_records(0, 1)))
+        await writer.write(prediction_rows(_records(0, 1)))
     assert "could not open the database" in str(caught.value)
     assert "hunter2" not in str(caught.value)
-    assert sink.pid is None
+    assert writer.pid is None
     store.close()
 
 
@@ -171,10 +181,11 @@ def _children(parent: int, needle: str) -> list[int]:
     return found
 
 
-def test_time_between_batches_is_not_spent_polling(sink: ProcessPredictionSink) -> None:
+async def test_time_between_batches_is_not_spent_polling(store: Store) -> None:
     """An idle child blocks on its pipe: it uses no CPU while no batch comes."""
-    sink.write_prediction_rows(prediction_rows(_records(0, 1)))
-    pid = sink.pid
+    writer = ProcessRowWriter(store)
+    await writer.write(prediction_rows(_records(0, 1)))
+    pid = writer.pid
     assert pid is not None
 
     def cpu() -> float:
@@ -183,5 +194,6 @@ def test_time_between_batches_is_not_spent_polling(sink: ProcessPredictionSink) 
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     before = cpu()
-    time.sleep(1.0)
+    await asyncio.sleep(1.0)
     assert cpu() - before < 0.05
+    await writer.close()
