@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import pickle
@@ -128,6 +129,7 @@ class ProcessRowWriter:
             close_fds=True,
             start_new_session=True,  # no Ctrl-C from the terminal: the gateway stops it after the last flush
         )
+        _widen_pipe(child)
         try:
             # On the pipe, not argv or the environment: the URL may hold a password.
             answer = await asyncio.wait_for(_exchange(child, self._opening), START_TIMEOUT_S)
@@ -146,6 +148,22 @@ class ProcessRowWriter:
         child, self._child = self._child, None
         if child is not None:
             await _end(child, kill=kill, timeout_s=timeout_s)
+
+
+PIPE_BYTES = 1 << 20
+"""Pipe buffer asked for (Linux F_SETPIPE_SZ; 1 MiB is the default cap for unprivileged users): a batch
+of 500 reference records is ~140 KB, which through the default 64 KiB buffer takes several writes, each
+a wake-up of the loop and of the child."""
+
+
+def _widen_pipe(child: asyncio.subprocess.Process) -> None:
+    setsize = getattr(fcntl, "F_SETPIPE_SZ", None)
+    transport = getattr(child.stdin, "transport", None)
+    pipe = transport.get_extra_info("pipe") if transport is not None else None
+    if setsize is None or pipe is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        fcntl.fcntl(pipe.fileno(), setsize, PIPE_BYTES)
 
 
 async def _exchange(child: asyncio.subprocess.Process, payload: bytes) -> bytes:
