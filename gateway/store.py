@@ -24,7 +24,7 @@ The store is also the prediction log's sink (`monitors.records.PredictionSink`):
 their labels (migration 2). Tensors are stored as bytes (`monitors.prediction_log.tensors_to_bytes`,
 migration 3; rows from before keep their JSON text, and the readers decode both), and handed back
 as numpy arrays (`prediction_records`) or in the JSON form (`predictions`, `labeled_predictions`).
-Predictions are written by the log's writer thread in batches through the driver directly
+Predictions are written by the log's writer (process or thread) in batches through the driver directly
 (multi-row `INSERT ... ON CONFLICT DO NOTHING` on SQLite, one array per column unnested on
 PostgreSQL): SQLAlchemy's per-row bind processing would cost more GIL time than the rest of the log
 together. The table has one index besides its key, (model, version, at): each index costs every

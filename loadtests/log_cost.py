@@ -15,7 +15,7 @@ Reported, in microseconds per record:
 
 - hot path: `PredictionLog.record` as the data plane calls it (queue a tuple), on the event loop;
 - encode + pickle: a batch of 500 records turned into `PredictionRow`s and pickled (and unpickled):
-  what the serving process's writer thread does, under the GIL the event loop needs;
+  what the serving process does on its event loop for each batch;
 - database: `Store.write_prediction_rows` into a table that already holds --prefill rows: what the
   writer process (`gateway.log_writer`) does, on another core, without the serving process's GIL
   (or the writer thread, with `prediction_log_writer: thread`).

@@ -2,11 +2,13 @@
 
 The data plane calls `PredictionLog.record` (or `offer`) after each request; that is O(1), never
 blocks and never raises: the record goes onto a bounded in-memory queue, or, when the queue is full
-(by record count or by tensor bytes), it is dropped and counted. A writer task hands the queue to
-the sink in batches, in a worker thread, so neither the encoding nor the database runs on the event
-loop; the gateway's sink then hands each batch to a writer process (`gateway.log_writer`), so the
-database does not hold the serving process's GIL either. A failed write loses that batch; it is
-logged and counted, and the log keeps going. `close()` (the SIGTERM path) drains what is queued within a time limit.
+(by record count or by tensor bytes), it is dropped and counted. A writer task takes the queue in
+batches. With a `RowWriter` (the gateway's writer process, `gateway.log_writer`) it encodes each
+batch on the event loop, about 1.5 µs a record, and awaits the process, which does the database
+work: no second thread of the serving process competes with the loop for the GIL. Without one, it
+encodes and writes to the sink in a worker thread. A failed write loses that batch; it is logged
+and counted, and the log keeps going. `close()` (the SIGTERM path) drains what is queued within a
+time limit.
 
 Sampling is per model and deterministic: a hash of the prediction id decides, so a prediction and
 its shadow copies are either all logged or all not, and a repeated id gets the same verdict.
