@@ -26,6 +26,7 @@ import numpy as np
 
 from gateway.batch_policy import BatchingConfig, decide, take_rows
 from gateway.errors import DeadlineExceeded, InferenceFailed, Overloaded, ShuttingDown
+from gateway.tasks import cancel_and_wait
 from runtimes.base import RuntimeTimeout
 
 log = logging.getLogger(__name__)
@@ -165,11 +166,8 @@ class Batcher:
     async def close(self) -> None:
         """Stop the loop; anything still queued fails with ShuttingDown."""
         self._closing = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         while self._queue:
             item = self._queue.popleft()
             _fail(item, ShuttingDown(f"{self._name}: closed before this request ran"))

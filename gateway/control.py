@@ -12,7 +12,6 @@ store calls run in a worker thread.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from gateway.rollout_checks import check_problems, evaluate, with_baseline
 from gateway.rollout_model import Phase, RolloutSpec, RolloutState, VersionWindow, Window
 from gateway.router import Routed, newest_ready, route_request
 from gateway.store import AuditEvent, Store
+from gateway.tasks import cancel_and_wait
 from gateway.traffic import TrafficPolicy
 from gateway.webhooks import WebhookSender
 from gateway.window_stats import WindowRecorder
@@ -97,10 +97,7 @@ class ControlPlane:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="rollout-controller")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         if self.webhooks is not None:
             await self.webhooks.aclose()
         await asyncio.to_thread(self.store.close)

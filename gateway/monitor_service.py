@@ -39,6 +39,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.model_config import MonitoringSection
 from gateway.router import newest_ready
 from gateway.store import Store
+from gateway.tasks import cancel_and_wait
 from gateway.webhooks import WebhookSender
 from monitors.drift import DriftOptions
 from monitors.triggers import Rule, RuleState, figure_value, observe
@@ -99,11 +100,8 @@ class MonitorService:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="monitor-scheduler")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         for task in list(self._hooks):
             task.cancel()
         for sender in self._senders.values():

@@ -413,7 +413,7 @@ class PredictionLog:
         sample_rate: float = 1.0,
     ) -> bool:
         """Sample and queue one record, stamped now; True when it was queued. O(1), never blocks, never
-        raises: the arrays are kept by reference and encoded in the writer's thread."""
+        raises: the arrays are kept by reference and encoded when their batch is written."""
         if sample_rate < 1.0 and not sampled(prediction_id, sample_rate):
             self.counters.sampled_out += 1
             return False
