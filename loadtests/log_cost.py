@@ -1,8 +1,9 @@
-"""CPU cost of the prediction log per record: the hot path, the encoding, the database.
+"""CPU cost of the prediction log per record: the hot path, the handover, the database.
 
     python -m loadtests.log_cost                      # SQLite in a temporary directory
     python -m loadtests.log_cost --pg postgresql+psycopg://postgres@127.0.0.1:5432/test
     python -m loadtests.log_cost --prefill 200000 --batches 100 --profile
+    python -m loadtests.log_cost --batch 50                      # what small batches cost a record
 
 Records look like the reference benchmark's (loadtests/bench.py): one input "input" float32 [1, 32],
 one output "output" float32 [1, 8], time-ordered ids from `new_prediction_id`, model "mlp", version
@@ -13,15 +14,16 @@ server's CPU for the same work (its backend process, read from /proc) is reporte
 
 Reported, in microseconds per record:
 
-- hot path: `PredictionLog.record` as the data plane calls it (queue a tuple), on the event loop;
-- encode + pickle: a batch of 500 records turned into `PredictionRow`s and pickled (and unpickled):
-  what the serving process does on its event loop for each batch;
+- hot path: `PredictionLog.record` as the data plane calls it (encode the tensors, queue a row), on
+  the event loop;
+- pickle: a batch of rows (--batch, 500 as the log's default) pickled, and unpickled: the handover
+  to the writer process, the first half of it on the event loop;
 - database: `Store.write_prediction_rows` into a table that already holds --prefill rows: what the
   writer process (`gateway.log_writer`) does, on another core, without the serving process's GIL
   (or the writer thread, with `prediction_log_writer: thread`).
 
-At ~5,000-8,000 req/s on 2 cores, the issue's 5% budget is 6-10 µs of the event loop's time per
-logged request: the hot path and the encoding count against it, the database (in its own process)
+At ~5,000-9,000 req/s on 2 cores, the issue's 5% budget is 5-10 µs of the event loop's time per
+logged request: the hot path and the pickling count against it, the database (in its own process)
 only through the other core. --profile prints cProfile's view of the writes (Python-level only:
 SQLite's C is one line).
 """
@@ -134,19 +136,19 @@ def prefill_store(store: Store, rows: int) -> None:
     store.engine.dispose()  # one pooled connection from here on: the backend whose CPU is read below
 
 
-def store_cost(store: Store, batches: int, profile: bool, seed: int) -> dict[str, float]:
+def store_cost(store: Store, batches: int, batch_size: int, profile: bool, seed: int) -> dict[str, float]:
     """One round: `batches` batches of new records written, their mean cost per record."""
     rng = np.random.default_rng(seed)
     backend = _backend_cpu_ns(store)
     later = datetime.now(UTC) + timedelta(hours=seed)
-    batch_list = [make_records(BATCH, later + timedelta(seconds=i), rng) for i in range(batches)]
+    batch_list = [make_records(batch_size, later + timedelta(seconds=i), rng) for i in range(batches)]
     enc_ns: list[int] = []
     db_ns: list[int] = []
     server_ns: list[int] = []
     profiler = cProfile.Profile() if profile else None
     for batch in batch_list:
+        rows = prediction_rows(batch)  # made by the hot path, measured there
         t0 = time.thread_time_ns()
-        rows = prediction_rows(batch)
         pickle.loads(pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL))  # the handover and its receipt
         enc_ns.append(time.thread_time_ns() - t0)
         s0 = backend() if backend else 0
@@ -161,10 +163,10 @@ def store_cost(store: Store, batches: int, profile: bool, seed: int) -> dict[str
             server_ns.append(backend() - s0)
     if profiler:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(18)
-    per = 1000 * BATCH
+    per = 1000 * batch_size
     # Means: every few commits one also checkpoints the WAL.
     result = {
-        "encode + pickle": statistics.mean(enc_ns) / per,
+        "pickle": statistics.mean(enc_ns) / per,
         "database": statistics.mean(db_ns) / per,
     }
     if server_ns:
@@ -175,7 +177,8 @@ def store_cost(store: Store, batches: int, profile: bool, seed: int) -> dict[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prefill", type=int, default=200_000, help="rows in the table before measuring")
-    parser.add_argument("--batches", type=int, default=100, help="batches of 500 measured")
+    parser.add_argument("--batches", type=int, default=100, help="batches measured")
+    parser.add_argument("--batch", type=int, default=BATCH, help="records a batch (the log's batch_size)")
     parser.add_argument("--hot", type=int, default=200_000, help="PredictionLog.record calls measured")
     parser.add_argument("--pg", metavar="URL", help="PostgreSQL instead of SQLite (a fresh schema, dropped after)")
     parser.add_argument("--rounds", type=int, default=3, help="measurements repeated; the median is reported")
@@ -197,7 +200,7 @@ def main() -> None:
         try:
             store.upgrade()
             prefill_store(store, args.prefill)
-            rounds = [store_cost(store, args.batches, args.profile, seed) for seed in range(args.rounds)]
+            rounds = [store_cost(store, args.batches, args.batch, args.profile, seed) for seed in range(args.rounds)]
         finally:
             store.close()
             if schema is not None:
@@ -205,7 +208,7 @@ def main() -> None:
                     conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
                 admin.dispose()
     engine = "PostgreSQL" if args.pg else "SQLite"
-    print(f"{engine}, batches of {BATCH} into {args.prefill:,} rows (mean of {args.batches} a round, median round):")
+    print(f"{engine}, batches of {args.batch} into {args.prefill:,} rows ({args.batches} a round, median round):")
     for name in rounds[0]:
         figures = [r[name] for r in rounds]
         print(f"  {name:26s} {statistics.median(figures):6.2f} µs/record  (rounds: {_fmt(figures)})")

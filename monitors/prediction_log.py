@@ -2,28 +2,29 @@
 
 The data plane calls `PredictionLog.record` (or `offer`) after each request; that is O(1), never
 blocks and never raises: the record goes onto a bounded in-memory queue, or, when the queue is full
-(by record count or by tensor bytes), it is dropped and counted. A writer task takes the queue in
-batches. With a `RowWriter` (the gateway's writer process, `gateway.log_writer`) it encodes each
-batch on the event loop, about 1.5 µs a record, and awaits the process, which does the database
-work: no second thread of the serving process competes with the loop for the GIL. Without one, it
-encodes and writes to the sink in a worker thread. A failed write loses that batch; it is logged
-and counted, and the log keeps going. `close()` (the SIGTERM path) drains what is queued within a
-time limit.
+(by record count or by tensor bytes), it is dropped and counted. A queued record is a
+`PredictionRow`, its tensors already encoded (about 1.2 µs a record, all told): the arrays are
+hot in the cache then, and are let go at once. A writer task takes the queue in batches of
+`batch_size` (a partial batch only after `flush_interval_s`). With a `RowWriter` (the gateway's
+writer process, `gateway.log_writer`) it hands each batch over and awaits the process, which does
+the database work: no second thread of the serving process competes with the loop for the GIL.
+Without one, it writes to the sink in a worker thread. A failed write loses that batch; it is
+logged and counted, and the log keeps going. `close()` (the SIGTERM path) drains what is queued
+within a time limit.
 
 Sampling is per model and deterministic: a hash of the prediction id decides, so a prediction and
 its shadow copies are either all logged or all not, and a repeated id gets the same verdict.
 
-Records keep the request's numpy arrays by reference (they are read-only views of the request body
-or the batch's outputs); `tensors_to_bytes` turns them into the stored form in the writer's thread:
-a small header per tensor and its raw little-endian bytes, so NaN, infinities and every bit of the
-values are kept. A set with a BYTES tensor is stored as its JSON text instead, as every row was
-before store migration 3; `tensors_from_bytes` reads both. Readers that want JSON get
+`tensors_to_bytes` is the stored form of a record's tensors: a small header per tensor and its
+raw little-endian bytes, so NaN, infinities and every bit of the values are kept. A set with a
+BYTES tensor is stored as its JSON text instead, as every row was before store migration 3;
+`tensors_from_bytes` reads both. Readers that want JSON get
 ``{"name": {"shape": [...], "datatype": "FP32", "data": [flat list]}}`` (`stored_tensors_to_json`),
 with NaN and infinities as null (JSON has no such numbers).
 
-Everything here runs for every logged request, on the event loop (`record`) or in the writer's
-thread, which holds the GIL the loop needs: `python -m loadtests.log_cost` measures the CPU of each
-step per record, and `python -m loadtests.ab` what it costs the gateway's req/s.
+Everything here runs for every logged request, on the event loop: `python -m loadtests.log_cost`
+measures the CPU of each step per record, and `python -m loadtests.ab` what it costs the gateway's
+req/s.
 """
 
 from __future__ import annotations
@@ -241,8 +242,8 @@ def stored_tensors_to_json(blob: bytes | str | None) -> dict[str, Any]:
 
 
 def prediction_rows(records: Sequence[PredictionRecord]) -> list[PredictionRow]:
-    """Encode records for the store (about 1.5 µs a record): done where the arrays are, in the writer
-    thread of the serving process; the database work then runs wherever the rows are sent."""
+    """Records in the store's form (what `PredictionLog` queues for each record it takes); the
+    database work then runs wherever the rows are sent."""
     encode = tensors_to_bytes
     return [
         (
@@ -303,20 +304,6 @@ def sampled(prediction_id: str, rate: float) -> bool:
 # --- the log ------------------------------------------------------------------------------------
 
 
-Pending = tuple[str, float, str, str, str, dict[str, np.ndarray], dict[str, np.ndarray], float, str, int]
-"""A queued record, as the hot path makes it: (id, at as epoch seconds, model, version, route, inputs,
-outputs, latency_s, outcome, tensor bytes). A plain tuple and `time.time()`: a third of the cost of a
-`PredictionRecord` and `datetime.now()`, and this runs for every request on the event loop."""
-
-
-def _encode_pending(batch: Sequence[Pending]) -> list[PredictionRow]:
-    encode = tensors_to_bytes
-    return [
-        (model, id_, version, route, at, float(latency_s), outcome, encode(inputs), encode(outputs))
-        for id_, at, model, version, route, inputs, outputs, latency_s, outcome, _size in batch
-    ]
-
-
 @dataclass
 class LogCounters:
     """Records by fate since start-up; plain ints read at scrape time (nothing on the hot path but `+= 1`)."""
@@ -367,10 +354,9 @@ class PredictionLog:
         flush_interval_s: float = 0.5,
         retention: Retention | None = None,
     ) -> None:
-        """`capacity` records and `max_bytes` of tensor data bound the queue (records hold the request's
-        arrays until written, so a count alone would not bound memory when bodies are large).
-        `writer`: where batches go, encoded on the event loop (the gateway's writer process); without
-        one, they are encoded and written to `sink` in a worker thread."""
+        """`capacity` records and `max_bytes` of encoded tensors bound the queue (a count alone would
+        not bound memory when bodies are large). `writer`: where batches go (the gateway's writer
+        process); without one, they are written to `sink` in a worker thread."""
         if capacity < 1 or batch_size < 1 or flush_interval_s <= 0:
             raise ValueError("capacity and batch_size must be at least 1, flush_interval_s above 0")
         self.sink = sink
@@ -381,7 +367,7 @@ class PredictionLog:
         self.flush_interval_s = flush_interval_s
         self.retention = retention
         self.counters = LogCounters()
-        self._queue: deque[Pending] = deque()
+        self._queue: deque[PredictionRow] = deque()
         self._queued_bytes = 0
         self._lock = asyncio.Lock()
         """Held while a batch is with the sink: one write at a time, and `flush` waits for the one in flight."""
@@ -412,8 +398,8 @@ class PredictionLog:
         outcome: str,
         sample_rate: float = 1.0,
     ) -> bool:
-        """Sample and queue one record, stamped now; True when it was queued. O(1), never blocks, never
-        raises: the arrays are kept by reference and encoded when their batch is written."""
+        """Sample, encode and queue one record, stamped now; True when it was queued. Never blocks, never
+        raises; its cost grows with the tensors' count, not their size (one `tobytes` each)."""
         if sample_rate < 1.0 and not sampled(prediction_id, sample_rate):
             self.counters.sampled_out += 1
             return False
@@ -445,16 +431,17 @@ class PredictionLog:
             if len(prediction_id) > MAX_ID_LENGTH:
                 self.counters.failed += 1
                 return False
-            size = 0
-            for array in inputs.values():
-                size += array.nbytes
-            for array in outputs.values():
-                size += array.nbytes
             queue = self._queue
-            if self._closed or len(queue) >= self.capacity or self._queued_bytes + size > self.max_bytes:
+            if self._closed or len(queue) >= self.capacity:
                 self.counters.dropped += 1
                 return False
-            queue.append((prediction_id, at, model, version, route, inputs, outputs, latency_s, outcome, size))
+            encoded_in = tensors_to_bytes(inputs)
+            encoded_out = tensors_to_bytes(outputs)
+            size = len(encoded_in) + len(encoded_out)
+            if self._queued_bytes + size > self.max_bytes:
+                self.counters.dropped += 1
+                return False
+            queue.append((model, prediction_id, version, route, at, float(latency_s), outcome, encoded_in, encoded_out))
             self._queued_bytes += size
             if len(queue) >= self.batch_size:
                 self._wake.set()
@@ -517,13 +504,23 @@ class PredictionLog:
     # -- the writer -----------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        """One batch per turn: a full one as soon as there is one, a partial one only after
+        `flush_interval_s` without a full one (or on close).
+
+        Not "everything queued whenever the last write is done": under load that writes as many
+        records as arrived during the last write, a few dozen, and a batch's fixed costs (the
+        commit's pages, the pipe round trip, the pickling's setup) then cost 2-3 times as much per
+        record as in batches of 500 (`loadtests.log_cost --batch`).
+        """
         while True:
             if not self._closing and len(self._queue) < self.batch_size:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
             try:
-                await self._drain()
+                async with self._lock:
+                    if self._queue:
+                        await self._write(self._take())
             except Exception:  # a bug here must not stop the log: the queue would only fill and drop
                 log.exception("prediction log: writer error")
             if self._closing and not self._queue:
@@ -534,26 +531,22 @@ class PredictionLog:
             while self._queue:
                 await self._write(self._take())
 
-    def _take(self) -> list[Pending]:
+    def _take(self) -> list[PredictionRow]:
         queue = self._queue
         if len(queue) <= self.batch_size:  # the common case: the whole queue, without a loop on the event loop
             self._queue = deque()
             self._queued_bytes = 0
             return list(queue)
         batch = [queue.popleft() for _ in range(self.batch_size)]
-        self._queued_bytes -= sum(p[9] for p in batch)
+        self._queued_bytes -= sum(len(row[7]) + len(row[8]) for row in batch)
         return batch
 
-    def _encode_and_write(self, batch: Sequence[Pending]) -> None:
-        """In a worker thread: the arrays' bytes, then the sink."""
-        self.sink.write_prediction_rows(_encode_pending(batch))
-
-    async def _write(self, batch: list[Pending]) -> None:
+    async def _write(self, batch: list[PredictionRow]) -> None:
         try:
-            if self.writer is not None:  # encoded here, on the loop: no second thread to share the GIL with
-                await self.writer.write(_encode_pending(batch))
+            if self.writer is not None:  # the writer process: no second thread to share the GIL with
+                await self.writer.write(batch)
             else:
-                await asyncio.to_thread(self._encode_and_write, batch)
+                await asyncio.to_thread(self.sink.write_prediction_rows, batch)
         except asyncio.CancelledError:
             self.counters.failed += len(batch)
             raise

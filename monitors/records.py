@@ -1,8 +1,9 @@
 """What the monitors read and write: prediction records, labels, and the sink that stores them.
 
 `monitors` never imports `gateway`: the gateway's store implements `PredictionSink`, and the
-gateway hands it to the monitors. Records keep numpy arrays as they came; turning them into
-their stored form (bytes) happens in the writer's thread, never on the request path.
+gateway hands it to the monitors. `PredictionRecord`s keep numpy arrays as they came; the log
+queues `PredictionRow`s, the arrays already in their stored form (bytes), so nothing in the queue
+holds a request's memory beyond the bytes it will write.
 """
 
 from __future__ import annotations

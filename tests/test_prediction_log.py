@@ -148,11 +148,13 @@ async def test_offer_never_blocks_and_drops_and_counts_when_full(sqlite_store: S
 
 
 async def test_queue_is_bounded_by_tensor_bytes_too(sqlite_store: Store) -> None:
-    plog = PredictionLog(sqlite_store, capacity=1000, max_bytes=100)
-    assert plog.offer(_record(1))  # 16 + 16 bytes
+    first = _record(1)
+    size = len(tensors_to_bytes(first.inputs)) + len(tensors_to_bytes(first.outputs))  # what the queue holds
+    plog = PredictionLog(sqlite_store, capacity=1000, max_bytes=3 * size + size // 2)
+    assert plog.offer(first)
     assert plog.offer(_record(2))
     assert plog.offer(_record(3))
-    assert not plog.offer(_record(4))  # 128 > 100
+    assert not plog.offer(_record(4))  # a fourth would pass max_bytes
     assert plog.counters.dropped == 1
     await plog.flush()
     assert plog.offer(_record(4))  # room again once written
@@ -199,6 +201,28 @@ async def test_writer_wakes_as_soon_as_a_batch_is_full(sqlite_store: Store) -> N
     await _until(lambda: plog.counters.written >= 5)
     assert plog.counters.written == 5  # long before the 60 s interval
     await plog.close()
+
+
+async def test_records_that_arrive_during_a_write_wait_for_a_full_batch(sqlite_store: Store) -> None:
+    """Under load the writer keeps to full batches: what arrived while the last batch was being
+    written is not sent at once as a small batch (each batch has fixed costs)."""
+    sink = RecordingSink(sqlite_store, delay_s=0.2)
+    plog = PredictionLog(sink, batch_size=5, flush_interval_s=60)
+    plog.start()
+    for i in range(5):
+        plog.offer(_record(i))  # a full batch: taken at once, 0.2 s in the sink
+    await _until(lambda: sink.batches == [5])
+    plog.offer(_record(5))
+    plog.offer(_record(6))
+    await _until(lambda: plog.counters.written == 5)
+    await asyncio.sleep(0.1)
+    assert sink.batches == [5] and plog.depth == 2  # waiting for three more, or for the interval
+    for i in range(7, 10):
+        plog.offer(_record(i))
+    await _until(lambda: plog.counters.written == 10)
+    assert sink.batches == [5, 5]
+    await plog.close()
+    assert _ids(sqlite_store) == sorted(f"p{i}" for i in range(10))
 
 
 async def test_flush_waits_for_the_batch_already_with_the_sink(sqlite_store: Store) -> None:
@@ -338,23 +362,27 @@ def test_record_samples_and_counts() -> None:
 
 def test_record_checks_as_offer_does() -> None:
     """`record` inlines `offer`: the same limits, the same counters."""
-    plog = PredictionLog(_NullSink(), capacity=3, max_bytes=100)
-    x = np.zeros((1, 4), dtype=np.float32)  # 16 bytes
+    x = np.zeros((1, 4), dtype=np.float32)
+    size = len(tensors_to_bytes({"x": x})) + len(tensors_to_bytes({"y": x}))  # what a queued record holds
+    plog = PredictionLog(_NullSink(), capacity=3, max_bytes=3 * size)
     assert plog.record("x" * (MAX_ID_LENGTH + 1), "m", "1", "stable", {"x": x}, {}, 0.0, "ok") is False
     assert plog.counters.failed == 1
-    assert plog.record("big", "m", "1", "stable", {"x": np.zeros(26, np.float32)}, {}, 0.0, "ok") is False
-    assert plog.counters.dropped == 1  # 104 bytes: over max_bytes
+    big = np.zeros(3 * size, np.float32)
+    assert plog.record("big", "m", "1", "stable", {"x": big}, {}, 0.0, "ok") is False
+    assert plog.counters.dropped == 1  # over max_bytes
+    assert plog.record("p", "m", "1", "stable", None, {}, 0.0, "ok") is False  # type: ignore[arg-type]
+    assert plog.counters.failed == 2  # never raises
     assert [plog.record(f"p{i}", "m", "1", "stable", {"x": x}, {"y": x}, 0.0, "ok") for i in range(4)] == [
         True,
         True,
         True,
         False,  # capacity
     ]
-    assert plog.counters.dropped == 2 and plog.depth == 3 and plog._queued_bytes == 96
-    pending = plog._queue[0]
-    assert pending[0] == "p0" and abs(pending[1] - time.time()) < 60 and pending[-1] == 32
-    assert plog.record("p", "m", "1", "stable", None, {}, 0.0, "ok") is False  # type: ignore[arg-type]
-    assert plog.counters.failed == 2  # never raises
+    assert plog.counters.dropped == 2 and plog.depth == 3 and plog._queued_bytes == 3 * size
+    model, id_, version, route, at, latency_s, outcome, inputs, outputs = plog._queue[0]
+    assert (model, id_, version, route, latency_s, outcome) == ("m", "p0", "1", "stable", 0.0, "ok")
+    assert abs(at - time.time()) < 60
+    assert tensors_from_bytes(inputs)["x"].tolist() == x.tolist() and len(inputs) + len(outputs) == size
 
 
 async def test_record_and_offer_store_the_same_fields(sqlite_store: Store) -> None:
