@@ -182,11 +182,13 @@ def _children(parent: int, needle: str) -> list[int]:
 
 
 async def test_time_between_batches_is_not_spent_polling(store: Store) -> None:
-    """An idle child blocks on its pipe: it uses no CPU while no batch comes."""
+    """An idle child blocks on its pipe: it uses no CPU while no batch comes. It has one thread: no
+    BLAS pool (numpy's, started at import, spins on a core for a while)."""
     writer = ProcessRowWriter(store)
     await writer.write(prediction_rows(_records(0, 1)))
     pid = writer.pid
     assert pid is not None
+    assert os.listdir(f"/proc/{pid}/task") == [str(pid)]
 
     def cpu() -> float:
         with open(f"/proc/{pid}/stat") as f:
