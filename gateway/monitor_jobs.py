@@ -36,19 +36,37 @@ def worker_init() -> None:
     SCHED_IDLE (Linux) runs the worker only on a core nothing else wants, and a waking serving
     thread (the event loop, a runtime thread, the log writer) preempts it at once; under plain
     nice 10 the worker still took its CFS share and, in a benchmark on 2 cores with jobs back to
-    back, moved the gateway's p99 at 64 connections by about a fifth. Threads the job starts later
-    (BLAS pools) inherit the policy. Elsewhere: nice 19.
+    back, moved the gateway's p99 at 64 connections by about a fifth. Elsewhere: nice 19.
     """
-    idle = getattr(os, "SCHED_IDLE", None)
-    try:
-        if idle is None:
-            raise OSError("no SCHED_IDLE")
-        os.sched_setscheduler(0, idle, os.sched_param(0))
-    except OSError:
+    if not _all_threads_idle():
         with contextlib.suppress(OSError):
             os.nice(19)
     with contextlib.suppress(Exception):
         import evidently.presets  # noqa: F401 - seconds of import, paid once here instead of in the first job
+
+
+def _all_threads_idle() -> bool:
+    """Every thread of this process under SCHED_IDLE; False where that cannot be done.
+
+    Each thread, not just this one: a policy is per thread, and only threads started later inherit
+    it. The worker already has threads when its initializer runs, started by imports: OpenBLAS
+    starts its pool when numpy loads, and it does Evidently's arithmetic. Left at normal priority,
+    that pool kept the event loop waiting for a CPU 4% of the time while drift jobs ran.
+    """
+    idle = getattr(os, "SCHED_IDLE", None)
+    if idle is None:
+        return False
+    try:
+        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:
+        threads = [0]
+    try:
+        for tid in threads:
+            with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+                os.sched_setscheduler(tid, idle, os.sched_param(0))
+    except OSError:
+        return False
+    return True
 
 
 def _store(url: str) -> Store:
