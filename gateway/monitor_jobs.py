@@ -37,12 +37,23 @@ def worker_init() -> None:
     thread (the event loop, a runtime thread, the log writer) preempts it at once; under plain
     nice 10 the worker still took its CFS share and, in a benchmark on 2 cores with jobs back to
     back, moved the gateway's p99 at 64 connections by about a fifth. Elsewhere: nice 19.
+
+    BLAS (numpy's OpenBLAS, which Evidently's arithmetic goes through) gets one thread. Its pool
+    has a thread per core, woken for each operation: even at idle priority, that is one more
+    thread on the core the event loop wants, and a switch each time the loop takes it back. With
+    jobs back to back on 2 cores, one BLAS thread gave the gateway 4% more req/s and an 8% lower
+    p99 than a pool of two (`loadtests.ab --a drift --b drift`, the switch in a's environment).
     """
     if not _all_threads_idle():
         with contextlib.suppress(OSError):
             os.nice(19)
     with contextlib.suppress(Exception):
         import evidently.presets  # noqa: F401 - seconds of import, paid once here instead of in the first job
+    with contextlib.suppress(Exception):
+        from threadpoolctl import threadpool_limits
+
+        # After the imports: the limit reaches the BLAS libraries loaded so far (numpy's, scipy's).
+        threadpool_limits(1)  # a drift job must not fan out over the cores the gateway serves on
 
 
 def _all_threads_idle() -> bool:
@@ -50,8 +61,8 @@ def _all_threads_idle() -> bool:
 
     Each thread, not just this one: a policy is per thread, and only threads started later inherit
     it. The worker already has threads when its initializer runs, started by imports: OpenBLAS
-    starts its pool when numpy loads, and it does Evidently's arithmetic. Left at normal priority,
-    that pool kept the event loop waiting for a CPU 4% of the time while drift jobs ran.
+    starts its pool when numpy loads, and it does Evidently's arithmetic. Those were left at
+    normal priority before.
     """
     idle = getattr(os, "SCHED_IDLE", None)
     if idle is None:

@@ -209,7 +209,8 @@ def test_drift_windows_gauges_and_a_retraining_hook_called_once(
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux-only")
 def test_the_monitor_worker_runs_only_on_otherwise_idle_cpu() -> None:
     """The worker's start-up puts every thread under SCHED_IDLE, those already running (as a BLAS pool
-    started by an import) and those started later: a serving thread that wakes preempts it at once."""
+    started by an import) and those started later: a serving thread that wakes preempts it at once.
+    And BLAS runs on one thread: a job does not fan out over the serving cores."""
     code = """
 import os, threading
 stop = threading.Event()
@@ -221,10 +222,13 @@ late = threading.Thread(target=stop.wait)
 late.start()
 policies = [os.sched_getscheduler(int(tid)) for tid in os.listdir("/proc/self/task")]
 stop.set()
-print(len(policies), all(p == os.SCHED_IDLE for p in policies))
+from threadpoolctl import threadpool_info
+blas = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+print(len(policies), all(p == os.SCHED_IDLE for p in policies), blas)
 """
     root = Path(__file__).resolve().parent.parent
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root)
     assert done.returncode == 0, done.stderr
-    threads, all_idle = done.stdout.strip().splitlines()[-1].split()
+    threads, all_idle, blas = done.stdout.strip().splitlines()[-1].split(maxsplit=2)
     assert int(threads) >= 3 and all_idle == "True"
+    assert blas.startswith("[1") and set(blas.strip("[]").split(", ")) == {"1"}  # numpy's BLAS: one thread
