@@ -22,9 +22,9 @@ BYTES tensor is stored as its JSON text instead, as every row was before store m
 ``{"name": {"shape": [...], "datatype": "FP32", "data": [flat list]}}`` (`stored_tensors_to_json`),
 with NaN and infinities as null (JSON has no such numbers).
 
-Everything here runs for every logged request, on the event loop: `python -m loadtests.log_cost`
-measures the CPU of each step per record, and `python -m loadtests.ab` what it costs the gateway's
-req/s.
+All of this but the sink's own work runs on the event loop, for every logged request:
+`python -m loadtests.log_cost` measures the CPU of each step per record, and
+`python -m loadtests.ab` what it costs the gateway's req/s.
 """
 
 from __future__ import annotations
