@@ -27,7 +27,7 @@ from gateway.rollout_checks import check_problems, evaluate, with_baseline
 from gateway.rollout_model import Phase, RolloutSpec, RolloutState, VersionWindow, Window
 from gateway.router import Routed, newest_ready, route_request
 from gateway.store import AuditEvent, Store
-from gateway.tasks import cancel_and_wait
+from gateway.tasks import cancel_and_wait, tick_forever
 from gateway.traffic import TrafficPolicy
 from gateway.webhooks import WebhookSender
 from gateway.window_stats import WindowRecorder
@@ -94,21 +94,15 @@ class ControlPlane:
         for model in self.registry.models:
             self._publish(model)
         if run_loop:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="rollout-controller")
+            self._task = asyncio.get_running_loop().create_task(
+                tick_forever(self.tick, self.tick_s, "rollout controller"), name="rollout-controller"
+            )
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
         if self.webhooks is not None:
             await self.webhooks.aclose()
         await asyncio.to_thread(self.store.close)
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.tick_s)
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("rollout controller tick failed")
 
     # -- hot path -----------------------------------------------------------------------
 

@@ -39,7 +39,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.model_config import MonitoringSection
 from gateway.router import newest_ready
 from gateway.store import Store
-from gateway.tasks import cancel_and_wait
+from gateway.tasks import cancel_and_wait, tick_forever
 from gateway.webhooks import WebhookSender
 from monitors.drift import DriftOptions
 from monitors.triggers import Rule, RuleState, figure_value, observe
@@ -97,7 +97,9 @@ class MonitorService:
 
     def start(self, run_loop: bool = True) -> None:
         if run_loop and self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="monitor-scheduler")
+            self._task = asyncio.get_running_loop().create_task(
+                tick_forever(self.tick, self.tick_s, "monitor"), name="monitor-scheduler"
+            )
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
@@ -117,14 +119,6 @@ class MonitorService:
                 max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=monitor_jobs.worker_init
             )
         return self._executor
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.tick_s)
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("monitor tick failed")
 
     async def tick(self) -> None:
         """Start every run whose schedule is due (a run already going for a model and kind is not doubled)."""
