@@ -3,6 +3,7 @@
     python -m loadtests.ab --a batching_on --b logging_off [--connections 64] [--duration 10] \
         [--pairs 8] [--warmup 3] [--out bench-results/ab]
     python -m loadtests.ab --a drift --b batching_on      # p99 while drift jobs run in mode a
+    python -m loadtests.ab --a drift --b batching_on --rate 4000   # the same below capacity
     python -m loadtests.ab --a batching_on --a-env SLUICE_PREDICTION_LOG_WRITER=thread \
         --b batching_on                                   # the log's writer thread against its process
 
@@ -18,6 +19,12 @@ Mode `drift` gets a loop of on-demand drift runs (10,000 rows against a 1,000-ro
 issue's 10k x 32 window shape on the reference MLP's inputs) going during its runs only, started once
 before the pairs so the first one (the worker process's start and Evidently's import) is done before
 anything is measured.
+
+`--rate R` paces the load instead of the closed loop at full speed: each of the connections waits
+connections/R seconds before each request (wrk's delay hook), so the offered load is a little under
+R req/s whatever the gateway does. At full speed on 2 shared cores, any CPU a background job takes
+comes out of req/s and p99 by construction; paced below capacity, the question is the one a service
+with headroom asks: does its latency move while the job runs?
 
 The reference test's recipe otherwise (loadtests/bench.py, /work/shared/bench/README.md): wrk with one
 thread, closed loop, the reference MLP and one-row body, 127.0.0.1 only, bounded in time.
@@ -77,6 +84,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     p.add_argument("--pairs", type=int, default=8, help="a and b runs, alternating order")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="offered req/s in all, paced per connection (default: closed loop at full speed, as the reference test)",
+    )
     p.add_argument("--warmup", type=int, default=3, help="warm-up seconds at 16 connections, each side")
     p.add_argument("--provider", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--out", type=Path, default=Path("bench-results/ab"), help="results folder")
@@ -94,6 +107,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("a and b are the same: give another mode or another environment")
     if args.pairs < 1 or args.duration < 1 or args.connections < 1:
         p.error("need --pairs, --duration and --connections >= 1")
+    if args.rate < 0:
+        p.error("--rate must be above 0 (or 0: full speed)")
     return args
 
 
@@ -190,6 +205,16 @@ def measured_run(
     return result
 
 
+def paced(lua: str, connections: int, rate: float) -> str:
+    """The reference script with wrk's delay hook added: each connection waits connections/rate seconds
+    before each request, so the offered load is a little under `rate` req/s in all."""
+    wait_ms = connections / rate * 1000.0
+    return (
+        f"{lua}\n-- loadtests.ab --rate {rate:g}: paced, not a closed loop at full speed\n"
+        f"function delay()\n  return {wait_ms:.3f}\nend\n"
+    )
+
+
 def ratio(a: float, b: float) -> float | None:
     return a / b if b else None
 
@@ -212,6 +237,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         body_file.write_bytes(body)
         lua = work / "v2_b1.lua"
         shutil.copyfile(lua_script(), lua)
+        measured_lua = lua
+        if args.rate:
+            measured_lua = work / "v2_b1_paced.lua"
+            measured_lua.write_text(paced(lua.read_text(), args.connections, args.rate))
         with two_gateways(args, work, body) as gws:
             for side, gw in gws.items():
                 run_wrk(f"{gw.base_url}/v2/models/{MODEL}/infer", lua, body_file, 16, max(1, args.warmup), work)
@@ -226,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     gw = gws[side]
                     loop = DriftLoop(gw.base_url).__enter__() if getattr(args, side) == DRIFT else None
                     try:
-                        pair[side] = measured_run(gw, lua, body_file, args.connections, args.duration, work)
+                        pair[side] = measured_run(gw, measured_lua, body_file, args.connections, args.duration, work)
                     finally:
                         if loop is not None:
                             loop.__exit__()
@@ -272,6 +301,7 @@ def summarise(args: argparse.Namespace, pairs: Sequence[dict[str, Any]]) -> dict
         "a": label(args, "a"),
         "b": label(args, "b"),
         "connections": args.connections,
+        "rate": args.rate or "full speed",
         "pairs": len(pairs),
     }
     for key in (
