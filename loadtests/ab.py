@@ -207,11 +207,12 @@ def measured_run(
 
 def paced(lua: str, connections: int, rate: float) -> str:
     """The reference script with wrk's delay hook added: each connection waits connections/rate seconds
-    before each request, so the offered load is a little under `rate` req/s in all."""
-    wait_ms = connections / rate * 1000.0
+    before each request, so the offered load is a little under `rate` req/s in all. wrk takes whole
+    milliseconds (it truncates), so the wait is rounded here, where the figure is written down."""
+    wait_ms = max(1, round(connections / rate * 1000.0))
     return (
         f"{lua}\n-- loadtests.ab --rate {rate:g}: paced, not a closed loop at full speed\n"
-        f"function delay()\n  return {wait_ms:.3f}\nend\n"
+        f"function delay()\n  return {wait_ms}\nend\n"
     )
 
 
