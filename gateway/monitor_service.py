@@ -12,8 +12,9 @@ and the canary:
    firing is audited and counted, and acts by the version's role: a canary is rolled back through
    the control plane, the stable's retraining hook is called (a signed webhook and/or a command).
 
-Rule state lives in memory: after a restart a rule needs its `windows` breaching runs again, and its
-cooldown starts afresh (the audit log keeps every firing).
+Rule state (each rule's streak of breaching runs and when it last fired, per version) is kept in
+the state database and read back at the first run after a start: a drift episode that spans a
+restart still calls the retraining hook once, and a streak carries over.
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ class MonitorService:
         self._webhook_factory = webhook_factory or (lambda urls: WebhookSender(urls, webhook_secret, metrics))
         self._senders: dict[str, WebhookSender] = {}
         self._latest: dict[tuple[str, str, str], Latest] = {}
-        self._rules: dict[tuple[str, str, str], RuleState] = {}
+        self._rules: dict[tuple[str, str, str], RuleState] | None = None
+        """(model, version, rule) -> state; None until read from the store."""
         self._last_run: dict[tuple[str, str], float] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._task: asyncio.Task[None] | None = None
@@ -332,12 +334,25 @@ class MonitorService:
             if rule.kind != kind or role not in rule.on:
                 continue
             key = (model, version, rule.name)
-            seen = observe(
-                rule, self._rules.get(key, RuleState()), figure_value(rule.figure, run["figures"]), self.control.clock()
-            )
-            self._rules[key] = seen.state
+            states = await self._rule_states()
+            before = states.get(key, RuleState())
+            seen = observe(rule, before, figure_value(rule.figure, run["figures"]), self.control.clock())
+            states[key] = seen.state
+            if seen.state != before:
+                # Before acting: a crash between the two then errs on the side of not calling a hook twice.
+                try:
+                    await asyncio.to_thread(self.store.save_trigger_state, model, version, rule.name, seen.state)
+                except Exception as exc:  # the rule still acts; its state is then only in memory
+                    log.error("trigger %s: state for %s version %s not stored: %s", rule.name, model, version, exc)
             if seen.fired:
                 await self._act(model, version, role, rule, seen.reason, run, monitoring)
+
+    async def _rule_states(self) -> dict[tuple[str, str, str], RuleState]:
+        if self._rules is None:
+            stored = await asyncio.to_thread(self.store.trigger_states)
+            if self._rules is None:  # another run may have read them meanwhile
+                self._rules = stored
+        return self._rules
 
     async def _act(
         self,

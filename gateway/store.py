@@ -93,6 +93,7 @@ from monitors.prediction_log import (
     tensors_from_bytes,
 )
 from monitors.records import Label, LabeledPrediction, LabelResult, PredictionRecord, PredictionRow
+from monitors.triggers import RuleState
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +246,20 @@ monitor_runs_table = Table(
     Column("detail", JSON, nullable=False),
     Column("report", String(255), nullable=True),
 )
+
+trigger_states_table = Table(
+    "trigger_states",
+    metadata,
+    Column("model", String(255), primary_key=True),
+    Column("version", String(255), primary_key=True),
+    Column("rule", String(255), primary_key=True),
+    Column("streak", Integer, nullable=False),
+    Column("last_fired_clock", Float, nullable=True),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+"""Each trigger rule's state per model version (`monitors.triggers.RuleState`), so that a restart
+neither forgets a streak nor restarts a cooldown. `last_fired_clock` is the control plane's clock
+(epoch seconds unless a test injects another); when it fired is also in the audit log."""
 
 
 # --- migrations -----------------------------------------------------------------------------
@@ -424,13 +439,30 @@ def _migration_4(conn: Connection) -> None:
     md.create_all(conn, checkfirst=False)
 
 
+def _migration_5(conn: Connection) -> None:
+    """Trigger rules' state (a frozen copy, as the others)."""
+    md = MetaData()
+    Table(
+        "trigger_states",
+        md,
+        Column("model", String(255), primary_key=True),
+        Column("version", String(255), primary_key=True),
+        Column("rule", String(255), primary_key=True),
+        Column("streak", Integer, nullable=False),
+        Column("last_fired_clock", Float, nullable=True),
+        Column("updated_at", UTCDateTime, nullable=False),
+    )
+    md.create_all(conn, checkfirst=False)
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "traffic policies, rollouts, versions, audit log", _migration_1),
     Migration(2, "prediction log and labels", _migration_2),
     Migration(3, "prediction tensors as bytes; no index on the time alone", _migration_3),
     Migration(4, "drift and accuracy runs", _migration_4),
+    Migration(5, "trigger rules' state", _migration_5),
 ]
-"""Ordered, append-only. A new step: `Migration(5, "...", fn)`, where fn uses e.g. `add_column`."""
+"""Ordered, append-only. A new step: `Migration(6, "...", fn)`, where fn uses e.g. `add_column`."""
 
 
 def add_column(
@@ -1171,6 +1203,20 @@ class Store:
         with self._read() as conn:
             row = conn.execute(select(t).where(t.c.model == model, t.c.id == run_id)).mappings().first()
         return dict(row) if row is not None else None
+
+    def trigger_states(self) -> dict[tuple[str, str, str], RuleState]:
+        """Every stored rule state, by (model, version, rule): a small table, read once at start-up."""
+        t = trigger_states_table
+        with self._read() as conn:
+            return {
+                (row.model, row.version, row.rule): RuleState(row.streak, row.last_fired_clock)
+                for row in conn.execute(select(t.c.model, t.c.version, t.c.rule, t.c.streak, t.c.last_fired_clock))
+            }
+
+    def save_trigger_state(self, model: str, version: str, rule: str, state: RuleState) -> None:
+        values = {"streak": state.streak, "last_fired_clock": state.last_fired_at, "updated_at": _now()}
+        with self._write() as conn:
+            _upsert(conn, trigger_states_table, {"model": model, "version": version, "rule": rule}, values)
 
     def labels(self, model: str, ids: Sequence[str] | None = None) -> dict[str, Any]:
         """The model's labels by prediction id (all of them, or those of `ids`)."""

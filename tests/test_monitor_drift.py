@@ -1,5 +1,6 @@
 """Drift end to end: a real gateway logs predictions, Evidently judges windows in the monitor's worker
-process, gauges and stored runs follow, and a drift trigger calls a real retraining webhook once.
+process, gauges and stored runs follow, and a drift trigger calls a real retraining webhook once,
+also across a restart.
 
 Runs on SQLite and on the real PostgreSQL (the worker process reads the window over its own connection).
 Traffic is seeded, so every window's rows, and therefore Evidently's verdicts, are the same on every run.
@@ -109,8 +110,9 @@ def test_drift_windows_gauges_and_a_retraining_hook_called_once(
     rng = np.random.default_rng(2024)
     reference = rng.standard_normal((WINDOW, FEATURES)).astype(np.float32)
     headers = {"authorization": f"Bearer {TOKEN}"}
+    settings = settings_for(repo, tmp_path, **overrides)
     with (
-        ThreadedGateway(settings_for(repo, tmp_path, **overrides), run_controller=False) as gw,
+        ThreadedGateway(settings, run_controller=False) as gw,
         httpx.Client(base_url=gw.http_url, headers=headers, timeout=30) as http,
     ):
         # Too early: the stable's first WINDOW rows are the reference, and there are none yet.
@@ -204,6 +206,22 @@ def test_drift_windows_gauges_and_a_retraining_hook_called_once(
         missing = http.get("/admin/models/tab/monitor/runs/999999/report")
         assert missing.status_code == 404 and "999999" in missing.text
         assert httpx.post(f"{gw.http_url}/admin/models/tab/monitor/drift").status_code == 401
+
+    # A restart within the cooldown, the same episode still drifting: the rule's state is in the
+    # state database, so the hook is not called a second time.
+    with (
+        ThreadedGateway(settings, run_controller=False) as gw,
+        httpx.Client(base_url=gw.http_url, headers=headers, timeout=30) as http,
+    ):
+        more = rng.standard_normal((WINDOW, FEATURES)).astype(np.float32)
+        more[:, SHIFTED] += 1.5
+        send(http, more)
+        assert run_drift(http, gw, WINDOW // ROWS_PER_REQUEST)["figures"]["dataset_drift"] is True
+        time.sleep(1.0)
+        assert len(hook.hits) == 1
+        assert metric_value(gw.metrics(), "sluice_trigger_firings_total", default=0.0, model="tab") == 0.0
+        audit = http.get("/admin/audit", params={"model": "tab"}).json()["events"]
+        assert len([e for e in audit if e["action"] == "monitor.trigger"]) == 1
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux-only")

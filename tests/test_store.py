@@ -22,6 +22,7 @@ from gateway.rollout_model import CheckResult, CheckSpec, Phase, RolloutSpec, Ro
 from gateway.store import AuditEvent, Migration, SchemaError, Store, add_column, upgrade_database
 from gateway.traffic import TrafficPolicy
 from monitors.records import Label, PredictionRecord
+from monitors.triggers import RuleState
 from tests.databases import Backend
 
 UTC = timezone.utc
@@ -436,6 +437,24 @@ def test_state_survives_a_restart(backend: Backend) -> None:
     (event,) = second.audit_events()
     assert event.id == event_id
     assert RolloutState.from_json(event.after) == rollout
+
+
+def test_trigger_states_round_trip_overwrite_and_survive_a_restart(backend: Backend) -> None:
+    first = backend.open()
+    first.upgrade()
+    assert first.trigger_states() == {}
+    first.save_trigger_state("m", "1", "input-drift", RuleState(streak=1))
+    first.save_trigger_state("m", "1", "input-drift", RuleState(streak=0, last_fired_at=1_700_000_123.25))
+    first.save_trigger_state("m", "2", "input-drift", RuleState(streak=2))
+    first.save_trigger_state("other", "1", "accuracy-drop", RuleState(streak=1))
+    first.close()
+
+    second = backend.open()
+    assert second.trigger_states() == {
+        ("m", "1", "input-drift"): RuleState(0, 1_700_000_123.25),
+        ("m", "2", "input-drift"): RuleState(2, None),
+        ("other", "1", "accuracy-drop"): RuleState(1, None),
+    }
 
 
 # --- migration 3: prediction tensors from JSON to bytes -------------------------------------------
