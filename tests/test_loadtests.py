@@ -1,0 +1,137 @@
+"""The benchmark tools' own parts: the reference wrk script and its paced form against a real wrk,
+and the A/B summary's arithmetic. Every figure in the READMEs goes through these.
+
+wrk comes from Debian (`apt-get install -y wrk`); without it the wrk tests skip locally and fail in
+CI (CI=true), where `.ci/run` installs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from loadtests.ab import paced, summarise
+from loadtests.bench import lua_script, run_wrk
+
+WRK = shutil.which("wrk")
+needs_wrk = pytest.mark.skipif(
+    WRK is None and os.environ.get("CI") != "true", reason="wrk is not installed (apt-get install -y wrk)"
+)
+
+
+class _Server:
+    """A keep-alive HTTP/1.1 server on 127.0.0.1 that answers every POST with `status` and counts bodies."""
+
+    def __init__(self, status: int) -> None:
+        self.bodies: list[bytes] = []
+        outer = self
+        response = (
+            f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+            "content-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+        ).encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                outer.bodies.append(self.rfile.read(int(self.headers["content-length"])))
+                # One write: headers and body in separate segments would meet Nagle and the client's
+                # delayed ACK, and stall every answer by tens of milliseconds.
+                self.wfile.write(response)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v2/models/mlp/infer"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> _Server:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def body_file(tmp_path: Path) -> Path:
+    path = tmp_path / "request_b1.json"
+    path.write_text(json.dumps({"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}))
+    return path
+
+
+@pytest.fixture
+def ok_server() -> Iterator[_Server]:
+    with _Server(200) as server:
+        yield server
+
+
+@needs_wrk
+def test_reference_script_posts_the_body_and_reports_its_summary(
+    ok_server: _Server, body_file: Path, tmp_path: Path
+) -> None:
+    result = run_wrk(ok_server.url, lua_script(), body_file, connections=2, duration_s=1, cwd=tmp_path)
+    assert result["requests"] > 0
+    assert result["requests"] <= len(ok_server.bodies)  # wrk counts the requests that completed
+    assert set(ok_server.bodies) == {body_file.read_bytes()}
+    assert result["non2xx"] == 0
+    assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
+
+
+@needs_wrk
+def test_reference_script_counts_error_answers(body_file: Path, tmp_path: Path) -> None:
+    with _Server(503) as server:
+        result = run_wrk(server.url, lua_script(), body_file, connections=2, duration_s=1, cwd=tmp_path)
+    assert result["requests"] > 0
+    assert result["non2xx"] == result["requests"]
+
+
+@needs_wrk
+def test_paced_script_offers_the_rate_asked_for(ok_server: _Server, body_file: Path, tmp_path: Path) -> None:
+    # 4 connections at 40 req/s in all: each waits 100 ms before each request. A closed loop at full
+    # speed against this server makes hundreds of requests a second on any machine.
+    script = tmp_path / "paced.lua"
+    script.write_text(paced(lua_script().read_text(), connections=4, rate=40))
+    result = run_wrk(ok_server.url, script, body_file, connections=4, duration_s=3, cwd=tmp_path)
+    assert 25 <= result["rps"] <= 41, result
+
+
+def test_paced_wait_is_whole_milliseconds_and_never_zero() -> None:
+    assert "return 16\n" in paced("-- script", connections=64, rate=4000)
+    assert "return 1\n" in paced("-- script", connections=1, rate=100_000)
+    assert paced("-- script", connections=64, rate=4000).startswith("-- script\n")
+
+
+def _run(rps: float, p99: float, loop_us: float, **errors: int) -> dict[str, float]:
+    return {"rps": rps, "p50_ms": p99 / 3, "p99_ms": p99, "cpu_us_per_req_main_thread": loop_us, **errors}
+
+
+def test_summary_is_the_median_of_per_pair_ratios_not_the_ratio_of_medians() -> None:
+    args = argparse.Namespace(a="batching_on", b="logging_off", a_env={}, b_env={}, connections=64, rate=None)
+    pairs = [
+        # The box's speed drifts between pairs; each pair's two runs are seconds apart.
+        {"a": _run(900, 10, 110), "b": _run(1000, 8, 100)},
+        {"a": _run(1800, 12, 121), "b": _run(2000, 10, 110)},
+        {"a": _run(950, 11, 100), "b": _run(1000, 10, 100, non2xx=2)},
+    ]
+    out = summarise(args, pairs)
+    assert out["pairs"] == 3 and out["rate"] == "full speed"
+    assert out["rps"]["a_over_b_median"] == 0.9  # ratios 0.9, 0.9, 0.95
+    assert out["rps"]["a_over_b_range"] == [0.9, 0.95]
+    assert out["rps"]["a_median"] == 950 and out["rps"]["b_median"] == 1000
+    assert out["rps_loss_pct"] == 10.0
+    assert out["p99_ms"]["a_over_b_median"] == 1.2  # ratios 1.25, 1.2, 1.1
+    assert out["main_thread_cpu_cost_pct"] == 10.0  # ratios 1.1, 1.1, 1.0
+    assert "cpu_us_per_req_process" not in out  # not measured in these runs: left out, not zero
+    assert out["errors_and_non2xx"] == 2
