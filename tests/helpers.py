@@ -230,21 +230,29 @@ def metric_value(text: str, name: str, default: float | None = None, **labels: s
 
 
 class HookReceiver:
-    """A real HTTP receiver on 127.0.0.1 in a thread: records every POST (headers, raw body), answers 200."""
+    """A real HTTP/1.1 receiver on 127.0.0.1 in a thread: records every POST (headers, raw body) and
+    answers `status` with a body of `{}`, on a connection it keeps open."""
 
-    def __init__(self) -> None:
+    def __init__(self, status: int = 200) -> None:
+        import http
         import http.server
 
         hits: list[tuple[dict[str, str], bytes]] = []
         self.hits = hits
+        # One write: headers and body in separate segments would meet Nagle and the client's delayed
+        # ACK, and stall every answer by tens of milliseconds (a load generator would notice).
+        answer = (
+            f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
+            "content-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+        ).encode()
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
                 hits.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                self.send_response(200)
-                self.send_header("content-length", "0")
-                self.end_headers()
+                self.wfile.write(answer)
 
             def log_message(self, *args: Any) -> None:
                 pass

@@ -11,57 +11,19 @@ import argparse
 import json
 import os
 import shutil
-import threading
 from collections.abc import Iterator
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from loadtests.ab import paced, summarise
 from loadtests.bench import lua_script, run_wrk
+from tests.helpers import HookReceiver
 
 WRK = shutil.which("wrk")
 needs_wrk = pytest.mark.skipif(
     WRK is None and os.environ.get("CI") != "true", reason="wrk is not installed (apt-get install -y wrk)"
 )
-
-
-class _Server:
-    """A keep-alive HTTP/1.1 server on 127.0.0.1 that answers every POST with `status` and counts bodies."""
-
-    def __init__(self, status: int) -> None:
-        self.bodies: list[bytes] = []
-        outer = self
-        response = (
-            f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
-            "content-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
-        ).encode()
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                outer.bodies.append(self.rfile.read(int(self.headers["content-length"])))
-                # One write: headers and body in separate segments would meet Nagle and the client's
-                # delayed ACK, and stall every answer by tens of milliseconds.
-                self.wfile.write(response)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v2/models/mlp/infer"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> _Server:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture
@@ -72,33 +34,33 @@ def body_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def ok_server() -> Iterator[_Server]:
-    with _Server(200) as server:
+def ok_server() -> Iterator[HookReceiver]:
+    with HookReceiver() as server:
         yield server
 
 
 @needs_wrk
 def test_reference_script_posts_the_body_and_reports_its_summary(
-    ok_server: _Server, body_file: Path, tmp_path: Path
+    ok_server: HookReceiver, body_file: Path, tmp_path: Path
 ) -> None:
     result = run_wrk(ok_server.url, lua_script(), body_file, connections=2, duration_s=1, cwd=tmp_path)
     assert result["requests"] > 0
-    assert result["requests"] <= len(ok_server.bodies)  # wrk counts the requests that completed
-    assert set(ok_server.bodies) == {body_file.read_bytes()}
+    assert result["requests"] <= len(ok_server.hits)  # wrk counts the requests that completed
+    assert {body for _, body in ok_server.hits} == {body_file.read_bytes()}
     assert result["non2xx"] == 0
     assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
 
 
 @needs_wrk
 def test_reference_script_counts_error_answers(body_file: Path, tmp_path: Path) -> None:
-    with _Server(503) as server:
+    with HookReceiver(status=503) as server:
         result = run_wrk(server.url, lua_script(), body_file, connections=2, duration_s=1, cwd=tmp_path)
     assert result["requests"] > 0
     assert result["non2xx"] == result["requests"]
 
 
 @needs_wrk
-def test_paced_script_offers_the_rate_asked_for(ok_server: _Server, body_file: Path, tmp_path: Path) -> None:
+def test_paced_script_offers_the_rate_asked_for(ok_server: HookReceiver, body_file: Path, tmp_path: Path) -> None:
     # 4 connections at 40 req/s in all: each waits 100 ms before each request. A closed loop at full
     # speed against this server makes hundreds of requests a second on any machine.
     script = tmp_path / "paced.lua"
