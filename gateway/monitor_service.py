@@ -14,7 +14,8 @@ and the canary:
 
 Rule state (each rule's streak of breaching runs and when it last fired, per version) is kept in
 the state database and read back at the first run after a start: a drift episode that spans a
-restart still calls the retraining hook once, and a streak carries over.
+restart still calls the retraining hook once, and a streak carries over. At start-up `restore` also
+reads back each version's newest figures and gauges from the stored runs.
 """
 
 from __future__ import annotations
@@ -236,6 +237,7 @@ class MonitorService:
                 figures["accuracy_delta"] = 0.0
             elif base is not None and "accuracy" in base.figures:
                 figures["accuracy_delta"] = base.figures["accuracy"] - figures["accuracy"]
+        clock_at = self.control.clock()
         run = {
             "model": model,
             "version": version,
@@ -244,17 +246,49 @@ class MonitorService:
             "actor": actor,
             "rows": int(outcome["rows"]),
             "figures": figures,
-            "detail": {**outcome["detail"], "role": role},
+            # clock_at: the control plane's clock, which rollouts are timed by; `restore` reads it back.
+            "detail": {**outcome["detail"], "role": role, "clock_at": clock_at},
             "report": outcome["report"],
         }
         run["id"] = await asyncio.to_thread(self.store.save_monitor_run, run)
         if outcome["status"] == monitor_jobs.OK:
-            self._latest[(model, version, kind)] = Latest(self.control.clock(), run["rows"], figures)
+            self._latest[(model, version, kind)] = Latest(clock_at, run["rows"], figures)
             self._export(model, version, kind, run)
             await self._fire_triggers(model, version, kind, role, monitoring, run)
         if kind == "drift":
             await asyncio.to_thread(self._prune_reports, model, monitoring.drift.keep_reports)
         return run
+
+    async def restore(self, models: list[str]) -> int:
+        """Read back each version's newest stored figures of each kind, with their gauges.
+
+        After a restart the rollout checks "drift" and "accuracy" then judge by what the last runs
+        found (when they were made since the rollout began), and a canary's accuracy delta has the
+        stable's accuracy, instead of both waiting for the next scheduled run. A run made while this
+        one was reading back is newer, and is kept. Returns how many figures were read back.
+        """
+        try:
+            newest = await asyncio.to_thread(self._newest_runs, models)
+        except Exception as exc:  # the next runs fill them in
+            log.error("monitor: stored figures not read back: %s", exc)
+            return 0
+        restored = 0
+        for (model, version, kind), run in newest.items():
+            if (model, version, kind) in self._latest:
+                continue
+            self._latest[(model, version, kind)] = Latest(run["detail"]["clock_at"], run["rows"], run["figures"])
+            self._export(model, version, kind, run)
+            restored += 1
+        return restored
+
+    def _newest_runs(self, models: list[str], per_kind: int = 50) -> dict[tuple[str, str, str], dict[str, Any]]:
+        newest: dict[tuple[str, str, str], dict[str, Any]] = {}
+        for model in models:
+            for kind in KINDS:
+                for run in self.store.monitor_runs(model, kind=kind, limit=per_kind):  # newest first
+                    if run["status"] == monitor_jobs.OK and "clock_at" in run["detail"]:
+                        newest.setdefault((model, run["version"], kind), run)
+        return newest
 
     def _export(self, model: str, version: str, kind: str, run: dict[str, Any]) -> None:
         m, f = self.metrics, run["figures"]

@@ -197,6 +197,7 @@ class Gateway:
             except WriterProcessError as exc:  # the first batch tries again; until then nothing is lost
                 log.error("prediction log: %s", exc)
         self.predictions.start()
+        await self.monitor.restore(sorted(self.registry.models))
         self.monitor.start(run_loop=self._run_controller)
         self.dataplane.started = True
         log.info("ready", extra={"models": sorted(self.registry.models)})

@@ -1,6 +1,6 @@
 """Drift end to end: a real gateway logs predictions, Evidently judges windows in the monitor's worker
 process, gauges and stored runs follow, and a drift trigger calls a real retraining webhook once,
-also across a restart.
+also across a restart, after which the newest figures and gauges are read back.
 
 Runs on SQLite and on the real PostgreSQL (the worker process reads the window over its own connection).
 Traffic is seeded, so every window's rows, and therefore Evidently's verdicts, are the same on every run.
@@ -213,6 +213,12 @@ def test_drift_windows_gauges_and_a_retraining_hook_called_once(
         ThreadedGateway(settings, run_controller=False) as gw,
         httpx.Client(base_url=gw.http_url, headers=headers, timeout=30) as http,
     ):
+        # Before any run: the newest stored figures are back, in the gauges and for the rollout checks.
+        text = gw.metrics()
+        assert metric_value(text, "sluice_drift_share", model="tab", version="1") == pytest.approx(0.5)
+        assert metric_value(text, "sluice_dataset_drift", model="tab", version="1") == 1.0
+        assert metric_value(text, "sluice_feature_drift_score", model="tab", version="1", feature="f0") < 0.05
+        assert gw.gateway.monitor.window_figures("tab", "1", 0.0) == {"drift_share": 0.5, "drift_rows": WINDOW}
         more = rng.standard_normal((WINDOW, FEATURES)).astype(np.float32)
         more[:, SHIFTED] += 1.5
         send(http, more)
