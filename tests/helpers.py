@@ -234,7 +234,6 @@ class HookReceiver:
     answers `status` with a body of `{}`, on a connection it keeps open."""
 
     def __init__(self, status: int = 200) -> None:
-        import http
         import http.server
 
         hits: list[tuple[dict[str, str], bytes]] = []
