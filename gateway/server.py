@@ -23,21 +23,21 @@ from typing import Any
 import uvicorn
 from opentelemetry.sdk.trace import TracerProvider
 
-from gateway.admin_auth import AdminAuth, InferenceAuth
-from gateway.control import ControlPlane
-from gateway.dataplane import DataPlane
-from gateway.grpc_app import build_grpc_server
-from gateway.http_app import HttpAdapter
-from gateway.log_writer import ProcessRowWriter, WriterProcessError
-from gateway.metrics import GatewayMetrics
-from gateway.monitor_service import MonitorService
-from gateway.registry import ModelRegistry, RuntimeFactory
-from gateway.repository import ModelSource, VersionSource
+from gateway.admin.auth import AdminAuth, InferenceAuth
+from gateway.control.monitor_service import MonitorService
+from gateway.control.plane import ControlPlane
+from gateway.control.webhooks import WebhookSender
+from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.tracing import get_tracer, make_tracer_provider
+from gateway.serving.dataplane import DataPlane
+from gateway.serving.grpc_app import build_grpc_server
+from gateway.serving.http_app import HttpAdapter
+from gateway.serving.registry import ModelRegistry, RuntimeFactory
+from gateway.serving.repository import ModelSource, VersionSource
+from gateway.serving.shadow import ShadowDispatcher
 from gateway.settings import GatewaySettings
-from gateway.shadow import ShadowDispatcher
-from gateway.store import Store
-from gateway.tracing import get_tracer, make_tracer_provider
-from gateway.webhooks import WebhookSender
+from gateway.storage.log_writer import ProcessRowWriter, WriterProcessError
+from gateway.storage.store import Store
 from monitors.prediction_log import PredictionLog, Retention
 from runtimes.base import ModelRuntime
 from runtimes.onnx import OnnxRuntime

@@ -1,7 +1,7 @@
 """Gateway settings: typed, documented, read from `SLUICE_*` environment variables or CLI options.
 
 Per-model settings (batching, version policy, providers) live in each model's config.yaml
-(see `gateway.model_config`), not here.
+(see `gateway.serving.model_config`), not here.
 """
 
 from __future__ import annotations

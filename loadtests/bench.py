@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from gateway.traffic import TrafficPolicy
+from gateway.serving.traffic import TrafficPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_LUA = Path("/work/shared/bench/v2_b1.lua")
@@ -186,7 +186,7 @@ def write_model_repo(root: Path, config_yaml: str, versions: Sequence[tuple[str,
 
     The default is the reference MLP alone, mlp/1/model.onnx with weights from default_rng(1234).
     """
-    from gateway.demo import build_reference_mlp
+    from gateway.cli.demo import build_reference_mlp
 
     for version, seed in versions:
         build_reference_mlp(root / MODEL / version / "model.onnx", seed=seed)
@@ -196,7 +196,7 @@ def write_model_repo(root: Path, config_yaml: str, versions: Sequence[tuple[str,
 
 def seed_state(state_dir: Path, policy: TrafficPolicy) -> None:
     """Write `policy` for the model into a fresh state database; the gateway loads it at start-up."""
-    from gateway.store import Store
+    from gateway.storage.store import Store
 
     store = Store.for_state_dir(state_dir)
     try:

@@ -28,7 +28,7 @@ import numpy as np
 import orjson
 from onnx import TensorProto, helper, numpy_helper, save
 
-from gateway.demo import build_reference_mlp
+from gateway.cli.demo import build_reference_mlp
 from runtimes.onnx import OnnxRuntime, import_onnxruntime
 
 BATCHES = (1, 32, 256, 1024)

@@ -19,7 +19,7 @@ Reported, in microseconds per record:
 - pickle: a batch of rows (--batch, 500 as the log's default) pickled, and unpickled: the handover
   to the writer process, the first half of it on the event loop;
 - database: `Store.write_prediction_rows` into a table that already holds --prefill rows: what the
-  writer process (`gateway.log_writer`) does, on another core, without the serving process's GIL
+  writer process (`gateway.storage.log_writer`) does, on another core, without the serving process's GIL
   (or the writer thread, with `prediction_log_writer: thread`).
 
 At ~5,000-9,000 req/s on 2 cores, the issue's 5% budget is 5-10 µs of the event loop's time per
@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
-from gateway.store import Store
+from gateway.storage.store import Store
 from monitors.prediction_log import PredictionLog, new_prediction_id, prediction_rows
 from monitors.records import PredictionRecord, PredictionRow
 

@@ -6,7 +6,7 @@ blocks and never raises: the record goes onto a bounded in-memory queue, or, whe
 `PredictionRow`, its tensors already encoded (about 1.2 µs a record, all told): the arrays are
 hot in the cache then, and are let go at once. A writer task takes the queue in batches of
 `batch_size` (a partial batch only after `flush_interval_s`). With a `RowWriter` (the gateway's
-writer process, `gateway.log_writer`) it hands each batch over and awaits the process, which does
+writer process, `gateway.storage.log_writer`) it hands each batch over and awaits the process, which does
 the database work: no second thread of the serving process competes with the loop for the GIL.
 Without one, it writes to the sink in a worker thread. A failed write loses that batch; it is
 logged and counted, and the log keeps going. `close()` (the SIGTERM path) drains what is queued

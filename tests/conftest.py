@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from gateway.demo import build_demo_repository
+from gateway.cli.demo import build_demo_repository
 from tests.databases import Backend, find_pg_url
 from tests.helpers import GatewayProcess, gateway_process
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from gateway.store import Store
+from gateway.storage.store import Store
 
 
 def pg_candidates() -> list[str]:

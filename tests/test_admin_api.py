@@ -17,8 +17,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from gateway import admin_auth
-from gateway.admin_auth import DISABLED_MESSAGE, AdminAuth, AdminTokenError, read_token_file
+from gateway.admin import auth as admin_auth
+from gateway.admin.auth import DISABLED_MESSAGE, AdminAuth, AdminTokenError, read_token_file
 from gateway.errors import Forbidden, Unauthorized
 from gateway.settings import GatewaySettings
 from tests.helpers import ROOT, GatewayProcess, ThreadedGateway, gateway_process, metric_value, settings_for, wait_until

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.batch_policy import BatchingConfig, decide, take_rows
+from gateway.serving.batch_policy import BatchingConfig, decide, take_rows
 
 GREEDY = BatchingConfig(max_batch_size=8, max_queue_delay_s=0.002, max_concurrent_batches=2, greedy=True)
 PATIENT = BatchingConfig(max_batch_size=8, max_queue_delay_s=0.002, max_concurrent_batches=1, greedy=False)

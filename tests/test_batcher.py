@@ -9,9 +9,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pytest
 
-from gateway.batch_policy import BatchingConfig
-from gateway.batcher import Batcher
 from gateway.errors import DeadlineExceeded, InferenceFailed, Overloaded, ShuttingDown
+from gateway.serving.batch_policy import BatchingConfig
+from gateway.serving.batcher import Batcher
 
 
 class GatedRuntime:

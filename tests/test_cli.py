@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from typer.testing import CliRunner
 
-from gateway.cli import app
+from gateway.cli.main import app
 
 runner = CliRunner()
 

@@ -12,8 +12,8 @@ import pytest
 from click.testing import Result
 from typer.testing import CliRunner
 
-from gateway.cli import app
-from gateway.store import MIGRATIONS, Store
+from gateway.cli.main import app
+from gateway.storage.store import MIGRATIONS, Store
 from tests.helpers import GatewayProcess, free_port, gateway_process
 
 CLI_TOKEN = secrets.token_urlsafe(24)

@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 from typer.testing import CliRunner
 
-from gateway.cli import app
+from gateway.cli.main import app
 from tests.helpers import gateway_process
 
 ROW = [0.1] * 32

@@ -11,10 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.control import ControlPlane
-from gateway.demo import build_reference_mlp
+from gateway.cli.demo import build_reference_mlp
+from gateway.control.plane import ControlPlane
 from gateway.errors import ModelNotFound, ModelNotReady
-from gateway.traffic import TrafficPolicy
+from gateway.serving.traffic import TrafficPolicy
 from tests.helpers import ThreadedGateway, metric_value, settings_for, wait_until
 from tests.models import build_slow
 

@@ -24,7 +24,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from gateway.demo import build_reference_mlp
+from gateway.cli.demo import build_reference_mlp
 from tests.helpers import GatewayProcess, gateway_process, metric_value
 
 MAX_BODY = 4 * 1024 * 1024

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from gateway.store import Store
+from gateway.storage.store import Store
 from monitors.records import PredictionRecord
 from tests.helpers import GatewayProcess, gateway_process
 

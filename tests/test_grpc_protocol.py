@@ -18,8 +18,8 @@ import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
-from gateway.dataplane import EXTENSIONS, SERVER_NAME, SERVER_VERSION
-from gateway.demo import DTYPES
+from gateway.cli.demo import DTYPES
+from gateway.serving.dataplane import EXTENSIONS, SERVER_NAME, SERVER_VERSION
 from tests.expected import ATOL, RTOL, V2_TO_NUMPY, onnx_signature, reference
 from tests.helpers import GatewayProcess, metric_value
 

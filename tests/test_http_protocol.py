@@ -16,8 +16,8 @@ import orjson
 import pytest
 import tritonclient.http as httpclient
 
-from gateway.dataplane import EXTENSIONS, SERVER_NAME, SERVER_VERSION
-from gateway.demo import DTYPES
+from gateway.cli.demo import DTYPES
+from gateway.serving.dataplane import EXTENSIONS, SERVER_NAME, SERVER_VERSION
 from tests.expected import ATOL, RTOL, V2_TO_NUMPY, onnx_signature, reference
 from tests.helpers import GatewayProcess, metric_value
 

@@ -1,6 +1,6 @@
 """The prediction log's writer process: batches cross a pipe to a child that owns its own store.
 
-Real child processes (`python -m gateway.log_writer`), real SQLite and PostgreSQL; faults are real
+Real child processes (`python -m gateway.storage.log_writer`), real SQLite and PostgreSQL; faults are real
 too: the child is SIGKILLed, or held on a SQLite write lock until the parent gives up on it.
 """
 
@@ -17,8 +17,8 @@ import httpx
 import numpy as np
 import pytest
 
-from gateway.log_writer import ProcessRowWriter, WriterProcessError
-from gateway.store import Store
+from gateway.storage.log_writer import ProcessRowWriter, WriterProcessError
+from gateway.storage.store import Store
 from monitors.prediction_log import PredictionLog, prediction_rows
 from monitors.records import PredictionRecord
 from tests.databases import Backend
@@ -156,8 +156,8 @@ def test_the_child_leaves_with_a_gateway_killed_outright(tmp_path: Path) -> None
         body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [0.1, 0.2, 0.3, 0.4]}]}
         for _ in range(5):
             assert httpx.post(f"{gw.http_url}/v2/models/tab/infer", json=body, timeout=10).status_code == 200
-        wait_until(lambda: _children(gw.proc.pid, "gateway.log_writer"), timeout=20, what="the writer process")
-        children = _children(gw.proc.pid, "gateway.log_writer")
+        wait_until(lambda: _children(gw.proc.pid, "gateway.storage.log_writer"), timeout=20, what="the writer process")
+        children = _children(gw.proc.pid, "gateway.storage.log_writer")
         assert len(children) == 1
         os.kill(gw.proc.pid, signal.SIGKILL)
         gw.proc.wait(10)

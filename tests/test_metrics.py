@@ -1,10 +1,10 @@
-"""Every metric named in gateway.metrics is exported, labelled by model and version."""
+"""Every metric named in gateway.observability.metrics is exported, labelled by model and version."""
 
 from __future__ import annotations
 
 import httpx
 
-from gateway.metrics import METRIC_NAMES
+from gateway.observability.metrics import METRIC_NAMES
 from tests.helpers import GatewayProcess, metric_value
 
 ROW = {"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": [0.0] * 32}]}

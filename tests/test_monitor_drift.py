@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from gateway.cli import app
-from gateway.webhooks import verify_signature
+from gateway.cli.main import app
+from gateway.control.webhooks import verify_signature
 from tests.databases import Backend
 from tests.helpers import HookReceiver, ThreadedGateway, metric_value, settings_for, wait_until
 from tests.models import build_tabular
@@ -240,7 +240,7 @@ import os, threading
 stop = threading.Event()
 early = threading.Thread(target=stop.wait)
 early.start()
-from gateway.monitor_jobs import worker_init
+from gateway.control.monitor_jobs import worker_init
 worker_init()
 late = threading.Thread(target=stop.wait)
 late.start()

@@ -27,10 +27,10 @@ import sqlalchemy as sa
 import tritonclient.grpc as grpcclient
 from prometheus_client import generate_latest
 
-from gateway import store as store_mod
-from gateway.demo import build_demo_repository, build_reference_mlp
-from gateway.metrics import GatewayMetrics
-from gateway.store import Store
+from gateway.cli.demo import build_demo_repository, build_reference_mlp
+from gateway.observability.metrics import GatewayMetrics
+from gateway.storage import store as store_mod
+from gateway.storage.store import Store
 from monitors.prediction_log import (
     MAX_ID_LENGTH,
     TENSORS_V1,

@@ -31,7 +31,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from gateway.demo import build_reference_mlp
+from gateway.cli.demo import build_reference_mlp
 from tests.helpers import GatewayProcess, free_port, gateway_process, metric_value
 from tests.models import build_slow
 

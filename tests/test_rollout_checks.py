@@ -6,14 +6,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.rollout_checks import (
+from gateway.control.rollout_checks import (
     CHECKS,
     check_problems,
     evaluate,
     register,
     with_baseline,
 )
-from gateway.rollout_model import CheckResult, CheckSpec, RolloutSpec, Verdict, VersionWindow, Window
+from gateway.control.rollout_model import CheckResult, CheckSpec, RolloutSpec, Verdict, VersionWindow, Window
 
 PASS, FAIL, NO_DATA = Verdict.PASS, Verdict.FAIL, Verdict.NO_DATA
 

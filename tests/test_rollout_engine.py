@@ -9,11 +9,10 @@ import json
 
 import pytest
 
-from gateway import rollout_engine as engine
-from gateway.errors import Conflict, InvalidInput
-from gateway.rollout_checks import evaluate
-from gateway.rollout_engine import Transition
-from gateway.rollout_model import (
+from gateway.control import rollout_engine as engine
+from gateway.control.rollout_checks import evaluate
+from gateway.control.rollout_engine import Transition
+from gateway.control.rollout_model import (
     CheckResult,
     CheckSpec,
     Phase,
@@ -23,6 +22,7 @@ from gateway.rollout_model import (
     VersionWindow,
     Window,
 )
+from gateway.errors import Conflict, InvalidInput
 
 SPEC = RolloutSpec(canary="2", interval_s=60.0, failure_threshold=2, max_no_data_windows=3)
 GOOD = Window(VersionWindow(200, 0, 0.010), VersionWindow(4000, 2, 0.010))

@@ -21,8 +21,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from gateway.rollout_model import CheckSpec, Phase, RolloutSpec
-from gateway.webhooks import verify_signature
+from gateway.control.rollout_model import CheckSpec, Phase, RolloutSpec
+from gateway.control.webhooks import verify_signature
 from tests.databases import Backend
 from tests.helpers import ThreadedGateway, metric_value, settings_for
 
@@ -177,7 +177,7 @@ def spec(canary: str, **overrides: Any) -> RolloutSpec:
 
 
 def pin_stable(h: Harness) -> None:
-    from gateway.traffic import TrafficPolicy
+    from gateway.serving.traffic import TrafficPolicy
 
     h.run(h.control.set_policy("test", "lookup", TrafficPolicy(stable="1")))
 
@@ -289,7 +289,7 @@ def test_shadow_agreement_judges_the_canary_on_its_shadow_run_first(
     harness: Harness, candidate: str, phase_after_one_window: Phase | None
 ) -> None:
     """Version 3 fails on a fifth of inputs while shadowing (counted as disagreeing); version 2 agrees."""
-    from gateway.traffic import TrafficPolicy
+    from gateway.serving.traffic import TrafficPolicy
 
     h = harness
     h.run(h.control.set_policy("test", "lookup", TrafficPolicy(stable="1", shadows=(candidate,))))

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from gateway import store as store_mod
+from gateway.control.rollout_model import CheckResult, CheckSpec, Phase, RolloutSpec, RolloutState, Verdict
 from gateway.errors import Conflict, InvalidInput
-from gateway.rollout_model import CheckResult, CheckSpec, Phase, RolloutSpec, RolloutState, Verdict
-from gateway.store import AuditEvent, Migration, SchemaError, Store, add_column, upgrade_database
-from gateway.traffic import TrafficPolicy
+from gateway.serving.traffic import TrafficPolicy
+from gateway.storage import store as store_mod
+from gateway.storage.store import AuditEvent, Migration, SchemaError, Store, add_column, upgrade_database
 from monitors.records import Label, PredictionRecord
 from monitors.triggers import RuleState
 from tests.databases import Backend

@@ -53,7 +53,7 @@ def test_callers_sampled_traceparent_is_followed_and_unsampled_roots_record_noth
     import numpy as np
     import tritonclient.grpc as grpcclient
 
-    from gateway.tracing import make_tracer_provider
+    from gateway.observability.tracing import make_tracer_provider
 
     exporter = InMemorySpanExporter()
     provider = make_tracer_provider("test", exporter=exporter, sample_ratio=0.0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.traffic import Route, TrafficPolicy, decide_route, sticky_point
+from gateway.serving.traffic import Route, TrafficPolicy, decide_route, sticky_point
 
 
 @pytest.mark.parametrize("weight", [1.0, 5.0, 10.0, 25.0, 50.0, 90.0])

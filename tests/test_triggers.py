@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gateway.rollout_checks import accuracy, check_problems, drift
-from gateway.rollout_model import CheckSpec, RolloutSpec, Verdict, VersionWindow, Window
+from gateway.control.rollout_checks import accuracy, check_problems, drift
+from gateway.control.rollout_model import CheckSpec, RolloutSpec, Verdict, VersionWindow, Window
 from monitors.triggers import Rule, RuleState, figure_value, observe
 
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from gateway.metrics import GatewayMetrics
-from gateway.webhooks import WebhookSender, verify_signature
+from gateway.control.webhooks import WebhookSender, verify_signature
+from gateway.observability.metrics import GatewayMetrics
 
 SECRET = b"s3cret-key"
 

@@ -7,8 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from gateway.rollout_model import VersionWindow
-from gateway.window_stats import BUCKETS_PER_DECADE, HIGHEST_S, LOWEST_S, WindowRecorder, bucket_bounds, bucket_index
+from gateway.control.rollout_model import VersionWindow
+from gateway.serving.window_stats import (
+    BUCKETS_PER_DECADE,
+    HIGHEST_S,
+    LOWEST_S,
+    WindowRecorder,
+    bucket_bounds,
+    bucket_index,
+)
 
 BUCKET_RATIO = 10.0 ** (1 / BUCKETS_PER_DECADE)
 

@@ -1,0 +1,1 @@
+"""The admin, monitor and feedback HTTP APIs and their bearer-token auth."""

@@ -1,0 +1,1 @@
+"""Metrics (every name defined once), OpenTelemetry tracing and structured logs."""

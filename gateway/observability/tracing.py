@@ -1,0 +1,110 @@
+"""OpenTelemetry: one span per request, children for queue wait and batch run.
+
+The batch span is shared by several requests, so it is a root of its own with a *link* to
+each member request's span (the OpenTelemetry way to say "this work served those").
+The standard OTEL_* variables choose the exporter: OTEL_TRACES_EXPORTER=otlp|console|none
+(default: otlp when OTEL_EXPORTER_OTLP_ENDPOINT is set, else none) and OTEL_TRACES_SAMPLER.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import Link, NonRecordingSpan, SpanKind, Tracer
+
+from gateway.observability.metrics import VersionMetrics
+
+TRACER_NAME = "sluice.gateway"
+
+
+def make_tracer_provider(
+    service_name: str, exporter: SpanExporter | None = None, sample_ratio: float = 0.01
+) -> TracerProvider:
+    """Build the provider from OTEL_* variables; an explicit exporter (tests) wins.
+
+    Unless OTEL_TRACES_SAMPLER says otherwise, root traces are sampled at `sample_ratio`
+    and a caller's sampling decision is always followed (parent-based), as service meshes
+    do by default: a Python span costs about 15 µs, four a request would cost a quarter of a
+    core at 4,000 req/s.
+    """
+    sampler = None if os.environ.get("OTEL_TRACES_SAMPLER") else ParentBased(TraceIdRatioBased(sample_ratio))
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}), sampler=sampler)
+    if exporter is None:
+        exporter = _exporter_from_env()
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider
+
+
+def _exporter_from_env() -> SpanExporter | None:
+    choice = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if not choice:
+        choice = "otlp" if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") else "none"
+    if choice == "none":
+        return None
+    if choice == "console":
+        return ConsoleSpanExporter()
+    if choice == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter()
+    raise ValueError(f"OTEL_TRACES_EXPORTER={choice!r} is not supported (otlp, console, none)")
+
+
+def start_batch_span(tracer: Tracer, model: str, version: str, members: Sequence[Any], rows: int) -> Any:
+    """A span for one runtime call, linked to its sampled member requests; None when none is sampled.
+
+    It is parented under the first sampled member, so it is sampled with that trace (a root
+    would face the root sampling ratio) and shows in at least one request's trace tree.
+    """
+    links = [Link(ctx) for ctx in members if ctx is not None and ctx.trace_flags.sampled]
+    if not links:
+        return None
+    parent = trace.set_span_in_context(NonRecordingSpan(links[0].context))
+    return tracer.start_span(
+        "batch",
+        context=parent,
+        kind=SpanKind.INTERNAL,
+        links=links,
+        attributes={
+            "sluice.model": model,
+            "sluice.version": version,
+            "sluice.batch.rows": rows,
+            "sluice.batch.requests": len(members),
+        },
+    )
+
+
+def get_tracer(provider: TracerProvider) -> Tracer:
+    return trace.get_tracer(TRACER_NAME, tracer_provider=provider)
+
+
+class BatchTelemetry:
+    """The batcher's observer for one version: metrics always, a linked batch span when tracing."""
+
+    def __init__(self, metrics: VersionMetrics, tracer: Tracer | None) -> None:
+        self.metrics = metrics
+        self.tracer = tracer
+
+    def queue_depth(self, depth: int) -> None:
+        self.metrics.queue_depth(depth)
+
+    def batch_done(self, rows: int, requests: int, compute_s: float, ok: bool) -> None:
+        self.metrics.batch_done(rows, requests, compute_s, ok)
+
+    def batch_span(self, members: Sequence[Any], rows: int) -> Any:
+        if self.tracer is None:
+            return None
+        return start_batch_span(self.tracer, self.metrics.model, self.metrics.version, members, rows)
+
+
+def extract_context(carrier: dict[str, str]) -> Any:
+    """The caller's trace context from W3C `traceparent`/`tracestate` headers or gRPC metadata."""
+    return propagate.extract(carrier)

@@ -1,0 +1,359 @@
+"""Dynamic batching for one served version, driven by events rather than polling.
+
+Callers `submit` named arrays and await their own rows back. One loop task closes batches
+by `batch_policy.decide`, concatenates inputs on dim 0, runs the runtime once and splits
+the outputs. The guarantees that matter:
+
+- a full queue refuses at once (`Overloaded`) instead of growing without bound;
+- a request that is already late, or whose caller went away, is dropped before it runs;
+- a result is set only on a future that is still waiting (a timeout never poisons a batch);
+- a failing batch is split in halves and retried until the failing request is isolated, so
+  one bad request never fails its batch-mates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from gateway.errors import DeadlineExceeded, InferenceFailed, Overloaded, ShuttingDown
+from gateway.serving.batch_policy import BatchingConfig, decide, take_rows
+from gateway.tasks import cancel_and_wait
+from runtimes.base import RuntimeTimeout
+
+log = logging.getLogger(__name__)
+
+Arrays = Mapping[str, np.ndarray]
+RunBatch = Callable[[Arrays, Sequence[str] | None], Awaitable[dict[str, np.ndarray]]]
+
+
+class BatchObserver(Protocol):
+    """Where the batcher reports what it does (metrics, traces); must not raise."""
+
+    def queue_depth(self, depth: int) -> None: ...
+
+    def batch_done(self, rows: int, requests: int, compute_s: float, ok: bool) -> None: ...
+
+    def batch_span(self, members: Sequence[Any], rows: int) -> Any: ...
+
+
+@dataclass(slots=True)
+class Timing:
+    """When this request was queued, and when its batch started and finished (time.time_ns)."""
+
+    enqueued_ns: int
+    started_ns: int = 0
+    finished_ns: int = 0
+    batch_rows: int = 0
+    batch_requests: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class _Item:
+    inputs: Arrays
+    rows: int
+    outputs: Sequence[str] | None
+    future: asyncio.Future[dict[str, np.ndarray]]
+    arrival: float
+    deadline: float | None
+    timing: Timing
+    trace_context: Any = None
+    timer: asyncio.TimerHandle | None = field(default=None)
+
+
+class Batcher:
+    def __init__(
+        self,
+        run: RunBatch,
+        config: BatchingConfig,
+        *,
+        observer: BatchObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        name: str = "",
+    ) -> None:
+        self._run = run
+        self.config = config
+        self._observer = observer
+        self._clock = clock
+        self._name = name
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._queued_rows = 0
+        self._in_flight = 0
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._batch_tasks: set[asyncio.Task[None]] = set()
+
+    # -- public interface -------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher:{self._name}")
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def accepting(self) -> bool:
+        """False once draining or closed: `submit` refuses with ShuttingDown."""
+        return not self._closing
+
+    async def submit(
+        self,
+        inputs: Arrays,
+        rows: int,
+        outputs: Sequence[str] | None = None,
+        timeout_s: float | None = None,
+        trace_context: Any = None,
+    ) -> tuple[dict[str, np.ndarray], Timing]:
+        """Queue one request and wait for its rows of the batch's outputs."""
+        if self._closing:
+            raise ShuttingDown(f"{self._name}: draining, not accepting new requests")
+        if len(self._queue) >= self.config.queue_capacity:
+            raise Overloaded(f"{self._name}: queue is full ({self.config.queue_capacity} requests)")
+        loop = asyncio.get_running_loop()
+        now = self._clock()
+        timeout = timeout_s if timeout_s is not None else self.config.default_timeout_s
+        item = _Item(
+            inputs=inputs,
+            rows=rows,
+            outputs=outputs,
+            future=loop.create_future(),
+            arrival=now,
+            deadline=None if timeout is None else now + timeout,
+            timing=Timing(enqueued_ns=time.time_ns()),
+            trace_context=trace_context,
+        )
+        if timeout is not None:
+            item.timer = loop.call_later(timeout, _expire, item.future, timeout)
+        self._queue.append(item)
+        self._queued_rows += rows
+        self._idle.clear()
+        self._report_depth()
+        self._wakeup.set()
+        try:
+            outputs_of_item = await item.future
+        finally:
+            if item.timer is not None:
+                item.timer.cancel()
+        return outputs_of_item, item.timing
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Refuse new requests, let queued and running ones finish; True if all did in time."""
+        self._closing = True
+        self._wakeup.set()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def close(self) -> None:
+        """Stop the loop; anything still queued fails with ShuttingDown."""
+        self._closing = True
+        await cancel_and_wait(self._task)
+        self._task = None
+        while self._queue:
+            item = self._queue.popleft()
+            _fail(item, ShuttingDown(f"{self._name}: closed before this request ran"))
+        self._queued_rows = 0
+        self._report_depth()
+
+    # -- the loop ---------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self._step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A bug here must not strand every queued caller until its timeout.
+                log.exception("%s: batcher loop error; failing the queued requests", self._name)
+                while self._queue:
+                    item = self._queue.popleft()
+                    _fail(item, InferenceFailed(f"{self._name}: internal batching error"))
+                self._queued_rows = 0
+                self._report_depth()
+                self._check_idle()
+
+    async def _step(self) -> None:
+        """Close one batch, or wait for the event (or time) that may let one close."""
+        self._drop_dead_head()
+        first = self._queue[0].arrival if self._queue else None
+        decision = decide(
+            queued_rows=self._queued_rows,
+            first_arrival=first,
+            now=self._clock(),
+            in_flight=self._in_flight,
+            config=self.config,
+        )
+        if decision.close:
+            batch = self._take()
+            if batch:
+                self._in_flight += 1
+                task = asyncio.get_running_loop().create_task(self._run_batch(batch))
+                self._batch_tasks.add(task)
+                task.add_done_callback(self._batch_tasks.discard)
+            return
+        self._wakeup.clear()
+        if decision.wait_s is None:
+            await self._wakeup.wait()
+        else:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), decision.wait_s)
+
+    def _drop_dead_head(self) -> None:
+        """Remove requests whose caller gave up (cancelled or timed out) from the queue's head."""
+        now = self._clock()
+        while self._queue:
+            head = self._queue[0]
+            if head.future.done():
+                pass
+            elif head.deadline is not None and head.deadline <= now:
+                _fail(head, DeadlineExceeded("request timed out while queued"))
+            else:
+                return
+            self._queue.popleft()
+            self._queued_rows -= head.rows
+        self._report_depth()
+        self._check_idle()
+
+    def _take(self) -> list[_Item]:
+        now = self._clock()
+        live: list[_Item] = []
+        rows: list[int] = []
+        # Skip requests that died while queued, then take as many as fit.
+        while self._queue:
+            item = self._queue[0]
+            if item.future.done() or (item.deadline is not None and item.deadline <= now):
+                self._queue.popleft()
+                self._queued_rows -= item.rows
+                if not item.future.done():
+                    _fail(item, DeadlineExceeded("request timed out while queued"))
+                continue
+            if live and take_rows([*rows, item.rows], self.config.max_batch_size) <= len(live):
+                break
+            self._queue.popleft()
+            self._queued_rows -= item.rows
+            live.append(item)
+            rows.append(item.rows)
+            if self.config.max_batch_size <= 0:
+                break
+        self._report_depth()
+        return live
+
+    async def _run_batch(self, items: list[_Item]) -> None:
+        try:
+            await self._run_isolating(items)
+        finally:
+            self._in_flight -= 1
+            self._check_idle()
+            self._wakeup.set()
+
+    async def _run_isolating(self, items: list[_Item]) -> None:
+        """Run the batch; on failure split it in halves until each failing request stands alone."""
+        items = [i for i in items if not i.future.done()]
+        if not items:
+            return
+        try:
+            await self._run_once(items)
+        except RuntimeTimeout as exc:
+            # Slowness is not any one request's fault: retrying halves would only multiply the wait.
+            for item in items:
+                _fail(item, DeadlineExceeded(f"{self._name}: {exc}"))
+        except Exception as exc:
+            if len(items) == 1:
+                _fail(items[0], InferenceFailed(f"{self._name}: {exc}"))
+                return
+            mid = len(items) // 2
+            log.info("%s: batch of %d failed (%s); splitting to isolate", self._name, len(items), exc)
+            await self._run_isolating(items[:mid])
+            await self._run_isolating(items[mid:])
+
+    async def _run_once(self, items: list[_Item]) -> None:
+        total_rows = sum(i.rows for i in items)
+        wanted = _union_outputs(items)
+        if len(items) == 1:
+            inputs: Arrays = items[0].inputs
+        else:
+            names = items[0].inputs.keys()
+            inputs = {n: np.concatenate([i.inputs[n] for i in items], axis=0) for n in names}
+        started_ns = time.time_ns()
+        started = time.perf_counter()
+        span = self._observer.batch_span([i.trace_context for i in items], total_rows) if self._observer else None
+        ok = False
+        try:
+            outputs = await self._run(inputs, wanted)
+            if len(items) > 1:
+                for name, array in outputs.items():
+                    if array.ndim == 0 or array.shape[0] != total_rows:
+                        raise InferenceFailed(
+                            f"output '{name}' has {array.shape[0] if array.ndim else 0} rows "
+                            f"for a batch of {total_rows}"
+                        )
+            ok = True
+        finally:
+            if span is not None:
+                span.end()
+            if self._observer is not None:
+                self._observer.batch_done(total_rows, len(items), time.perf_counter() - started, ok)
+        finished_ns = time.time_ns()
+        offset = 0
+        for item in items:
+            item.timing.started_ns = started_ns
+            item.timing.finished_ns = finished_ns
+            item.timing.batch_rows = total_rows
+            item.timing.batch_requests = len(items)
+            if len(items) == 1:
+                mine = outputs
+            else:
+                end = offset + item.rows
+                mine = {name: array[offset:end] for name, array in outputs.items()}
+                offset = end
+            if item.outputs is not None:
+                mine = {name: mine[name] for name in item.outputs}
+            if not item.future.done():
+                item.future.set_result(mine)
+
+    def _check_idle(self) -> None:
+        if not self._queue and self._in_flight == 0:
+            self._idle.set()
+
+    def _report_depth(self) -> None:
+        if self._observer is not None:
+            self._observer.queue_depth(len(self._queue))
+
+
+def _union_outputs(items: list[_Item]) -> Sequence[str] | None:
+    wanted: dict[str, None] = {}
+    for item in items:
+        if item.outputs is None:
+            return None
+        wanted.update(dict.fromkeys(item.outputs))
+    return list(wanted)
+
+
+def _fail(item: _Item, exc: Exception) -> None:
+    if not item.future.done():
+        item.future.set_exception(exc)
+
+
+def _expire(future: asyncio.Future[Any], timeout: float) -> None:
+    if not future.done():
+        future.set_exception(DeadlineExceeded(f"request timed out after {timeout * 1000:.0f} ms"))

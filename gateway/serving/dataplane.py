@@ -1,0 +1,254 @@
+"""The data plane: what both protocol adapters call, in the manner of MLServer's DataPlane.
+
+Each adapter converts its wire format to an `InferRequest`, calls `infer`, and converts the
+`InferResponse` back; health and metadata are here too, so HTTP and gRPC cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+
+from gateway.control.plane import ControlPlane
+from gateway.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    ModelNotFound,
+    ModelNotReady,
+    Overloaded,
+    ShuttingDown,
+    SluiceError,
+)
+from gateway.observability.metrics import GatewayMetrics
+from gateway.serving.registry import ModelRegistry, ServedVersion
+from gateway.serving.request import InferRequest, InferResponse
+from gateway.serving.router import pick_version
+from gateway.serving.shadow import ShadowDispatcher
+from gateway.serving.validation import validate
+from monitors.prediction_log import PredictionLog, new_prediction_id
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "sluice"
+SERVER_VERSION = "0.1.0"
+EXTENSIONS = ("binary_tensor_data", "model_repository_metadata", "statistics_metrics")
+
+_OUTCOME_BY_ERROR: tuple[tuple[type[Exception], str], ...] = (
+    (InvalidInput, "invalid"),
+    (ModelNotFound, "not_found"),
+    (ModelNotReady, "not_ready"),
+    (Overloaded, "overloaded"),
+    (DeadlineExceeded, "timeout"),
+    (ShuttingDown, "draining"),
+)
+
+
+# Outcomes that say something about the version itself (a caller's 400 does not).
+_ANALYSED = frozenset(("ok", "error", "timeout", "overloaded"))
+
+
+def outcome_of(exc: BaseException) -> str:
+    for cls, outcome in _OUTCOME_BY_ERROR:
+        if isinstance(exc, cls):
+            return outcome
+    return "error"
+
+
+class DataPlane:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        tracer: Tracer,
+        metrics: GatewayMetrics,
+        control: ControlPlane,
+        shadows: ShadowDispatcher,
+        server_name: str = SERVER_NAME,
+        predictions: PredictionLog | None = None,
+    ) -> None:
+        self.registry = registry
+        self.predictions = predictions
+        """Where each finished request's record goes (None: no prediction log)."""
+        self.metrics = metrics
+        self.control = control
+        self.shadows = shadows
+        self.tracer = tracer
+        self.server_name = server_name
+        self.started = False
+        self.draining = False
+
+    # -- health and metadata ------------------------------------------------------------
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        """Ready once every model's load was attempted and warmed, until draining starts.
+
+        A broken model reports not-ready on its own endpoint; it does not take the whole
+        gateway (and every healthy model) out of a load balancer's rotation.
+        """
+        return self.started and not self.draining
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": self.server_name, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)}
+
+    def model_ready(self, name: str, version: str | None) -> bool:
+        model = self.registry.get_model(name)
+        if version:
+            return self.registry.get_version(name, version).ready
+        return bool(model.ready_versions())
+
+    def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
+        model = self.registry.get_model(name)
+        served = (
+            self.registry.get_version(name, version)
+            if version
+            else pick_version(model, self.control.policy(name).stable)
+        )
+        if served.runtime is None:
+            raise ModelNotReady(served.not_ready_reason())
+        sig = served.runtime.signature
+        info = served.runtime.info
+        return {
+            "name": name,
+            "versions": sorted(model.versions, key=lambda v: (len(v), v)),
+            "platform": info.platform,
+            "inputs": [s.to_v2() for s in sig.inputs],
+            "outputs": [s.to_v2() for s in sig.outputs],
+            "parameters": {
+                **info.parameters,
+                "execution_provider": info.execution_provider,
+                "version": served.version,
+                "max_batch_size": str(served.batching.max_batch_size),
+            },
+        }
+
+    # -- inference ----------------------------------------------------------------------
+
+    async def infer(self, request: InferRequest, protocol: str) -> InferResponse:
+        started = time.perf_counter()
+        served: ServedVersion | None = None
+        route = ""
+        span = self.tracer.start_span(
+            "infer",
+            context=request.trace_context,
+            kind=SpanKind.SERVER,
+            attributes={"sluice.model": request.model, "rpc.system": protocol},
+        )
+        try:
+            if self.draining:
+                raise ShuttingDown("gateway is shutting down")
+            routed = self.control.route(self.registry.get_model(request.model), request)
+            served = routed.version
+            route = routed.route.value
+            span.set_attribute("sluice.route", route)
+            response = await self._infer_version(request, served, span, protocol)
+            if routed.shadows:
+                self.shadows.dispatch(request, response.outputs, routed.shadows, response.id)
+        except SluiceError as exc:
+            outcome = outcome_of(exc)
+            elapsed = self._count(served, protocol, outcome, started)
+            self._log(request, request.id, served, route, {}, elapsed, outcome)
+            span.set_status(Status(StatusCode.ERROR, str(exc)))
+            span.end()
+            raise
+        except BaseException as exc:
+            outcome = "cancelled" if isinstance(exc, asyncio.CancelledError) else "error"
+            elapsed = self._count(served, protocol, outcome, started)
+            self._log(request, request.id, served, route, {}, elapsed, outcome)
+            span.set_status(Status(StatusCode.ERROR, repr(exc)))
+            span.end()
+            raise
+        elapsed = self._count(served, protocol, "ok", started)
+        self._log(request, response.id, served, route, response.outputs, elapsed, "ok")
+        span.end()
+        return response
+
+    def _log(
+        self,
+        request: InferRequest,
+        prediction_id: str,
+        served: ServedVersion | None,
+        route: str,
+        outputs: dict[str, Any],
+        elapsed: float,
+        outcome: str,
+    ) -> None:
+        """Offer the request's record to the prediction log: about a microsecond (the tensors' bytes are
+        copied once), never blocks, never raises. A request that failed before a version was chosen is not logged;
+        one that failed after gets a generated id (the caller saw none) and no outputs."""
+        log = self.predictions
+        if log is None or served is None:
+            return
+        log.record(
+            prediction_id or new_prediction_id(),
+            served.model,
+            served.version,
+            route,
+            request.inputs,
+            outputs,
+            elapsed,
+            outcome,
+            served.config.logging.rate,
+        )
+
+    async def _infer_version(
+        self, request: InferRequest, served: ServedVersion, span: trace.Span, protocol: str
+    ) -> InferResponse:
+        runtime, batcher = served.runtime, served.batcher
+        if runtime is None or batcher is None:
+            raise ModelNotReady(served.not_ready_reason())
+        span.set_attribute("sluice.version", served.version)
+        rows = validate(request, runtime.signature, served.batching.max_batch_size)
+        wanted = [o.name for o in request.outputs] if request.outputs is not None else None
+        timeout = request.timeout_s if request.timeout_s is not None else served.batching.default_timeout_s
+        if request.deadline_s is not None and (timeout is None or request.deadline_s < timeout):
+            timeout = request.deadline_s
+        metrics = served.metrics
+        metrics.inflight.inc()
+        try:
+            outputs, timing = await batcher.submit(request.inputs, rows, wanted, timeout, span.get_span_context())
+        finally:
+            metrics.inflight.dec()
+        if timing.started_ns:
+            metrics.queue_wait.observe((timing.started_ns - timing.enqueued_ns) / 1e9)
+            if span.is_recording():
+                ctx = trace.set_span_in_context(span)
+                self.tracer.start_span("queue_wait", context=ctx, start_time=timing.enqueued_ns).end(
+                    end_time=timing.started_ns
+                )
+                run = self.tracer.start_span(
+                    "batch_run",
+                    context=ctx,
+                    start_time=timing.started_ns,
+                    attributes={
+                        "sluice.batch.rows": timing.batch_rows,
+                        "sluice.batch.requests": timing.batch_requests,
+                    },
+                )
+                run.end(end_time=timing.finished_ns)
+        return InferResponse(
+            model=served.model,
+            version=served.version,
+            id=request.id or new_prediction_id(),
+            outputs=outputs,
+        )
+
+    def _count(self, served: ServedVersion | None, protocol: str, outcome: str, started: float) -> float:
+        """Count the finished request; returns its latency in seconds."""
+        if served is None:
+            # Never label with the caller's model name: a scan of made-up names must not grow series.
+            self.metrics.requests.labels("", "", protocol, outcome).inc()
+            return time.perf_counter() - started
+        m = served.metrics
+        elapsed = time.perf_counter() - started
+        m.outcome(protocol, outcome).inc()
+        m.duration(protocol).observe(elapsed)
+        if outcome in _ANALYSED:
+            self.control.windows.record(served.model, served.version, outcome == "ok", elapsed)
+        return elapsed

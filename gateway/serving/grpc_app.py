@@ -1,0 +1,135 @@
+"""The gRPC adapter: KServe V2 GRPCInferenceService on grpc.aio, on the gateway's event loop.
+
+Each method converts the message, calls the same `DataPlane` as HTTP, and converts back;
+domain errors become status codes here and only here.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+
+from gateway.admin.auth import InferenceAuth
+from gateway.errors import (
+    Conflict,
+    DeadlineExceeded,
+    Forbidden,
+    InferenceFailed,
+    InvalidInput,
+    ModelNotFound,
+    ModelNotReady,
+    Overloaded,
+    ShuttingDown,
+    SluiceError,
+    Unauthorized,
+)
+from gateway.observability.logs import request_id
+from gateway.observability.tracing import extract_context
+from gateway.serving.codec_grpc import decode_request, encode_response, metadata_response
+from gateway.serving.dataplane import DataPlane
+
+log = logging.getLogger(__name__)
+
+GRPC_STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (ModelNotFound, grpc.StatusCode.NOT_FOUND),
+    (ModelNotReady, grpc.StatusCode.UNAVAILABLE),
+    (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (InferenceFailed, grpc.StatusCode.INTERNAL),
+    (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
+    (Unauthorized, grpc.StatusCode.UNAUTHENTICATED),
+    (Forbidden, grpc.StatusCode.PERMISSION_DENIED),
+)
+
+
+def grpc_status(exc: BaseException) -> grpc.StatusCode:
+    for cls, code in GRPC_STATUS:
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    def __init__(self, dataplane: DataPlane, auth: InferenceAuth | None = None) -> None:
+        self.dataplane = dataplane
+        self.auth = auth or InferenceAuth()
+
+    def _check(self, context: grpc.aio.ServicerContext) -> None:
+        """Inference keys, when configured, ride in the `authorization` metadata as on HTTP."""
+        if self.auth.enabled:
+            header = next((m.value for m in context.invocation_metadata() or () if m.key == "authorization"), None)
+            self.auth.check(header)
+
+    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerLiveResponse(live=self.dataplane.live())
+
+    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerReadyResponse(ready=self.dataplane.ready())
+
+    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            self._check(context)
+            ready = self.dataplane.model_ready(request.name, request.version or None)
+        except SluiceError as exc:
+            await context.abort(grpc_status(exc), str(exc))
+        return pb.ModelReadyResponse(ready=ready)
+
+    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        meta = self.dataplane.server_metadata()
+        return pb.ServerMetadataResponse(name=meta["name"], version=meta["version"], extensions=meta["extensions"])
+
+    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            self._check(context)
+            meta = self.dataplane.model_metadata(request.name, request.version or None)
+        except SluiceError as exc:
+            await context.abort(grpc_status(exc), str(exc))
+        return metadata_response(meta)
+
+    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            self._check(context)
+            infer_request = decode_request(request)
+            metadata = context.invocation_metadata() or ()
+            infer_request.headers = metadata
+            carrier = {m.key: m.value for m in metadata if m.key in ("traceparent", "tracestate")}
+            if carrier:
+                infer_request.trace_context = extract_context(carrier)
+            request_id.set(infer_request.id)
+            remaining = context.time_remaining()
+            if remaining is not None:
+                infer_request.deadline_s = max(remaining, 0.0)
+            response = await self.dataplane.infer(infer_request, "grpc")
+            return encode_response(response)
+        except SluiceError as exc:
+            code = grpc_status(exc)
+            if code is grpc.StatusCode.INTERNAL:
+                log.warning("inference failed: %s", exc, extra={"model": request.model_name})
+            await context.abort(code, str(exc))
+        except Exception:
+            log.exception("unexpected error serving model %s", request.model_name)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
+def build_grpc_server(
+    dataplane: DataPlane, host: str, port: int, max_message_bytes: int, auth: InferenceAuth | None = None
+) -> tuple[grpc.aio.Server, int]:
+    """Create (not start) the server; returns it with the port actually bound."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane, auth), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC to {host}:{port}")
+    return server, bound

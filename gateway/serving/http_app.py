@@ -1,0 +1,376 @@
+"""The HTTP adapter: V2 REST on FastAPI, with a lean ASGI path for `.../infer`.
+
+Health, metadata and /metrics go through FastAPI (documented in the OpenAPI schema). The
+infer route is the hot path, so it is a plain ASGI handler in front of FastAPI: read the
+body under the size limit, decode, call the data plane, encode. It watches for the client
+going away while its request waits, so a disconnected caller does not keep a batch slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import zlib
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import orjson
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Message, Receive, Scope, Send
+
+from gateway.admin.api import build_admin_router
+from gateway.admin.auth import AdminAuth, InferenceAuth
+from gateway.admin.feedback_api import build_feedback_router
+from gateway.admin.monitor_api import build_monitor_router
+from gateway.control.monitor_service import MonitorService
+from gateway.errors import (
+    Conflict,
+    DeadlineExceeded,
+    Forbidden,
+    InferenceFailed,
+    InvalidInput,
+    ModelNotFound,
+    ModelNotReady,
+    Overloaded,
+    PayloadTooLarge,
+    ShuttingDown,
+    SluiceError,
+    Unauthorized,
+)
+from gateway.observability.logs import request_id
+from gateway.observability.tracing import extract_context
+from gateway.serving.codec_json import decode_request, encode_response
+from gateway.serving.dataplane import DataPlane
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+ADMIN_MAX_BODY_BYTES = 1024 * 1024
+INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
+
+# Most specific class first; the first isinstance match wins.
+HTTP_STATUS: tuple[tuple[type[Exception], int], ...] = (
+    (PayloadTooLarge, 413),
+    (InvalidInput, 400),
+    (ModelNotFound, 404),
+    (ModelNotReady, 503),
+    (ShuttingDown, 503),
+    (Overloaded, 429),
+    (DeadlineExceeded, 504),
+    (InferenceFailed, 500),
+    (Conflict, 409),
+    (Unauthorized, 401),
+    (Forbidden, 403),
+)
+
+
+def http_status(exc: BaseException) -> int:
+    for cls, status in HTTP_STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def error_body(message: str) -> bytes:
+    return orjson.dumps({"error": message})
+
+
+class HttpAdapter:
+    """The ASGI application uvicorn serves."""
+
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        registry: CollectorRegistry,
+        max_body_bytes: int,
+        admin_auth: AdminAuth | None = None,
+        inference_auth: InferenceAuth | None = None,
+        monitor: MonitorService | None = None,
+    ) -> None:
+        self.dataplane = dataplane
+        self.max_body_bytes = max_body_bytes
+        self.inference_auth = inference_auth or InferenceAuth()
+        self.api = build_api(dataplane, registry, admin_auth, self.inference_auth, monitor)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            match = INFER_PATH.match(scope["path"])
+            if match is not None:
+                await self._infer(scope, receive, send, match.group(1), match.group(2))
+                return
+        if scope["type"] == "http" and scope["path"].startswith("/admin/"):
+            await self._bounded(scope, receive, send, ADMIN_MAX_BODY_BYTES, "admin request body")
+            return
+        if scope["type"] == "http" and scope["path"].endswith("/feedback"):
+            await self._bounded(scope, receive, send, self.max_body_bytes, "request body")
+            return
+        await self.api(scope, receive, send)
+
+    async def _bounded(self, scope: Scope, receive: Receive, send: Send, limit: int, what: str) -> None:
+        """Read at most `limit` bytes of body before FastAPI sees it (FastAPI reads a body before it
+        checks a token, so without this an anonymous caller could make it buffer any size)."""
+        body = await _read_body(receive, limit)
+        if body is None:
+            return
+        if body is _TOO_LARGE:
+            await _send(send, 413, error_body(f"{what} is over the limit of {limit} bytes"))
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.api(scope, replay, send)
+
+    async def _infer(self, scope: Scope, receive: Receive, send: Send, model: str, version: str | None) -> None:
+        header_length: int | None = None
+        declared = -1
+        encoding = b"identity"
+        trace_headers: dict[str, str] | None = None
+        authorization: str | None = None
+        for key, value in scope["headers"]:
+            if key == b"authorization":
+                authorization = value.decode("latin-1")
+            elif key in (b"traceparent", b"tracestate"):
+                trace_headers = trace_headers or {}
+                trace_headers[key.decode()] = value.decode("latin-1")
+            elif key == b"content-length":
+                declared = int(value) if value.isdigit() else -1
+            elif key == b"inference-header-content-length":
+                if not value.isdigit():
+                    await _send(send, 400, error_body("Inference-Header-Content-Length must be an integer"))
+                    return
+                header_length = int(value)
+            elif key == b"content-encoding":
+                encoding = value.lower()
+                if encoding not in _DECODERS:
+                    supported = ", ".join(e.decode() for e in _DECODERS)
+                    message = f"Content-Encoding {value.decode(errors='replace')} is not supported ({supported})"
+                    await _send(send, 415, error_body(message))
+                    return
+        if self.inference_auth.enabled:
+            try:
+                self.inference_auth.check(authorization)
+            except SluiceError as exc:
+                await _send(send, http_status(exc), error_body(str(exc)), extra=[(b"www-authenticate", b"Bearer")])
+                return
+        if declared > self.max_body_bytes:
+            await _send(send, 413, error_body(self._too_large()))
+            return
+        body = await _read_body(receive, self.max_body_bytes)
+        if body is None:
+            return  # client went away
+        if body is _TOO_LARGE:
+            await _send(send, 413, error_body(self._too_large()))
+            return
+        try:
+            if encoding != b"identity":
+                body = _inflate(body, encoding, self.max_body_bytes)
+            request = decode_request(body, header_length, model, version)
+            request.headers = scope["headers"]
+            if trace_headers is not None:
+                request.trace_context = extract_context(trace_headers)
+            request_id.set(request.id)
+            response = await _until_disconnect(self.dataplane.infer(request, "http"), receive)
+            if response is None:
+                return
+            payload, json_length = encode_response(response, request)
+        except SluiceError as exc:
+            status = http_status(exc)
+            if status >= 500:
+                log.warning("inference failed: %s", exc, extra={"model": model, "status": status})
+            await _send(send, status, error_body(str(exc)))
+            return
+        except Exception:
+            log.exception("unexpected error serving model %s", model)
+            await _send(send, 500, error_body("internal error"))
+            return
+        if json_length is None:
+            await _send(send, 200, payload)
+        else:
+            await _send(
+                send,
+                200,
+                payload,
+                b"application/octet-stream",
+                [(b"inference-header-content-length", str(json_length).encode())],
+            )
+
+    def _too_large(self) -> str:
+        return f"request body is over the limit of {self.max_body_bytes} bytes"
+
+
+_TOO_LARGE = b"\x00too-large"
+# zlib window bits: 16+ for a gzip wrapper, + for zlib (HTTP "deflate"), as tritonclient.http sends them.
+_DECODERS = {b"identity": 0, b"": 0, b"gzip": 16 + zlib.MAX_WBITS, b"deflate": zlib.MAX_WBITS}
+
+
+def _inflate(body: bytes, encoding: bytes, limit: int) -> bytes:
+    """Decompress a gzip or deflate body, refusing to inflate past the body limit (no zip bombs)."""
+    inflater = zlib.decompressobj(_DECODERS[encoding])
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidInput(f"body is not valid {encoding.decode()}: {exc}") from None
+    if len(data) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLarge(f"decompressed request body is over the limit of {limit} bytes")
+    return data
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return _TOO_LARGE
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _until_disconnect(work: Awaitable[T], receive: Receive) -> T | None:
+    """Await `work`; if the client disconnects first, cancel it (its queue slot is skipped) and return None.
+
+    The work runs in the current task; only the watcher is a task of its own.
+    """
+    current = asyncio.current_task()
+    assert current is not None
+    state = {"waiting": True, "gone": False}
+
+    def _on_message(done: asyncio.Task[Message]) -> None:
+        if done.cancelled() or done.exception() is not None:
+            return
+        if done.result()["type"] == "http.disconnect" and state["waiting"]:
+            state["gone"] = True
+            current.cancel()
+
+    watcher: asyncio.Task[Message] = asyncio.ensure_future(receive())
+    watcher.add_done_callback(_on_message)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if state["gone"]:
+            current.uncancel()
+            return None
+        raise
+    finally:
+        state["waiting"] = False
+        watcher.cancel()
+
+
+async def _send(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: bytes = b"application/json",
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    if extra:
+        headers += extra
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def build_api(
+    dataplane: DataPlane,
+    registry: CollectorRegistry,
+    admin_auth: AdminAuth | None = None,
+    inference_auth: InferenceAuth | None = None,
+    monitor: MonitorService | None = None,
+) -> FastAPI:
+    """The FastAPI app; `admin_auth` None (or without tokens) leaves the admin API disabled (403).
+
+    `inference_auth` with keys guards model metadata and readiness as it guards infer; server
+    health, server metadata and /metrics stay open for probes and Prometheus.
+    """
+    keys = inference_auth or InferenceAuth()
+
+    async def inference_key(request: Request) -> None:
+        keys.check(request.headers.get("authorization"))
+
+    guarded = [Depends(inference_key)]
+    api = FastAPI(
+        title="Sluice",
+        summary="KServe V2 / Open Inference Protocol gateway",
+        description="POST /v2/models/{model}[/versions/{version}]/infer takes V2 JSON and the binary tensor extension.",
+    )
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": validation_message(exc)}, status_code=422)
+
+    @api.exception_handler(SluiceError)
+    async def _sluice_error(_: Request, exc: SluiceError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=http_status(exc))
+
+    @api.get("/v2/health/live", tags=["health"])
+    async def live() -> JSONResponse:
+        return JSONResponse({"live": dataplane.live()}, status_code=200)
+
+    @api.get("/v2/health/ready", tags=["health"])
+    async def ready() -> JSONResponse:
+        ok = dataplane.ready()
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+    @api.get("/v2", tags=["metadata"])
+    async def server_metadata() -> dict[str, Any]:
+        return dataplane.server_metadata()
+
+    @api.get("/v2/models/{model}", tags=["metadata"], dependencies=guarded)
+    async def model_metadata(model: str) -> dict[str, Any]:
+        return dataplane.model_metadata(model, None)
+
+    @api.get("/v2/models/{model}/versions/{version}", tags=["metadata"], dependencies=guarded)
+    async def version_metadata(model: str, version: str) -> dict[str, Any]:
+        return dataplane.model_metadata(model, version)
+
+    @api.get("/v2/models/{model}/ready", tags=["health"], dependencies=guarded)
+    async def model_ready(model: str) -> JSONResponse:
+        ok = dataplane.model_ready(model, None)
+        return JSONResponse({"name": model, "ready": ok}, status_code=200 if ok else 503)
+
+    @api.get("/v2/models/{model}/versions/{version}/ready", tags=["health"], dependencies=guarded)
+    async def version_ready(model: str, version: str) -> JSONResponse:
+        ok = dataplane.model_ready(model, version)
+        return JSONResponse({"name": model, "version": version, "ready": ok}, status_code=200 if ok else 503)
+
+    @api.get("/metrics", tags=["observability"])
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    api.include_router(
+        build_admin_router(dataplane.control, admin_auth or AdminAuth(), ready=lambda: dataplane.ready())
+    )
+    if monitor is not None:
+        api.include_router(build_monitor_router(monitor, admin_auth or AdminAuth(), ready=lambda: dataplane.ready()))
+    api.include_router(build_feedback_router(dataplane.registry, lambda: dataplane.predictions, guarded))
+    return api
+
+
+def validation_message(exc: RequestValidationError) -> str:
+    """One line per problem, naming the field: "body.canary_weight: Input should be less than or equal to 100"."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error.get("loc", ()))
+        parts.append(f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg", "invalid")))
+    return "invalid request: " + "; ".join(parts)

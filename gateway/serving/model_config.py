@@ -1,0 +1,254 @@
+"""A model's optional `config.yaml`, beside its version folders.
+
+```yaml
+batching:
+  max_batch_size: 32        # rows per runtime call; 0 = run each request alone
+  max_queue_delay_ms: 2
+  queue_capacity: 1024
+  max_concurrent_batches: 1
+  greedy: true
+timeout_ms: 30000           # default per-request timeout
+version_policy:             # one of: latest: N | all: true | specific: [1, 3]
+  latest: 2
+runtime:
+  kind: onnx                # or remote (a V2 server, e.g. Triton or another Sluice)
+  execution_providers: [cuda, cpu]
+  intra_op_threads: 1
+  filename: model.onnx
+  # kind: remote only
+  url: 127.0.0.1:8001
+  protocol: grpc            # or http
+  remote_model: name        # default: this model's name
+logging:                    # the prediction log (monitors/prediction_log.py)
+  enabled: true
+  sample_rate: 1.0          # share of predictions logged, decided by a hash of the prediction id
+monitoring:                 # drift, accuracy and triggers (gateway/monitor_service.py)
+  task: classification      # or regression: which accuracy figures labels give
+  feature_names: [age, income, ...]   # names of the flattened input values, in order
+  drift:
+    schedule_s: 300         # run every 300 s for the stable and the canary; 0: on demand only
+    window_rows: 1000       # the last N logged rows of the version ...
+    window_s: null          # ... or those of the last T seconds
+    min_rows: 100           # fewer rows: no verdict
+    reference: reference.parquet   # CSV or Parquet beside config.yaml; else:
+    reference_rows: 1000    # the first N logged rows of the stable version
+    drift_share: 0.5        # share of drifted features that makes dataset drift
+    num_method: null        # Evidently stat test (ks, wasserstein, psi, ...); null: its default
+    threshold: null         # per-column threshold of that test; null: its default
+    keep_reports: 20        # HTML reports kept per model
+  accuracy:
+    schedule_s: 300
+    window_s: 3600          # labeled predictions of the last hour
+    min_labels: 20
+  triggers:
+    - name: input-drift
+      figure: drift_share   # drift_share, dataset_drift, feature:<column>, accuracy, accuracy_delta,
+                            # precision, recall, f1, mae, rmse
+      threshold: 0.3
+      direction: above      # default: below for accuracy/precision/recall/f1, above otherwise
+      windows: 2            # consecutive breaching runs
+      cooldown_s: 3600      # one firing per episode
+      roles: [stable, canary]  # canary: roll back; stable: call the retraining hook
+  retrain:
+    webhook_urls: [https://ci.example.com/hooks/retrain]   # signed with SLUICE_WEBHOOK_SECRET
+    command: [./retrain.sh] # run with the event as JSON in SLUICE_EVENT; bounded by timeout_s
+    timeout_s: 600
+```
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gateway.serving.batch_policy import BatchingConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BatchingSection(_Strict):
+    max_batch_size: int = Field(32, ge=0, le=65536)
+    max_queue_delay_ms: float = Field(2.0, ge=0, le=60_000)
+    queue_capacity: int = Field(1024, ge=1)
+    max_concurrent_batches: int = Field(1, ge=1, le=64)
+    greedy: bool = True
+
+
+class VersionPolicy(_Strict):
+    latest: int | None = Field(None, ge=1)
+    all: bool | None = None
+    specific: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> VersionPolicy:
+        chosen = [k for k in ("latest", "all", "specific") if getattr(self, k) not in (None, False)]
+        if len(chosen) > 1:
+            raise ValueError(f"version_policy takes one of latest, all, specific; got {chosen}")
+        return self
+
+    def select(self, versions: list[int]) -> list[int]:
+        ordered = sorted(versions)
+        if self.all:
+            return ordered
+        if self.specific is not None:
+            return [v for v in ordered if v in set(self.specific)]
+        return ordered[-(self.latest or 1) :]
+
+
+class RuntimeSection(_Strict):
+    kind: Literal["onnx", "remote"] = "onnx"
+    execution_providers: list[str] = Field(default_factory=lambda: ["cuda", "cpu"])
+    intra_op_threads: int = Field(1, ge=0, le=256)
+    filename: str = "model.onnx"
+    url: str | None = None
+    protocol: Literal["http", "grpc"] = "grpc"
+    remote_model: str | None = None
+    versions: list[int] | None = None
+    """remote only: versions to serve when there are no version folders."""
+
+    @model_validator(mode="after")
+    def _remote_needs_url(self) -> RuntimeSection:
+        if self.kind == "remote" and not self.url:
+            raise ValueError("runtime.kind 'remote' needs runtime.url")
+        if "/" in self.filename or self.filename.startswith(".") or not self.filename.endswith(".onnx"):
+            raise ValueError("runtime.filename must be a plain *.onnx file name")
+        return self
+
+
+class LoggingSection(_Strict):
+    """Which of the model's predictions the prediction log keeps (its shadows' answers follow the same rule)."""
+
+    enabled: bool = True
+    sample_rate: float = Field(1.0, ge=0.0, le=1.0)
+
+    @property
+    def rate(self) -> float:
+        """The effective sample rate: 0 when logging is off."""
+        return self.sample_rate if self.enabled else 0.0
+
+
+class DriftSection(_Strict):
+    schedule_s: float = Field(300.0, ge=0)
+    window_rows: int = Field(1000, ge=1, le=1_000_000)
+    window_s: float | None = Field(None, gt=0)
+    min_rows: int = Field(100, ge=1)
+    reference: str | None = None
+    reference_rows: int = Field(1000, ge=1, le=1_000_000)
+    drift_share: float = Field(0.5, gt=0, le=1)
+    num_method: str | None = None
+    cat_method: str | None = None
+    threshold: float | None = Field(None, gt=0)
+    keep_reports: int = Field(20, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _plain_reference(self) -> DriftSection:
+        ref = self.reference
+        if ref is not None and ("/" in ref or ref.startswith(".") or not ref.endswith((".csv", ".parquet"))):
+            raise ValueError("drift.reference must be a plain *.csv or *.parquet file name beside config.yaml")
+        return self
+
+
+class AccuracySection(_Strict):
+    schedule_s: float = Field(300.0, ge=0)
+    window_s: float = Field(3600.0, gt=0)
+    min_labels: int = Field(20, ge=1)
+
+
+TRIGGER_FIGURES = (
+    "drift_share",
+    "dataset_drift",
+    "accuracy",
+    "accuracy_delta",
+    "precision",
+    "recall",
+    "f1",
+    "mae",
+    "rmse",
+)
+
+
+Role = Literal["stable", "canary"]
+ROLES: tuple[Role, ...] = ("stable", "canary")
+
+
+class TriggerSection(_Strict):
+    name: str = Field(min_length=1, max_length=100)
+    figure: str
+    threshold: float
+    direction: Literal["above", "below"] | None = None
+    windows: int = Field(1, ge=1, le=1000)
+    cooldown_s: float = Field(3600.0, ge=0)
+    roles: list[Role] = Field(default_factory=lambda: list(ROLES), min_length=1)
+
+    @model_validator(mode="after")
+    def _known_figure(self) -> TriggerSection:
+        if self.figure not in TRIGGER_FIGURES and not (self.figure.startswith("feature:") and len(self.figure) > 8):
+            raise ValueError(f"trigger figure must be one of {', '.join(TRIGGER_FIGURES)} or feature:<column>")
+        return self
+
+
+class RetrainSection(_Strict):
+    webhook_urls: list[str] = Field(default_factory=list)
+    command: list[str] = Field(default_factory=list)
+    timeout_s: float = Field(600.0, gt=0)
+
+
+class MonitoringSection(_Strict):
+    task: Literal["classification", "regression"] = "classification"
+    feature_names: list[str] = Field(default_factory=list)
+    drift: DriftSection = Field(default_factory=lambda: DriftSection())
+    accuracy: AccuracySection = Field(default_factory=lambda: AccuracySection())
+    triggers: list[TriggerSection] = Field(default_factory=list)
+    retrain: RetrainSection = Field(default_factory=lambda: RetrainSection())
+
+    @model_validator(mode="after")
+    def _unique_triggers(self) -> MonitoringSection:
+        names = [t.name for t in self.triggers]
+        if len(names) != len(set(names)):
+            raise ValueError(f"trigger names must be unique, got {names}")
+        return self
+
+
+class ModelConfig(_Strict):
+    batching: BatchingSection = Field(default_factory=lambda: BatchingSection())
+    timeout_ms: float | None = Field(30_000, gt=0)
+    version_policy: VersionPolicy = Field(default_factory=lambda: VersionPolicy())
+    runtime: RuntimeSection = Field(default_factory=lambda: RuntimeSection())
+    logging: LoggingSection = Field(default_factory=lambda: LoggingSection())
+    monitoring: MonitoringSection = Field(default_factory=lambda: MonitoringSection())
+
+    def batching_config(self) -> BatchingConfig:
+        b = self.batching
+        return BatchingConfig(
+            max_batch_size=b.max_batch_size,
+            max_queue_delay_s=b.max_queue_delay_ms / 1000.0,
+            queue_capacity=b.queue_capacity,
+            max_concurrent_batches=b.max_concurrent_batches,
+            greedy=b.greedy,
+            default_timeout_s=None if self.timeout_ms is None else self.timeout_ms / 1000.0,
+        )
+
+
+class ConfigError(Exception):
+    """A config.yaml that cannot be used; the message names the file."""
+
+
+def load_model_config(path: Path) -> ModelConfig:
+    if not path.exists():
+        return ModelConfig()
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        return ModelConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{path}: {problems}") from exc

@@ -1,0 +1,192 @@
+"""Served models and versions: what is loaded, in which state, behind which batcher.
+
+A version is READY only after its runtime loaded and warmed up; a version that failed keeps
+its error message for metadata and the logs, and never takes the gateway down with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from opentelemetry.trace import Tracer
+
+from gateway.errors import ModelNotFound
+from gateway.observability.metrics import GatewayMetrics, VersionMetrics
+from gateway.observability.tracing import BatchTelemetry
+from gateway.serving.batch_policy import BatchingConfig
+from gateway.serving.batcher import Batcher
+from gateway.serving.model_config import ModelConfig
+from gateway.serving.repository import ModelSource, VersionSource, scan_model, scan_repository
+from runtimes.base import ModelRuntime
+
+log = logging.getLogger(__name__)
+
+RuntimeFactory = Callable[[ModelSource, VersionSource], Awaitable[ModelRuntime]]
+
+
+class VersionState(str, enum.Enum):
+    LOADING = "LOADING"
+    READY = "READY"
+    FAILED = "FAILED"
+    UNLOADING = "UNLOADING"
+    UNLOADED = "UNLOADED"
+
+
+@dataclass
+class ServedVersion:
+    model: str
+    version: str
+    config: ModelConfig
+    metrics: VersionMetrics
+    state: VersionState = VersionState.LOADING
+    error: str | None = None
+    runtime: ModelRuntime | None = None
+    batcher: Batcher | None = None
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+
+    @property
+    def ready(self) -> bool:
+        return self.state is VersionState.READY
+
+    def not_ready_reason(self) -> str:
+        """Why this version cannot serve, naming the file when a load failed."""
+        why = f": {self.error}" if self.error else ""
+        return f"model '{self.model}' version '{self.version}' is {self.state.value}{why}"
+
+
+@dataclass
+class ServedModel:
+    name: str
+    config: ModelConfig
+    versions: dict[str, ServedVersion] = field(default_factory=dict)
+    error: str | None = None
+
+    def ready_versions(self) -> list[ServedVersion]:
+        return [v for v in self.versions.values() if v.ready]
+
+
+class ModelRegistry:
+    def __init__(
+        self, repo: Path, metrics: GatewayMetrics, factory: RuntimeFactory, tracer: Tracer | None = None
+    ) -> None:
+        self.repo = repo
+        self._tracer = tracer
+        self._metrics = metrics
+        self._factory = factory
+        self.models: dict[str, ServedModel] = {}
+
+    async def load_all(self) -> None:
+        """Scan the repository and load every selected version concurrently."""
+        sources = await asyncio.to_thread(scan_repository, self.repo)
+        jobs = []
+        for source in sources:
+            model = ServedModel(source.name, source.config, error=source.error)
+            self.models[source.name] = model
+            if source.error:
+                log.error("model %s not loaded: %s", source.name, source.error)
+            for vs in source.versions:
+                served = ServedVersion(
+                    source.name, vs.version, source.config, self._metrics.version(source.name, vs.version)
+                )
+                served.metrics.set_ready(False)
+                model.versions[vs.version] = served
+                jobs.append(self._load_version(source, vs, served))
+        await asyncio.gather(*jobs)
+
+    async def _load_version(self, source: ModelSource, vs: VersionSource, served: ServedVersion) -> None:
+        try:
+            runtime = await self._factory(source, vs)
+            await runtime.warmup()
+        except Exception as exc:
+            served.state = VersionState.FAILED
+            served.error = str(exc)
+            log.error("model %s version %s failed to load: %s", served.model, served.version, exc)
+            return
+        batching = source.config.batching_config()
+        if not runtime.signature.batchable and batching.max_batch_size > 0:
+            batching = BatchingConfig(**{**batching.__dict__, "max_batch_size": 0})
+        served.runtime = runtime
+        served.batching = batching
+        served.batcher = Batcher(
+            runtime.infer,
+            batching,
+            observer=BatchTelemetry(served.metrics, self._tracer),
+            name=f"{served.model}/{served.version}",
+        )
+        served.batcher.start()
+        served.metrics.set_provider(runtime.info.execution_provider)
+        served.metrics.set_ready(True)
+        served.state = VersionState.READY
+        log.info(
+            "model %s version %s ready on %s (max_batch_size=%d)",
+            served.model,
+            served.version,
+            runtime.info.execution_provider,
+            batching.max_batch_size,
+        )
+
+    async def load_version(self, name: str, version: str) -> ServedVersion:
+        """Load (or reload) one version from the repository, whatever the version policy says."""
+        model = self.get_model(name)
+        current = model.versions.get(version)
+        if current is not None and current.state in (VersionState.READY, VersionState.LOADING):
+            return current
+        source = await asyncio.to_thread(scan_model, self.repo, self.repo / name, True)
+        match = [v for v in source.versions if v.version == version]
+        if source.error and not match:
+            raise ModelNotFound(source.error)
+        if not match:
+            raise ModelNotFound(f"model '{name}' has no version '{version}' in the repository")
+        served = ServedVersion(name, version, source.config, self._metrics.version(name, version))
+        model.versions[version] = served
+        await self._load_version(source, match[0], served)
+        return served
+
+    async def unload_version(self, name: str, version: str, drain_timeout_s: float) -> ServedVersion:
+        """Stop routing to the version, let its in-flight requests finish, then free the runtime."""
+        served = self.get_version(name, version)
+        if served.state is not VersionState.READY:
+            return served
+        served.state = VersionState.UNLOADING
+        served.metrics.set_ready(False)
+        if served.batcher is not None:
+            await served.batcher.drain(drain_timeout_s)
+            await served.batcher.close()
+        if served.runtime is not None:
+            await served.runtime.close()
+        served.batcher, served.runtime = None, None
+        served.state = VersionState.UNLOADED
+        log.info("model %s version %s unloaded", name, version)
+        return served
+
+    def get_model(self, name: str) -> ServedModel:
+        model = self.models.get(name)
+        if model is None:
+            raise ModelNotFound(f"model '{name}' is not in the repository")
+        return model
+
+    def get_version(self, name: str, version: str) -> ServedVersion:
+        model = self.get_model(name)
+        served = model.versions.get(version)
+        if served is None:
+            raise ModelNotFound(f"model '{name}' has no version '{version}' (serving {sorted(model.versions)})")
+        return served
+
+    async def drain(self, timeout_s: float) -> bool:
+        batchers = [v.batcher for m in self.models.values() for v in m.versions.values() if v.batcher]
+        results = await asyncio.gather(*(b.drain(timeout_s) for b in batchers))
+        return all(results)
+
+    async def close(self) -> None:
+        for model in self.models.values():
+            for served in model.versions.values():
+                served.metrics.set_ready(False)
+                if served.batcher is not None:
+                    await served.batcher.close()
+                if served.runtime is not None:
+                    await served.runtime.close()

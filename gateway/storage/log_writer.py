@@ -1,0 +1,270 @@
+"""The prediction log's database writes, in a process of their own.
+
+The serving process is bound by one thread, the one that holds the GIL: its event loop. The
+database's share of a logged record (binding parameters, building the statement, SQLAlchemy's
+connection handling, the driver) is most of the log's cost, and any second Python thread costs
+the loop more than its own work: GIL hand-offs, and a loop that waits while another thread runs.
+So the serving process only encodes each record as it is queued (`PredictionRow`s: raw tensor
+bytes and plain values, about 1.2 µs a record) and pickles each batch (about 0.3 µs a record), on
+the event loop, and
+`ProcessRowWriter` hands it over a pipe to a child process that owns its own `Store` and does the
+rest on another core. The loop awaits the child's answer like any other I/O, so `PredictionLog`'s
+guarantees hold unchanged: one batch in flight, a failed batch counted as failed, `flush` and
+`close` wait for what was written.
+
+The child is a fresh interpreter (`python -m gateway.storage.log_writer`), never a fork (the serving process
+has threads a fork would copy mid-lock), and not multiprocessing's spawn either, which re-runs the
+parent's main module. It talks length-prefixed frames on its stdin and stdout; the database URL
+comes (with the store's extra driver arguments) as the first frame, never in argv or the
+environment: it may hold a password. It ignores SIGINT and SIGTERM and runs in a session of its own
+(the gateway flushes the log on shutdown, then closes the pipe), and it exits when the pipe closes,
+so a gateway killed outright does not leave it behind. A child that dies or stops answering loses
+the batch it held; the next batch starts a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import pickle
+import signal
+import struct
+import sys
+from collections.abc import Sequence
+from typing import IO, Any
+
+from gateway.storage.store import Store
+from monitors.records import PredictionRow
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 60.0
+"""How long a new child may take to import the store and open the database."""
+
+
+class WriterProcessError(RuntimeError):
+    """The writer process failed a batch, died, or did not answer in time."""
+
+
+class ProcessRowWriter:
+    """Hands encoded batches (`PredictionRow`s) to a writer process, from the event loop itself.
+
+    No thread of the serving process takes part: the batch is pickled on the loop, written to the
+    child's stdin and its answer read from its stdout through asyncio's pipe transports. (A writer
+    thread doing the same Python work cost the loop far more than the work itself: on a 16-core
+    machine, with no CPU to compete for, logging with a writer thread cost 10% of req/s, the loop
+    waiting for the GIL 3-4% of the time and spending 5-9% more CPU per request.)
+    """
+
+    def __init__(self, store: Store, *, write_timeout_s: float = 120.0) -> None:
+        """`store`: the serving process's store; the child opens its own on the same database.
+        `write_timeout_s`: how long one batch may take before the child is taken to be hung."""
+        self.write_timeout_s = write_timeout_s
+        self._opening = pickle.dumps((store.connect_url, store.connect_args))
+        """The child's first frame: how to open the same database (may hold a password: never logged)."""
+        self._child: asyncio.subprocess.Process | None = None
+        self._lock: asyncio.Lock | None = None
+        self.starts = 0
+        """Children started so far; each after the first replaced one that died or hung."""
+
+    @property
+    def restarts(self) -> int:
+        """Children started to replace one that died or hung."""
+        return max(0, self.starts - 1)
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id, while it runs."""
+        child = self._child
+        return child.pid if child is not None and child.returncode is None else None
+
+    async def start(self) -> None:
+        """Start the child now (it otherwise starts with the first batch), so the first batch does not
+        wait for its imports."""
+        async with self._locked():
+            await self._ensure_child()
+
+    async def write(self, rows: Sequence[PredictionRow]) -> None:
+        """Send one batch and wait for the child to commit it; WriterProcessError if it cannot."""
+        if not rows:
+            return
+        payload = pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
+        async with self._locked():
+            child = await self._ensure_child()
+            try:
+                answer = await asyncio.wait_for(_exchange(child, payload), self.write_timeout_s)
+            except (EOFError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+                await self._stop_child(kill=True)
+                raise WriterProcessError(f"the log writer process failed: {_describe(exc)}") from exc
+        status, detail = pickle.loads(answer)
+        if status != "ok":
+            raise WriterProcessError(detail)
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Stop the child after the batch in flight (call after the log's `close`)."""
+        async with self._locked():
+            await self._stop_child(kill=False, timeout_s=timeout_s)
+
+    def _locked(self) -> asyncio.Lock:
+        if self._lock is None:  # made on the loop that uses it
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    async def _ensure_child(self) -> asyncio.subprocess.Process:
+        child = self._child
+        if child is not None and child.returncode is None:
+            return child
+        if child is not None:
+            await self._stop_child(kill=True)
+        if self.starts:
+            log.warning("prediction log: starting a new writer process (restart %d)", self.starts)
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway.storage.log_writer",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            close_fds=True,
+            start_new_session=True,  # no Ctrl-C from the terminal: the gateway stops it after the last flush
+            env={**os.environ, **_ONE_THREAD},
+        )
+        _widen_pipe(child)
+        try:
+            # On the pipe, not argv or the environment: the URL may hold a password.
+            answer = await asyncio.wait_for(_exchange(child, self._opening), START_TIMEOUT_S)
+            status, detail = pickle.loads(answer)
+        except (EOFError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            await _end(child, kill=True)
+            raise WriterProcessError(f"the log writer process did not start: {_describe(exc)}") from exc
+        if status != "ready":
+            await _end(child, kill=True)
+            raise WriterProcessError(f"the log writer process could not open the database: {detail}")
+        self._child = child
+        self.starts += 1
+        return child
+
+    async def _stop_child(self, *, kill: bool, timeout_s: float = 5.0) -> None:
+        child, self._child = self._child, None
+        if child is not None:
+            await _end(child, kill=kill, timeout_s=timeout_s)
+
+
+_ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+"""The child does no arithmetic, but it imports numpy, whose BLAS would start a thread pool that
+spins on a core for its first ~60 ms (and a thread per core for nothing after)."""
+
+
+PIPE_BYTES = 1 << 20
+"""Pipe buffer asked for (Linux F_SETPIPE_SZ; 1 MiB is the default cap for unprivileged users): a batch
+of 500 reference records is ~140 KB, which through the default 64 KiB buffer takes several writes, each
+a wake-up of the loop and of the child."""
+
+
+def _widen_pipe(child: asyncio.subprocess.Process) -> None:
+    setsize = getattr(fcntl, "F_SETPIPE_SZ", None)
+    transport = getattr(child.stdin, "transport", None)
+    pipe = transport.get_extra_info("pipe") if transport is not None else None
+    if setsize is None or pipe is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        fcntl.fcntl(pipe.fileno(), setsize, PIPE_BYTES)
+
+
+async def _exchange(child: asyncio.subprocess.Process, payload: bytes) -> bytes:
+    """Write one frame to the child and read its one-frame answer."""
+    assert child.stdin is not None and child.stdout is not None
+    child.stdin.write(_LENGTH.pack(len(payload)) + payload)
+    await child.stdin.drain()
+    (size,) = _LENGTH.unpack(await child.stdout.readexactly(_LENGTH.size))
+    return await child.stdout.readexactly(size)
+
+
+async def _end(child: asyncio.subprocess.Process, *, kill: bool, timeout_s: float = 5.0) -> None:
+    """Close the pipe (the child's signal to finish and exit), or kill it; then reap it."""
+    if kill and child.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            child.kill()
+    if child.stdin is not None:
+        with contextlib.suppress(OSError):
+            child.stdin.close()
+    try:
+        await asyncio.wait_for(child.wait(), timeout_s)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            child.kill()
+        await asyncio.wait_for(child.wait(), timeout_s)
+
+
+_LENGTH = struct.Struct("<Q")
+
+
+def _send(stream: IO[bytes], payload: bytes) -> None:
+    stream.write(_LENGTH.pack(len(payload)))
+    stream.write(payload)
+    stream.flush()
+
+
+def _receive(stream: IO[bytes]) -> bytes:
+    """One frame; EOFError when the pipe closed."""
+    head = _read_exactly(stream, _LENGTH.size)
+    return _read_exactly(stream, _LENGTH.unpack(head)[0])
+
+
+def _read_exactly(stream: IO[bytes], size: int) -> bytes:
+    data = stream.read(size)
+    if data is None or len(data) < size:
+        raise EOFError("the pipe closed")
+    return data
+
+
+def main() -> None:
+    """The writer process (`python -m gateway.storage.log_writer`): open the store named by the first frame,
+    then write each batch that arrives and answer for it, until the pipe closes."""
+    inbox = sys.stdin.buffer
+    outbox = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a stray print must not corrupt the frames
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        url, connect_args = pickle.loads(_receive(inbox))
+        store = Store(url, connect_args=connect_args)
+        store.schema_version()  # connect now: a database that cannot be opened fails the start
+    except EOFError:
+        return
+    except Exception as exc:
+        _send(outbox, pickle.dumps(("error", _describe(exc))))
+        return
+    try:
+        _send(outbox, pickle.dumps(("ready", "")))
+        while True:
+            try:
+                payload = _receive(inbox)
+            except (EOFError, OSError):
+                return  # the gateway closed the pipe, or is gone
+            answer: tuple[str, Any]
+            try:
+                rows: list[PredictionRow] = pickle.loads(payload)
+                store.write_prediction_rows(rows)
+                answer = ("ok", len(rows))
+            except Exception as exc:
+                answer = ("error", _describe(exc))
+            try:
+                _send(outbox, pickle.dumps(answer))
+            except OSError:
+                return
+    finally:
+        store.close()
+
+
+def _describe(exc: BaseException) -> str:
+    """An error for the serving process's log: the first line only (a driver error's SQL and parameters
+    follow on later lines, and the parameters are people's inputs)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+if __name__ == "__main__":
+    main()
