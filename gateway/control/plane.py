@@ -29,7 +29,8 @@ from gateway.serving.request import InferRequest
 from gateway.serving.router import Routed, newest_ready, route_request
 from gateway.serving.traffic import TrafficPolicy
 from gateway.serving.window_stats import WindowRecorder
-from gateway.storage.store import AuditEvent, Store
+from gateway.storage.control_state import AuditEvent
+from gateway.storage.store import Store
 from gateway.tasks import cancel_and_wait, tick_forever
 
 log = logging.getLogger(__name__)
