@@ -102,7 +102,14 @@ def test_future_migration_runs_only_the_missing_step(backend: Backend, monkeypat
     monkeypatch.setattr(migrations_mod, "MIGRATIONS", [Migration(1, original.description, step_1)])
     s = backend.open()
     assert s.upgrade() == 1
-    s.put_version("m", "1", artifact=None, runtime="onnx", batching={}, desired="loaded")
+    with s.engine.begin() as conn:  # a row as a v1 gateway wrote it (put_version needs the newest schema)
+        conn.execute(
+            sa.text(
+                "insert into versions (model, version, runtime, batching, desired, created_at, updated_at) "
+                "values ('m', '1', 'onnx', '{}', 'loaded', :at, :at)"
+            ),
+            {"at": datetime.now(timezone.utc)},
+        )
     assert calls == [1]
     assert s.upgrade() == 1  # nothing more to add: a no-op
     assert calls == [1]

@@ -10,18 +10,29 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    func,
     insert,
     select,
     true,
     update,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from gateway.control.rollout_model import RolloutState
 from gateway.errors import Conflict, InvalidInput
 from gateway.serving.traffic import TrafficPolicy
 from gateway.storage.engine import Database
-from gateway.storage.schema import audit_table, policies_table, rollouts_table, upsert, utc_now, versions_table
+from gateway.storage.schema import (
+    audit_table,
+    leases_table,
+    policies_table,
+    revision_table,
+    rollouts_table,
+    upsert,
+    utc_now,
+    versions_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +82,106 @@ def policy_from_json(doc: Mapping[str, Any]) -> TrafficPolicy:
     return TrafficPolicy(**values)
 
 
+@dataclass(frozen=True)
+class Lease:
+    """Who holds a lease, under which epoch, until when (the database's clock), and where it takes requests."""
+
+    name: str
+    holder: str
+    epoch: int
+    expires_at: float
+    address: str | None
+
+
 class ControlState(Database):
+    """Written by the control plane only (fenced: see `Database.fence`); read by every replica.
+
+    Each change to a policy or a version's desired state raises the control revision in the same
+    transaction, so a replica that sees the revision move knows there is something to reload.
+    """
+
+    # --- the revision replicas follow -------------------------------------------------------------
+
+    def control_revision(self) -> int:
+        """The counter every control change raises: one indexed read, cheap enough to poll."""
+        with self._read() as conn:
+            return int(conn.execute(select(revision_table.c.revision).where(revision_table.c.id == 1)).scalar_one())
+
+    def _next_revision(self, conn: Connection) -> int:
+        t = revision_table
+        conn.execute(update(t).where(t.c.id == 1).values(revision=t.c.revision + 1))
+        return int(conn.execute(select(t.c.revision).where(t.c.id == 1)).scalar_one())
+
+    # --- the leader lease ---------------------------------------------------------------------------
+
+    def acquire_lease(self, name: str, holder: str, ttl_s: float, address: str | None) -> Lease | None:
+        """Take the lease if it is free or expired (a new epoch), or extend it if `holder` has it.
+
+        Returns the lease held, or None when another holder's lease has not expired. Time is the
+        database's, so holders on machines whose clocks disagree still agree on expiry.
+        """
+        t = leases_table
+        with self._write() as conn:
+            now = _database_now(conn)
+            query = select(t).where(t.c.name == name)
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update()
+            row = conn.execute(query).first()
+            if row is None:
+                epoch = 1
+                conn.execute(
+                    insert(t).values(
+                        name=name,
+                        holder=holder,
+                        epoch=epoch,
+                        expires_at=now + ttl_s,
+                        address=address,
+                        acquired_at=utc_now(),
+                    )
+                )
+            elif row.holder == holder and row.expires_at >= now:
+                epoch = int(row.epoch)
+                conn.execute(update(t).where(t.c.name == name).values(expires_at=now + ttl_s, address=address))
+            elif row.expires_at < now:
+                epoch = int(row.epoch) + 1
+                conn.execute(
+                    update(t)
+                    .where(t.c.name == name)
+                    .values(holder=holder, epoch=epoch, expires_at=now + ttl_s, address=address, acquired_at=utc_now())
+                )
+            else:
+                return None
+        return Lease(name, holder, epoch, now + ttl_s, address)
+
+    def renew_lease(self, name: str, holder: str, epoch: int, ttl_s: float) -> Lease | None:
+        """Extend the lease if `holder` still has it under `epoch` (even just expired: nobody took it
+        meanwhile, or the epoch would have moved); None when it was lost."""
+        t = leases_table
+        with self._write() as conn:
+            now = _database_now(conn)
+            where = (t.c.name == name) & (t.c.holder == holder) & (t.c.epoch == epoch)
+            if not conn.execute(update(t).where(where).values(expires_at=now + ttl_s)).rowcount:
+                return None
+            address = conn.execute(select(t.c.address).where(t.c.name == name)).scalar_one_or_none()
+        return Lease(name, holder, epoch, now + ttl_s, address)
+
+    def release_lease(self, name: str, holder: str, epoch: int) -> None:
+        """Give the lease up at once (a clean shutdown): the next candidate need not wait for expiry."""
+        t = leases_table
+        with self._write() as conn:
+            where = (t.c.name == name) & (t.c.holder == holder) & (t.c.epoch == epoch)
+            conn.execute(update(t).where(where).values(expires_at=0.0))
+
+    def lease(self, name: str) -> tuple[Lease | None, float]:
+        """The lease as stored (None if never taken) and the database's time now."""
+        t = leases_table
+        with self._read() as conn:
+            now = _database_now(conn)
+            row = conn.execute(select(t).where(t.c.name == name)).first()
+        if row is None:
+            return None, now
+        return Lease(row.name, row.holder, int(row.epoch), float(row.expires_at), row.address), now
+
     # --- traffic policies -----------------------------------------------------------------------
 
     def get_policy(self, model: str) -> TrafficPolicy | None:
@@ -80,16 +190,24 @@ class ControlState(Database):
             doc = conn.execute(select(t.c.policy).where(t.c.model == model)).scalar_one_or_none()
         return None if doc is None else policy_from_json(doc)
 
-    def put_policy(self, model: str, policy: TrafficPolicy) -> None:
+    def put_policy(self, model: str, policy: TrafficPolicy) -> int:
+        """Store the model's policy under a new control revision, and return that revision."""
         t = policies_table
-        with self._write() as conn:
-            upsert(conn, t, {"model": model}, {"policy": policy_to_json(policy), "updated_at": utc_now()})
+        with self._control_write() as conn:
+            revision = self._next_revision(conn)
+            values = {"policy": policy_to_json(policy), "updated_at": utc_now(), "revision": revision}
+            upsert(conn, t, {"model": model}, values)
+        return revision
 
     def all_policies(self) -> dict[str, TrafficPolicy]:
+        return {model: policy for model, (policy, _) in self.policies_with_revisions().items()}
+
+    def policies_with_revisions(self) -> dict[str, tuple[TrafficPolicy, int]]:
+        """Every stored policy and the revision that wrote it: what a replica routes by."""
         t = policies_table
         with self._read() as conn:
-            rows = conn.execute(select(t.c.model, t.c.policy).order_by(t.c.model)).all()
-        return {row.model: policy_from_json(row.policy) for row in rows}
+            rows = conn.execute(select(t.c.model, t.c.policy, t.c.revision).order_by(t.c.model)).all()
+        return {row.model: (policy_from_json(row.policy), int(row.revision)) for row in rows}
 
     # --- rollouts -------------------------------------------------------------------------------
 
@@ -112,7 +230,7 @@ class ControlState(Database):
             "updated_at": now,
         }
         try:
-            with self._write() as conn:
+            with self._control_write() as conn:
                 latest = conn.execute(
                     select(t.c.id, t.c.active, t.c.stable, t.c.canary)
                     .where(t.c.model == state.model)
@@ -170,12 +288,14 @@ class ControlState(Database):
         batching: dict[str, Any],
         desired: str,
     ) -> None:
-        """Record a version and its desired state ("loaded" or "unloaded"); a restart restores it."""
+        """Record a version and its desired state ("loaded" or "unloaded"): every replica, and a restart,
+        brings its own registry to it."""
         if desired not in DESIRED_STATES:
             raise InvalidInput(f"desired state must be one of {', '.join(DESIRED_STATES)}, got {desired!r}")
         t = versions_table
         now = utc_now()
-        with self._write() as conn:
+        with self._control_write() as conn:
+            self._next_revision(conn)
             upsert(
                 conn,
                 t,
@@ -208,7 +328,7 @@ class ControlState(Database):
         """Record one event (before/after: JSON-serialisable); return its id. `at`: aware, default now."""
         if at is not None and (at.tzinfo is None or at.utcoffset() is None):
             raise ValueError(f"naive datetime {at!r}: the store takes timezone-aware datetimes only")
-        with self._write() as conn:
+        with self._control_write() as conn:
             event_id = conn.execute(
                 insert(audit_table)
                 .values(
@@ -249,3 +369,10 @@ class ControlState(Database):
             )
             for row in rows
         ]
+
+
+def _database_now(conn: Connection) -> float:
+    """The database's clock, epoch seconds: the one clock every replica of a deployment shares."""
+    if conn.dialect.name == "postgresql":
+        return float(conn.execute(select(func.extract("epoch", func.clock_timestamp()))).scalar_one())
+    return float(conn.execute(select((func.julianday("now") - 2440587.5) * 86400.0)).scalar_one())

@@ -12,16 +12,21 @@ import sqlite3
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import (
     create_engine,
     event,
+    select,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
 
+from gateway.errors import NotLeader
 from gateway.storage.migrations import apply_migrations, current_version
+from gateway.storage.schema import leases_table
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +84,18 @@ def _make_engine(url: str, connect_args: Mapping[str, Any] | None) -> Engine:
 D = TypeVar("D", bound="Database")
 
 
+@dataclass(frozen=True)
+class Fence:
+    """The leader lease a control-plane write must still hold: checked inside the write's transaction."""
+
+    name: str
+    holder: str
+    epoch: int
+
+
+_CHANGE: ContextVar[tuple[Database, Connection] | None] = ContextVar("sluice_store_change", default=None)
+
+
 class Database:
     """One pooled engine, thread-safe and synchronous: every method of a subclass is one short transaction,
     run by its caller in a worker thread (never on the request hot path)."""
@@ -87,6 +104,10 @@ class Database:
         """`url`: "sqlite:///path/sluice.db" or "postgresql+psycopg://user:pw@host:5432/db"."""
         self._engine = _make_engine(url, connect_args)
         self._connect_args = dict(connect_args or {})
+        self.fence: Fence | None = None
+        """Set while this process holds the control plane's leader lease: every control write checks,
+        in its own transaction, that the lease still has this holder and epoch, so a stale leader (paused,
+        cut off, its lease taken over) changes nothing. None: unfenced (tools, tests, a lone writer)."""
 
     @classmethod
     def for_state_dir(cls: type[D], state_dir: Path) -> D:
@@ -138,6 +159,49 @@ class Database:
             conn.execution_options(**{_WRITE_OPTION: True})
             with conn.begin():
                 yield conn
+
+    @contextmanager
+    def change(self) -> Iterator[None]:
+        """Make the control writes inside this block one transaction, fenced once: all of them or none.
+
+        The block runs in one thread (the caller's worker thread); a nested `change` joins the outer one.
+        """
+        if (current := _CHANGE.get()) is not None and current[0] is self:
+            yield
+            return
+        with self._write() as conn:
+            self._check_fence(conn)
+            token = _CHANGE.set((self, conn))
+            try:
+                yield
+            finally:
+                _CHANGE.reset(token)
+
+    @contextmanager
+    def _control_write(self) -> Iterator[Connection]:
+        """A write transaction for control state: the open `change()` if any, else one of its own, fenced."""
+        if (current := _CHANGE.get()) is not None and current[0] is self:
+            yield current[1]
+            return
+        with self._write() as conn:
+            self._check_fence(conn)
+            yield conn
+
+    def _check_fence(self, conn: Connection) -> None:
+        fence = self.fence
+        if fence is None:
+            return
+        t = leases_table
+        query = select(t.c.holder, t.c.epoch).where(t.c.name == fence.name)
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update()  # the lease cannot change hands before this transaction commits
+        row = conn.execute(query).first()
+        if row is None or (row.holder, int(row.epoch)) != (fence.holder, fence.epoch):
+            holder = "nobody" if row is None else f"{row.holder} (epoch {row.epoch})"
+            raise NotLeader(
+                f"this replica ({fence.holder}, epoch {fence.epoch}) no longer holds the control plane's "
+                f"lease: {holder} does; the change was refused"
+            )
 
     # --- schema ---------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -239,12 +240,60 @@ def _migration_5(conn: Connection) -> None:
     md.create_all(conn, checkfirst=False)
 
 
+def _migration_6(conn: Connection) -> None:
+    """Replicas and one control plane: the leader lease, the revision counter replicas follow, policy
+    revisions, and the window summaries replicas publish (a frozen copy, as the others)."""
+    md = MetaData()
+    Table(
+        "control_revision",
+        md,
+        Column("id", Integer, primary_key=True, autoincrement=False),
+        Column("revision", BigInteger, nullable=False),
+    )
+    Table(
+        "leases",
+        md,
+        Column("name", String(64), primary_key=True),
+        Column("holder", String(255), nullable=False),
+        Column("epoch", BigInteger, nullable=False),
+        Column("expires_at", Float, nullable=False),
+        Column("address", String(1024), nullable=True),
+        Column("acquired_at", UTCDateTime, nullable=False),
+    )
+    windows = Table(
+        "window_summaries",
+        md,
+        Column("id", Id, primary_key=True, autoincrement=True),
+        Column("replica", String(255), nullable=False),
+        Column("model", String(255), nullable=False),
+        Column("version", String(255), nullable=False),
+        Column("revision", BigInteger, nullable=False),
+        Column("at", UTCDateTime, nullable=False),
+        Column("requests", Integer, nullable=False),
+        Column("errors", Integer, nullable=False),
+        Column("latency", JSON, nullable=False),
+        Column("min_s", Float, nullable=True),
+        Column("max_s", Float, nullable=True),
+        Column("shadow_compared", Integer, nullable=False),
+        Column("shadow_agreed", Integer, nullable=False),
+        Column("batches", Integer, nullable=False),
+        Column("batch_rows", Integer, nullable=False),
+        Column("taken", Boolean, nullable=False),
+    )
+    Index("ix_window_summaries_model_version_revision", windows.c.model, windows.c.version, windows.c.revision)
+    Index("ix_window_summaries_model_at", windows.c.model, windows.c.at)
+    md.create_all(conn, checkfirst=False)
+    conn.execute(text("INSERT INTO control_revision (id, revision) VALUES (1, 0)"))
+    add_column(conn, "traffic_policies", "revision", BigInteger(), nullable=False, server_default="0")
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "traffic policies, rollouts, versions, audit log", _migration_1),
     Migration(2, "prediction log and labels", _migration_2),
     Migration(3, "prediction tensors as bytes; no index on the time alone", _migration_3),
     Migration(4, "drift and accuracy runs", _migration_4),
     Migration(5, "trigger rules' state", _migration_5),
+    Migration(6, "leader lease, control revision, policy revisions, window summaries", _migration_6),
 ]
 """Ordered, append-only. A new step: `Migration(6, "...", fn)`, where fn uses e.g. `add_column`."""
 

@@ -25,7 +25,7 @@ class MonitorState(Database):
         """Store one drift or accuracy run (the keys of `monitor_runs`, less `id`); returns its id."""
         values = {c.name: run[c.name] for c in monitor_runs_table.columns if c.name != "id" and c.name in run}
         values.setdefault("at", utc_now())
-        with self._write() as conn:
+        with self._control_write() as conn:
             key = conn.execute(insert(monitor_runs_table).values(**values)).inserted_primary_key
         assert key is not None
         return int(key[0])
@@ -60,5 +60,5 @@ class MonitorState(Database):
 
     def save_trigger_state(self, model: str, version: str, rule: str, state: RuleState) -> None:
         values = {"streak": state.streak, "last_fired_clock": state.last_fired_at, "updated_at": utc_now()}
-        with self._write() as conn:
+        with self._control_write() as conn:
             upsert(conn, trigger_states_table, {"model": model, "version": version, "rule": rule}, values)

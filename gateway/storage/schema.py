@@ -87,7 +87,10 @@ policies_table = Table(
     Column("model", String(255), primary_key=True),
     Column("policy", JSON, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("revision", BigInteger, nullable=False, server_default="0"),
 )
+"""`revision`: the control revision (below) that wrote the policy. Replicas tag each request with the
+revision of the policy that routed it, so a rollout's window holds only traffic routed by its step."""
 
 rollouts_table = Table(
     "rollouts",
@@ -184,6 +187,55 @@ trigger_states_table = Table(
 """Each trigger rule's state per model version (`monitors.triggers.RuleState`), so that a restart
 neither forgets a streak nor restarts a cooldown. `last_fired_clock` is the control plane's clock
 (epoch seconds unless a test injects another); when it fired is also in the audit log."""
+
+
+revision_table = Table(
+    "control_revision",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("revision", BigInteger, nullable=False),
+)
+"""One row: a counter the control plane raises in the same transaction as every change to a policy or
+a version's desired state. Replicas poll it (one indexed read) and reload what they follow when it moves."""
+
+leases_table = Table(
+    "leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(255), nullable=False),
+    Column("epoch", BigInteger, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("address", String(1024), nullable=True),
+    Column("acquired_at", UTCDateTime, nullable=False),
+)
+"""The control plane's leader lease. `epoch` rises with each new holder and fences the control plane's
+writes; `expires_at` is the database's clock (epoch seconds), so holders on other machines agree on it;
+`address` is where the leader takes admin requests that other replicas forward."""
+
+window_summaries_table = Table(
+    "window_summaries",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("replica", String(255), nullable=False),
+    Column("model", String(255), nullable=False),
+    Column("version", String(255), nullable=False),
+    Column("revision", BigInteger, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("requests", Integer, nullable=False),
+    Column("errors", Integer, nullable=False),
+    Column("latency", JSON, nullable=False),
+    Column("min_s", Float, nullable=True),
+    Column("max_s", Float, nullable=True),
+    Column("shadow_compared", Integer, nullable=False),
+    Column("shadow_agreed", Integer, nullable=False),
+    Column("batches", Integer, nullable=False),
+    Column("batch_rows", Integer, nullable=False),
+    Column("taken", Boolean, nullable=False),
+)
+"""Per-version request statistics each replica publishes every second or so (`serving.window_stats`):
+mergeable (counts and sparse latency-histogram buckets), keyed by the policy revision that routed the
+requests. Rollout analysis takes a version's untaken rows since its window's revision and marks them
+taken; the console reads them over time. Old rows are pruned by age."""
 
 
 def utc_now() -> datetime:

@@ -23,13 +23,15 @@ from typing import Any
 from gateway.storage.control_state import ControlState
 from gateway.storage.monitor_state import MonitorState
 from gateway.storage.predictions import PredictionData
+from gateway.storage.windows import WindowData
 
 
-class Store(ControlState, PredictionData, MonitorState):
+class Store(ControlState, WindowData, PredictionData, MonitorState):
     """Synchronous and thread-safe (one pooled engine); every method is one short transaction.
 
     One class per job, each over the same engine (`gateway.storage.engine.Database`): the control
-    plane's state, the prediction log and its labels, the monitors' runs and rule states.
+    plane's state, the replicas' window summaries, the prediction log and its labels, the monitors'
+    runs and rule states.
     """
 
 
