@@ -393,12 +393,35 @@ def tune_gc(gen0_threshold: int) -> None:
         gc.set_threshold(gen0_threshold, gen1, gen2)
 
 
-async def serve(settings: GatewaySettings, on_ready: Any = None) -> None:
+async def serve(
+    settings: GatewaySettings,
+    on_ready: Callable[[Gateway], None] | None = None,
+    *,
+    reuse_port: bool = False,
+    cohort_ready: Callable[[], bool] | None = None,
+) -> None:
     """Run one gateway as this process: signals, start-up, GC tuning, drain on SIGTERM."""
-    gateway = Gateway(settings)
+    gateway = Gateway(settings, reuse_port=reuse_port, cohort_ready=cohort_ready)
     gateway.install_signal_handlers()
     await gateway.start()
     tune_gc(settings.gc_gen0_threshold)
     if on_ready is not None:
         on_ready(gateway)
     await gateway.wait_stopped()
+
+
+def run_replica(
+    settings: GatewaySettings,
+    *,
+    on_ready: Callable[[Gateway], None] | None = None,
+    reuse_port: bool = False,
+    cohort_ready: Callable[[], bool] | None = None,
+) -> None:
+    """`serve` on uvloop (uvicorn[standard] brings it on Linux), until SIGTERM or SIGINT."""
+    coro = serve(settings, on_ready, reuse_port=reuse_port, cohort_ready=cohort_ready)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        asyncio.run(coro)
+        return
+    uvloop.run(coro)
