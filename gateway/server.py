@@ -167,8 +167,7 @@ class Gateway:
         self.control_url = ""
         """Where this replica takes admin requests forwarded by the others (its private listener)."""
         self._forwarder: LeaderForwarder | None = None
-        self._http: _UvicornServer | None = None
-        self._http_task: asyncio.Task[None] | None = None
+        self._http: list[tuple[_UvicornServer, asyncio.Task[None]]] = []
         self._grpc: Any = None
         self._loops: list[asyncio.Task[None]] = []
         self._stopping: asyncio.Event | None = None
@@ -210,49 +209,25 @@ class Gateway:
         return HttpAdapter(self.dataplane, self._forwarder, self.settings.max_body_bytes, inference_auth)
 
     async def start(self) -> None:
-        """Bind and serve at once (live), then load models and follow the control plane (ready)."""
+        """Bind and serve at once (live), then load models and follow the control plane (ready).
+
+        A worker sharing its ports with others (`reuse_port`) binds them only once it is ready: from the
+        moment a socket is in the SO_REUSEPORT group the kernel hands it connections, and a worker still
+        loading its models would answer them 503. Until then it serves its private listener alone.
+        """
         s = self.settings
         admin_auth = AdminAuth.from_settings(s)  # a bad token list stops start-up before anything binds
         inference_auth = InferenceAuth.from_inference_settings(s)
         self._stopping = asyncio.Event()
-        public = _listen(s.host, s.http_port, reuse_port=self._reuse_port)
+        app = self._http_app(admin_auth, inference_auth)
         private = _listen(s.control_host, s.control_port)
-        self.http_port = public.getsockname()[1]
         control_host = s.advertise_host or s.control_host
         self.control_url = f"http://{_url_host(control_host)}:{private.getsockname()[1]}"
         self.election.address = self.control_url
-        config = uvicorn.Config(
-            self._http_app(admin_auth, inference_auth),
-            http="httptools",
-            loop="none",
-            lifespan="off",
-            access_log=False,
-            log_config=None,
-            timeout_graceful_shutdown=int(max(1, s.drain_timeout_s)),
-            timeout_keep_alive=30,
-            backlog=2048,
-        )
-        self._http = _UvicornServer(config)
-        self._http_task = asyncio.get_running_loop().create_task(self._http.serve(sockets=[public, private]))
-        if s.grpc_port >= 0:
-            self._grpc, self.grpc_port = build_grpc_server(
-                self.dataplane, s.host, s.grpc_port, s.max_body_bytes, inference_auth, reuse_port=self._reuse_port
-            )
-            await self._grpc.start()
-        while not self._http.started:
-            if self._http_task.done():
-                self._http_task.result()
-                raise RuntimeError("HTTP server exited during start-up")
-            await asyncio.sleep(0.01)
-        log.info(
-            "listening",
-            extra={
-                "http_port": self.http_port,
-                "grpc_port": self.grpc_port,
-                "host": s.host,
-                "control": self.control_url,
-            },
-        )
+        if self._reuse_port:
+            await self._serve_http(app, [private])
+        else:
+            await self._serve_public(app, inference_auth, private)
         if importlib.util.find_spec("onnxruntime") is None:
             log.error(
                 "ONNX Runtime is not installed: ONNX models cannot load. Install exactly one of the extras "
@@ -276,8 +251,47 @@ class Gateway:
         ]
         if self.metrics.multiprocess_dir is not None:
             self._loops.append(_loop(self._sync_metrics, 1.0, "metrics sync"))
+        if self._reuse_port:
+            await self._serve_public(app, inference_auth)
         self.dataplane.started = True
         log.info("ready", extra={"models": sorted(self.registry.models), "leader": self.election.is_leader})
+
+    async def _serve_public(self, app: HttpAdapter, auth: InferenceAuth, *also: socket.socket) -> None:
+        """Listen on the public HTTP and gRPC ports (and on `also` with the same HTTP server)."""
+        s = self.settings
+        public = _listen(s.host, s.http_port, reuse_port=self._reuse_port)
+        self.http_port = public.getsockname()[1]
+        await self._serve_http(app, [public, *also])
+        if s.grpc_port >= 0:
+            self._grpc, self.grpc_port = build_grpc_server(
+                self.dataplane, s.host, s.grpc_port, s.max_body_bytes, auth, reuse_port=self._reuse_port
+            )
+            await self._grpc.start()
+        log.info(
+            "listening",
+            extra={"http_port": self.http_port, "grpc_port": self.grpc_port, "host": s.host, "admin": self.control_url},
+        )
+
+    async def _serve_http(self, app: HttpAdapter, sockets: list[socket.socket]) -> None:
+        config = uvicorn.Config(
+            app,
+            http="httptools",
+            loop="none",
+            lifespan="off",
+            access_log=False,
+            log_config=None,
+            timeout_graceful_shutdown=int(max(1, self.settings.drain_timeout_s)),
+            timeout_keep_alive=30,
+            backlog=2048,
+        )
+        server = _UvicornServer(config)
+        task = asyncio.get_running_loop().create_task(server.serve(sockets=sockets))
+        self._http.append((server, task))
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("HTTP server exited during start-up")
+            await asyncio.sleep(0.01)
 
     async def _lead(self, fence: Fence) -> None:
         """Elected: run the control plane and the monitors here."""
@@ -320,17 +334,16 @@ class Gateway:
         timeout = self.settings.drain_timeout_s
         self.dataplane.draining = True
         log.info("draining", extra={"timeout_s": timeout})
-        waits = []
-        if self._http is not None:
-            self._http.should_exit = True
-            if self._http_task is not None:
-                waits.append(self._http_task)
+        waits: list[asyncio.Future[Any]] = []
+        for server, serving in self._http:
+            server.should_exit = True
+            waits.append(serving)
         if self._grpc is not None:
             waits.append(asyncio.ensure_future(self._grpc.stop(grace=timeout)))
         if waits:
             _done, pending = await asyncio.wait(waits, timeout=timeout + 5)
-            for task in pending:
-                task.cancel()
+            for waiting in pending:
+                waiting.cancel()
         drained = await self.registry.drain(timeout)
         if not drained:
             log.warning("drain timeout passed with requests still queued")

@@ -152,7 +152,7 @@ class Supervisor:
         process.start()
         slot.process = process
         slot.started_at = time.monotonic()
-        log.info("worker %d started", slot.index, extra={"pid": process.pid})
+        log.info("worker %d started", slot.index, extra={"worker_pid": process.pid})
 
     def _wait(self, timeout: float) -> None:
         sentinels = [s.process.sentinel for s in self._slots if s.process is not None and s.process.is_alive()]

@@ -33,6 +33,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
+            "pid": record.process,  # with --workers, which process said it
         }
         for key, value in record.__dict__.items():
             if key not in _STANDARD and value not in ("", None):
