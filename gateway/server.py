@@ -27,6 +27,7 @@ from gateway.admin.auth import AdminAuth, InferenceAuth
 from gateway.control.monitor_service import MonitorService
 from gateway.control.plane import ControlPlane
 from gateway.control.webhooks import WebhookSender
+from gateway.observability.gpu import register_gpu_collector
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.tracing import get_tracer, make_tracer_provider
 from gateway.serving.dataplane import DataPlane
@@ -66,6 +67,7 @@ class Gateway:
         self._run_controller = run_controller
         self.settings = settings
         self.metrics = GatewayMetrics()
+        register_gpu_collector(self.metrics.registry)  # absent GPU or NVML: registers nothing
         self.tracer_provider = tracer_provider or make_tracer_provider(
             settings.service_name, sample_ratio=settings.trace_sample_ratio
         )
