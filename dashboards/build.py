@@ -594,10 +594,17 @@ def monitoring() -> Dashboard:
                 ),
             ),
             Panel(
-                "Monitor run duration (mean)",
-                "Wall time of drift and accuracy runs in the monitor's worker process.",
+                "Monitor run duration (mean since the gateway started)",
+                "Wall time of drift and accuracy runs in the monitor's worker process. Runs are minutes apart, "
+                "so a rate over a few scrapes would mostly be empty: this is the running mean.",
                 "s",
-                (Target(mean("sluice_monitor_run_duration_seconds", MODEL, "model, kind"), "{{model}} {{kind}}"),),
+                (
+                    Target(
+                        f"sum by (model, kind) (sluice_monitor_run_duration_seconds_sum{{{MODEL}}}) / "
+                        f"sum by (model, kind) (sluice_monitor_run_duration_seconds_count{{{MODEL}}})",
+                        "{{model}} {{kind}}",
+                    ),
+                ),
             ),
             Panel(
                 "Trigger firings (since the gateway started)",
