@@ -196,12 +196,11 @@ def drive(gw: GatewayProcess, hook: HookReceiver) -> None:
         }
         r = http.post("/admin/models/lookup/rollout", json=rollout, headers=admin)
         assert r.status_code == 201, r.text
-        for i in range(60):
-            lookup_traffic(http, 60, seed=10 + i)
-            if http.get("/admin/models/lookup/rollout", headers=admin).json()["phase"] == "rolled_back":
-                break
-        else:
-            raise AssertionError("the bad canary was not rolled back")
+        deadline, seed = time.monotonic() + 60, 10
+        while http.get("/admin/models/lookup/rollout", headers=admin).json()["phase"] != "rolled_back":
+            assert time.monotonic() < deadline, "the bad canary was not rolled back within 60 s"
+            lookup_traffic(http, 60, seed=seed)
+            seed += 1
         assert set(lookup_traffic(http, 60, seed=99)) == {200}
         hold()
 
@@ -284,10 +283,7 @@ def test_every_panel_and_variable_returns_data(scenario: Scenario) -> None:
             for target in panel.targets:
                 expr = substitute(target.expr, d, RATE_INTERVAL)
                 try:
-                    if target.instant:
-                        result = prom.query(expr, at=end)
-                    else:
-                        result = prom.query_range(expr, start, end, 1.0)
+                    result = prom.query(expr, at=end) if target.instant else prom.query_range(expr, start, end, 1.0)
                 except AssertionError as exc:
                     failures.append(f"{d.uid} / {panel.title}: does not parse or run: {exc}")
                     continue
