@@ -6,6 +6,8 @@ parent's status until it gets one of its own.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 class SluiceError(Exception):
     """Base of every error a caller may see; the message is shown to the caller verbatim."""
@@ -53,3 +55,48 @@ class Unauthorized(SluiceError):
 
 class Forbidden(SluiceError):
     """Credentials were sent but are not valid."""
+
+
+class ControlPlaneUnavailable(SluiceError):
+    """No control-plane leader can take the change now (none elected yet, or it cannot be reached); retry."""
+
+
+class NotLeader(ControlPlaneUnavailable):
+    """This replica lost the leader lease: its write was refused (fenced) so a stale leader changes nothing."""
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """What one error class means at each edge: the HTTP status, the gRPC status code's name, and the
+    outcome label of `sluice_requests_total` (what the request did, for metrics and the prediction log)."""
+
+    http: int
+    grpc: str
+    outcome: str
+
+
+INTERNAL = Mapping(500, "INTERNAL", "error")
+
+ERRORS: tuple[tuple[type[BaseException], Mapping], ...] = (
+    (PayloadTooLarge, Mapping(413, "INVALID_ARGUMENT", "invalid")),
+    (InvalidInput, Mapping(400, "INVALID_ARGUMENT", "invalid")),
+    (ModelNotFound, Mapping(404, "NOT_FOUND", "not_found")),
+    (ModelNotReady, Mapping(503, "UNAVAILABLE", "not_ready")),
+    (ShuttingDown, Mapping(503, "UNAVAILABLE", "draining")),
+    (Overloaded, Mapping(429, "RESOURCE_EXHAUSTED", "overloaded")),
+    (DeadlineExceeded, Mapping(504, "DEADLINE_EXCEEDED", "timeout")),
+    (InferenceFailed, INTERNAL),
+    (Conflict, Mapping(409, "FAILED_PRECONDITION", "error")),
+    (ControlPlaneUnavailable, Mapping(503, "UNAVAILABLE", "error")),
+    (Unauthorized, Mapping(401, "UNAUTHENTICATED", "error")),
+    (Forbidden, Mapping(403, "PERMISSION_DENIED", "error")),
+)
+"""The one table, most specific class first: the first `isinstance` match wins, so a new subclass maps
+as its parent until it gets a row of its own. Anything else is INTERNAL (500)."""
+
+
+def mapping_of(exc: BaseException) -> Mapping:
+    for cls, mapping in ERRORS:
+        if isinstance(exc, cls):
+            return mapping
+    return INTERNAL

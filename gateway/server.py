@@ -1,9 +1,10 @@
-"""The composition root: one place wires settings, runtimes, registry, data plane and both servers.
+"""The composition root: one place wires settings, runtimes, registry, data plane, control plane and servers.
 
-Lifecycle: bind both ports (live, not ready) -> load and warm every model -> ready. On
-SIGTERM or SIGINT: readiness goes false, both servers stop accepting and finish what they
-have (queued and running batches included) within the drain timeout, the prediction log
-writes what is queued, then the process exits 0.
+Lifecycle: bind the ports (live, not ready) -> load and warm every model -> follow the control
+plane's state -> stand for the leader lease -> ready. On SIGTERM or SIGINT: readiness goes false,
+the servers stop accepting and finish what they have (queued and running batches included) within
+the drain timeout, the prediction log writes what is queued, the window statistics are published,
+the lease is released, then the process exits 0.
 """
 
 from __future__ import annotations
@@ -13,17 +14,25 @@ import contextlib
 import gc
 import importlib.util
 import logging
+import os
+import secrets
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import uvicorn
 from opentelemetry.sdk.trace import TracerProvider
 
+from gateway.admin.api import build_admin_router
 from gateway.admin.auth import AdminAuth, InferenceAuth
+from gateway.admin.feedback_api import build_feedback_router
+from gateway.admin.forward import LeaderForwarder
+from gateway.admin.monitor_api import build_monitor_router
+from gateway.control.leader import LeaderElection
 from gateway.control.monitor_service import MonitorService
 from gateway.control.plane import ControlPlane
 from gateway.control.webhooks import WebhookSender
@@ -31,14 +40,20 @@ from gateway.observability.gpu import register_gpu_collector
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.tracing import get_tracer, make_tracer_provider
 from gateway.serving.dataplane import DataPlane
+from gateway.serving.follower import PolicyFollower
 from gateway.serving.grpc_app import build_grpc_server
-from gateway.serving.http_app import HttpAdapter
+from gateway.serving.http_app import HttpAdapter, build_api, inference_key_dependency
+from gateway.serving.policy_view import PolicyView
 from gateway.serving.registry import ModelRegistry, RuntimeFactory
 from gateway.serving.repository import ModelSource, VersionSource
 from gateway.serving.shadow import ShadowDispatcher
+from gateway.serving.window_publisher import WindowPublisher
+from gateway.serving.window_stats import WindowRecorder
 from gateway.settings import GatewaySettings
+from gateway.storage.engine import Fence
 from gateway.storage.log_writer import ProcessRowWriter, WriterProcessError
 from gateway.storage.store import Store
+from gateway.tasks import cancel_and_wait, tick_forever
 from monitors.prediction_log import PredictionLog, Retention
 from runtimes.base import ModelRuntime
 from runtimes.onnx import OnnxRuntime
@@ -55,6 +70,14 @@ class _UvicornServer(uvicorn.Server):
 
 
 class Gateway:
+    """One replica: the data plane, always; the control plane too while it holds the leader lease.
+
+    With one process (the default) it wins the lease at start and is the whole gateway. With workers
+    (`gateway.workers`) or Ray Serve, every process is one of these: each serves requests, follows
+    the control plane's state from the store, publishes its window statistics, and stands for the
+    lease; the one that holds it also runs the rollouts, the monitors and the admin changes.
+    """
+
     def __init__(
         self,
         settings: GatewaySettings,
@@ -63,11 +86,14 @@ class Gateway:
         runtime_factory: RuntimeFactory | None = None,
         clock: Callable[[], float] = time.time,
         run_controller: bool = True,
+        reuse_port: bool = False,
+        cohort_ready: Callable[[], bool] | None = None,
     ) -> None:
         self._run_controller = run_controller
+        self._reuse_port = reuse_port
         self.settings = settings
         self.metrics = GatewayMetrics()
-        register_gpu_collector(self.metrics.registry)  # absent GPU or NVML: registers nothing
+        register_gpu_collector(self.metrics.register_machine_collector)  # no GPU or NVML: registers nothing
         self.tracer_provider = tracer_provider or make_tracer_provider(
             settings.service_name, sample_ratio=settings.trace_sample_ratio
         )
@@ -75,13 +101,21 @@ class Gateway:
         tracer = get_tracer(self.tracer_provider)
         self.registry = ModelRegistry(settings.model_repo, self.metrics, runtime_factory or self._make_runtime, tracer)
         url = settings.database_url.get_secret_value() if settings.database_url else None
-        store = Store(url) if url else Store.for_state_dir(settings.state_dir)
+        self.store = store = Store(url) if url else Store.for_state_dir(settings.state_dir)
+        self.replica_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        """This replica's name in the leader lease and on its window summaries."""
+        self.view = PolicyView()
+        self.windows = WindowRecorder()
+        self.follower = PolicyFollower(store, self.view, self.registry, drain_timeout_s=settings.drain_timeout_s)
+        self.publisher = WindowPublisher(self.windows, store, self.replica_id)
         secret = settings.webhook_secret.get_secret_value().encode() if settings.webhook_secret else None
         webhooks = WebhookSender(settings.webhook_urls, secret, self.metrics) if settings.webhook_urls else None
         self.control = ControlPlane(
             self.registry,
             self.metrics,
             store,
+            self.view,
+            flush_windows=self.publisher.publish,
             webhooks=webhooks,
             clock=clock,
             tick_s=settings.rollout_tick_s,
@@ -94,6 +128,14 @@ class Gateway:
             reports_dir=settings.reports_dir or settings.state_dir / "reports",
             webhook_secret=secret,
             tick_s=settings.monitor_tick_s,
+        )
+        self.election = LeaderElection(
+            store,
+            self.replica_id,
+            ttl_s=settings.leader_lease_s,
+            renew_s=settings.leader_renew_s,
+            on_elected=self._lead,
+            on_deposed=self._follow,
         )
         days = settings.prediction_retention_days
         self._log_writer = ProcessRowWriter(store) if settings.prediction_log_writer == "process" else None
@@ -108,21 +150,29 @@ class Gateway:
             ),
         )
         self.metrics.watch_prediction_log(self.predictions.counters.as_dict, lambda: self.predictions.depth)
-        self.shadows = ShadowDispatcher(self.metrics, self.control.windows, predictions=self.predictions)
+        self.shadows = ShadowDispatcher(self.metrics, self.windows, predictions=self.predictions)
         self.dataplane = DataPlane(
             self.registry,
             tracer,
             self.metrics,
-            self.control,
+            self.view,
+            self.windows,
             self.shadows,
             settings.service_name,
             predictions=self.predictions,
         )
+        if cohort_ready is not None:
+            self.dataplane.cohort_ready = cohort_ready
+        self.view.on_change = self.dataplane.publish_weights
         self.http_port = 0
         self.grpc_port = 0
+        self.control_url = ""
+        """Where this replica takes admin requests forwarded by the others (its private listener)."""
+        self._forwarder: LeaderForwarder | None = None
         self._http: _UvicornServer | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._grpc: Any = None
+        self._loops: list[asyncio.Task[None]] = []
         self._stopping: asyncio.Event | None = None
         self._stopped = False
 
@@ -148,22 +198,33 @@ class Gateway:
             executor=self._executor,
         )
 
+    def _http_app(self, admin_auth: AdminAuth, inference_auth: InferenceAuth) -> HttpAdapter:
+        """The HTTP application: V2, /metrics, and the admin, monitor and feedback APIs, which a replica that
+        does not lead forwards to the one that does."""
+        ready = self.dataplane.ready
+        routers = [
+            build_admin_router(self.control, admin_auth, ready=ready),
+            build_monitor_router(self.monitor, admin_auth, ready=ready),
+            build_feedback_router(self.registry, lambda: self.predictions, [inference_key_dependency(inference_auth)]),
+        ]
+        api = build_api(self.dataplane, self.metrics.exposition, inference_auth, routers)
+        self._forwarder = LeaderForwarder(api, self.election, wait_s=self.settings.leader_lease_s * 2)
+        return HttpAdapter(self.dataplane, self._forwarder, self.settings.max_body_bytes, inference_auth)
+
     async def start(self) -> None:
-        """Bind and serve at once (live), then load models (ready when they are warm)."""
+        """Bind and serve at once (live), then load models and follow the control plane (ready)."""
         s = self.settings
         admin_auth = AdminAuth.from_settings(s)  # a bad token list stops start-up before anything binds
         inference_auth = InferenceAuth.from_inference_settings(s)
         self._stopping = asyncio.Event()
-        sock = socket.socket(socket.AF_INET6 if ":" in s.host else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((s.host, s.http_port))
-        sock.listen(2048)
-        sock.setblocking(False)
-        self.http_port = sock.getsockname()[1]
+        public = _listen(s.host, s.http_port, reuse_port=self._reuse_port)
+        private = _listen(s.control_host, s.control_port)
+        self.http_port = public.getsockname()[1]
+        control_host = s.advertise_host or s.control_host
+        self.control_url = f"http://{_url_host(control_host)}:{private.getsockname()[1]}"
+        self.election.address = self.control_url
         config = uvicorn.Config(
-            HttpAdapter(
-                self.dataplane, self.metrics.registry, s.max_body_bytes, admin_auth, inference_auth, self.monitor
-            ),
+            self._http_app(admin_auth, inference_auth),
             http="httptools",
             loop="none",
             lifespan="off",
@@ -174,10 +235,10 @@ class Gateway:
             backlog=2048,
         )
         self._http = _UvicornServer(config)
-        self._http_task = asyncio.get_running_loop().create_task(self._http.serve(sockets=[sock]))
+        self._http_task = asyncio.get_running_loop().create_task(self._http.serve(sockets=[public, private]))
         if s.grpc_port >= 0:
             self._grpc, self.grpc_port = build_grpc_server(
-                self.dataplane, s.host, s.grpc_port, s.max_body_bytes, inference_auth
+                self.dataplane, s.host, s.grpc_port, s.max_body_bytes, inference_auth, reuse_port=self._reuse_port
             )
             await self._grpc.start()
         while not self._http.started:
@@ -185,24 +246,59 @@ class Gateway:
                 self._http_task.result()
                 raise RuntimeError("HTTP server exited during start-up")
             await asyncio.sleep(0.01)
-        log.info("listening", extra={"http_port": self.http_port, "grpc_port": self.grpc_port, "host": s.host})
+        log.info(
+            "listening",
+            extra={
+                "http_port": self.http_port,
+                "grpc_port": self.grpc_port,
+                "host": s.host,
+                "control": self.control_url,
+            },
+        )
         if importlib.util.find_spec("onnxruntime") is None:
             log.error(
                 "ONNX Runtime is not installed: ONNX models cannot load. Install exactly one of the extras "
                 "'sluicegate[cpu]' (onnxruntime) or 'sluicegate[gpu]' (onnxruntime-gpu)"
             )
+        await asyncio.to_thread(self.store.upgrade)  # every replica may race here: migrations serialise
         await self.registry.load_all()
-        await self.control.start(run_loop=self._run_controller)  # upgrades the store's schema first
+        await self.follower.sync()  # the policies in force and the versions' desired states
+        await self.election.step()  # lead at once when nobody else does
         if self._log_writer is not None:
             try:
                 await self._log_writer.start()
             except WriterProcessError as exc:  # the first batch tries again; until then nothing is lost
                 log.error("prediction log: %s", exc)
         self.predictions.start()
+        self._loops = [
+            _loop(self.follower.sync, s.sync_interval_s, "policy follower"),
+            _loop(self.publisher.publish, s.window_publish_s, "window publisher"),
+            _loop(self.election.step, s.leader_renew_s, "leader election"),
+            _loop(self._housekeeping, HOUSEKEEPING_S, "housekeeping"),
+        ]
+        if self.metrics.multiprocess_dir is not None:
+            self._loops.append(_loop(self._sync_metrics, 1.0, "metrics sync"))
+        self.dataplane.started = True
+        log.info("ready", extra={"models": sorted(self.registry.models), "leader": self.election.is_leader})
+
+    async def _lead(self, fence: Fence) -> None:
+        """Elected: run the control plane and the monitors here."""
+        await self.control.start(run_loop=self._run_controller)
         await self.monitor.restore(sorted(self.registry.models))
         self.monitor.start(run_loop=self._run_controller)
-        self.dataplane.started = True
-        log.info("ready", extra={"models": sorted(self.registry.models)})
+
+    async def _follow(self) -> None:
+        """Deposed (or shutting down): stop taking changes; keep serving."""
+        await self.monitor.stop()
+        await self.control.stop()
+
+    async def _housekeeping(self) -> None:
+        if self.election.is_leader:
+            cutoff = datetime.now(timezone.utc) - timedelta(seconds=self.settings.window_retention_s)
+            await asyncio.to_thread(self.store.prune_windows, cutoff)
+
+    async def _sync_metrics(self) -> None:
+        self.metrics.sync_watched()
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -241,17 +337,47 @@ class Gateway:
         if not drained:
             log.warning("drain timeout passed with requests still queued")
         await self.shadows.aclose()
-        # Every request has finished and every shadow copy has answered: flush their records before
-        # the control plane closes the store (SIGTERM loses no record that was queued).
+        for task in self._loops:
+            await cancel_and_wait(task)
+        # Every request has finished and every shadow copy has answered: flush their records and window
+        # statistics before the store closes (SIGTERM loses no record that was queued).
         await self.predictions.close(timeout)
         if self._log_writer is not None:
             await self._log_writer.close()
+        await self.publisher.publish()
+        await self.election.resign()
         await self.monitor.stop()
-        await self.control.stop()
+        await self.control.aclose()
+        if self._forwarder is not None:
+            await self._forwarder.aclose()
         await self.registry.close()
+        await asyncio.to_thread(self.store.close)
         self._executor.shutdown(wait=False, cancel_futures=True)
         self.tracer_provider.shutdown()
         log.info("stopped")
+
+
+HOUSEKEEPING_S = 300.0
+
+
+def _loop(tick: Callable[[], Awaitable[None]], every_s: float, what: str) -> asyncio.Task[None]:
+    return asyncio.get_running_loop().create_task(tick_forever(tick, every_s, what), name=what)
+
+
+def _listen(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A listening TCP socket. `reuse_port`: shared with the other workers of this machine (SO_REUSEPORT)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def tune_gc(gen0_threshold: int) -> None:
@@ -269,12 +395,35 @@ def tune_gc(gen0_threshold: int) -> None:
         gc.set_threshold(gen0_threshold, gen1, gen2)
 
 
-async def serve(settings: GatewaySettings, on_ready: Any = None) -> None:
+async def serve(
+    settings: GatewaySettings,
+    on_ready: Callable[[Gateway], None] | None = None,
+    *,
+    reuse_port: bool = False,
+    cohort_ready: Callable[[], bool] | None = None,
+) -> None:
     """Run one gateway as this process: signals, start-up, GC tuning, drain on SIGTERM."""
-    gateway = Gateway(settings)
+    gateway = Gateway(settings, reuse_port=reuse_port, cohort_ready=cohort_ready)
     gateway.install_signal_handlers()
     await gateway.start()
     tune_gc(settings.gc_gen0_threshold)
     if on_ready is not None:
         on_ready(gateway)
     await gateway.wait_stopped()
+
+
+def run_replica(
+    settings: GatewaySettings,
+    *,
+    on_ready: Callable[[Gateway], None] | None = None,
+    reuse_port: bool = False,
+    cohort_ready: Callable[[], bool] | None = None,
+) -> None:
+    """`serve` on uvloop (uvicorn[standard] brings it on Linux), until SIGTERM or SIGINT."""
+    coro = serve(settings, on_ready, reuse_port=reuse_port, cohort_ready=cohort_ready)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        asyncio.run(coro)
+        return
+    uvloop.run(coro)

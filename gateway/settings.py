@@ -87,3 +87,30 @@ class GatewaySettings(BaseSettings):
     prediction_prune_interval_s: float = Field(
         300.0, gt=0, description="How often the prediction log is pruned to its retention."
     )
+    workers: int | Literal["auto"] = Field(
+        1,
+        description=(
+            "Worker processes serving the HTTP and gRPC ports together (SO_REUSEPORT); auto: one per core. "
+            "Each has its own runtimes and batchers; one of them also runs the control plane."
+        ),
+    )
+    leader_lease_s: float = Field(
+        5.0, gt=0, description="Time to live of the control plane's leader lease: a dead leader is replaced within it."
+    )
+    leader_renew_s: float = Field(1.0, gt=0, description="How often the leader renews its lease and others try for it.")
+    sync_interval_s: float = Field(
+        0.2, gt=0, description="How often a replica checks the state store for control-plane changes to follow."
+    )
+    window_publish_s: float = Field(
+        1.0, gt=0, description="How often a replica publishes its per-version window statistics to the state store."
+    )
+    window_retention_s: float = Field(
+        2 * 86400.0, gt=0, description="Window statistics older than this are deleted (the console charts them)."
+    )
+    control_host: str = Field(
+        "127.0.0.1", description="Address of the replica's private listener, where other replicas forward admin calls."
+    )
+    control_port: int = Field(0, ge=0, description="Port of that private listener; 0 picks a free one.")
+    advertise_host: str | None = Field(
+        None, description="Host other replicas use to reach this one's private listener (default: control_host)."
+    )

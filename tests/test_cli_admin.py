@@ -13,7 +13,8 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from gateway.cli.main import app
-from gateway.storage.store import MIGRATIONS, Store
+from gateway.storage.migrations import MIGRATIONS
+from gateway.storage.store import Store
 from tests.helpers import GatewayProcess, free_port, gateway_process
 
 CLI_TOKEN = secrets.token_urlsafe(24)

@@ -30,7 +30,7 @@ def _nvml_sees_a_gpu() -> bool:
 
 def test_gpu_figures_follow_what_nvml_finds() -> None:
     registry = CollectorRegistry()
-    collector = register_gpu_collector(registry)
+    collector = register_gpu_collector(registry.register)
     text = generate_latest(registry).decode()
     if not _nvml_sees_a_gpu():
         assert collector is None
@@ -52,7 +52,7 @@ def test_without_the_nvml_package_nothing_registers_and_nothing_fails() -> None:
         "from prometheus_client import CollectorRegistry, generate_latest\n"
         "from gateway.observability.gpu import register_gpu_collector\n"
         "r = CollectorRegistry()\n"
-        "assert register_gpu_collector(r) is None\n"
+        "assert register_gpu_collector(r.register) is None\n"
         "assert b'sluice_gpu' not in generate_latest(r)\n"
         "print('absent ok')\n"
     )

@@ -29,7 +29,7 @@ from prometheus_client import generate_latest
 
 from gateway.cli.demo import build_demo_repository, build_reference_mlp
 from gateway.observability.metrics import GatewayMetrics
-from gateway.storage import store as store_mod
+from gateway.storage import predictions as predictions_mod
 from gateway.storage.store import Store
 from monitors.prediction_log import (
     MAX_ID_LENGTH,
@@ -543,7 +543,7 @@ def test_prune_by_row_count_keeps_the_newest_across_models(store: Store) -> None
 
 
 def test_prune_by_row_count_with_more_versions_than_it_merges(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store_mod, "_MERGE_VERSIONS", 1)  # one ordered scan of the table instead
+    monkeypatch.setattr(predictions_mod, "_MERGE_VERSIONS", 1)  # one ordered scan of the table instead
     store.write_predictions([_record(i, version=str(i % 3)) for i in range(10)])
     assert store._prediction_versions() == [("m", "0"), ("m", "1"), ("m", "2")]
     assert store.prune_predictions(older_than=None, keep_rows=4) == 6

@@ -10,8 +10,8 @@ from gateway.control.rollout_checks import (
     CHECKS,
     check_problems,
     evaluate,
+    next_baselines,
     register,
-    with_baseline,
 )
 from gateway.control.rollout_model import CheckResult, CheckSpec, RolloutSpec, Verdict, VersionWindow, Window
 
@@ -39,9 +39,9 @@ ERROR_CASES = [
     (vw(100, 2), vw(1000, 0), FAIL, "two points over a clean stable"),
     (vw(100, 5), vw(1000, 40), PASS, "5% <= 4% x 1.5 + 1%"),
     (vw(100, 8), vw(1000, 40), FAIL, "8% > 7%"),
-    (vw(100, 1), vw(0), PASS, "no stable traffic (100% step): absolute 1% limit"),
-    (vw(100, 2), vw(0), FAIL, "no stable traffic: 2% is over the absolute limit"),
-    (vw(100, 2), vw(5, 5), FAIL, "a stable with too few requests is no baseline, however bad"),
+    (vw(100, 1), vw(0), NO_DATA, "no stable traffic (100% step) is no baseline: evaluate stands one in"),
+    (vw(100, 2), vw(5, 5), NO_DATA, "a stable with too few requests is no baseline, however bad"),
+    (vw(100, 0), vw(19, 0), NO_DATA, "nor is one a request short of min_requests"),
 ]
 
 
@@ -61,6 +61,8 @@ LATENCY_CASES = [
     (vw(10, p99_ms=5), vw(1000, p99_ms=5), NO_DATA, "too few canary requests"),
     (vw(100), vw(1000, p99_ms=5), NO_DATA, "canary has no p99"),
     (vw(100, p99_ms=5), vw(0), NO_DATA, "stable has no p99 (give it a baseline)"),
+    (vw(100, p99_ms=50), vw(4, p99_ms=33), NO_DATA, "a sliver of stable traffic is no baseline"),
+    (vw(100, p99_ms=5), vw(100, p99_ms=None), NO_DATA, "stable served but has no p99"),
     (vw(100, p99_ms=7.4), vw(1000, p99_ms=5), PASS, "within 1.5x"),
     (vw(100, p99_ms=7.5), vw(1000, p99_ms=5), PASS, "exactly at the limit passes"),
     (vw(100, p99_ms=7.6), vw(1000, p99_ms=5), FAIL, "over 1.5x"),
@@ -143,14 +145,61 @@ def test_check_problems() -> None:
     assert "at least one check" in check_problems(RolloutSpec(canary="2", checks=()))[0]
 
 
-def test_with_baseline_stands_in_only_for_an_empty_stable() -> None:
-    baseline = vw(1000, 30, p99_ms=5)
-    at_100 = Window(vw(500, 20, p99_ms=6), vw(0))
-    assert with_baseline(at_100, baseline).stable == baseline
-    assert with_baseline(at_100, None) == at_100
-    busy = Window(vw(500), vw(10, p99_ms=4))
-    assert with_baseline(busy, baseline) == busy
-    # 4% errors at 100% would fail the absolute 1% limit, but passes against the stable's usual 3%.
-    spec = CheckSpec("error_ratio", 1.5)
-    assert CHECKS["error_ratio"](at_100, spec).verdict is FAIL
-    assert CHECKS["error_ratio"](with_baseline(at_100, baseline), spec).verdict is PASS
+ISSUE_11 = (CheckSpec("error_ratio", 1.5, min_requests=20), CheckSpec("latency_p99_ratio", 3.0, min_requests=20))
+
+
+def test_a_thin_stable_is_replaced_by_the_last_window_that_had_enough_and_the_detail_says_so() -> None:
+    """Issue 11, first half: a good canary at 100% against 4 stray stable requests with a small p99."""
+    baselines = ((20, vw(788, 0, p99_ms=7.774)),)
+    window = Window(vw(600, 0, p99_ms=7.234), vw(4, 0, p99_ms=1.801))
+    errors, latency = evaluate(window, ISSUE_11, baselines)
+    assert (errors.verdict, latency.verdict) == (PASS, PASS)
+    for result in (errors, latency):
+        assert "baseline: the stable's last window with at least 20 requests (788)" in result.detail
+        assert "this window's stable served 4" in result.detail
+    assert "7.774 ms over 788 requests" in latency.detail
+
+
+def test_a_slow_canary_is_judged_against_the_baseline_not_an_inflated_sliver() -> None:
+    """Issue 11, second half: the sliver's p99 was inflated (33 ms) and let a slow canary through."""
+    baselines = ((20, vw(788, 0, p99_ms=2.0)),)
+    window = Window(vw(600, 0, p99_ms=7.0), vw(3, 0, p99_ms=33.0))
+    _, latency = evaluate(window, ISSUE_11, baselines)
+    assert latency.verdict is FAIL and "limit 6.000 ms" in latency.detail
+
+
+def test_without_a_baseline_a_thin_stable_is_no_data_never_a_pass_or_a_fail() -> None:
+    window = Window(vw(600, 50, p99_ms=70.0), vw(2, 0, p99_ms=1.0))
+    results = evaluate(window, ISSUE_11, ())
+    assert [r.verdict for r in results] == [NO_DATA, NO_DATA]
+    assert all("no earlier window of this rollout had that many" in r.detail for r in results)
+
+
+def test_a_baseline_must_meet_the_checks_own_min_requests() -> None:
+    checks = (CheckSpec("error_ratio", 1.5, min_requests=50),)
+    kept = ((20, vw(30, 0)),)  # enough for a check wanting 20, not for one wanting 50
+    (result,) = evaluate(Window(vw(200, 0), vw(0)), checks, kept)
+    assert result.verdict is NO_DATA
+
+
+def test_a_stable_with_enough_traffic_is_its_own_baseline() -> None:
+    baselines = ((20, vw(1000, 500, p99_ms=100.0)),)  # a bad old window must not excuse anything now
+    window = Window(vw(100, 5, p99_ms=5.0), vw(100, 0, p99_ms=2.0))
+    errors, latency = evaluate(window, ISSUE_11, baselines)
+    assert (errors.verdict, latency.verdict) == (FAIL, PASS)
+    assert "baseline" not in errors.detail
+
+
+def test_canary_only_checks_take_no_baseline() -> None:
+    spec = CheckSpec("shadow_agreement", 0.9, min_requests=20)
+    (result,) = evaluate(Window(vw(compared=50, agreed=50), vw(0)), (spec,), ())
+    assert result.verdict is PASS
+
+
+def test_next_baselines_keeps_the_newest_window_with_enough_per_min_requests() -> None:
+    checks = (*ISSUE_11, CheckSpec("error_ratio", 1.5, min_requests=100), CheckSpec("shadow_agreement", 0.9, 500))
+    first = next_baselines((), vw(150, p99_ms=3.0), checks)
+    assert dict(first) == {20: vw(150, p99_ms=3.0), 100: vw(150, p99_ms=3.0)}, "shadow_agreement needs none"
+    second = next_baselines(first, vw(60, p99_ms=4.0), checks)
+    assert dict(second) == {20: vw(60, p99_ms=4.0), 100: vw(150, p99_ms=3.0)}
+    assert next_baselines(second, vw(4, p99_ms=1.0), checks) == second, "a sliver replaces nothing"

@@ -19,14 +19,17 @@ import sqlalchemy as sa
 from gateway.control.rollout_model import CheckResult, CheckSpec, Phase, RolloutSpec, RolloutState, Verdict
 from gateway.errors import Conflict, InvalidInput
 from gateway.serving.traffic import TrafficPolicy
-from gateway.storage import store as store_mod
-from gateway.storage.store import AuditEvent, Migration, SchemaError, Store, add_column, upgrade_database
+from gateway.storage import control_state, schema
+from gateway.storage import migrations as migrations_mod
+from gateway.storage.control_state import AuditEvent
+from gateway.storage.migrations import Migration, SchemaError, add_column
+from gateway.storage.store import Store, upgrade_database
 from monitors.records import Label, PredictionRecord
 from monitors.triggers import RuleState
 from tests.databases import Backend
 
 UTC = timezone.utc
-LATEST = len(store_mod.MIGRATIONS)
+LATEST = len(migrations_mod.MIGRATIONS)
 
 
 # --- engines: the `backend` fixture (tests/conftest.py) gives SQLite and PostgreSQL ---
@@ -80,13 +83,13 @@ def test_upgrade_is_idempotent(backend: Backend) -> None:
 
 def test_migrated_schema_matches_live_tables(store: Store) -> None:
     """Migration 1's frozen DDL and the tables the queries use agree, column for column."""
-    for table in store_mod.metadata.sorted_tables:
+    for table in schema.metadata.sorted_tables:
         assert _columns(store, table.name) == set(table.columns.keys()), table.name
 
 
 def test_future_migration_runs_only_the_missing_step(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    original = store_mod.MIGRATIONS[0]
+    original = migrations_mod.MIGRATIONS[0]
 
     def step_1(conn: sa.Connection) -> None:
         calls.append(1)
@@ -96,16 +99,25 @@ def test_future_migration_runs_only_the_missing_step(backend: Backend, monkeypat
         calls.append(2)
         add_column(conn, "versions", "note", sa.String(100), nullable=False, server_default="'none'")
 
-    monkeypatch.setattr(store_mod, "MIGRATIONS", [Migration(1, original.description, step_1)])
+    monkeypatch.setattr(migrations_mod, "MIGRATIONS", [Migration(1, original.description, step_1)])
     s = backend.open()
     assert s.upgrade() == 1
-    s.put_version("m", "1", artifact=None, runtime="onnx", batching={}, desired="loaded")
+    with s.engine.begin() as conn:  # a row as a v1 gateway wrote it (put_version needs the newest schema)
+        conn.execute(
+            sa.text(
+                "insert into versions (model, version, runtime, batching, desired, created_at, updated_at) "
+                "values ('m', '1', 'onnx', '{}', 'loaded', :at, :at)"
+            ),
+            {"at": datetime.now(timezone.utc)},
+        )
     assert calls == [1]
     assert s.upgrade() == 1  # nothing more to add: a no-op
     assert calls == [1]
 
     monkeypatch.setattr(
-        store_mod, "MIGRATIONS", [Migration(1, original.description, step_1), Migration(2, "version notes", step_2)]
+        migrations_mod,
+        "MIGRATIONS",
+        [Migration(1, original.description, step_1), Migration(2, "version notes", step_2)],
     )
     assert s.schema_version() == 1
     assert s.upgrade() == 2
@@ -127,7 +139,9 @@ def test_failed_migration_rolls_back_entirely(backend: Backend, monkeypatch: pyt
         add_column(conn, "versions", "half_done", sa.Integer())
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(store_mod, "MIGRATIONS", [*store_mod.MIGRATIONS, Migration(LATEST + 1, "broken", broken)])
+    monkeypatch.setattr(
+        migrations_mod, "MIGRATIONS", [*migrations_mod.MIGRATIONS, Migration(LATEST + 1, "broken", broken)]
+    )
     with pytest.raises(RuntimeError, match="boom"):
         s.upgrade()
     assert s.schema_version() == LATEST
@@ -135,14 +149,14 @@ def test_failed_migration_rolls_back_entirely(backend: Backend, monkeypatch: pyt
 
 
 def test_schema_newer_than_code_is_refused(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store_mod, "MIGRATIONS", [])
+    monkeypatch.setattr(migrations_mod, "MIGRATIONS", [])
     with pytest.raises(SchemaError, match="newer than this code"):
         store.upgrade()
 
 
 def test_migration_list_must_be_in_order(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
-    m1 = store_mod.MIGRATIONS[0]
-    monkeypatch.setattr(store_mod, "MIGRATIONS", [m1, Migration(3, "gap", lambda conn: None)])
+    m1 = migrations_mod.MIGRATIONS[0]
+    monkeypatch.setattr(migrations_mod, "MIGRATIONS", [m1, Migration(3, "gap", lambda conn: None)])
     with pytest.raises(SchemaError, match="numbered"):
         backend.open().upgrade()
 
@@ -255,10 +269,10 @@ def test_concurrent_puts_of_a_new_policy(store: Store) -> None:
 
 
 def test_policy_json_tolerates_missing_and_unknown_fields() -> None:
-    doc = store_mod.policy_to_json(FULL_POLICY)
+    doc = control_state.policy_to_json(FULL_POLICY)
     assert doc["shadows"] == ["5", "6"]
-    assert store_mod.policy_from_json(doc) == FULL_POLICY
-    assert store_mod.policy_from_json({"stable": "2", "from_the_future": 1}) == TrafficPolicy(stable="2")
+    assert control_state.policy_from_json(doc) == FULL_POLICY
+    assert control_state.policy_from_json({"stable": "2", "from_the_future": 1}) == TrafficPolicy(stable="2")
 
 
 # --- rollouts -----------------------------------------------------------------------------------
@@ -469,18 +483,14 @@ def test_migration_3_keeps_predictions_stored_as_json_readable(
     backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Rows the JSON store wrote (migration 2) read the same after migration 3, beside new binary rows."""
-    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS[:2])
+    monkeypatch.setattr(migrations_mod, "MIGRATIONS", migrations_mod.MIGRATIONS[:2])
     s = backend.open()
     assert s.upgrade() == 2
     assert "ix_predictions_at" in _indexes(s, "predictions")
     old = sa.Table(  # the predictions table as migration 2 made it, and rows as the JSON store wrote them
         "predictions",
         sa.MetaData(),
-        *(
-            sa.Column(c.name, c.type)
-            for c in store_mod.predictions_table.columns
-            if c.name not in ("inputs", "outputs")
-        ),
+        *(sa.Column(c.name, c.type) for c in schema.predictions_table.columns if c.name not in ("inputs", "outputs")),
         sa.Column("inputs", sa.JSON),
         sa.Column("outputs", sa.JSON),
     )

@@ -25,7 +25,7 @@ from gateway.control.plane import ControlPlane
 from gateway.control.rollout_model import DEFAULT_CHECKS, CheckSpec, RolloutSpec
 from gateway.errors import ModelNotReady, Unauthorized
 from gateway.serving.traffic import TrafficPolicy
-from gateway.storage.store import policy_to_json
+from gateway.storage.control_state import policy_to_json
 
 bearer = HTTPBearer(
     auto_error=False,

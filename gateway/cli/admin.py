@@ -643,7 +643,8 @@ def db_upgrade(
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
-    from gateway.storage.store import SchemaError, Store, upgrade_database
+    from gateway.storage.migrations import SchemaError
+    from gateway.storage.store import Store, upgrade_database
 
     try:
         if dsn:

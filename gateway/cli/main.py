@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from gateway.admin.auth import AdminTokenError
+from gateway.admin.auth import AdminAuth, AdminTokenError
 from gateway.cli import admin as cli_admin
 from gateway.cli.labels import labels_app
 from gateway.cli.monitor import monitor_app
@@ -65,6 +63,14 @@ AdminTokensFile = Annotated[
         show_default=False,
     ),
 ]
+Workers = Annotated[
+    str,
+    typer.Option(
+        "--workers",
+        help="Worker processes sharing the ports (a number, or auto: one per core). One of them also runs the "
+        "control plane; the others forward admin calls to it. Each keeps its own copy of every model.",
+    ),
+]
 WebhookUrls = Annotated[
     list[str] | None,
     typer.Option(
@@ -76,49 +82,78 @@ WebhookUrls = Annotated[
 _DEFAULTS = GatewaySettings()
 
 
-def _run(coro: Coroutine[Any, Any, None]) -> None:
+def _int_option(value: str, name: str) -> int:
     try:
-        import uvloop
+        return int(value)
+    except ValueError:
+        console.print(f"[red]error:[/] {name} must be a number or 'auto', got {escape(value)!r}")
+        raise typer.Exit(2) from None
 
-        uvloop.run(coro)
-    except ImportError:  # pragma: no cover - uvicorn[standard] brings uvloop on Linux
-        asyncio.run(coro)
+
+def _scan_models(settings: GatewaySettings) -> dict[str, bool]:
+    """The repository's models and whether each has versions to serve (the supervisor loads none itself)."""
+    from gateway.serving.repository import scan_repository
+
+    return {m.name: not m.error and bool(m.versions) for m in scan_repository(settings.model_repo)}
 
 
 def _settings(**values: Any) -> GatewaySettings:
     return GatewaySettings(**{k: v for k, v in values.items() if v is not None})
 
 
+def _banner(settings: GatewaySettings, http_port: int, grpc_port: int, models: dict[str, bool], demo: bool) -> None:
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    ready = sorted(n for n, ok in models.items() if ok)
+    failed = sorted(n for n, ok in models.items() if not ok)
+    lines = [
+        f"Sluice is ready: HTTP http://{host}:{http_port}" + (f", gRPC {host}:{grpc_port}" if grpc_port > 0 else ""),
+        f"models: {', '.join(ready) or 'none'}" + (f"; not ready: {', '.join(failed)}" if failed else ""),
+    ]
+    if demo and "mlp" in ready:
+        row = ",".join(["0.5"] * 32)
+        lines.append(
+            f"try: curl -s -X POST http://{host}:{http_port}/v2/models/mlp/infer "
+            f"-H 'Content-Type: application/json' "
+            f'-d \'{{"inputs":[{{"name":"input","shape":[1,32],"datatype":"FP32","data":[{row}]}}]}}\''
+        )
+    lines.append(f"metrics: http://{host}:{http_port}/metrics   stop: Ctrl-C (drains in-flight requests)")
+    print("\n".join(lines), flush=True)
+
+
 def _start(settings: GatewaySettings, banner: bool) -> None:
-    from gateway.server import Gateway, serve
+    from gateway.server import Gateway, run_replica
+    from gateway.workers import Supervisor, WorkerStartFailed, worker_count
 
     configure_logging(settings.log_level, settings.log_format)
     if not settings.model_repo.is_dir():
         console.print(f"[red]error:[/] model repository {settings.model_repo} is not a directory")
         raise typer.Exit(2)
+    try:
+        workers = worker_count(settings.workers)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from None
 
     def on_ready(gateway: Gateway) -> None:
-        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-        models = gateway.registry.models
-        ready = sorted(n for n, m in models.items() if m.ready_versions())
-        failed = sorted(n for n, m in models.items() if not m.ready_versions())
-        lines = [
-            f"Sluice is ready: HTTP http://{host}:{gateway.http_port}"
-            + (f", gRPC {host}:{gateway.grpc_port}" if gateway.grpc_port else ""),
-            f"models: {', '.join(ready) or 'none'}" + (f"; not ready: {', '.join(failed)}" if failed else ""),
-        ]
-        if banner and "mlp" in ready:
-            row = ",".join(["0.5"] * 32)
-            lines.append(
-                f"try: curl -s -X POST http://{host}:{gateway.http_port}/v2/models/mlp/infer "
-                f"-H 'Content-Type: application/json' "
-                f'-d \'{{"inputs":[{{"name":"input","shape":[1,32],"datatype":"FP32","data":[{row}]}}]}}\''
-            )
-        lines.append(f"metrics: http://{host}:{gateway.http_port}/metrics   stop: Ctrl-C (drains in-flight requests)")
-        print("\n".join(lines), flush=True)
+        models = {n: bool(m.ready_versions()) for n, m in gateway.registry.models.items()}
+        _banner(settings, gateway.http_port, gateway.grpc_port, models, banner)
+
+    def on_workers_ready(resolved: GatewaySettings) -> None:
+        print(f"{workers} workers serving", flush=True)
+        _banner(resolved, resolved.http_port, resolved.grpc_port, _scan_models(resolved), banner)
 
     try:
-        _run(serve(settings, on_ready))
+        if workers == 1:
+            run_replica(settings, on_ready=on_ready)
+        else:
+            AdminAuth.from_settings(settings)  # a bad token list stops start-up before any worker starts
+            try:
+                status = Supervisor(settings, workers, on_ready=on_workers_ready).run()
+            except WorkerStartFailed as exc:
+                console.print(f"[red]error:[/] {escape(str(exc))}")
+                raise typer.Exit(1) from None
+            if status:
+                raise typer.Exit(status)
     except AdminTokenError as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
@@ -142,6 +177,7 @@ def serve(
     state_dir: StateDir = _DEFAULTS.state_dir,
     admin_tokens_file: AdminTokensFile = None,
     webhook_url: WebhookUrls = None,
+    workers: Workers = str(_DEFAULTS.workers),
 ) -> None:
     """Serve a model repository over V2 HTTP and gRPC until SIGTERM or Ctrl-C."""
     settings = _settings(
@@ -158,6 +194,7 @@ def serve(
         state_dir=state_dir,
         admin_tokens_file=admin_tokens_file,
         webhook_urls=webhook_url or None,
+        workers=workers if workers == "auto" else _int_option(workers, "--workers"),
     )
     _start(settings, banner=False)
 

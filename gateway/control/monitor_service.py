@@ -111,6 +111,8 @@ class MonitorService:
             task.cancel()
         for sender in self._senders.values():
             await sender.aclose()
+        self._senders.clear()
+        self._rules = None  # read anew when leading again: another leader may have moved them meanwhile
         if self._executor is not None and self._owns_executor:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None

@@ -1,12 +1,17 @@
 """The control plane: every change to what serves — traffic policies, loaded versions, rollouts.
 
-Each change is validated first (a bad request changes nothing), applied to the live state
-the router reads, persisted, and written to the audit log with the actor's name. Rollouts
-advance on `tick()`, driven by an injectable clock, so tests run a whole rollout in seconds;
-the decisions themselves are pure (`rollout_checks`, `rollout_engine`).
+It runs in one process of a deployment at a time: the holder of the leader lease (`leader`), which
+`start`s it when elected and `stop`s it when the lease is lost. Each change is validated first (a
+bad request changes nothing), persisted with its audit event in one fenced transaction (a stale
+leader's write is refused, and nothing half-made is left), then applied to this process's policy
+view; the other replicas pick it up from the store's control revision. Rollouts advance on
+`tick()`, driven by an injectable clock, so tests run a whole rollout in seconds; the decisions
+themselves are pure (`rollout_checks`, `rollout_engine`).
 
-Hot path: `route()` reads an in-memory dict and a counter. Everything else runs off it, and
-store calls run in a worker thread.
+A rollout window is the traffic its step's policy routed: each replica tags every request with the
+revision of the policy that routed it and publishes window summaries; the analysis takes the
+canary's and the stable's rows from the window's revision on, in the same transaction that records
+its verdict. Store calls run in a worker thread; nothing here is on the request path.
 """
 
 from __future__ import annotations
@@ -14,27 +19,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, replace
+from datetime import datetime, timezone
 from typing import Any
 
 from gateway.control import rollout_engine
-from gateway.control.rollout_checks import check_problems, evaluate, with_baseline
-from gateway.control.rollout_model import Phase, RolloutSpec, RolloutState, VersionWindow, Window
+from gateway.control.rollout_checks import check_problems, evaluate, next_baselines
+from gateway.control.rollout_engine import Transition
+from gateway.control.rollout_model import CheckResult, Phase, RolloutSpec, RolloutState, VersionWindow, Window
 from gateway.control.webhooks import WebhookSender
-from gateway.errors import Conflict, InvalidInput, ModelNotFound, ModelNotReady
+from gateway.errors import Conflict, ControlPlaneUnavailable, InvalidInput, ModelNotFound, ModelNotReady
 from gateway.observability.metrics import ROLLOUT_PHASES, GatewayMetrics
+from gateway.serving.policy_view import PolicyView
 from gateway.serving.registry import ModelRegistry, ServedModel, VersionState
-from gateway.serving.request import InferRequest
-from gateway.serving.router import Routed, newest_ready, route_request
+from gateway.serving.router import newest_ready, policy_weights
 from gateway.serving.traffic import TrafficPolicy
-from gateway.serving.window_stats import WindowRecorder
-from gateway.storage.store import AuditEvent, Store
+from gateway.storage.control_state import AuditEvent
+from gateway.storage.store import Store
 from gateway.tasks import cancel_and_wait, tick_forever
 
 log = logging.getLogger(__name__)
 
 ROLLOUT_ACTOR = "rollout-controller"
+SHADOW_EVIDENCE_S = 86_400.0
+"""How far back a canary's shadow comparisons count as evidence when its rollout starts."""
 
 
 class ControlPlane:
@@ -43,7 +52,9 @@ class ControlPlane:
         registry: ModelRegistry,
         metrics: GatewayMetrics,
         store: Store,
+        view: PolicyView,
         *,
+        flush_windows: Callable[[], Awaitable[None]] | None = None,
         webhooks: WebhookSender | None = None,
         clock: Callable[[], float] = time.time,
         tick_s: float = 1.0,
@@ -56,12 +67,13 @@ class ControlPlane:
         self.clock = clock
         self.tick_s = tick_s
         self.drain_timeout_s = drain_timeout_s
-        self.windows = WindowRecorder()
+        self.view = view
+        self._flush_windows = flush_windows
+        """Publishes this process's own window statistics before an analysis takes them (no lag for it)."""
         self._policies: dict[str, TrafficPolicy] = {}
-        self._sequence: dict[str, int] = {}
         self._rollouts: dict[str, RolloutState] = {}
-        self._baselines: dict[str, VersionWindow] = {}
-        self._shadow_evidence: dict[str, VersionWindow] = {}
+        self.active = False
+        """True while this process leads: only then does it take changes."""
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self.monitor_figures: Callable[[str, str, float], dict[str, Any]] | None = None
@@ -71,45 +83,37 @@ class ControlPlane:
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self, run_loop: bool = True) -> None:
-        """Bring persisted state back: desired versions, policies, rollouts where they stood."""
-        await asyncio.to_thread(self.store.upgrade)
-        for row in await asyncio.to_thread(self.store.versions):
-            model, version, desired = row["model"], row["version"], row["desired"]
-            if model not in self.registry.models:
-                continue
-            served = self.registry.models[model].versions.get(version)
-            try:
-                if desired == "unloaded" and served is not None and served.ready:
-                    await self.registry.unload_version(model, version, self.drain_timeout_s)
-                elif desired == "loaded" and (served is None or not served.ready):
-                    await self.registry.load_version(model, version)
-            except Exception as exc:
-                log.error("cannot restore %s version %s to %s: %s", model, version, desired, exc)
-        policies = await asyncio.to_thread(self.store.all_policies)
-        self._policies = {m: p for m, p in policies.items() if m in self.registry.models}
+        """Take over as the control plane: policies and rollouts come back where they stood."""
+        stored = await asyncio.to_thread(self.store.policies_with_revisions)
+        self._policies = {m: p for m, (p, _) in stored.items() if m in self.registry.models}
+        for model, (policy, revision) in stored.items():
+            if model in self.registry.models:
+                self.view.apply(model, policy, revision)
+        self._rollouts = {}
         for state in await asyncio.to_thread(self.store.active_rollouts):
             if state.model in self.registry.models:
                 self._rollouts[state.model] = state
                 log.info("resuming rollout of %s version %s at step %d", state.model, state.spec.canary, state.step)
         for model in self.registry.models:
             self._publish(model)
+        self.active = True
         if run_loop:
             self._task = asyncio.get_running_loop().create_task(
                 tick_forever(self.tick, self.tick_s, "rollout controller"), name="rollout-controller"
             )
 
     async def stop(self) -> None:
+        """Stop leading (the lease was lost, or shutdown): no more ticks, no more changes taken."""
+        self.active = False
         await cancel_and_wait(self._task)
+        self._task = None
+
+    async def aclose(self) -> None:
+        await self.stop()
         if self.webhooks is not None:
             await self.webhooks.aclose()
-        await asyncio.to_thread(self.store.close)
 
-    # -- hot path -----------------------------------------------------------------------
-
-    def route(self, model: ServedModel, request: InferRequest) -> Routed:
-        n = self._sequence.get(model.name, 0)
-        self._sequence[model.name] = n + 1
-        return route_request(model, request, self._policies.get(model.name), n)
+    # -- reads ---------------------------------------------------------------------------
 
     def policy(self, model: str) -> TrafficPolicy:
         return self._policies.get(model, TrafficPolicy())
@@ -130,34 +134,51 @@ class ControlPlane:
                         await self._analyse(current, now)
 
     async def _analyse(self, state: RolloutState, now: float) -> None:
-        window = Window(
-            canary=self.windows.take(state.model, state.spec.canary),
-            stable=self.windows.take(state.model, state.stable),
-        )
-        # At a 100% step the stable serves nothing: compare against its last window with traffic.
-        if window.stable.requests:
-            self._baselines[state.model] = window.stable
-        window = with_baseline(window, self._baselines.get(state.model))
-        # A canary is never a shadow at the same time: judge agreement on its shadow run before the rollout.
-        evidence = self._shadow_evidence.get(state.model)
-        if window.canary.shadow_compared == 0 and evidence is not None and evidence.shadow_compared:
-            canary = replace(
-                window.canary, shadow_compared=evidence.shadow_compared, shadow_agreed=evidence.shadow_agreed
-            )
-            window = replace(window, canary=canary)
+        if self._flush_windows is not None:
+            await self._flush_windows()
+        figures: dict[str, dict[str, Any]] = {}
         if self.monitor_figures is not None:
-            canary = replace(window.canary, **self.monitor_figures(state.model, state.spec.canary, state.started_at))
-            stable = replace(window.stable, **self.monitor_figures(state.model, state.stable, state.started_at))
-            window = replace(window, canary=canary, stable=stable)
-        results = evaluate(window, state.spec.checks)
+            for version in (state.spec.canary, state.stable):
+                figures[version] = self.monitor_figures(state.model, version, state.started_at)
+        old_policy = self.policy(state.model)
+        new, policy, revision, results, transitions = await asyncio.to_thread(
+            self._analyse_in_store, state, now, figures, old_policy
+        )
         for r in results:
             self.metrics.rollout_checks.labels(state.model, r.check, r.verdict.value).inc()
-        new, transitions = rollout_engine.advance(state, results, now)
         detail = [{"kind": t.kind, "from": t.from_weight, "to": t.to_weight, "detail": t.detail} for t in transitions]
-        await self._commit_rollout(ROLLOUT_ACTOR, "rollout.analysis", state, new, {"transitions": detail})
+        self._apply_rollout(ROLLOUT_ACTOR, "rollout.analysis", state, new, policy, revision, {"transitions": detail})
+
+    def _analyse_in_store(
+        self, state: RolloutState, now: float, figures: dict[str, dict[str, Any]], old_policy: TrafficPolicy
+    ) -> tuple[RolloutState, TrafficPolicy, int, tuple[CheckResult, ...], list[Transition]]:
+        """Take the window, judge it and record the verdict in one fenced transaction: the window's rows are
+        marked taken only if the verdict is stored too (a new leader judges them otherwise)."""
+        with self.store.change():
+            canary, stable = (
+                VersionWindow.from_summary(self.store.take_windows(state.model, v, min_revision=state.revision))
+                for v in (state.spec.canary, state.stable)
+            )
+            # A canary is never a shadow at the same time: judge agreement on its shadow run before the rollout.
+            evidence = state.shadow_evidence
+            if canary.shadow_compared == 0 and evidence is not None and evidence.shadow_compared:
+                canary = replace(canary, shadow_compared=evidence.shadow_compared, shadow_agreed=evidence.shadow_agreed)
+            canary = replace(canary, **figures.get(state.spec.canary, {}))
+            stable = replace(stable, **figures.get(state.stable, {}))
+            results = evaluate(Window(canary=canary, stable=stable), state.spec.checks, state.baselines)
+            new, transitions = rollout_engine.advance(state, results, now)
+            new = replace(new, baselines=next_baselines(state.baselines, stable, state.spec.checks))
+            detail = [
+                {"kind": t.kind, "from": t.from_weight, "to": t.to_weight, "detail": t.detail} for t in transitions
+            ]
+            new, policy, revision = self._persist_rollout(
+                ROLLOUT_ACTOR, "rollout.analysis", state, new, old_policy, {"transitions": detail}
+            )
+        return new, policy, revision, results, transitions
 
     async def start_rollout(self, actor: str, model: str, spec: RolloutSpec) -> RolloutState:
         async with self._lock:
+            self._leading()
             served_model = self._model(model)
             problems = spec.problems() + check_problems(spec)
             if problems:
@@ -174,16 +195,13 @@ class ControlPlane:
             if stable is None or stable == spec.canary:
                 raise Conflict(f"model '{model}' has no stable version to compare canary {spec.canary} against")
             self._require_ready(served_model, stable)
-            # Traffic before the rollout must not count in its first window, but what the canary did
-            # as a shadow before it is the evidence the shadow_agreement check reads.
-            before = self.windows.take(model, spec.canary)
-            self.windows.take(model, stable)
-            self._shadow_evidence[model] = VersionWindow(
-                shadow_compared=before.shadow_compared, shadow_agreed=before.shadow_agreed
-            )
+            # Traffic before the rollout does not count in its first window (that window starts at the
+            # revision the start writes), but what the canary did as a shadow before it is the evidence
+            # the shadow_agreement check reads.
             state = rollout_engine.start(model, stable, spec, self.clock())
-            await self._commit_rollout(actor, "rollout.start", None, state, {})
-            return state
+            if self._flush_windows is not None:
+                await self._flush_windows()  # this process's own shadow comparisons count too
+            return await self._commit_rollout(actor, "rollout.start", None, state, {}, take_evidence=True)
 
     async def pause_rollout(self, actor: str, model: str) -> RolloutState:
         return await self._rollout_op(actor, model, "rollout.pause", rollout_engine.pause)
@@ -200,6 +218,7 @@ class ControlPlane:
         self, actor: str, model: str, action: str, op: Callable[[RolloutState], RolloutState]
     ) -> RolloutState:
         async with self._lock:
+            self._leading()
             self._model(model)
             return await self._rollout_op_locked(actor, model, action, op)
 
@@ -209,26 +228,78 @@ class ControlPlane:
         state = self._rollouts.get(model)
         if state is None:
             raise Conflict(f"model '{model}' has no active rollout")
-        new = op(state)
-        await self._commit_rollout(actor, action, state, new, {})
-        return new
+        return await self._commit_rollout(actor, action, state, op(state), {})
 
     async def _commit_rollout(
-        self, actor: str, action: str, before: RolloutState | None, new: RolloutState, extra: dict[str, Any]
-    ) -> None:
-        """Make the policy follow the rollout, persist both, audit, publish, notify."""
-        model = new.model
-        policy = self.policy(model)
+        self,
+        actor: str,
+        action: str,
+        before: RolloutState | None,
+        new: RolloutState,
+        extra: dict[str, Any],
+        *,
+        take_evidence: bool = False,
+    ) -> RolloutState:
+        """Make the policy follow the rollout: persist both and the audit event, then apply, publish, notify."""
+        old_policy = self.policy(new.model)
+
+        def persist() -> tuple[RolloutState, TrafficPolicy, int]:
+            with self.store.change():
+                state = new
+                if take_evidence:
+                    since = datetime.fromtimestamp(time.time() - SHADOW_EVIDENCE_S, timezone.utc)
+                    shadowed = self.store.take_windows(new.model, new.spec.canary, min_revision=0, since=since)
+                    state = replace(
+                        state,
+                        shadow_evidence=VersionWindow(
+                            shadow_compared=shadowed.shadow_compared, shadow_agreed=shadowed.shadow_agreed
+                        ),
+                    )
+                return self._persist_rollout(actor, action, before, state, old_policy, extra)
+
+        # Persist first: if the store fails (or this process no longer leads), the live state has not moved.
+        committed, policy, revision = await asyncio.to_thread(persist)
+        self._apply_rollout(actor, action, before, committed, policy, revision, extra)
+        return committed
+
+    def _persist_rollout(
+        self,
+        actor: str,
+        action: str,
+        before: RolloutState | None,
+        new: RolloutState,
+        old_policy: TrafficPolicy,
+        extra: dict[str, Any],
+    ) -> tuple[RolloutState, TrafficPolicy, int]:
+        """In the caller's `store.change()`: the policy the rollout implies under a new revision (which opens
+        the next window), the rollout state carrying that revision, and the audit event."""
         if new.phase is Phase.PROMOTED:
-            policy = replace(policy, stable=new.spec.canary, canary=None, canary_weight=0.0)
+            policy = replace(old_policy, stable=new.spec.canary, canary=None, canary_weight=0.0)
         elif new.phase.finished:
-            policy = replace(policy, stable=new.stable, canary=None, canary_weight=0.0)
+            policy = replace(old_policy, stable=new.stable, canary=None, canary_weight=0.0)
         else:
-            policy = replace(policy, stable=new.stable, canary=new.spec.canary, canary_weight=new.weight)
-        old_policy = self.policy(model)
-        # Persist first: if the store fails, the live state has not moved either.
-        await asyncio.to_thread(self._persist_rollout, actor, action, before, new, old_policy, policy, extra)
+            policy = replace(old_policy, stable=new.stable, canary=new.spec.canary, canary_weight=new.weight)
+        revision = self.store.put_policy(new.model, policy)
+        new = replace(new, revision=revision)
+        self.store.save_rollout(new)
+        after = {"rollout": new.to_json(), "policy": asdict(policy), **extra}
+        prior = {"rollout": before.to_json() if before else None, "policy": asdict(old_policy)}
+        self.store.audit(actor, action, new.model, prior, after)
+        return new, policy, revision
+
+    def _apply_rollout(
+        self,
+        actor: str,
+        action: str,
+        before: RolloutState | None,
+        new: RolloutState,
+        policy: TrafficPolicy,
+        revision: int,
+        extra: dict[str, Any],
+    ) -> None:
+        model = new.model
         self._policies[model] = policy
+        self.view.apply(model, policy, revision)
         if new.phase.finished:
             self._rollouts.pop(model, None)
         else:
@@ -242,22 +313,6 @@ class ControlPlane:
         if self.webhooks is not None and (before is None or before.to_json() != new.to_json()):
             self.webhooks.deliver_in_background(action, {"rollout": new.to_json(), **extra})
 
-    def _persist_rollout(
-        self,
-        actor: str,
-        action: str,
-        before: RolloutState | None,
-        new: RolloutState,
-        old_policy: TrafficPolicy,
-        policy: TrafficPolicy,
-        extra: dict[str, Any],
-    ) -> None:
-        self.store.save_rollout(new)
-        self.store.put_policy(new.model, policy)
-        after = {"rollout": new.to_json(), "policy": asdict(policy), **extra}
-        prior = {"rollout": before.to_json() if before else None, "policy": asdict(old_policy)}
-        self.store.audit(actor, action, new.model, prior, after)
-
     # -- traffic policy -----------------------------------------------------------------
 
     async def set_policy(self, actor: str, model: str, policy: TrafficPolicy) -> TrafficPolicy:
@@ -268,6 +323,7 @@ class ControlPlane:
     ) -> TrafficPolicy:
         """Read, change and write a policy atomically: concurrent edits cannot overwrite each other."""
         async with self._lock:
+            self._leading()
             served_model = self._model(model)
             old = self.policy(model)
             policy = change(old)
@@ -284,19 +340,28 @@ class ControlPlane:
                     f"model '{model}' has a rollout of version {active.spec.canary} in progress: it owns the stable, "
                     "canary and weight; pause or abort it first (shadows and sticky keys may change)"
                 )
-            # Persist first: if the store fails, the live state has not moved either.
-            await asyncio.to_thread(self._persist_policy, actor, "policy.set", model, old, policy)
-            self._policies[model] = policy
-            self._publish(model)
+            await self._set_policy(actor, "policy.set", model, old, policy)
             return policy
 
-    def _persist_policy(self, actor: str, action: str, model: str, old: TrafficPolicy, policy: TrafficPolicy) -> None:
-        self.store.put_policy(model, policy)
-        self.store.audit(actor, action, model, asdict(old), asdict(policy))
+    async def _set_policy(self, actor: str, action: str, model: str, old: TrafficPolicy, policy: TrafficPolicy) -> None:
+        """Persist the policy and its audit event (one fenced transaction), then route by it here."""
+
+        def persist() -> int:
+            with self.store.change():
+                revision = self.store.put_policy(model, policy)
+                self.store.audit(actor, action, model, asdict(old), asdict(policy))
+                return revision
+
+        # Persist first: if the store fails (or this process no longer leads), the live state has not moved.
+        revision = await asyncio.to_thread(persist)
+        self._policies[model] = policy
+        self.view.apply(model, policy, revision)
+        self._publish(model)
 
     async def promote(self, actor: str, model: str) -> TrafficPolicy:
         """Make the canary the stable version now (ends a rollout as promoted)."""
         async with self._lock:
+            self._leading()
             self._model(model)
             if model in self._rollouts:
                 await self._rollout_op_locked(actor, model, "rollout.promote", rollout_engine.manual_promote)
@@ -305,15 +370,14 @@ class ControlPlane:
             if policy.canary is None:
                 raise Conflict(f"model '{model}' has no canary to promote")
             new = replace(policy, stable=policy.canary, canary=None, canary_weight=0.0)
-            await asyncio.to_thread(self._persist_policy, actor, "policy.promote", model, policy, new)
-            self._policies[model] = new
+            await self._set_policy(actor, "policy.promote", model, policy, new)
         self.metrics.promotions.labels(model).inc()
-        self._publish(model)
         return new
 
     async def rollback(self, actor: str, model: str) -> TrafficPolicy:
         """Send all traffic back to the stable version now (ends a rollout as rolled back)."""
         async with self._lock:
+            self._leading()
             self._model(model)
             if model in self._rollouts:
                 await self._rollout_op_locked(
@@ -327,16 +391,15 @@ class ControlPlane:
             if policy.canary is None:
                 raise Conflict(f"model '{model}' has no canary to roll back")
             new = replace(policy, canary=None, canary_weight=0.0)
-            await asyncio.to_thread(self._persist_policy, actor, "policy.rollback", model, policy, new)
-            self._policies[model] = new
+            await self._set_policy(actor, "policy.rollback", model, policy, new)
         self.metrics.rollbacks.labels(model, "manual").inc()
-        self._publish(model)
         return new
 
     # -- versions -----------------------------------------------------------------------
 
     async def load_version(self, actor: str, model: str, version: str) -> dict[str, Any]:
         async with self._lock:
+            self._leading()
             served_model = self._model(model)
             current = served_model.versions.get(version)
             if current is not None and current.ready:
@@ -350,6 +413,7 @@ class ControlPlane:
 
     async def unload_version(self, actor: str, model: str, version: str) -> dict[str, Any]:
         async with self._lock:
+            self._leading()
             served_model = self._model(model)
             if version not in served_model.versions:
                 raise ModelNotFound(f"model '{model}' has no version '{version}'")
@@ -378,15 +442,16 @@ class ControlPlane:
         served = self.registry.get_version(model, version)
         runtime = served.config.runtime
         artifact = None if runtime.kind == "remote" else f"{model}/{version}/{runtime.filename}"
-        self.store.put_version(
-            model,
-            version,
-            artifact=artifact,
-            runtime=runtime.kind,
-            batching=served.config.batching.model_dump(),
-            desired=desired,
-        )
-        self.store.audit(actor, action, model, None, {"version": version, "state": served.state.value})
+        with self.store.change():
+            self.store.put_version(
+                model,
+                version,
+                artifact=artifact,
+                runtime=runtime.kind,
+                batching=served.config.batching.model_dump(),
+                desired=desired,
+            )
+            self.store.audit(actor, action, model, None, {"version": version, "state": served.state.value})
 
     # -- views --------------------------------------------------------------------------
 
@@ -401,7 +466,7 @@ class ControlPlane:
             "state": served.state.value,
             "error": served.error,
             "roles": roles,
-            "weight": self._weights(model).get(version, 0.0),
+            "weight": policy_weights(self._model(model), self.policy(model)).get(version, 0.0),
             "execution_provider": served.runtime.info.execution_provider if served.runtime else None,
             "max_batch_size": served.batching.max_batch_size,
         }
@@ -432,6 +497,11 @@ class ControlPlane:
     def _model(self, model: str) -> ServedModel:
         return self.registry.get_model(model)
 
+    def _leading(self) -> None:
+        """Changes are taken only while this process leads (others forward them to the leader)."""
+        if not self.active:
+            raise ControlPlaneUnavailable("this replica does not lead the control plane now; retry")
+
     def _require_ready(self, model: ServedModel, version: str) -> None:
         served = model.versions.get(version)
         if served is None:
@@ -439,32 +509,9 @@ class ControlPlane:
         if served.state is not VersionState.READY:
             raise Conflict(f"model '{model.name}' version '{version}' is not loaded ({served.state.value})")
 
-    def _weights(self, model: str) -> dict[str, float]:
-        """Share of unpinned traffic per version, as the policy states it."""
-        policy = self._policies.get(model)
-        served_model = self.registry.models.get(model)
-        if served_model is None:
-            return {}
-        stable = (policy.stable if policy else None) or getattr(
-            newest_ready(served_model, excluding=policy.canary if policy else None), "version", None
-        )
-        weights: dict[str, float] = {}
-        canary = served_model.versions.get(policy.canary) if policy is not None and policy.canary else None
-        # A canary that is not ready gives its share back to the stable version (as the router does).
-        canary_weight = policy.canary_weight if policy is not None and canary is not None and canary.ready else 0.0
-        if canary is not None:
-            weights[canary.version] = canary_weight
-        if stable is not None:
-            weights[stable] = 100.0 - canary_weight
-        return weights
-
     def _publish(self, model: str, rollout: RolloutState | None = None) -> None:
-        served_model = self.registry.models.get(model)
-        if served_model is None:
-            return
-        weights = self._weights(model)
-        for version in served_model.versions:
-            self.metrics.traffic_weight.labels(model, version).set(weights.get(version, 0.0))
+        """The rollout gauges (the traffic weights follow the policy view, in every replica)."""
+        self.view.changed(model)
         rollout = rollout or self._rollouts.get(model)
         if rollout is not None:
             for phase in ROLLOUT_PHASES:

@@ -10,8 +10,11 @@ never a pass. Flagger halts on "no values found"; the engine here holds the step
 canary stays silent, counts the silence as a failure, so an unused canary rolls back instead of
 hanging forever.
 
-Baselines: at a 100% step the stable serves nothing, so a check comparing against it has no
-baseline. `with_baseline` lets the caller substitute the stable's last window that had traffic.
+Baselines: a check that compares against the stable's traffic (`register(..., baseline=True)`) needs a
+stable window of at least its `min_requests`, never a sliver: a handful of stable requests would excuse
+any canary, or inflate the stable's p99 and condemn a good one. When a window's own stable has fewer
+(at a 100% step it has none), `evaluate` stands in the stable's newest window of this rollout that had
+enough (`next_baselines` keeps them), says so in the detail, or answers NO_DATA when there is none.
 """
 
 from __future__ import annotations
@@ -30,12 +33,20 @@ one error among a few canary requests against none on the stable does not fail t
 CHECKS: dict[str, CheckFn] = {}
 """Every known check by name. Add to it with `register`."""
 
+STABLE_BASELINE: set[str] = set()
+"""Checks that compare the canary with the stable's traffic in the same window (and so need a baseline)."""
 
-def register(name: str) -> Callable[[CheckFn], CheckFn]:
-    """Decorator: make `fn` the check called `name` (a later registration replaces an earlier one)."""
+
+def register(name: str, *, baseline: bool = False) -> Callable[[CheckFn], CheckFn]:
+    """Decorator: make `fn` the check called `name` (a later registration replaces an earlier one).
+    `baseline`: it reads `window.stable`'s requests, errors or latency."""
 
     def add(fn: CheckFn) -> CheckFn:
         CHECKS[name] = fn
+        if baseline:
+            STABLE_BASELINE.add(name)
+        else:
+            STABLE_BASELINE.discard(name)
         return fn
 
     return add
@@ -50,29 +61,27 @@ def _pct(rate: float) -> str:
     return f"{rate * 100:.2f}%"
 
 
-@register("error_ratio")
-def error_ratio(window: Window, spec: CheckSpec) -> CheckResult:
-    """FAIL when canary error rate > stable error rate x threshold + 1 point.
+def _thin(window: Window, spec: CheckSpec) -> CheckResult | None:
+    """NO_DATA when either side served too few requests to judge; None when both have enough."""
+    for side, served in (("canary", window.canary.requests), ("stable", window.stable.requests)):
+        if _too_few(served, spec):
+            return CheckResult(
+                spec.name, Verdict.NO_DATA, f"{side} served {served} requests, fewer than {spec.min_requests}"
+            )
+    return None
 
-    When the stable served fewer than `min_requests` in the window (at a 100% step it serves
-    none), its rate is no baseline: a handful of stable requests with one error would excuse
-    any canary. The baseline is then taken as zero errors, so the limit is the slack alone (1%).
-    A canary thus never passes for want of a stable to compare with; callers who want the
-    stable's usual rate as the baseline at 100% pass it in with `with_baseline`.
-    """
+
+@register("error_ratio", baseline=True)
+def error_ratio(window: Window, spec: CheckSpec) -> CheckResult:
+    """FAIL when canary error rate > stable error rate x threshold + 1 point; NO_DATA when either side
+    served fewer than `min_requests` (see the module's note on baselines)."""
+    if (thin := _thin(window, spec)) is not None:
+        return thin
     canary, stable = window.canary, window.stable
-    if _too_few(canary.requests, spec):
-        return CheckResult(
-            spec.name, Verdict.NO_DATA, f"canary served {canary.requests} requests, fewer than {spec.min_requests}"
-        )
     canary_rate = canary.errors / canary.requests
-    if stable.requests < max(1, spec.min_requests):
-        limit = ERROR_RATE_SLACK
-        basis = f"stable served {stable.requests} requests, too few for a baseline: absolute limit"
-    else:
-        stable_rate = stable.errors / stable.requests
-        limit = stable_rate * spec.threshold + ERROR_RATE_SLACK
-        basis = f"stable {_pct(stable_rate)} ({stable.errors}/{stable.requests}) x {spec.threshold:g} + 1 point"
+    stable_rate = stable.errors / stable.requests
+    limit = stable_rate * spec.threshold + ERROR_RATE_SLACK
+    basis = f"stable {_pct(stable_rate)} ({stable.errors}/{stable.requests}) x {spec.threshold:g} + 1 point"
     verdict = Verdict.FAIL if canary_rate > limit else Verdict.PASS
     detail = (
         f"canary error rate {_pct(canary_rate)} ({canary.errors}/{canary.requests}) "
@@ -81,22 +90,22 @@ def error_ratio(window: Window, spec: CheckSpec) -> CheckResult:
     return CheckResult(spec.name, verdict, detail)
 
 
-@register("latency_p99_ratio")
+@register("latency_p99_ratio", baseline=True)
 def latency_p99_ratio(window: Window, spec: CheckSpec) -> CheckResult:
-    """FAIL when canary p99 > stable p99 x threshold; NO_DATA without a p99 on either side."""
+    """FAIL when canary p99 > stable p99 x threshold; NO_DATA when either side served fewer than
+    `min_requests` or has no p99."""
+    if (thin := _thin(window, spec)) is not None:
+        return thin
     canary, stable = window.canary, window.stable
-    if _too_few(canary.requests, spec):
-        return CheckResult(
-            spec.name, Verdict.NO_DATA, f"canary served {canary.requests} requests, fewer than {spec.min_requests}"
-        )
     if canary.p99_s is None or stable.p99_s is None:
         side = "canary" if canary.p99_s is None else "stable"
         return CheckResult(spec.name, Verdict.NO_DATA, f"no p99 latency for the {side} in this window")
     limit = stable.p99_s * spec.threshold
     verdict = Verdict.FAIL if canary.p99_s > limit else Verdict.PASS
     detail = (
-        f"canary p99 {canary.p99_s * 1000:.3f} ms {'>' if verdict is Verdict.FAIL else '<='} "
-        f"limit {limit * 1000:.3f} ms (stable p99 {stable.p99_s * 1000:.3f} ms x {spec.threshold:g})"
+        f"canary p99 {canary.p99_s * 1000:.3f} ms over {canary.requests} requests "
+        f"{'>' if verdict is Verdict.FAIL else '<='} limit {limit * 1000:.3f} ms "
+        f"(stable p99 {stable.p99_s * 1000:.3f} ms over {stable.requests} requests x {spec.threshold:g})"
     )
     return CheckResult(spec.name, verdict, detail)
 
@@ -199,8 +208,16 @@ def check_problems(spec: RolloutSpec) -> list[str]:
     return issues
 
 
-def evaluate(window: Window, checks: Iterable[CheckSpec]) -> tuple[CheckResult, ...]:
+Baselines = tuple[tuple[int, VersionWindow], ...]
+"""(min_requests, the stable's newest window with at least that many requests), as `RolloutState` keeps them."""
+
+
+def evaluate(window: Window, checks: Iterable[CheckSpec], baselines: Baselines = ()) -> tuple[CheckResult, ...]:
     """Run every check on the window, in order.
+
+    A check that compares against the stable (`STABLE_BASELINE`) gets the stable's window if it served at
+    least the check's `min_requests`, else the baseline kept for that many (the detail says which), else
+    NO_DATA: a baseline is never thinner than the check asks.
 
     An unknown name is a ValueError (a spec error `check_problems` should have caught). A check
     that raises gives NO_DATA with the error in its detail rather than breaking the rollout loop:
@@ -211,21 +228,39 @@ def evaluate(window: Window, checks: Iterable[CheckSpec]) -> tuple[CheckResult, 
     for spec in specs:
         if spec.name not in CHECKS:
             raise ValueError(_unknown(spec.name))
+    kept = dict(baselines)
     results = []
     for spec in specs:
+        judged, note = window, ""
+        need = max(1, spec.min_requests)
+        if spec.name in STABLE_BASELINE and window.stable.requests < need:
+            baseline = kept.get(need)
+            if baseline is None:
+                detail = (
+                    f"stable served {window.stable.requests} requests, fewer than {need}, and no earlier window "
+                    "of this rollout had that many to stand in as the baseline"
+                )
+                results.append(CheckResult(spec.name, Verdict.NO_DATA, detail))
+                continue
+            judged = replace(window, stable=baseline)
+            note = (
+                f" [baseline: the stable's last window with at least {need} requests ({baseline.requests}), "
+                f"as this window's stable served {window.stable.requests}]"
+            )
         try:
-            results.append(CHECKS[spec.name](window, spec))
+            result = CHECKS[spec.name](judged, spec)
         except Exception as exc:  # a check is an observer: it must not break the loop
-            results.append(CheckResult(spec.name, Verdict.NO_DATA, f"check raised {type(exc).__name__}: {exc}"))
+            result = CheckResult(spec.name, Verdict.NO_DATA, f"check raised {type(exc).__name__}: {exc}")
+        results.append(replace(result, detail=result.detail + note) if note else result)
     return tuple(results)
 
 
-def with_baseline(window: Window, baseline: VersionWindow | None) -> Window:
-    """The window with `baseline` standing in for a stable that served nothing in it.
-
-    At a 100% step all traffic goes to the canary, so stable-relative checks see an empty
-    stable. The caller keeps the stable's last window that had traffic and passes it here.
-    """
-    if window.stable.requests or baseline is None:
-        return window
-    return replace(window, stable=baseline)
+def next_baselines(baselines: Baselines, stable: VersionWindow, checks: Iterable[CheckSpec]) -> Baselines:
+    """The baselines after a window: for each `min_requests` a stable-comparing check asks for, this window's
+    stable replaces the kept one if it served at least that many."""
+    kept = dict(baselines)
+    for spec in checks:
+        need = max(1, spec.min_requests)
+        if spec.name in STABLE_BASELINE and stable.requests >= need:
+            kept[need] = stable
+    return tuple(sorted(kept.items()))

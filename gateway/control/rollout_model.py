@@ -7,8 +7,10 @@ Plain data, serialisable to JSON for the store and the admin API. The decisions 
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+from gateway.serving.window_stats import WindowSummary
 
 
 class Phase(str, enum.Enum):
@@ -114,6 +116,25 @@ class VersionWindow:
     def error_rate(self) -> float | None:
         return self.errors / self.requests if self.requests else None
 
+    @classmethod
+    def from_summary(cls, summary: WindowSummary) -> VersionWindow:
+        """The analysis figures of what the replicas published for one version (merged)."""
+        return cls(
+            requests=summary.requests,
+            errors=summary.errors,
+            p99_s=summary.percentile(0.99),
+            shadow_compared=summary.shadow_compared,
+            shadow_agreed=summary.shadow_agreed,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> VersionWindow:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in doc.items() if k in known})
+
 
 @dataclass(frozen=True)
 class Window:
@@ -144,6 +165,14 @@ class RolloutState:
     """Clock time the rollout began: monitor figures from before it are no evidence about it."""
     last_results: tuple[CheckResult, ...] = field(default=())
     reason: str = ""
+    revision: int = 0
+    """The control revision that opened the current window: the window is the traffic routed from then on
+    (every replica tags each request with the revision of the policy that routed it)."""
+    baselines: tuple[tuple[int, VersionWindow], ...] = ()
+    """(min_requests, the stable's newest window of this rollout with at least that many requests): what
+    stands in for a window whose stable served too few (at a 100% step it serves none)."""
+    shadow_evidence: VersionWindow | None = None
+    """What the canary did as a shadow before the rollout began: the shadow_agreement check's evidence."""
 
     @property
     def weight(self) -> float:
@@ -161,6 +190,8 @@ class RolloutState:
             {"check": r.check, "verdict": r.verdict.value, "detail": r.detail} for r in self.last_results
         ]
         doc["weight"] = self.weight
+        doc["baselines"] = [{"min_requests": m, "window": w.to_json()} for m, w in self.baselines]
+        doc["shadow_evidence"] = None if self.shadow_evidence is None else self.shadow_evidence.to_json()
         return doc
 
     @classmethod
@@ -179,4 +210,11 @@ class RolloutState:
                 CheckResult(r["check"], Verdict(r["verdict"]), r["detail"]) for r in doc.get("last_results", [])
             ),
             reason=doc.get("reason", ""),
+            revision=int(doc.get("revision", 0)),
+            baselines=tuple(
+                (int(b["min_requests"]), VersionWindow.from_json(b["window"])) for b in doc.get("baselines", [])
+            ),
+            shadow_evidence=(
+                VersionWindow.from_json(doc["shadow_evidence"]) if doc.get("shadow_evidence") is not None else None
+            ),
         )

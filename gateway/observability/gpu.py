@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -46,15 +45,24 @@ class GpuReading:
     memory_used: int
     memory_total: int
     process_memory: int | None
-    """Bytes this process holds on the device; None when it holds none or NVML cannot say (some containers)."""
+    """Bytes this gateway's processes (this process group: the supervisor and its workers) hold on the device;
+    None when they hold none or NVML cannot say (some containers)."""
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def read_devices(nvml: Any, pid: int) -> list[GpuReading]:
-    """Read every device through an initialised `pynvml` module; a device that errors is left out."""
+def _in_group(pid: int, group: int) -> bool:
+    try:
+        return os.getpgid(pid) == group
+    except OSError:  # gone, or another container's process
+        return False
+
+
+def read_devices(nvml: Any, group: int) -> list[GpuReading]:
+    """Read every device through an initialised `pynvml` module; a device that errors is left out.
+    `group`: the process group whose GPU memory counts as this gateway's."""
     readings = []
     for index in range(nvml.nvmlDeviceGetCount()):
         try:
@@ -67,7 +75,7 @@ def read_devices(nvml: Any, pid: int) -> list[GpuReading]:
             own = [
                 p.usedGpuMemory
                 for p in nvml.nvmlDeviceGetComputeRunningProcesses(handle)
-                if p.pid == pid and p.usedGpuMemory is not None
+                if p.usedGpuMemory is not None and _in_group(p.pid, group)
             ]
             readings.append(
                 GpuReading(
@@ -90,7 +98,7 @@ def families(readings: Iterable[GpuReading]) -> list[Metric]:
     util = GaugeMetricFamily(GPU_UTILIZATION, "Share of time a kernel ran on the GPU (NVML).", labels=_LABELS)
     used = GaugeMetricFamily(GPU_MEMORY_USED, "GPU memory in use, by every process (NVML).", labels=_LABELS)
     total = GaugeMetricFamily(GPU_MEMORY_TOTAL, "GPU memory installed (NVML).", labels=_LABELS)
-    own = GaugeMetricFamily(GPU_PROCESS_MEMORY, "GPU memory this gateway process holds (NVML).", labels=_LABELS)
+    own = GaugeMetricFamily(GPU_PROCESS_MEMORY, "GPU memory this gateway's processes hold (NVML).", labels=_LABELS)
     for r in readings:
         labels = (str(r.index), r.uuid, r.name)
         if r.utilization is not None:
@@ -104,21 +112,24 @@ def families(readings: Iterable[GpuReading]) -> list[Metric]:
 class GpuCollector(Collector):
     """Reads NVML on every scrape (a few hundred microseconds a device); never raises into the scrape."""
 
-    def __init__(self, nvml: Any, pid: int | None = None) -> None:
+    def __init__(self, nvml: Any) -> None:
         self._nvml = nvml
-        self._pid = os.getpid() if pid is None else pid
+        self._group = os.getpgid(0)
 
     def collect(self) -> Iterator[Metric]:
         try:
-            readings = read_devices(self._nvml, self._pid)
+            readings = read_devices(self._nvml, self._group)
         except Exception as exc:  # observers never break the scrape that reads them
             log.warning("NVML read failed: %s", exc)
             return
         yield from families(readings)
 
 
-def register_gpu_collector(registry: CollectorRegistry) -> GpuCollector | None:
-    """Register the collector when NVML answers and sees at least one GPU; else register nothing."""
+def register_gpu_collector(register: Callable[[Collector], None]) -> GpuCollector | None:
+    """Register the collector when NVML answers and sees at least one GPU; else register nothing.
+
+    `register` is `GatewayMetrics.register_machine_collector` (so with workers a scrape shows the GPUs once),
+    or a registry's `register`."""
     try:
         import pynvml
     except ImportError:
@@ -134,6 +145,6 @@ def register_gpu_collector(registry: CollectorRegistry) -> GpuCollector | None:
         log.debug("GPU metrics off: NVML sees no GPU")
         return None
     collector = GpuCollector(pynvml)
-    registry.register(collector)
+    register(collector)
     log.info("GPU metrics on: %d device(s)", count)
     return collector

@@ -3,10 +3,22 @@
 Dashboards and alert rules are checked against `METRIC_NAMES`. Children are bound once per
 model version (`VersionMetrics`) so the hot path does a dictionary lookup, not a label parse.
 Each gateway owns its registry, so several gateways can live in one test process.
+
+With `--workers N` the workers share one port, so a scrape reaches one of them at random: they run
+in prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by the supervisor before
+the workers start), each worker writes its values to memory-mapped files, and whichever worker
+answers /metrics sums every worker's counters and histograms. Each gauge says how its workers'
+values combine (`multiprocess_mode`): queue depths and in-flight requests add up, a version is
+ready only when it is ready on every worker, and the control plane's gauges (rollout phase, drift,
+accuracy), which only the leader sets, show the value set last. Figures read at scrape time from
+plain counters (the prediction log's) are copied into real metrics once a second instead
+(`sync_watched`), and collectors that describe the whole machine (GPUs) are added by
+`register_machine_collector`, so a scrape shows them once.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -18,8 +30,10 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 REQUESTS = "sluice_requests"
@@ -124,7 +138,11 @@ STANDARD_METRIC_NAMES = (
     "python_gc_objects_uncollectable_total",
     "python_gc_collections_total",
 )
-"""prometheus_client's process, platform and GC collectors, registered on every gateway's registry."""
+"""prometheus_client's process, platform and GC collectors, on the registry of a one-process gateway."""
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_RECORDS_HELP = "Prediction records by fate: written, dropped (queue full), failed (write error), sampled_out."
+_QUEUED_HELP = "Prediction records waiting to be written."
 
 ROLLOUT_PHASES = ("progressing", "paused", "promoted", "rolled_back", "aborted")
 
@@ -154,11 +172,6 @@ class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        # The default registry has these; a registry of our own must ask for them (the Overview's CPU,
-        # memory and GC panels read them).
-        ProcessCollector(registry=r)
-        PlatformCollector(registry=r)
-        GCCollector(registry=r)
         mv = ("model", "version")
         self.requests = Counter(
             REQUESTS, "Inference requests by protocol and outcome.", (*mv, "protocol", "outcome"), registry=r
@@ -190,32 +203,62 @@ class GatewayMetrics:
             mv,
             registry=r,
         )
-        self.queue_depth = Gauge(QUEUE_DEPTH, "Requests waiting in the version's batch queue.", mv, registry=r)
-        self.queue_capacity = Gauge(
-            QUEUE_CAPACITY, "Requests the version's batch queue holds before it sheds load (429).", mv, registry=r
+        self.queue_depth = Gauge(
+            QUEUE_DEPTH, "Requests waiting in the version's batch queue.", mv, registry=r, multiprocess_mode="livesum"
         )
-        self.inflight = Gauge(INFLIGHT, "Requests being served (queued or running).", mv, registry=r)
-        self.model_ready = Gauge(MODEL_READY, "1 when the version is loaded, warmed and serving.", mv, registry=r)
+        self.queue_capacity = Gauge(
+            QUEUE_CAPACITY,
+            "Requests the version's batch queue holds before it sheds load (429).",
+            mv,
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.inflight = Gauge(
+            INFLIGHT, "Requests being served (queued or running).", mv, registry=r, multiprocess_mode="livesum"
+        )
+        self.model_ready = Gauge(
+            MODEL_READY,
+            "1 when the version is loaded, warmed and serving (on every worker).",
+            mv,
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         self.execution_provider = Gauge(
             EXECUTION_PROVIDER,
             "1 for the execution provider that runs the version.",
             (*mv, "provider"),
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.runtime_device = Gauge(
             RUNTIME_DEVICE,
             "1 for the device the version's runtime is placed on: cpu, cuda:<ordinal>, or remote.",
             (*mv, "device"),
             registry=r,
+            multiprocess_mode="livemax",
         )
         # Control plane
         self.traffic_weight = Gauge(
-            TRAFFIC_WEIGHT, "Percent of a model's traffic each version receives.", mv, registry=r
+            TRAFFIC_WEIGHT,
+            "Percent of a model's traffic each version receives.",
+            mv,
+            registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.rollout_phase = Gauge(
-            ROLLOUT_PHASE, "1 for the phase a model's rollout is in.", ("model", "canary", "phase"), registry=r
+            ROLLOUT_PHASE,
+            "1 for the phase a model's rollout is in.",
+            ("model", "canary", "phase"),
+            registry=r,
+            multiprocess_mode="livemostrecent",
         )
-        self.rollout_step = Gauge(ROLLOUT_STEP, "Index of the rollout step in force (0-based).", ("model",), registry=r)
+        self.rollout_step = Gauge(
+            ROLLOUT_STEP,
+            "Index of the rollout step in force (0-based).",
+            ("model",),
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
         self.rollout_checks = Counter(
             ROLLOUT_CHECKS, "Rollout analysis verdicts by check.", ("model", "check", "verdict"), registry=r
         )
@@ -228,7 +271,11 @@ class GatewayMetrics:
             SHADOW_DROPPED, "Shadow copies dropped because the shadow's queue was full.", mv, registry=r
         )
         self.shadow_agreement = Gauge(
-            SHADOW_AGREEMENT, "Share of compared shadow answers that agree with the primary's.", mv, registry=r
+            SHADOW_AGREEMENT,
+            "Share of compared shadow answers that agree with the primary's.",
+            mv,
+            registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.shadow_abs_diff = Histogram(
             SHADOW_ABS_DIFF,
@@ -247,17 +294,32 @@ class GatewayMetrics:
             registry=r,
         )
         self.drift_share = Gauge(
-            DRIFT_SHARE, "Share of drifted features in the version's last drift run.", mv, registry=r
+            DRIFT_SHARE,
+            "Share of drifted features in the version's last drift run.",
+            mv,
+            registry=r,
+            multiprocess_mode="livemostrecent",
         )
-        self.dataset_drift = Gauge(DATASET_DRIFT, "1 when the last drift run found dataset drift.", mv, registry=r)
+        self.dataset_drift = Gauge(
+            DATASET_DRIFT,
+            "1 when the last drift run found dataset drift.",
+            mv,
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
         self.feature_drift_score = Gauge(
             FEATURE_DRIFT_SCORE,
             "Drift score of one feature in the last run (the method's statistic: p-value or distance).",
             (*mv, "feature", "method"),
             registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.prediction_drift_score = Gauge(
-            PREDICTION_DRIFT_SCORE, "Drift score of one output in the last run.", (*mv, "output", "method"), registry=r
+            PREDICTION_DRIFT_SCORE,
+            "Drift score of one output in the last run.",
+            (*mv, "output", "method"),
+            registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.monitor_runs = Counter(
             MONITOR_RUNS,
@@ -269,23 +331,84 @@ class GatewayMetrics:
             MONITOR_RUN_DURATION, "Wall time of one drift or accuracy run.", ("model", "kind"), registry=r
         )
         self.accuracy = Gauge(
-            ACCURACY, "The version's figures over its last labeled window, by metric.", (*mv, "metric"), registry=r
+            ACCURACY,
+            "The version's figures over its last labeled window, by metric.",
+            (*mv, "metric"),
+            registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.label_coverage = Gauge(
-            LABEL_COVERAGE, "Share of the window's predictions that have a label.", mv, registry=r
+            LABEL_COVERAGE,
+            "Share of the window's predictions that have a label.",
+            mv,
+            registry=r,
+            multiprocess_mode="livemostrecent",
         )
-        self.label_lag = Gauge(LABEL_LAG, "Median seconds from prediction to label in the last window.", mv, registry=r)
+        self.label_lag = Gauge(
+            LABEL_LAG,
+            "Median seconds from prediction to label in the last window.",
+            mv,
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
         self.trigger_firings = Counter(
             TRIGGER_FIRINGS, "Monitor trigger firings by rule and action.", (*mv, "rule", "action"), registry=r
         )
         self._versions: dict[tuple[str, str], VersionMetrics] = {}
+        self.multiprocess_dir = os.environ.get(MULTIPROCESS_ENV) or None
+        """Set (by the supervisor) when this process is one of several workers sharing a port."""
+        self._machine: list[Collector] = []
+        self._synced: list[Callable[[], None]] = []
+        if self.multiprocess_dir is None:
+            # The default registry has these; a registry of our own must ask for them (the Overview's CPU,
+            # memory and GC panels read them). With workers a scrape would show one worker's at random, so
+            # they are left out there (a sum over the workers is still to do).
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
 
     def watch_prediction_log(self, counts: Callable[[], Mapping[str, int]], depth: Callable[[], int]) -> None:
-        """Export the prediction log's counters, read at scrape time: the hot path only adds to plain ints.
+        """Export the prediction log's counters: the hot path only adds to plain ints.
 
         `counts`: records by outcome (written, dropped, failed, sampled_out); `depth`: records queued.
+        One process: read at scrape time. Workers: copied into shared metrics by `sync_watched`.
         """
-        self.registry.register(_PredictionLogCollector(counts, depth))
+        if self.multiprocess_dir is None:
+            self.registry.register(_PredictionLogCollector(counts, depth))
+            return
+        records = Counter(PREDICTION_LOG_RECORDS, _RECORDS_HELP, ("outcome",), registry=None)
+        queued = Gauge(PREDICTION_LOG_QUEUE_DEPTH, _QUEUED_HELP, registry=None, multiprocess_mode="livesum")
+        copied: dict[str, int] = {}
+
+        def sync() -> None:
+            for outcome, n in counts().items():
+                if n > copied.get(outcome, 0):
+                    records.labels(outcome).inc(n - copied.get(outcome, 0))
+                    copied[outcome] = n
+            queued.set(depth())
+
+        self._synced.append(sync)
+
+    def sync_watched(self) -> None:
+        """Copy the watched plain counters into the workers' shared metrics (workers only; about once a second)."""
+        for sync in self._synced:
+            sync()
+
+    def register_machine_collector(self, collector: Collector) -> None:
+        """A collector that describes the whole machine (not this process): exported once per scrape."""
+        self._machine.append(collector)
+        if self.multiprocess_dir is None:
+            self.registry.register(collector)
+
+    def exposition(self) -> bytes:
+        """The /metrics page: this process's registry, or with workers, every worker's values combined."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        combined = CollectorRegistry()
+        MultiProcessCollector(combined, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        for collector in self._machine:
+            combined.register(collector)
+        return generate_latest(combined)
 
     def version(self, model: str, version: str) -> VersionMetrics:
         key = (model, version)
@@ -353,14 +476,8 @@ class _PredictionLogCollector(Collector):
         self._depth = depth
 
     def collect(self) -> Iterator[Metric]:
-        records = CounterMetricFamily(
-            PREDICTION_LOG_RECORDS,
-            "Prediction records by fate: written, dropped (queue full), failed (write error), sampled_out.",
-            labels=("outcome",),
-        )
+        records = CounterMetricFamily(PREDICTION_LOG_RECORDS, _RECORDS_HELP, labels=("outcome",))
         for outcome, n in self._counts().items():
             records.add_metric((outcome,), n)
         yield records
-        yield GaugeMetricFamily(
-            PREDICTION_LOG_QUEUE_DEPTH, "Prediction records waiting to be written.", value=self._depth()
-        )
+        yield GaugeMetricFamily(PREDICTION_LOG_QUEUE_DEPTH, _QUEUED_HELP, value=self._depth())

@@ -9,28 +9,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
-from gateway.control.plane import ControlPlane
 from gateway.errors import (
-    DeadlineExceeded,
-    InvalidInput,
-    ModelNotFound,
     ModelNotReady,
-    Overloaded,
     ShuttingDown,
     SluiceError,
+    mapping_of,
 )
 from gateway.observability.logs import span_context
 from gateway.observability.metrics import GatewayMetrics
+from gateway.serving.policy_view import PolicyView
 from gateway.serving.registry import ModelRegistry, ServedVersion
 from gateway.serving.request import InferRequest, InferResponse
-from gateway.serving.router import pick_version
+from gateway.serving.router import pick_version, policy_weights
 from gateway.serving.shadow import ShadowDispatcher
 from gateway.serving.validation import validate
+from gateway.serving.window_stats import WindowRecorder
 from monitors.prediction_log import PredictionLog, new_prediction_id
 
 log = logging.getLogger(__name__)
@@ -39,25 +38,14 @@ SERVER_NAME = "sluice"
 SERVER_VERSION = "0.1.0"
 EXTENSIONS = ("binary_tensor_data", "model_repository_metadata", "statistics_metrics")
 
-_OUTCOME_BY_ERROR: tuple[tuple[type[Exception], str], ...] = (
-    (InvalidInput, "invalid"),
-    (ModelNotFound, "not_found"),
-    (ModelNotReady, "not_ready"),
-    (Overloaded, "overloaded"),
-    (DeadlineExceeded, "timeout"),
-    (ShuttingDown, "draining"),
-)
-
-
 # Outcomes that say something about the version itself (a caller's 400 does not).
 _ANALYSED = frozenset(("ok", "error", "timeout", "overloaded"))
 
 
 def outcome_of(exc: BaseException) -> str:
-    for cls, outcome in _OUTCOME_BY_ERROR:
-        if isinstance(exc, cls):
-            return outcome
-    return "error"
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    return mapping_of(exc).outcome
 
 
 class DataPlane:
@@ -66,7 +54,8 @@ class DataPlane:
         registry: ModelRegistry,
         tracer: Tracer,
         metrics: GatewayMetrics,
-        control: ControlPlane,
+        policies: PolicyView,
+        windows: WindowRecorder,
         shadows: ShadowDispatcher,
         server_name: str = SERVER_NAME,
         predictions: PredictionLog | None = None,
@@ -75,12 +64,17 @@ class DataPlane:
         self.predictions = predictions
         """Where each finished request's record goes (None: no prediction log)."""
         self.metrics = metrics
-        self.control = control
+        self.policies = policies
+        """What routes requests: read here, written by the control plane or the replica's follower."""
+        self.windows = windows
+        """Per-version statistics by routing revision, which the replica publishes for rollout analysis."""
         self.shadows = shadows
         self.tracer = tracer
         self.server_name = server_name
         self.started = False
         self.draining = False
+        self.cohort_ready: Callable[[], bool] = lambda: True
+        """With workers: whether every worker of this machine is ready (the supervisor shares it)."""
 
     # -- health and metadata ------------------------------------------------------------
 
@@ -93,7 +87,7 @@ class DataPlane:
         A broken model reports not-ready on its own endpoint; it does not take the whole
         gateway (and every healthy model) out of a load balancer's rotation.
         """
-        return self.started and not self.draining
+        return self.started and not self.draining and self.cohort_ready()
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": self.server_name, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)}
@@ -109,7 +103,7 @@ class DataPlane:
         served = (
             self.registry.get_version(name, version)
             if version
-            else pick_version(model, self.control.policy(name).stable)
+            else pick_version(model, self.policies.policy(name).stable)
         )
         if served.runtime is None:
             raise ModelNotReady(served.not_ready_reason())
@@ -129,12 +123,22 @@ class DataPlane:
             },
         }
 
+    def publish_weights(self, model: str) -> None:
+        """Set the traffic-weight gauges of the model's versions from the policy in force and their states."""
+        served = self.registry.models.get(model)
+        if served is None:
+            return
+        weights = policy_weights(served, self.policies.policy(model))
+        for version in served.versions:
+            self.metrics.traffic_weight.labels(model, version).set(weights.get(version, 0.0))
+
     # -- inference ----------------------------------------------------------------------
 
     async def infer(self, request: InferRequest, protocol: str) -> InferResponse:
         started = time.perf_counter()
         served: ServedVersion | None = None
         route = ""
+        revision = 0
         span = self.tracer.start_span(
             "infer",
             context=request.trace_context,
@@ -146,28 +150,22 @@ class DataPlane:
         try:
             if self.draining:
                 raise ShuttingDown("gateway is shutting down")
-            routed = self.control.route(self.registry.get_model(request.model), request)
+            routed = self.policies.route(self.registry.get_model(request.model), request)
             served = routed.version
             route = routed.route.value
+            revision = routed.revision
             span.set_attribute("sluice.route", route)
             response = await self._infer_version(request, served, span, protocol)
             if routed.shadows:
-                self.shadows.dispatch(request, response.outputs, routed.shadows, response.id)
-        except SluiceError as exc:
-            outcome = outcome_of(exc)
-            elapsed = self._count(served, protocol, outcome, started)
-            self._log(request, request.id, served, route, {}, elapsed, outcome)
-            span.set_status(Status(StatusCode.ERROR, str(exc)))
-            span.end()
-            raise
+                self.shadows.dispatch(request, response.outputs, routed.shadows, response.id, revision)
         except BaseException as exc:
-            outcome = "cancelled" if isinstance(exc, asyncio.CancelledError) else "error"
-            elapsed = self._count(served, protocol, outcome, started)
+            outcome = outcome_of(exc)
+            elapsed = self._count(served, revision, protocol, outcome, started)
             self._log(request, request.id, served, route, {}, elapsed, outcome)
-            span.set_status(Status(StatusCode.ERROR, repr(exc)))
+            span.set_status(Status(StatusCode.ERROR, str(exc) if isinstance(exc, SluiceError) else repr(exc)))
             span.end()
             raise
-        elapsed = self._count(served, protocol, "ok", started)
+        elapsed = self._count(served, revision, protocol, "ok", started)
         self._log(request, response.id, served, route, response.outputs, elapsed, "ok")
         span.end()
         return response
@@ -244,7 +242,7 @@ class DataPlane:
             outputs=outputs,
         )
 
-    def _count(self, served: ServedVersion | None, protocol: str, outcome: str, started: float) -> float:
+    def _count(self, served: ServedVersion | None, revision: int, protocol: str, outcome: str, started: float) -> float:
         """Count the finished request; returns its latency in seconds."""
         if served is None:
             # Never label with the caller's model name: a scan of made-up names must not grow series.
@@ -255,5 +253,5 @@ class DataPlane:
         m.outcome(protocol, outcome).inc()
         m.duration(protocol).observe(elapsed)
         if outcome in _ANALYSED:
-            self.control.windows.record(served.model, served.version, outcome == "ok", elapsed)
+            self.windows.record(served.model, served.version, revision, outcome == "ok", elapsed)
         return elapsed

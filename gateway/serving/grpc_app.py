@@ -15,17 +15,8 @@ from tritonclient.grpc import service_pb2_grpc
 
 from gateway.admin.auth import InferenceAuth
 from gateway.errors import (
-    Conflict,
-    DeadlineExceeded,
-    Forbidden,
-    InferenceFailed,
-    InvalidInput,
-    ModelNotFound,
-    ModelNotReady,
-    Overloaded,
-    ShuttingDown,
     SluiceError,
-    Unauthorized,
+    mapping_of,
 )
 from gateway.observability.logs import request_id
 from gateway.observability.tracing import extract_context
@@ -34,25 +25,10 @@ from gateway.serving.dataplane import DataPlane
 
 log = logging.getLogger(__name__)
 
-GRPC_STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
-    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
-    (ModelNotFound, grpc.StatusCode.NOT_FOUND),
-    (ModelNotReady, grpc.StatusCode.UNAVAILABLE),
-    (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
-    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
-    (InferenceFailed, grpc.StatusCode.INTERNAL),
-    (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
-    (Unauthorized, grpc.StatusCode.UNAUTHENTICATED),
-    (Forbidden, grpc.StatusCode.PERMISSION_DENIED),
-)
-
 
 def grpc_status(exc: BaseException) -> grpc.StatusCode:
-    for cls, code in GRPC_STATUS:
-        if isinstance(exc, cls):
-            return code
-    return grpc.StatusCode.INTERNAL
+    """The status for a domain error, from the one table in `gateway.errors`."""
+    return grpc.StatusCode[mapping_of(exc).grpc]
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
@@ -118,14 +94,21 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
 
 def build_grpc_server(
-    dataplane: DataPlane, host: str, port: int, max_message_bytes: int, auth: InferenceAuth | None = None
+    dataplane: DataPlane,
+    host: str,
+    port: int,
+    max_message_bytes: int,
+    auth: InferenceAuth | None = None,
+    *,
+    reuse_port: bool = False,
 ) -> tuple[grpc.aio.Server, int]:
-    """Create (not start) the server; returns it with the port actually bound."""
+    """Create (not start) the server; returns it with the port actually bound. `reuse_port`: share the port
+    with the other workers of this machine (SO_REUSEPORT: the kernel spreads connections over them)."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ]
     )
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane, auth), server)

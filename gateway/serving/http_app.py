@@ -12,35 +12,23 @@ import asyncio
 import logging
 import re
 import zlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import orjson
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.admin.api import build_admin_router
-from gateway.admin.auth import AdminAuth, InferenceAuth
-from gateway.admin.feedback_api import build_feedback_router
-from gateway.admin.monitor_api import build_monitor_router
-from gateway.control.monitor_service import MonitorService
+from gateway.admin.auth import InferenceAuth
 from gateway.errors import (
-    Conflict,
-    DeadlineExceeded,
-    Forbidden,
-    InferenceFailed,
     InvalidInput,
-    ModelNotFound,
-    ModelNotReady,
-    Overloaded,
     PayloadTooLarge,
-    ShuttingDown,
     SluiceError,
-    Unauthorized,
+    mapping_of,
 )
 from gateway.observability.logs import request_id
 from gateway.observability.tracing import extract_context
@@ -53,27 +41,10 @@ T = TypeVar("T")
 ADMIN_MAX_BODY_BYTES = 1024 * 1024
 INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 
-# Most specific class first; the first isinstance match wins.
-HTTP_STATUS: tuple[tuple[type[Exception], int], ...] = (
-    (PayloadTooLarge, 413),
-    (InvalidInput, 400),
-    (ModelNotFound, 404),
-    (ModelNotReady, 503),
-    (ShuttingDown, 503),
-    (Overloaded, 429),
-    (DeadlineExceeded, 504),
-    (InferenceFailed, 500),
-    (Conflict, 409),
-    (Unauthorized, 401),
-    (Forbidden, 403),
-)
-
 
 def http_status(exc: BaseException) -> int:
-    for cls, status in HTTP_STATUS:
-        if isinstance(exc, cls):
-            return status
-    return 500
+    """The status for a domain error, from the one table in `gateway.errors`."""
+    return mapping_of(exc).http
 
 
 def error_body(message: str) -> bytes:
@@ -81,21 +52,19 @@ def error_body(message: str) -> bytes:
 
 
 class HttpAdapter:
-    """The ASGI application uvicorn serves."""
+    """The ASGI application uvicorn serves: the lean infer path, then `api` (FastAPI) for the rest."""
 
     def __init__(
         self,
         dataplane: DataPlane,
-        registry: CollectorRegistry,
+        api: ASGIApp,
         max_body_bytes: int,
-        admin_auth: AdminAuth | None = None,
         inference_auth: InferenceAuth | None = None,
-        monitor: MonitorService | None = None,
     ) -> None:
         self.dataplane = dataplane
         self.max_body_bytes = max_body_bytes
         self.inference_auth = inference_auth or InferenceAuth()
-        self.api = build_api(dataplane, registry, admin_auth, self.inference_auth, monitor)
+        self.api = api
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -287,24 +256,28 @@ async def _send(
     await send({"type": "http.response.body", "body": body})
 
 
-def build_api(
-    dataplane: DataPlane,
-    registry: CollectorRegistry,
-    admin_auth: AdminAuth | None = None,
-    inference_auth: InferenceAuth | None = None,
-    monitor: MonitorService | None = None,
-) -> FastAPI:
-    """The FastAPI app; `admin_auth` None (or without tokens) leaves the admin API disabled (403).
-
-    `inference_auth` with keys guards model metadata and readiness as it guards infer; server
-    health, server metadata and /metrics stay open for probes and Prometheus.
-    """
-    keys = inference_auth or InferenceAuth()
+def inference_key_dependency(keys: InferenceAuth) -> Any:
+    """The FastAPI dependency that guards model routes with the inference keys (none set: open)."""
 
     async def inference_key(request: Request) -> None:
         keys.check(request.headers.get("authorization"))
 
-    guarded = [Depends(inference_key)]
+    return Depends(inference_key)
+
+
+def build_api(
+    dataplane: DataPlane,
+    exposition: Callable[[], bytes],
+    inference_auth: InferenceAuth | None = None,
+    routers: Sequence[APIRouter] = (),
+) -> FastAPI:
+    """The FastAPI app: health, metadata, /metrics (`exposition` renders it) and the given routers
+    (the composition root adds the admin, monitor and feedback APIs).
+
+    `inference_auth` with keys guards model metadata and readiness as it guards infer; server
+    health, server metadata and /metrics stay open for probes and Prometheus.
+    """
+    guarded = [inference_key_dependency(inference_auth or InferenceAuth())]
     api = FastAPI(
         title="Sluice",
         summary="KServe V2 / Open Inference Protocol gateway",
@@ -356,14 +329,10 @@ def build_api(
 
     @api.get("/metrics", tags=["observability"])
     async def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    api.include_router(
-        build_admin_router(dataplane.control, admin_auth or AdminAuth(), ready=lambda: dataplane.ready())
-    )
-    if monitor is not None:
-        api.include_router(build_monitor_router(monitor, admin_auth or AdminAuth(), ready=lambda: dataplane.ready()))
-    api.include_router(build_feedback_router(dataplane.registry, lambda: dataplane.predictions, guarded))
+    for router in routers:
+        api.include_router(router)
     return api
 
 

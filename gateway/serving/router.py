@@ -20,13 +20,17 @@ class Routed:
     version: ServedVersion
     route: Route
     shadows: tuple[ServedVersion, ...] = ()
+    revision: int = 0
+    """The control revision of the policy that made this decision (0: no policy)."""
 
 
-def route_request(model: ServedModel, request: InferRequest, policy: TrafficPolicy | None, sequence: int) -> Routed:
+def route_request(
+    model: ServedModel, request: InferRequest, policy: TrafficPolicy | None, sequence: int, revision: int = 0
+) -> Routed:
     if request.version:
-        return Routed(pick_version(model, request.version), Route.PINNED)
+        return Routed(pick_version(model, request.version), Route.PINNED, (), revision)
     if policy is None:
-        return Routed(pick_version(model, None), Route.STABLE)
+        return Routed(pick_version(model, None), Route.STABLE, (), revision)
     decision = decide_route(policy, sequence, sticky_key(request, policy))
     served = model.versions.get(decision.version) if decision.version else None
     route = decision.route
@@ -35,7 +39,7 @@ def route_request(model: ServedModel, request: InferRequest, policy: TrafficPoli
             route = Route.STABLE
         served = pick_version(model, policy.stable)
     shadows = tuple(model.versions[s] for s in decision.shadows if s in model.versions and model.versions[s].ready)
-    return Routed(served, route, shadows)
+    return Routed(served, route, shadows, revision)
 
 
 def sticky_key(request: InferRequest, policy: TrafficPolicy) -> str | None:
@@ -66,6 +70,22 @@ def pick_version(model: ServedModel, requested: str | None) -> ServedVersion:
         states = "; ".join(v.not_ready_reason() for v in model.versions.values()) or "it has no versions"
         raise ModelNotReady(f"model '{model.name}' has no ready version: {states}")
     return max(ready, key=lambda v: _num(v.version))
+
+
+def policy_weights(model: ServedModel, policy: TrafficPolicy | None) -> dict[str, float]:
+    """Share (percent) of the model's unpinned traffic each version gets under `policy`, as routing gives it:
+    a canary that is not ready gives its share back to the stable version."""
+    stable = (policy.stable if policy else None) or getattr(
+        newest_ready(model, excluding=policy.canary if policy else None), "version", None
+    )
+    weights: dict[str, float] = {}
+    canary = model.versions.get(policy.canary) if policy is not None and policy.canary else None
+    canary_weight = policy.canary_weight if policy is not None and canary is not None and canary.ready else 0.0
+    if canary is not None:
+        weights[canary.version] = canary_weight
+    if stable is not None:
+        weights[stable] = 100.0 - canary_weight
+    return weights
 
 
 def newest_ready(model: ServedModel, excluding: str | None = None) -> ServedVersion | None:

@@ -53,21 +53,29 @@ class ShadowDispatcher:
         primary: Mapping[str, np.ndarray],
         shadows: tuple[ServedVersion, ...],
         prediction_id: str = "",
+        revision: int = 0,
     ) -> None:
         """Copy the request to each shadow with room for it; `prediction_id` (the primary's response id)
-        names the shadow's record in the prediction log ("": not logged)."""
+        names the shadow's record in the prediction log ("": not logged); `revision` is the routing policy's."""
         for shadow in shadows:
             batcher = shadow.batcher
             busy = batcher is None or batcher.queue_depth >= max(1, batcher.config.max_batch_size)
             if busy or len(self._tasks) >= self._max_in_flight:
                 self._metrics.shadow_dropped.labels(shadow.model, shadow.version).inc()
                 continue
-            task = asyncio.get_running_loop().create_task(self._shadow(request, primary, shadow, prediction_id))
+            task = asyncio.get_running_loop().create_task(
+                self._shadow(request, primary, shadow, prediction_id, revision)
+            )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def _shadow(
-        self, request: InferRequest, primary: Mapping[str, np.ndarray], shadow: ServedVersion, prediction_id: str
+        self,
+        request: InferRequest,
+        primary: Mapping[str, np.ndarray],
+        shadow: ServedVersion,
+        prediction_id: str,
+        revision: int,
     ) -> None:
         labels = (shadow.model, shadow.version)
         started = time.perf_counter()
@@ -79,7 +87,7 @@ class ShadowDispatcher:
             outputs, _ = await batcher.submit(request.inputs, rows, None, request.timeout_s)
         except Exception as exc:
             self._metrics.shadow_requests.labels(*labels, "error").inc()
-            self._windows.record_shadow(shadow.model, shadow.version, agreed=False)
+            self._windows.record_shadow(shadow.model, shadow.version, revision, agreed=False)
             log.info("shadow %s/%s failed: %s", shadow.model, shadow.version, exc)
             self._log(request, shadow, prediction_id, {}, time.perf_counter() - started, "error")
             return
@@ -93,7 +101,7 @@ class ShadowDispatcher:
         counts[0] += int(result.agreed)
         counts[1] += 1
         self._metrics.shadow_agreement.labels(*labels).set(counts[0] / counts[1])
-        self._windows.record_shadow(shadow.model, shadow.version, agreed=result.agreed)
+        self._windows.record_shadow(shadow.model, shadow.version, revision, agreed=result.agreed)
         self._log(request, shadow, prediction_id, outputs, elapsed, "ok")
 
     def _log(

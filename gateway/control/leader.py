@@ -1,0 +1,161 @@
+"""Who runs the control plane: the replica holding a lease in the state database.
+
+Every replica runs an election loop. The holder renews its lease every `renew_s`; any other replica
+takes it once it has expired (`ttl_s` after the holder's last renewal, by the database's clock), under
+a new epoch. The epoch fences the control plane's writes: each one checks, in its own transaction,
+that the lease still has this holder and epoch (`storage.engine.Database.fence`), so a leader that
+was paused or cut off past its lease changes nothing once another has taken over. A leader that
+cannot renew steps down by its own clock before its lease can have been taken. A clean shutdown
+releases the lease, so the next replica takes over at its next attempt instead of waiting for expiry.
+
+Killing the leader hands over within `ttl_s + renew_s`; the new leader reads the policies and
+rollouts back from the store, so a rollout resumes at the step where it stood.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from gateway.storage.control_state import Lease
+from gateway.storage.engine import Fence
+
+log = logging.getLogger(__name__)
+
+LEASE = "control-plane"
+
+
+class LeaseStore(Protocol):
+    fence: Fence | None
+
+    def acquire_lease(self, name: str, holder: str, ttl_s: float, address: str | None) -> Lease | None: ...
+
+    def renew_lease(self, name: str, holder: str, epoch: int, ttl_s: float) -> Lease | None: ...
+
+    def release_lease(self, name: str, holder: str, epoch: int) -> None: ...
+
+    def lease(self, name: str) -> tuple[Lease | None, float]: ...
+
+
+class LeaderElection:
+    def __init__(
+        self,
+        store: LeaseStore,
+        holder: str,
+        *,
+        address: str | None = None,
+        ttl_s: float = 5.0,
+        renew_s: float = 1.0,
+        on_elected: Callable[[Fence], Awaitable[None]],
+        on_deposed: Callable[[], Awaitable[None]],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 0 < renew_s < ttl_s:
+            raise ValueError(f"the lease's renewal ({renew_s} s) must be shorter than its time to live ({ttl_s} s)")
+        self._store = store
+        self.holder = holder
+        self.address = address
+        """Where this replica takes forwarded admin requests (published in the lease while it leads)."""
+        self.ttl_s = ttl_s
+        self.renew_s = renew_s
+        self._on_elected = on_elected
+        self._on_deposed = on_deposed
+        self._clock = clock
+        self._lease: Lease | None = None
+        """Ours, while we lead."""
+        self._valid_until = 0.0
+        """By our own clock: past this we cannot be sure the lease is still ours."""
+        self.leader: Lease | None = None
+        """The lease as last seen: ours or another replica's (its address is where admin requests go)."""
+        self._lock = asyncio.Lock()
+        # Until elected, every control write from this replica is refused by the database (epochs start at 1).
+        store.fence = Fence(LEASE, holder, 0)
+
+    @property
+    def is_leader(self) -> bool:
+        return self._lease is not None
+
+    async def step(self) -> None:
+        """One round: renew while leading (stepping down if that fails), else try to take the lease."""
+        async with self._lock:
+            if self._lease is not None:
+                await self._renew()
+            else:
+                await self._try_acquire()
+
+    async def _renew(self) -> None:
+        lease = self._lease
+        assert lease is not None
+        started = self._clock()
+        try:
+            renewed = await asyncio.to_thread(self._store.renew_lease, LEASE, self.holder, lease.epoch, self.ttl_s)
+        except Exception as exc:
+            if self._clock() < self._valid_until:
+                log.warning("could not renew the control plane's lease (still ours for now): %s", exc)
+                return
+            log.error("control plane's lease not renewed within its time to live: stepping down: %s", exc)
+            renewed = None
+        if renewed is None:
+            await self._depose(f"lost the control plane's lease (epoch {lease.epoch})")
+            return
+        self._lease = self.leader = renewed
+        self._valid_until = started + self.ttl_s - self.renew_s
+
+    async def _try_acquire(self) -> None:
+        started = self._clock()
+        try:
+            lease = await asyncio.to_thread(self._store.acquire_lease, LEASE, self.holder, self.ttl_s, self.address)
+            if lease is None:
+                self.leader, _ = await asyncio.to_thread(self._store.lease, LEASE)
+                return
+        except Exception as exc:
+            log.warning("could not read or take the control plane's lease: %s", exc)
+            return
+        self._lease = self.leader = lease
+        self._valid_until = started + self.ttl_s - self.renew_s
+        self._store.fence = Fence(LEASE, self.holder, lease.epoch)
+        log.info("leading the control plane", extra={"holder": self.holder, "epoch": lease.epoch})
+        try:
+            await self._on_elected(self._store.fence)
+        except Exception:
+            log.exception("the control plane failed to start: giving the lease up")
+            await self._depose("the control plane failed to start")
+            await self._release(lease)
+
+    async def _depose(self, why: str) -> None:
+        self._lease = None
+        log.warning("no longer leading the control plane: %s", why, extra={"holder": self.holder})
+        try:
+            await self._on_deposed()
+        except Exception:
+            log.exception("stopping the control plane failed")
+
+    async def _release(self, lease: Lease) -> None:
+        try:
+            await asyncio.to_thread(self._store.release_lease, LEASE, self.holder, lease.epoch)
+        except Exception as exc:
+            log.warning("could not release the control plane's lease (it expires by itself): %s", exc)
+
+    async def resign(self) -> None:
+        """Stop leading and give the lease up at once (a clean shutdown)."""
+        async with self._lock:
+            lease = self._lease
+            if lease is None:
+                return
+            await self._depose("shutting down")
+            await self._release(lease)
+
+    async def current_leader(self, refresh: bool = False) -> Lease | None:
+        """The lease holder if its lease is current: for forwarding admin requests. `refresh` reads it anew."""
+        if refresh or self.leader is None:
+            try:
+                self.leader, now = await asyncio.to_thread(self._store.lease, LEASE)
+            except Exception as exc:
+                log.warning("could not read the control plane's lease: %s", exc)
+                return None
+            if self.leader is not None and self.leader.expires_at < now:
+                return None
+        return self.leader
