@@ -7,7 +7,7 @@ HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 MODEL_REPO ?= models
 
-.PHONY: demo serve test lint bench install install-dev clean
+.PHONY: demo serve test lint bench install install-dev clean dashboards dashboards-previews
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,12 +34,19 @@ test: install-dev                                  ## run the test suite
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: install-dev                                  ## ruff and mypy --strict
-	$(BIN)/ruff check gateway runtimes monitors tests loadtests
-	$(BIN)/ruff format --check gateway runtimes monitors tests loadtests
+	$(BIN)/ruff check gateway runtimes monitors dashboards tests loadtests
+	$(BIN)/ruff format --check gateway runtimes monitors dashboards tests loadtests
 	$(BIN)/mypy
 
 bench: install-dev                                 ## benchmark against raw ONNX Runtime (needs wrk)
 	$(BIN)/python -m loadtests.bench
+
+dashboards: install-dev                            ## rewrite dashboards/*.json from dashboards/build.py
+	$(BIN)/python -m dashboards.build
+
+dashboards-previews: install-dev                   ## redraw docs/previews/*.png from a live run (needs prometheus)
+	SLUICE_PREVIEWS_DIR=$(CURDIR)/docs/previews $(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/test_dashboards_live.py -k previews
 
 clean:
 	rm -rf $(VENV) demo-models bench-results .pytest_cache .mypy_cache .ruff_cache

@@ -36,6 +36,7 @@ from gateway.control.leader import LeaderElection
 from gateway.control.monitor_service import MonitorService
 from gateway.control.plane import ControlPlane
 from gateway.control.webhooks import WebhookSender
+from gateway.observability.gpu import register_gpu_collector
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.tracing import get_tracer, make_tracer_provider
 from gateway.serving.dataplane import DataPlane
@@ -92,6 +93,7 @@ class Gateway:
         self._reuse_port = reuse_port
         self.settings = settings
         self.metrics = GatewayMetrics()
+        register_gpu_collector(self.metrics.register_machine_collector)  # no GPU or NVML: registers nothing
         self.tracer_provider = tracer_provider or make_tracer_provider(
             settings.service_name, sample_ratio=settings.trace_sample_ratio
         )

@@ -38,6 +38,9 @@ class RuntimeInfo:
     execution_provider: str
     """The provider that actually runs, e.g. 'CUDAExecutionProvider' or 'CPUExecutionProvider'."""
     parameters: dict[str, str] = field(default_factory=dict)
+    device: str = "cpu"
+    """Where the computation runs: 'cpu', 'cuda:<ordinal>' (the CUDA device the session was placed on), or
+    'remote'. Operators read it to see which versions share a GPU."""
 
 
 class ModelRuntime(abc.ABC):

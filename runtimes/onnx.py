@@ -28,6 +28,18 @@ PROVIDER_NAMES = {
     "cpu": "CPUExecutionProvider",
 }
 DEFAULT_PROVIDERS = ("cuda", "cpu")
+_GPU_PROVIDERS = frozenset(("CUDAExecutionProvider", "TensorrtExecutionProvider"))
+
+
+def device_of(provider: str, provider_options: Mapping[str, Mapping[str, Any]]) -> str:
+    """The device a session runs on, from its first provider and `InferenceSession.get_provider_options()`.
+
+    The CUDA and TensorRT providers report the CUDA ordinal they were given as `device_id` (0 unless set);
+    every other provider computes on the CPU.
+    """
+    if provider not in _GPU_PROVIDERS:
+        return "cpu"
+    return f"cuda:{provider_options.get(provider, {}).get('device_id', '0')}"
 
 
 def import_onnxruntime() -> Any:
@@ -60,6 +72,7 @@ class OnnxRuntime(ModelRuntime):
             platform="onnxruntime_onnx",
             execution_provider=provider,
             parameters={"execution_provider": provider, "artifact": path.name},
+            device=device_of(provider, session.get_provider_options()),
         )
 
     @classmethod

@@ -81,6 +81,7 @@ class RemoteV2Runtime(ModelRuntime):
                 "remote_version": version,
                 "remote_platform": str(metadata.get("platform", "")),
             },
+            device="remote",
         )
 
     @classmethod

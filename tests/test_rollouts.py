@@ -17,14 +17,13 @@ from typing import Any
 
 import httpx
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from gateway.control.rollout_model import CheckSpec, Phase, RolloutSpec
 from gateway.control.webhooks import verify_signature
 from tests.databases import Backend
 from tests.helpers import ThreadedGateway, metric_value, settings_for
+from tests.models import build_lookup
 
 INTERVAL = 60.0
 SECRET = "rollout-test-secret"
@@ -36,45 +35,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def build_lookup(path: Path, rows: int, slow_matmuls: int = 0) -> Path:
-    """out = table[idx] for idx INT64 [b, 1]; ONNX Runtime raises for idx >= rows. Optionally slow."""
-    table = np.arange(rows * 4, dtype=np.float32).reshape(rows, 4)
-    nodes = [helper.make_node("Gather", ["table", "idx"], ["g"], axis=0)]
-    inits = [numpy_helper.from_array(table, "table")]
-    if slow_matmuls:
-        n = 384
-        inits += [
-            numpy_helper.from_array(np.eye(n, dtype=np.float32), "w"),
-            numpy_helper.from_array(np.array([n, n], dtype=np.int64), "square"),
-            numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
-        ]
-        nodes += [
-            helper.make_node("Cast", ["idx"], ["idx_f"], to=TensorProto.FLOAT),
-            helper.make_node("ReduceSum", ["idx_f"], ["s"], keepdims=0),
-            helper.make_node("Expand", ["s", "square"], ["m0"]),
-        ]
-        nodes += [helper.make_node("MatMul", [f"m{i}", "w"], [f"m{i + 1}"]) for i in range(slow_matmuls)]
-        nodes += [
-            helper.make_node("ReduceMean", [f"m{slow_matmuls}"], ["t"], keepdims=0),
-            helper.make_node("Mul", ["t", "zero"], ["t0"]),
-            helper.make_node("Add", ["g", "t0"], ["out"]),
-        ]
-    else:
-        nodes.append(helper.make_node("Identity", ["g"], ["out"]))
-    graph = helper.make_graph(
-        nodes,
-        "lookup",
-        [helper.make_tensor_value_info("idx", TensorProto.INT64, ["batch", 1])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 1, 4])],
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
 
 
 @pytest.fixture

@@ -1,8 +1,10 @@
 """Structured logs that carry the request id without threading it through every call.
 
 Adapters set `request_id` (a ContextVar, as MLServer's context does for model names); every
-log record made while serving that request gets it as a field. Secrets never reach a record:
-no headers or bodies are logged.
+log record made while serving that request gets it as a field. The data plane sets `span_context`
+to the request's span, so the record also names its `trace_id` and `span_id` (hex, as trace
+backends show them; for an unsampled request the trace id is still the caller's, when it sent one).
+Secrets never reach a record: no headers or bodies are logged.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import time
 from typing import Any
 
 import orjson
+from opentelemetry.trace import SpanContext
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("sluice_request_id", default="")
+span_context: contextvars.ContextVar[SpanContext | None] = contextvars.ContextVar("sluice_span", default=None)
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
@@ -23,6 +27,10 @@ _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id.get()
+        ctx = span_context.get()
+        if ctx is not None and ctx.is_valid:
+            record.trace_id = format(ctx.trace_id, "032x")
+            record.span_id = format(ctx.span_id, "016x")
         return True
 
 

@@ -22,7 +22,16 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -35,9 +44,11 @@ BATCH_SIZE = "sluice_batch_size"
 BATCH_REQUESTS = "sluice_batch_requests"
 BATCH_FAILURES = "sluice_batch_failures"
 QUEUE_DEPTH = "sluice_queue_depth"
+QUEUE_CAPACITY = "sluice_queue_capacity"
 INFLIGHT = "sluice_inflight_requests"
 MODEL_READY = "sluice_model_ready"
 EXECUTION_PROVIDER = "sluice_execution_provider"
+RUNTIME_DEVICE = "sluice_runtime_device"
 # Control plane: traffic, rollouts, shadows, webhooks.
 TRAFFIC_WEIGHT = "sluice_traffic_weight"
 ROLLOUT_PHASE = "sluice_rollout_phase"
@@ -65,6 +76,11 @@ ACCURACY = "sluice_accuracy"
 LABEL_COVERAGE = "sluice_label_coverage"
 LABEL_LAG = "sluice_label_lag_seconds"
 TRIGGER_FIRINGS = "sluice_trigger_firings"
+# GPUs, read through NVML at scrape time (gateway.observability.gpu); absent without a GPU.
+GPU_UTILIZATION = "sluice_gpu_utilization_ratio"
+GPU_MEMORY_USED = "sluice_gpu_memory_used_bytes"
+GPU_MEMORY_TOTAL = "sluice_gpu_memory_total_bytes"
+GPU_PROCESS_MEMORY = "sluice_gpu_process_memory_bytes"
 
 # Exposed names (counters gain _total, histograms _bucket/_sum/_count).
 METRIC_NAMES = (
@@ -76,9 +92,11 @@ METRIC_NAMES = (
     BATCH_REQUESTS,
     f"{BATCH_FAILURES}_total",
     QUEUE_DEPTH,
+    QUEUE_CAPACITY,
     INFLIGHT,
     MODEL_READY,
     EXECUTION_PROVIDER,
+    RUNTIME_DEVICE,
     TRAFFIC_WEIGHT,
     ROLLOUT_PHASE,
     ROLLOUT_STEP,
@@ -104,6 +122,23 @@ METRIC_NAMES = (
     LABEL_LAG,
     f"{TRIGGER_FIRINGS}_total",
 )
+
+GPU_METRIC_NAMES = (GPU_UTILIZATION, GPU_MEMORY_USED, GPU_MEMORY_TOTAL, GPU_PROCESS_MEMORY)
+"""Exported only where NVML finds a GPU, so kept apart from METRIC_NAMES (which every gateway exports)."""
+
+STANDARD_METRIC_NAMES = (
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+    "process_start_time_seconds",
+    "process_open_fds",
+    "process_max_fds",
+    "python_info",
+    "python_gc_objects_collected_total",
+    "python_gc_objects_uncollectable_total",
+    "python_gc_collections_total",
+)
+"""prometheus_client's process, platform and GC collectors, on the registry of a one-process gateway."""
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _RECORDS_HELP = "Prediction records by fate: written, dropped (queue full), failed (write error), sampled_out."
@@ -171,6 +206,13 @@ class GatewayMetrics:
         self.queue_depth = Gauge(
             QUEUE_DEPTH, "Requests waiting in the version's batch queue.", mv, registry=r, multiprocess_mode="livesum"
         )
+        self.queue_capacity = Gauge(
+            QUEUE_CAPACITY,
+            "Requests the version's batch queue holds before it sheds load (429).",
+            mv,
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.inflight = Gauge(
             INFLIGHT, "Requests being served (queued or running).", mv, registry=r, multiprocess_mode="livesum"
         )
@@ -185,6 +227,13 @@ class GatewayMetrics:
             EXECUTION_PROVIDER,
             "1 for the execution provider that runs the version.",
             (*mv, "provider"),
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.runtime_device = Gauge(
+            RUNTIME_DEVICE,
+            "1 for the device the version's runtime is placed on: cpu, cuda:<ordinal>, or remote.",
+            (*mv, "device"),
             registry=r,
             multiprocess_mode="livemax",
         )
@@ -310,6 +359,13 @@ class GatewayMetrics:
         """Set (by the supervisor) when this process is one of several workers sharing a port."""
         self._machine: list[Collector] = []
         self._synced: list[Callable[[], None]] = []
+        if self.multiprocess_dir is None:
+            # The default registry has these; a registry of our own must ask for them (the Overview's CPU,
+            # memory and GC panels read them). With workers a scrape would show one worker's at random, so
+            # they are left out there (a sum over the workers is still to do).
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
 
     def watch_prediction_log(self, counts: Callable[[], Mapping[str, int]], depth: Callable[[], int]) -> None:
         """Export the prediction log's counters: the hot path only adds to plain ints.
@@ -397,6 +453,11 @@ class VersionMetrics:
 
     def set_provider(self, provider: str) -> None:
         self._m.execution_provider.labels(self.model, self.version, provider).set(1)
+
+    def set_placement(self, device: str, queue_capacity: int) -> None:
+        """Where the loaded runtime runs (which GPU it shares) and how many requests its queue holds."""
+        self._m.runtime_device.labels(self.model, self.version, device).set(1)
+        self._m.queue_capacity.labels(self.model, self.version).set(queue_capacity)
 
     def queue_depth(self, depth: int) -> None:
         self._queue_depth.set(depth)

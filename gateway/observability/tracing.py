@@ -3,7 +3,8 @@
 The batch span is shared by several requests, so it is a root of its own with a *link* to
 each member request's span (the OpenTelemetry way to say "this work served those").
 The standard OTEL_* variables choose the exporter: OTEL_TRACES_EXPORTER=otlp|console|none
-(default: otlp when OTEL_EXPORTER_OTLP_ENDPOINT is set, else none) and OTEL_TRACES_SAMPLER.
+(default: otlp when OTEL_EXPORTER_OTLP_ENDPOINT is set, else none), OTEL_EXPORTER_OTLP_PROTOCOL
+(http/protobuf, the default, or grpc) and OTEL_TRACES_SAMPLER.
 """
 
 from __future__ import annotations
@@ -35,7 +36,10 @@ def make_tracer_provider(
     core at 4,000 req/s.
     """
     sampler = None if os.environ.get("OTEL_TRACES_SAMPLER") else ParentBased(TraceIdRatioBased(sample_ratio))
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}), sampler=sampler)
+    # OTEL_SERVICE_NAME names the service in the trace backend, as the standard says (Resource.create would
+    # let the explicit attribute win over it).
+    name = os.environ.get("OTEL_SERVICE_NAME") or service_name
+    provider = TracerProvider(resource=Resource.create({"service.name": name}), sampler=sampler)
     if exporter is None:
         exporter = _exporter_from_env()
     if exporter is not None:
@@ -52,6 +56,13 @@ def _exporter_from_env() -> SpanExporter | None:
     if choice == "console":
         return ConsoleSpanExporter()
     if choice == "otlp":
+        protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get(
+            "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
+        )
+        if protocol.strip().lower() == "grpc":
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+            return GrpcExporter()
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         return OTLPSpanExporter()

@@ -21,6 +21,7 @@ from gateway.errors import (
     SluiceError,
     mapping_of,
 )
+from gateway.observability.logs import span_context
 from gateway.observability.metrics import GatewayMetrics
 from gateway.serving.policy_view import PolicyView
 from gateway.serving.registry import ModelRegistry, ServedVersion
@@ -144,6 +145,8 @@ class DataPlane:
             kind=SpanKind.SERVER,
             attributes={"sluice.model": request.model, "rpc.system": protocol},
         )
+        # Log lines made while serving this request (the adapters' included) name its trace and span.
+        span_context.set(span.get_span_context())
         try:
             if self.draining:
                 raise ShuttingDown("gateway is shutting down")
@@ -217,7 +220,8 @@ class DataPlane:
             metrics.queue_wait.observe((timing.started_ns - timing.enqueued_ns) / 1e9)
             if span.is_recording():
                 ctx = trace.set_span_in_context(span)
-                self.tracer.start_span("queue_wait", context=ctx, start_time=timing.enqueued_ns).end(
+                where = {"sluice.model": served.model, "sluice.version": served.version}
+                self.tracer.start_span("queue_wait", context=ctx, start_time=timing.enqueued_ns, attributes=where).end(
                     end_time=timing.started_ns
                 )
                 run = self.tracer.start_span(
@@ -225,6 +229,7 @@ class DataPlane:
                     context=ctx,
                     start_time=timing.started_ns,
                     attributes={
+                        **where,
                         "sluice.batch.rows": timing.batch_rows,
                         "sluice.batch.requests": timing.batch_requests,
                     },

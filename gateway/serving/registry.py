@@ -120,6 +120,7 @@ class ModelRegistry:
         )
         served.batcher.start()
         served.metrics.set_provider(runtime.info.execution_provider)
+        served.metrics.set_placement(runtime.info.device, batching.queue_capacity)
         served.metrics.set_ready(True)
         served.state = VersionState.READY
         log.info(
