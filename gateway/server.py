@@ -38,11 +38,12 @@ from gateway.control.plane import ControlPlane
 from gateway.control.webhooks import WebhookSender
 from gateway.observability.gpu import register_gpu_collector
 from gateway.observability.metrics import GatewayMetrics
-from gateway.observability.tracing import get_tracer, make_tracer_provider
+from gateway.observability.tracing import RequestSpans, get_tracer, make_tracer_provider
 from gateway.serving.dataplane import DataPlane
 from gateway.serving.follower import PolicyFollower
 from gateway.serving.grpc_app import build_grpc_server
 from gateway.serving.http_app import HttpAdapter, build_api, inference_key_dependency
+from gateway.serving.http_protocol import CoalescingHttpToolsProtocol
 from gateway.serving.policy_view import PolicyView
 from gateway.serving.registry import ModelRegistry, RuntimeFactory
 from gateway.serving.repository import ModelSource, VersionSource
@@ -153,7 +154,7 @@ class Gateway:
         self.shadows = ShadowDispatcher(self.metrics, self.windows, predictions=self.predictions)
         self.dataplane = DataPlane(
             self.registry,
-            tracer,
+            RequestSpans(self.tracer_provider),
             self.metrics,
             self.view,
             self.windows,
@@ -164,6 +165,7 @@ class Gateway:
         if cohort_ready is not None:
             self.dataplane.cohort_ready = cohort_ready
         self.view.on_change = self.dataplane.publish_weights
+        self.metrics.add_sampler(self.registry.sample_load)
         self.http_port = 0
         self.grpc_port = 0
         self.control_url = ""
@@ -277,7 +279,7 @@ class Gateway:
     async def _serve_http(self, app: HttpAdapter, sockets: list[socket.socket]) -> None:
         config = uvicorn.Config(
             app,
-            http="httptools",
+            http=CoalescingHttpToolsProtocol,
             loop="none",
             lifespan="off",
             access_log=False,
@@ -285,6 +287,7 @@ class Gateway:
             timeout_graceful_shutdown=int(max(1, self.settings.drain_timeout_s)),
             timeout_keep_alive=30,
             backlog=2048,
+            proxy_headers=False,  # nothing here reads the client address; the middleware cost every request
         )
         server = _UvicornServer(config)
         task = asyncio.get_running_loop().create_task(server.serve(sockets=sockets))

@@ -165,6 +165,13 @@ class ModelRegistry:
         log.info("model %s version %s unloaded", name, version)
         return served
 
+    def sample_load(self) -> None:
+        """Set each version's queue-depth and in-flight gauges from its batcher (a metrics sampler)."""
+        for model in self.models.values():
+            for served in model.versions.values():
+                batcher = served.batcher
+                served.metrics.load(batcher.queue_depth if batcher else 0, batcher.running if batcher else 0)
+
     def get_model(self, name: str) -> ServedModel:
         model = self.models.get(name)
         if model is None:
