@@ -10,7 +10,7 @@ The standard OTEL_* variables choose the exporter: OTEL_TRACES_EXPORTER=otlp|con
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from opentelemetry import propagate, trace
@@ -100,15 +100,21 @@ def get_tracer(provider: TracerProvider) -> Tracer:
 class BatchTelemetry:
     """The batcher's observer for one version: metrics always, a linked batch span when tracing."""
 
-    def __init__(self, metrics: VersionMetrics, tracer: Tracer | None) -> None:
+    def __init__(
+        self, metrics: VersionMetrics, tracer: Tracer | None, on_batch: Callable[[int], None] | None = None
+    ) -> None:
+        """`on_batch(rows)`: told of every runtime call too (the window statistics count batch sizes)."""
         self.metrics = metrics
         self.tracer = tracer
+        self.on_batch = on_batch
 
     def queue_depth(self, depth: int) -> None:
         self.metrics.queue_depth(depth)
 
     def batch_done(self, rows: int, requests: int, compute_s: float, ok: bool) -> None:
         self.metrics.batch_done(rows, requests, compute_s, ok)
+        if self.on_batch is not None:
+            self.on_batch(rows)
 
     def batch_span(self, members: Sequence[Any], rows: int) -> Any:
         if self.tracer is None:
