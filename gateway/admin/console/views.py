@@ -32,6 +32,13 @@ def _utc(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, timezone.utc)
 
 
+def _role(version: dict[str, Any]) -> str:
+    """A version's roles in words; a version with traffic and no role is the implicit stable (newest ready)."""
+    if version["roles"]:
+        return ", ".join(version["roles"])
+    return "stable (newest ready)" if version["weight"] > 0 else "pinned only"
+
+
 class ConsoleViews:
     def __init__(self, control: ControlPlane, monitor: MonitorService) -> None:
         self.control = control
@@ -57,6 +64,7 @@ class ConsoleViews:
             live = figures.live_figures(data, now=now, bucket_s=bucket_s)
             for v in model["versions"]:
                 v["live"] = live.get(v["version"], {})
+                v["role"] = _role(v)
                 label = f"v{v['version']}"
                 v["charts"] = {name: figures.sparkline(charts[name], label) for name in ("rate", "p99")}
         return models
@@ -78,6 +86,7 @@ class ConsoleViews:
         live = figures.live_figures(series, now=now, bucket_s=bucket_s)
         for v in view["versions"]:
             v["live"] = live.get(v["version"], {})
+            v["role"] = _role(v)
         rollout = view["rollout"] or (history[0].to_json() if history else None)
         if rollout is not None:
             rollout["timeline"] = figures.timeline(rollout)
