@@ -209,9 +209,7 @@ def test_an_action_needs_the_sessions_csrf_token(gw: GatewayProcess, browser: An
 # -- the models page -----------------------------------------------------------------------------------
 
 
-def test_the_models_page_lists_every_demo_model_and_version_with_its_state(
-    gw: GatewayProcess, browser: Any, tmp_path: Path
-) -> None:
+def test_the_models_page_lists_every_demo_model_and_version_with_its_state(gw: GatewayProcess, browser: Any) -> None:
     browser.get(f"{gw.http_url}/console/")
     for model, versions in DEMO_VERSIONS.items():
         card = by_css(browser, f'section.model-card[data-model="{model}"]')
@@ -227,7 +225,6 @@ def test_the_models_page_lists_every_demo_model_and_version_with_its_state(
         "mlp's live req/s",
     )
     wait_for(browser, lambda d: all_css(d, 'section[data-model="mlp"] .chart.spark .uplot'), 30, "the small charts")
-    screenshot(browser, shots_dir(tmp_path) / "console-models.png", 1500)
     assert not csp_violations(browser)
 
 
@@ -271,6 +268,19 @@ def set_checks(driver: Any, wanted: dict[str, tuple[str, str]]) -> None:
             fill(driver, f"#min-requests-{name}", wanted[name][1])
 
 
+def models_page_screenshot(gw: GatewayProcess, driver: Any, path: Path) -> None:
+    """The models page mid-rollout, in a second tab (the first one stays as it is, unreloaded)."""
+    first = driver.current_window_handle
+    driver.switch_to.new_window("tab")
+    try:
+        driver.get(f"{gw.http_url}/console/")
+        wait_for(driver, lambda d: all_css(d, 'section[data-model="mlp"] .rollout-note'), 15, "the rollout's note")
+        screenshot(driver, path, 1300)
+    finally:
+        driver.close()
+        driver.switch_to.window(first)
+
+
 def step_of(driver: Any) -> tuple[str, int]:
     rollout = by_css(driver, "#rollout")
     return rollout.get_attribute("data-phase"), int(rollout.get_attribute("data-step"))
@@ -310,6 +320,7 @@ def test_a_canary_started_from_the_form_advances_live_and_rolls_back_with_the_bu
     assert len(all_css(browser, "#timeline .step.done")) >= 2
     assert all_css(browser, "#windows .verdict.pass")
     screenshot(browser, shots_dir(tmp_path) / "console-model-rollout.png")
+    models_page_screenshot(gw, browser, shots_dir(tmp_path) / "console-models.png")
 
     by_css(browser, "#do-rollback").click()
     confirm(browser)

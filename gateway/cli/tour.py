@@ -145,9 +145,11 @@ class Tour:
             "2",
             [
                 {"name": "error_ratio", "threshold": 1.5},
-                {"name": "latency_p99_ratio", "threshold": 3},
+                # lenient: on a small shared machine one busy second moves a p99 of 25 requests a second a lot
+                {"name": "latency_p99_ratio", "threshold": 5},
                 {"name": "shadow_agreement", "threshold": 0.7},
             ],
+            failure_threshold=3,
         )
         phase = self._until_finished(admin, stop, deadline, 200)
         self.say(f"tour: the canary of version 2 ended {phase}; labels keep arriving (act 4/5: accuracy by version)")
@@ -173,12 +175,14 @@ class Tour:
         if answer.status_code != 200:
             self.say(f"tour: cannot set churn's traffic: {answer.text}")
 
-    def _rollout(self, admin: httpx.Client, version: str, checks: list[dict[str, Any]]) -> None:
+    def _rollout(
+        self, admin: httpx.Client, version: str, checks: list[dict[str, Any]], failure_threshold: int = 2
+    ) -> None:
         spec = {
             "canary": version,
             "steps": [10, 25, 50, 100],
             "interval_s": 15,
-            "failure_threshold": 2,
+            "failure_threshold": failure_threshold,
             "checks": checks,
         }
         answer = admin.post(f"/admin/models/{MODEL}/rollout", json=spec)

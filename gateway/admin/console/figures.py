@@ -83,6 +83,7 @@ def traffic_charts(
     """One chart per figure, a line per version, over whole buckets from `since`."""
     edges = _edges(since, now, bucket_s)
     by_version = _by_version(series)
+    edges = _from_first_data(edges, by_version)
     names = list(versions) + sorted(v for v in by_version if v not in versions)
     charts: dict[str, Chart] = {}
     for figure in figures:
@@ -96,6 +97,20 @@ def traffic_charts(
             lines.append({"label": f"v{version}", "values": values})
         charts[figure] = {"title": title, "unit": unit, "x": edges, "series": lines}
     return charts
+
+
+MIN_POINTS = 24
+"""A chart starts at its first bucket with data (a gateway that just started has no history), but shows
+at least this many buckets."""
+
+
+def _from_first_data(edges: list[float], by_version: dict[str, dict[float, WindowSummary]]) -> list[float]:
+    seen = [round(edge, 3) for points in by_version.values() for edge in points]
+    if not seen:
+        return edges
+    first = min(seen)
+    keep = next((i for i, edge in enumerate(edges) if round(edge, 3) >= first), len(edges))
+    return edges[min(keep, max(0, len(edges) - MIN_POINTS)) :]
 
 
 def live_figures(series: Series, *, now: float, bucket_s: float) -> dict[str, dict[str, float | None]]:

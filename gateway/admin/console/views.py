@@ -57,6 +57,8 @@ class ConsoleViews:
             return {m["name"]: self.store.window_series(m["name"], since=start, bucket_s=bucket_s) for m in models}
 
         series = await asyncio.to_thread(read)
+        # What needs looking at first: models with a rollout under way, then by name; models that failed last.
+        models.sort(key=lambda m: (m["rollout"] is None, m["error"] is not None, m["name"]))
         for model in models:
             versions = [v["version"] for v in model["versions"]]
             data = series[model["name"]]

@@ -48,7 +48,16 @@
       width: Math.max(small ? 100 : 260, el.clientWidth || 0),
       height: small ? 36 : 170,
       title: small ? undefined : spec.title,
-      scales: { x: { time: true } },
+      // Every figure is >= 0: the y axis starts at zero, and a flat zero line still gets a little room.
+      scales: {
+        x: { time: true },
+        y: {
+          range: function (u, min, max) {
+            var top = max > 0 ? max * 1.1 : spec.unit === "ratio" || spec.unit === "share" ? 0.05 : 1;
+            return [0, top];
+          }
+        }
+      },
       series: series,
       legend: { show: !small },
       cursor: small ? { show: false } : { drag: { x: false, y: false } },
