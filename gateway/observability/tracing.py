@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from opentelemetry import propagate, trace
@@ -131,12 +131,18 @@ def get_tracer(provider: TracerProvider) -> Tracer:
 class BatchTelemetry:
     """The batcher's observer for one version: metrics always, a linked batch span when tracing."""
 
-    def __init__(self, metrics: VersionMetrics, tracer: Tracer | None) -> None:
+    def __init__(
+        self, metrics: VersionMetrics, tracer: Tracer | None, on_batch: Callable[[int], None] | None = None
+    ) -> None:
+        """`on_batch(rows)`: told of every runtime call too (the window statistics count batch sizes)."""
         self.metrics = metrics
         self.tracer = tracer
+        self.on_batch = on_batch
 
     def batch_done(self, rows: int, requests: int, compute_s: float, ok: bool) -> None:
         self.metrics.batch_done(rows, requests, compute_s, ok)
+        if self.on_batch is not None:
+            self.on_batch(rows)
 
     def batch_span(self, members: Sequence[Any], rows: int) -> Any:
         if self.tracer is None:

@@ -72,7 +72,7 @@ class HttpAdapter:
             if match is not None:
                 await self._infer(scope, receive, send, match.group(1), match.group(2))
                 return
-        if scope["type"] == "http" and scope["path"].startswith("/admin/"):
+        if scope["type"] == "http" and scope["path"].startswith(("/admin/", "/console")):
             await self._bounded(scope, receive, send, ADMIN_MAX_BODY_BYTES, "admin request body")
             return
         if scope["type"] == "http" and scope["path"].endswith("/feedback"):

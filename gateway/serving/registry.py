@@ -72,10 +72,17 @@ class ServedModel:
 
 class ModelRegistry:
     def __init__(
-        self, repo: Path, metrics: GatewayMetrics, factory: RuntimeFactory, tracer: Tracer | None = None
+        self,
+        repo: Path,
+        metrics: GatewayMetrics,
+        factory: RuntimeFactory,
+        tracer: Tracer | None = None,
+        on_batch: Callable[[str, str, int], None] | None = None,
     ) -> None:
+        """`on_batch(model, version, rows)`: told of every runtime call (the window statistics' batch sizes)."""
         self.repo = repo
         self._tracer = tracer
+        self._on_batch = on_batch
         self._metrics = metrics
         self._factory = factory
         self.models: dict[str, ServedModel] = {}
@@ -115,7 +122,7 @@ class ModelRegistry:
         served.batcher = Batcher(
             runtime.infer,
             batching,
-            observer=BatchTelemetry(served.metrics, self._tracer),
+            observer=BatchTelemetry(served.metrics, self._tracer, self._batch_counter(served.model, served.version)),
             name=f"{served.model}/{served.version}",
         )
         served.batcher.start()
@@ -130,6 +137,12 @@ class ModelRegistry:
             runtime.info.execution_provider,
             batching.max_batch_size,
         )
+
+    def _batch_counter(self, model: str, version: str) -> Callable[[int], None] | None:
+        on_batch = self._on_batch
+        if on_batch is None:
+            return None
+        return lambda rows: on_batch(model, version, rows)
 
     async def load_version(self, name: str, version: str) -> ServedVersion:
         """Load (or reload) one version from the repository, whatever the version policy says."""
