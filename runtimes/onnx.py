@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from runtimes.base import ModelRuntime, RuntimeError_, RuntimeInfo, RuntimeLoadError
+from runtimes.base import ModelRuntime, RuntimeError_, RuntimeInfo, RuntimeLoadError, SyncCall
 from runtimes.tensors import DataType, ModelSignature, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,11 @@ class OnnxRuntime(ModelRuntime):
     ) -> dict[str, np.ndarray]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.run, inputs, outputs)
+
+    def synchronous(self) -> SyncCall:
+        on_cpu = self._info.execution_provider == "CPUExecutionProvider"
+        one_thread = self._session.get_session_options().intra_op_num_threads == 1
+        return SyncCall(self.run, self._executor, inline=on_cpu and one_thread)
 
     async def warmup(self) -> None:
         """Run one row of zeros so the first real request does not pay for lazy initialisation."""
