@@ -19,7 +19,7 @@ from gateway.errors import ModelNotFound
 from gateway.observability.metrics import GatewayMetrics, VersionMetrics
 from gateway.observability.tracing import BatchTelemetry
 from gateway.serving.batch_policy import BatchingConfig
-from gateway.serving.batcher import Batcher
+from gateway.serving.batcher import Batcher, BatchObserver
 from gateway.serving.model_config import ModelConfig
 from gateway.serving.repository import ModelSource, VersionSource, scan_model, scan_repository
 from runtimes.base import ModelRuntime
@@ -70,6 +70,24 @@ class ServedModel:
         return [v for v in self.versions.values() if v.ready]
 
 
+def version_batcher(runtime: ModelRuntime, config: ModelConfig, name: str, observer: BatchObserver | None) -> Batcher:
+    """The started batcher for one version's runtime, from its config (a model with no batch dimension is served
+    one request at a time): the same in the gateway's process and in a Ray Serve version replica."""
+    batching = config.batching_config()
+    if not runtime.signature.batchable and batching.max_batch_size > 0:
+        batching = BatchingConfig(**{**batching.__dict__, "max_batch_size": 0})
+    batcher = Batcher(
+        runtime.infer,
+        batching,
+        observer=observer,
+        name=name,
+        synchronous=runtime.synchronous(),
+        inline_max_s=config.runtime.inline_max_ms / 1000.0,
+    )
+    batcher.start()
+    return batcher
+
+
 class ModelRegistry:
     def __init__(
         self,
@@ -114,20 +132,14 @@ class ModelRegistry:
             served.error = str(exc)
             log.error("model %s version %s failed to load: %s", served.model, served.version, exc)
             return
-        batching = source.config.batching_config()
-        if not runtime.signature.batchable and batching.max_batch_size > 0:
-            batching = BatchingConfig(**{**batching.__dict__, "max_batch_size": 0})
         served.runtime = runtime
-        served.batching = batching
-        served.batcher = Batcher(
-            runtime.infer,
-            batching,
-            observer=BatchTelemetry(served.metrics, self._tracer, self._batch_counter(served.model, served.version)),
-            name=f"{served.model}/{served.version}",
-            synchronous=runtime.synchronous(),
-            inline_max_s=source.config.runtime.inline_max_ms / 1000.0,
+        served.batcher = version_batcher(
+            runtime,
+            source.config,
+            f"{served.model}/{served.version}",
+            BatchTelemetry(served.metrics, self._tracer, self._batch_counter(served.model, served.version)),
         )
-        served.batcher.start()
+        served.batching = batching = served.batcher.config
         served.metrics.set_provider(runtime.info.execution_provider)
         served.metrics.set_placement(runtime.info.device, batching.queue_capacity)
         served.metrics.set_ready(True)
