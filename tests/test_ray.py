@@ -332,3 +332,29 @@ def test_a_version_scales_out_under_load_and_back_in(ray_gateway: RayGateway, cl
         wait_until(lambda: replicas() == 2, timeout=90, interval=0.5, what="a second replica")
     assert all(status == 200 for status, _, _ in load.results)
     wait_until(lambda: replicas() == 1, timeout=90, interval=0.5, what="back to one replica")
+
+
+def test_unloading_a_version_removes_its_deployment_and_loading_it_deploys_it_again(
+    ray_gateway: RayGateway, cluster: Any
+) -> None:
+    gw = ray_gateway
+    app = "sluice-version.lookup.3"
+    assert gw.admin.put("/admin/models/lookup/traffic", json={"stable": "1"}).status_code == 200
+    body = {"inputs": [{"name": "idx", "shape": [1, 1], "datatype": "INT64", "data": [7]}]}
+    assert httpx.post(f"{gw.http_url}/v2/models/lookup/versions/3/infer", json=body, timeout=30).status_code == 200
+    assert gw.admin.post("/admin/models/lookup/versions/3/unload").status_code == 200
+    wait_until(lambda: app not in cluster.status().applications, timeout=60, what="the deployment removed")
+    r = httpx.post(f"{gw.http_url}/v2/models/lookup/versions/3/infer", json=body, timeout=30)
+    assert r.status_code == 503 and "UNLOADED" in r.json()["error"]
+    loaded = gw.admin.post("/admin/models/lookup/versions/3/load")
+    assert loaded.status_code == 200 and loaded.json()["state"] == "READY", loaded.text
+    assert str(cluster.status().applications[app].status).endswith("RUNNING")
+    # Both ingress replicas follow: every request pinned to it is answered, whichever replica takes it.
+    wait_until(
+        lambda: all(
+            httpx.post(f"{gw.http_url}/v2/models/lookup/versions/3/infer", json=body, headers={"Connection": "close"},
+                       timeout=30).status_code == 200
+            for _ in range(10)
+        ),
+        timeout=30,
+    )  # fmt: skip

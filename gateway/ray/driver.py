@@ -7,8 +7,8 @@
 3. Bring the schema up to date, and deploy each model version the repository selects (and that was not
    unloaded) as its own Serve application, with replicas, autoscaling, CPUs and GPUs from its config.yaml.
 4. Deploy the ingress application: `--ray-ingress-replicas` gateway replicas on the given ports.
-5. Until SIGTERM or SIGINT: remove the application of every version whose desired state turns "unloaded"
-   (loading is done by the leader, which deploys the version before it records it as loaded).
+5. Wait for SIGTERM or SIGINT. (The leader deploys a version loaded through the admin API before it records
+   it as loaded, and removes the application of a version unloaded: `gateway.ray.ingress`.)
 6. On the signal: remove the ingress (its replicas drain, flush their logs and give the lease up), then the
    versions; stop Serve and, if this process started Ray, Ray itself: nothing is left running.
 """
@@ -18,15 +18,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
-from gateway.observability.metrics import MULTIPROCESS_ENV
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -64,9 +60,9 @@ def run_ray(
     import ray
     from ray import serve
 
-    from gateway.ray.ingress import IngressServer
+    from gateway.ray.app import ingress_application
     from gateway.ray.naming import INGRESS_APP, VERSION_APP_PREFIX, version_app
-    from gateway.ray.runtime import deploy_version, running, version_application
+    from gateway.ray.runtime import deploy_version, version_application
     from gateway.serving.repository import scan_repository
     from gateway.storage.store import Store
 
@@ -91,7 +87,6 @@ def run_ray(
     # After ray.init: Ray's own failure handler would take SIGTERM and end the process with nothing cleaned up.
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     store = Store(url)
-    metrics_dir = str(Path(tempfile.gettempdir()) / f"sluice-metrics-{uuid.uuid4().hex[:12]}")
     try:
         serve.start(proxy_location="Disabled")
         store.upgrade()
@@ -106,27 +101,12 @@ def run_ray(
         applications = [(s, v, version_application(settings.model_repo, s, v)) for s, v in wanted]
         with ThreadPoolExecutor(4) as pool:  # each waits for its application to run
             list(pool.map(lambda sva: deploy_version(settings.model_repo, *sva), applications))
-        ingress = serve.deployment(
-            name="ingress",
-            num_replicas=ingress_replicas,
-            ray_actor_options={"num_cpus": ingress_cpus, "runtime_env": {"env_vars": {MULTIPROCESS_ENV: metrics_dir}}},
-            max_ongoing_requests=4,  # its methods are for probes; requests come to its own servers
-            health_check_period_s=2.0,
-            graceful_shutdown_timeout_s=settings.drain_timeout_s + 10.0,
-        )(IngressServer)
-        serve.run(ingress.bind(settings), name=INGRESS_APP, route_prefix=None)
+        ingress = ingress_application(settings, replicas=ingress_replicas, cpus=ingress_cpus)
+        serve.run(ingress, name=INGRESS_APP, route_prefix=None)
         if on_ready is not None:
             on_ready({"versions": [version_app(s.name, v.version) for s, v in wanted], "ingress": ingress_replicas})
         while not stopping:
             time.sleep(0.5)
-            try:
-                for row in store.versions():
-                    app = version_app(row["model"], row["version"])
-                    if row["desired"] == "unloaded" and running(app):
-                        log.info("removing %s (unloaded)", app)
-                        serve.delete(app)
-            except Exception as exc:  # a database or Serve hiccup: the next pass tries again
-                log.warning("reconciling versions: %s", exc)
         log.info("stopping: removing the ingress (its replicas drain), then the versions")
         serve.delete(INGRESS_APP)
         if not started_ray:  # a cluster of someone else's: remove only what this run deployed

@@ -12,14 +12,20 @@ changes, publish their window statistics, and forward admin calls to it over the
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 
+from ray import serve
+
 from gateway.observability.logs import configure_logging
 from gateway.observability.metrics import MULTIPROCESS_ENV
-from gateway.ray.runtime import RayPlacement
+from gateway.ray.naming import version_app
+from gateway.ray.runtime import RayPlacement, running
 from gateway.server import Gateway, tune_gc
+from gateway.serving.registry import VersionState
 from gateway.settings import GatewaySettings
+from gateway.tasks import cancel_and_wait, tick_forever
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +42,30 @@ class IngressServer:
             settings = settings.model_copy(update={"advertise_host": node})
         self.gateway = Gateway(settings, runtime_factory=RayPlacement(settings.model_repo), reuse_port=True)
         await self.gateway.start()
+        self._reaper = asyncio.get_running_loop().create_task(
+            tick_forever(self._remove_unloaded, 2.0, "removing unloaded versions"), name="version-reaper"
+        )
         tune_gc(settings.gc_gen0_threshold)
         log.info(
             "ingress replica ready",
             extra={"http_port": self.gateway.http_port, "leader": self.gateway.election.is_leader},
         )
+
+    async def _remove_unloaded(self) -> None:
+        """While leading: remove the application of each version whose desired state is "unloaded" (every ingress
+        replica has stopped routing to it by then; this one's registry already closed its runtime)."""
+        if not self.gateway.election.is_leader:
+            return
+        models = self.gateway.registry.models
+        for row in await asyncio.to_thread(self.gateway.store.versions):
+            model = models.get(row["model"])
+            served = model.versions.get(row["version"]) if model is not None else None
+            if row["desired"] != "unloaded" or (served is not None and served.state is not VersionState.UNLOADED):
+                continue  # loaded, or being loaded again (the record follows the load)
+            app = version_app(row["model"], row["version"])
+            if await asyncio.to_thread(running, app) and (served is None or served.state is VersionState.UNLOADED):
+                log.info("removing %s (unloaded)", app)
+                await asyncio.to_thread(serve.delete, app)
 
     async def check_health(self) -> None:
         """Serve restarts a replica whose check raises: one whose servers stopped."""
@@ -58,4 +83,5 @@ class IngressServer:
         }
 
     async def __del__(self) -> None:
+        await cancel_and_wait(self._reaper)
         await self.gateway.stop()

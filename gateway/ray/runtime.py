@@ -79,7 +79,12 @@ class RayVersionRuntime(ModelRuntime):
 
 
 class RayPlacement:
-    """The registry's runtime factory on Ray: a version is its Serve application, deployed on first load."""
+    """The registry's runtime factory on Ray: a version is its Serve application, deployed on first load.
+
+    Deploying goes through one named actor per cluster (`Deployer`), which takes calls one at a time: ingress
+    replicas starting together would otherwise each deploy the same version, and Serve restarts the replicas
+    of an application deployed again, even unchanged.
+    """
 
     def __init__(self, model_repo: Path) -> None:
         self.model_repo = model_repo
@@ -88,13 +93,42 @@ class RayPlacement:
         if source.config.runtime.kind != "onnx":
             raise RuntimeError_(f"model '{source.name}': Ray mode serves ONNX versions (runtime.kind onnx)")
         app = version_app(source.name, version.version)
-        if not await asyncio.to_thread(running, app):
-            log.info("deploying %s", app)
-            await asyncio.to_thread(deploy_version, self.model_repo, source, version)
-        handle = serve.get_app_handle(app)
-        signature, info, _ = await handle.metadata.remote()
+        for attempt in range(3):  # an application removed between its check and its first call is deployed again
+            if not await asyncio.to_thread(running, app):
+                deployer = Deployer.options(name=DEPLOYER, get_if_exists=True, namespace=NAMESPACE).remote()  # type: ignore[attr-defined]
+                await deployer.ensure.remote(str(self.model_repo), source.name, version.version)
+            handle = serve.get_app_handle(app)
+            try:
+                signature, info, _ = await asyncio.wait_for(handle.metadata.remote(), 60.0)
+                break
+            except (asyncio.TimeoutError, *_LOST) as exc:
+                if attempt == 2:
+                    raise RuntimeError_(f"{app}: no replica answered: {exc}") from None
         timeout_s = (source.config.timeout_ms or 30_000) / 1000.0
         return RayVersionRuntime(app, handle, signature, info, timeout_s)
+
+
+NAMESPACE = "sluice"
+DEPLOYER = "sluice-deployer"
+
+
+@ray.remote(num_cpus=0)  # a synchronous actor takes one call at a time
+class Deployer:
+    """Deploys versions' applications, one at a time for the whole cluster."""
+
+    def ensure(self, model_repo: str, model: str, version: str) -> None:
+        from gateway.serving.repository import scan_model
+
+        app = version_app(model, version)
+        if running(app):
+            return
+        repo = Path(model_repo)
+        source = scan_model(repo, repo / model, every_version=True)
+        match = [v for v in source.versions if v.version == version]
+        if not match:
+            raise RuntimeError(source.error or f"model '{model}' has no version '{version}' in {repo}")
+        log.info("deploying %s", app)
+        deploy_version(repo, source, match[0])
 
 
 def running(app: str) -> bool:
