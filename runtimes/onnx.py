@@ -97,7 +97,7 @@ class OnnxRuntime(ModelRuntime):
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # a failed run reaches its callers (and the log) as an exception, once
         try:
             session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
         except Exception as exc:
