@@ -164,6 +164,7 @@ class Gateway:
         if cohort_ready is not None:
             self.dataplane.cohort_ready = cohort_ready
         self.view.on_change = self.dataplane.publish_weights
+        self.registry.on_state_change = self.view.changed
         self.http_port = 0
         self.grpc_port = 0
         self.control_url = ""
@@ -195,6 +196,7 @@ class Gateway:
             providers=rt.execution_providers,
             intra_op_threads=rt.intra_op_threads,
             executor=self._executor,
+            expected_sha256=rt.sha256.get(int(version.version)) if version.version.isdigit() else None,
         )
 
     def _http_app(self, admin_auth: AdminAuth, inference_auth: InferenceAuth) -> HttpAdapter:

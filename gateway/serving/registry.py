@@ -1,7 +1,9 @@
 """Served models and versions: what is loaded, in which state, behind which batcher.
 
 A version is READY only after its runtime loaded and warmed up; a version that failed keeps
-its error message for metadata and the logs, and never takes the gateway down with it.
+its error message for metadata and the logs, and never takes the gateway down with it. A READY
+version whose runtime calls keep hanging becomes UNRESPONSIVE (its watchdog says so) until a probe
+answers again, or it is reloaded.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ from pathlib import Path
 
 from opentelemetry.trace import Tracer
 
-from gateway.errors import ModelNotFound
+from gateway.errors import ModelNotFound, ModelNotReady
 from gateway.observability.metrics import GatewayMetrics, VersionMetrics
 from gateway.observability.tracing import BatchTelemetry
 from gateway.serving.batch_policy import BatchingConfig
 from gateway.serving.batcher import Batcher
 from gateway.serving.model_config import ModelConfig
 from gateway.serving.repository import ModelSource, VersionSource, scan_model, scan_repository
+from gateway.serving.watchdog import RuntimeWatchdog
 from runtimes.base import ModelRuntime
 
 log = logging.getLogger(__name__)
@@ -32,6 +35,8 @@ RuntimeFactory = Callable[[ModelSource, VersionSource], Awaitable[ModelRuntime]]
 class VersionState(str, enum.Enum):
     LOADING = "LOADING"
     READY = "READY"
+    UNRESPONSIVE = "UNRESPONSIVE"
+    """Loaded, but its runtime calls keep hanging: not routed to until a probe answers (or a reload)."""
     FAILED = "FAILED"
     UNLOADING = "UNLOADING"
     UNLOADED = "UNLOADED"
@@ -48,6 +53,9 @@ class ServedVersion:
     runtime: ModelRuntime | None = None
     batcher: Batcher | None = None
     batching: BatchingConfig = field(default_factory=BatchingConfig)
+    watchdog: RuntimeWatchdog | None = None
+    sha256: str | None = None
+    """SHA-256 of the artifact the runtime was loaded from (None: a remote runtime)."""
 
     @property
     def ready(self) -> bool:
@@ -79,6 +87,8 @@ class ModelRegistry:
         self._metrics = metrics
         self._factory = factory
         self.models: dict[str, ServedModel] = {}
+        self.on_state_change: Callable[[str], None] | None = None
+        """Called with a model's name when one of its versions stops or starts answering (the weights follow)."""
 
     async def load_all(self) -> None:
         """Scan the repository and load every selected version concurrently."""
@@ -112,8 +122,14 @@ class ModelRegistry:
             batching = BatchingConfig(**{**batching.__dict__, "max_batch_size": 0})
         served.runtime = runtime
         served.batching = batching
+        served.sha256 = getattr(runtime, "sha256", None) or None
+        run = runtime.infer
+        limit_ms = source.config.watchdog.call_timeout_ms
+        if limit_ms is not None:
+            served.watchdog = self._watchdog(served, runtime, limit_ms / 1000.0)
+            run = served.watchdog.call
         served.batcher = Batcher(
-            runtime.infer,
+            run,
             batching,
             observer=BatchTelemetry(served.metrics, self._tracer),
             name=f"{served.model}/{served.version}",
@@ -131,12 +147,51 @@ class ModelRegistry:
             batching.max_batch_size,
         )
 
+    def _watchdog(self, served: ServedVersion, runtime: ModelRuntime, limit_s: float) -> RuntimeWatchdog:
+        options = served.config.watchdog
+        hangs = self._metrics.runtime_hangs.labels(served.model, served.version)
+
+        def unresponsive(reason: str) -> None:
+            if served.state is not VersionState.READY:
+                return
+            served.state, served.error = VersionState.UNRESPONSIVE, reason
+            served.metrics.set_ready(False)
+            if served.batcher is not None:
+                served.batcher.fail_queued(ModelNotReady(served.not_ready_reason()))
+            self._state_changed(served.model)
+
+        def recovered() -> None:
+            if served.state is not VersionState.UNRESPONSIVE:
+                return
+            served.state, served.error = VersionState.READY, None
+            served.metrics.set_ready(True)
+            self._state_changed(served.model)
+
+        return RuntimeWatchdog(
+            runtime,
+            limit_s,
+            unresponsive_after=options.unresponsive_after,
+            probe_interval_s=options.probe_interval_s,
+            name=f"{served.model}/{served.version}",
+            on_hang=hangs.inc,
+            on_unresponsive=unresponsive,
+            on_recovered=recovered,
+        )
+
+    def _state_changed(self, model: str) -> None:
+        if self.on_state_change is not None:
+            self.on_state_change(model)
+
     async def load_version(self, name: str, version: str) -> ServedVersion:
-        """Load (or reload) one version from the repository, whatever the version policy says."""
+        """Load (or reload) one version from the repository, whatever the version policy says.
+
+        An UNRESPONSIVE version is reloaded: its old runtime and batcher are closed first."""
         model = self.get_model(name)
         current = model.versions.get(version)
         if current is not None and current.state in (VersionState.READY, VersionState.LOADING):
             return current
+        if current is not None:
+            await _release(current)
         source = await asyncio.to_thread(scan_model, self.repo, self.repo / name, True)
         match = [v for v in source.versions if v.version == version]
         if source.error and not match:
@@ -151,16 +206,13 @@ class ModelRegistry:
     async def unload_version(self, name: str, version: str, drain_timeout_s: float) -> ServedVersion:
         """Stop routing to the version, let its in-flight requests finish, then free the runtime."""
         served = self.get_version(name, version)
-        if served.state is not VersionState.READY:
+        if served.state not in (VersionState.READY, VersionState.UNRESPONSIVE):
             return served
         served.state = VersionState.UNLOADING
         served.metrics.set_ready(False)
         if served.batcher is not None:
             await served.batcher.drain(drain_timeout_s)
-            await served.batcher.close()
-        if served.runtime is not None:
-            await served.runtime.close()
-        served.batcher, served.runtime = None, None
+        await _release(served)
         served.state = VersionState.UNLOADED
         log.info("model %s version %s unloaded", name, version)
         return served
@@ -187,7 +239,15 @@ class ModelRegistry:
         for model in self.models.values():
             for served in model.versions.values():
                 served.metrics.set_ready(False)
-                if served.batcher is not None:
-                    await served.batcher.close()
-                if served.runtime is not None:
-                    await served.runtime.close()
+                await _release(served)
+
+
+async def _release(served: ServedVersion) -> None:
+    """Close a version's watchdog, batcher and runtime (an unload, a reload, shutdown)."""
+    if served.watchdog is not None:
+        await served.watchdog.close()
+    if served.batcher is not None:
+        await served.batcher.close()
+    if served.runtime is not None:
+        await served.runtime.close()
+    served.watchdog, served.batcher, served.runtime = None, None, None
