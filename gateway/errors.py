@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from monitors.records import SinkUnavailable
+
 
 class SluiceError(Exception):
     """Base of every error a caller may see; the message is shown to the caller verbatim."""
@@ -69,8 +71,9 @@ class ControlPlaneUnavailable(SluiceError):
     """No control-plane leader can take the change now (none elected yet, or it cannot be reached); retry."""
 
 
-class StoreUnavailable(ControlPlaneUnavailable):
-    """The state database cannot be reached or written (cut off, full): the change was not made; retry later."""
+class StoreUnavailable(ControlPlaneUnavailable, SinkUnavailable):
+    """The state database cannot be reached or written (cut off, its disk full): nothing was changed; retry.
+    For the prediction log it is a `SinkUnavailable`: the batch waits in the queue and is tried again."""
 
 
 class NotLeader(ControlPlaneUnavailable):
