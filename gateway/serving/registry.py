@@ -22,6 +22,7 @@ from gateway.observability.metrics import GatewayMetrics, VersionMetrics
 from gateway.observability.tracing import BatchTelemetry
 from gateway.serving.batch_policy import BatchingConfig
 from gateway.serving.batcher import Batcher
+from gateway.serving.guards import InputGuards
 from gateway.serving.model_config import ModelConfig
 from gateway.serving.repository import ModelSource, VersionSource, scan_model, scan_repository
 from gateway.serving.watchdog import RuntimeWatchdog
@@ -54,6 +55,8 @@ class ServedVersion:
     batcher: Batcher | None = None
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     watchdog: RuntimeWatchdog | None = None
+    guards: InputGuards | None = None
+    """The model's input guards compiled for this version's signature (None: it has none)."""
     sha256: str | None = None
     """SHA-256 of the artifact the runtime was loaded from (None: a remote runtime)."""
 
@@ -112,6 +115,9 @@ class ModelRegistry:
         try:
             runtime = await self._factory(source, vs)
             await runtime.warmup()
+            served.guards = InputGuards.compile(
+                source.config.guards, runtime.signature, source.config.monitoring.feature_names
+            )
         except Exception as exc:
             served.state = VersionState.FAILED
             served.error = str(exc)
