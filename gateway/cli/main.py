@@ -71,6 +71,53 @@ Workers = Annotated[
         "control plane; the others forward admin calls to it. Each keeps its own copy of every model.",
     ),
 ]
+MaxHeader = Annotated[
+    int, typer.Option("--max-header-bytes", help="Largest request line and headers (gRPC: metadata); larger: 431.")
+]
+MaxConnections = Annotated[
+    int,
+    typer.Option("--max-connections", help="Open HTTP connections per process; at it a new one evicts the idlest."),
+]
+HeaderTimeout = Annotated[
+    float, typer.Option("--header-timeout", help="Seconds a connection has to send a request's headers; else 408.")
+]
+BodyTimeout = Annotated[
+    float, typer.Option("--body-timeout", help="Seconds a request's body may take after its headers; else 408.")
+]
+KeepAlive = Annotated[
+    float, typer.Option("--keep-alive-timeout", help="Seconds an idle keep-alive connection or gRPC channel stays.")
+]
+TlsCert = Annotated[
+    Path | None,
+    typer.Option(
+        "--tls-cert", help="PEM certificate chain: HTTPS and gRPC over TLS (with --tls-key).", show_default=False
+    ),
+]
+TlsKey = Annotated[Path | None, typer.Option("--tls-key", help="PEM private key of --tls-cert.", show_default=False)]
+TlsClientCa = Annotated[
+    Path | None,
+    typer.Option(
+        "--tls-client-ca",
+        help="PEM CA bundle: clients must present a certificate it signed (mutual TLS).",
+        show_default=False,
+    ),
+]
+InferenceKeysFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--inference-keys-file",
+        help="File of inference keys, one name:key a line (also: SLUICE_INFERENCE_KEYS); reloaded on SIGHUP or change.",
+        show_default=False,
+    ),
+]
+InferenceQuotas = Annotated[
+    str | None,
+    typer.Option(
+        "--inference-quotas",
+        help="Per key name: name=rate[/burst] requests per second, comma separated; '*' for the rest. Over: 429.",
+        show_default=False,
+    ),
+]
 WebhookUrls = Annotated[
     list[str] | None,
     typer.Option(
@@ -178,6 +225,16 @@ def serve(
     admin_tokens_file: AdminTokensFile = None,
     webhook_url: WebhookUrls = None,
     workers: Workers = str(_DEFAULTS.workers),
+    max_header_bytes: MaxHeader = _DEFAULTS.max_header_bytes,
+    max_connections: MaxConnections = _DEFAULTS.max_connections,
+    header_timeout: HeaderTimeout = _DEFAULTS.header_timeout_s,
+    body_timeout: BodyTimeout = _DEFAULTS.body_timeout_s,
+    keep_alive_timeout: KeepAlive = _DEFAULTS.keep_alive_timeout_s,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_client_ca: TlsClientCa = None,
+    inference_keys_file: InferenceKeysFile = None,
+    inference_quotas: InferenceQuotas = None,
 ) -> None:
     """Serve a model repository over V2 HTTP and gRPC until SIGTERM or Ctrl-C."""
     settings = _settings(
@@ -195,7 +252,20 @@ def serve(
         admin_tokens_file=admin_tokens_file,
         webhook_urls=webhook_url or None,
         workers=workers if workers == "auto" else _int_option(workers, "--workers"),
+        max_header_bytes=max_header_bytes,
+        max_connections=max_connections,
+        header_timeout_s=header_timeout,
+        body_timeout_s=body_timeout,
+        keep_alive_timeout_s=keep_alive_timeout,
+        tls_cert_file=tls_cert,
+        tls_key_file=tls_key,
+        tls_client_ca_file=tls_client_ca,
+        inference_keys_file=inference_keys_file,
+        inference_quotas=inference_quotas,
     )
+    if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
+        console.print("[red]error:[/] --tls-cert and --tls-key go together")
+        raise typer.Exit(2)
     _start(settings, banner=False)
 
 

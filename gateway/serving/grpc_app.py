@@ -7,6 +7,7 @@ domain errors become status codes here and only here.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -93,6 +94,15 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
+@dataclass(frozen=True)
+class GrpcLimits:
+    """What a careless or hostile client may hold: metadata size, an idle channel, a slow TLS/HTTP2 handshake."""
+
+    max_metadata_bytes: int = 32 * 1024
+    idle_timeout_s: float = 30.0
+    handshake_timeout_s: float = 10.0
+
+
 def build_grpc_server(
     dataplane: DataPlane,
     host: str,
@@ -101,18 +111,33 @@ def build_grpc_server(
     auth: InferenceAuth | None = None,
     *,
     reuse_port: bool = False,
+    limits: GrpcLimits | None = None,
+    tls: tuple[bytes, bytes, bytes | None] | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Create (not start) the server; returns it with the port actually bound. `reuse_port`: share the port
-    with the other workers of this machine (SO_REUSEPORT: the kernel spreads connections over them)."""
+    with the other workers of this machine (SO_REUSEPORT: the kernel spreads connections over them).
+    `tls`: (certificate chain, key, client CA) in PEM; with a CA, clients must present a certificate it signed."""
+    limits = limits or GrpcLimits()
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 1 if reuse_port else 0),
+            ("grpc.max_metadata_size", limits.max_metadata_bytes),
+            ("grpc.max_connection_idle_ms", int(limits.idle_timeout_s * 1000)),
+            ("grpc.server_handshake_timeout_ms", int(limits.handshake_timeout_s * 1000)),
         ]
     )
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane, auth), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    if tls is None:
+        bound = server.add_insecure_port(address)
+    else:
+        chain, key, ca = tls
+        credentials = grpc.ssl_server_credentials(
+            [(key, chain)], root_certificates=ca, require_client_auth=ca is not None
+        )
+        bound = server.add_secure_port(address, credentials)
     if bound == 0:
         raise OSError(f"cannot bind gRPC to {host}:{port}")
     return server, bound
