@@ -32,7 +32,9 @@ from gateway.admin.api import build_admin_router
 from gateway.admin.auth import AdminAuth, InferenceAuth
 from gateway.admin.feedback_api import build_feedback_router
 from gateway.admin.forward import LeaderForwarder
+from gateway.admin.key_reload import KeyReloader
 from gateway.admin.monitor_api import build_monitor_router
+from gateway.admin.quotas import QuotaBook, parse_quotas
 from gateway.control.leader import LeaderElection
 from gateway.control.monitor_service import MonitorService
 from gateway.control.plane import ControlPlane
@@ -181,6 +183,9 @@ class Gateway:
         self.control_url = ""
         """Where this replica takes admin requests forwarded by the others (its private listener)."""
         self._forwarder: LeaderForwarder | None = None
+        self.quotas = QuotaBook(parse_quotas(settings.inference_quotas), self.metrics.key_requests)
+        """Per inference key name; bad quota text stops start-up here, naming the entry."""
+        self.keys: KeyReloader | None = None
         self._http: list[tuple[_UvicornServer, asyncio.Task[None]]] = []
         self._grpc: Any = None
         self._loops: list[asyncio.Task[None]] = []
@@ -221,7 +226,7 @@ class Gateway:
         ]
         api = build_api(self.dataplane, self.metrics.exposition, inference_auth, routers)
         self._forwarder = LeaderForwarder(api, self.election, wait_s=self.settings.leader_lease_s * 2)
-        return HttpAdapter(self.dataplane, self._forwarder, self.settings.max_body_bytes, inference_auth)
+        return HttpAdapter(self.dataplane, self._forwarder, self.settings.max_body_bytes, inference_auth, self.quotas)
 
     async def start(self) -> None:
         """Bind and serve at once (live), then load models and follow the control plane (ready).
@@ -233,6 +238,10 @@ class Gateway:
         s = self.settings
         admin_auth = AdminAuth.from_settings(s)  # a bad token list stops start-up before anything binds
         inference_auth = InferenceAuth.from_inference_settings(s)
+        self.keys = KeyReloader(
+            s, admin_auth, inference_auth, self.metrics.key_reloads, interval_s=s.key_reload_interval_s
+        )
+        self.keys.start()
         self._stopping = asyncio.Event()
         app = self._http_app(admin_auth, inference_auth)
         private = _listen(s.control_host, s.control_port)
@@ -299,6 +308,7 @@ class Gateway:
                     handshake_timeout_s=s.header_timeout_s,
                 ),
                 tls=tls_files(s),
+                quotas=self.quotas,
             )
             await self._grpc.start()
         log.info(
@@ -358,6 +368,12 @@ class Gateway:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_keys)
+
+    def reload_keys(self) -> None:
+        """SIGHUP: re-read the admin tokens and inference keys (their files and the environment's)."""
+        if self.keys is not None:
+            self.keys.reload("SIGHUP")
 
     def request_stop(self) -> None:
         if self._stopping is not None:
@@ -405,6 +421,8 @@ class Gateway:
             await self._forwarder.aclose()
         await self.registry.close()
         await self.connections.stop()
+        if self.keys is not None:
+            await self.keys.stop()
         await asyncio.to_thread(self.store.close)
         self._executor.shutdown(wait=False, cancel_futures=True)
         self.tracer_provider.shutdown()

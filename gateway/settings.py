@@ -78,6 +78,9 @@ class GatewaySettings(BaseSettings):
         None, description="Optional inference keys (name:key pairs, comma separated); when set, infer needs one."
     )
     inference_keys_file: Path | None = Field(None, description="File with one inference name:key pair a line.")
+    key_reload_interval_s: float = Field(
+        2.0, gt=0, description="How often the admin tokens and inference keys files are checked for changes."
+    )
     webhook_urls: list[str] = Field(default_factory=list, description="URLs told about every rollout transition.")
     webhook_secret: SecretStr | None = Field(None, description="HMAC-SHA256 key that signs webhook bodies.")
     rollout_tick_s: float = Field(1.0, gt=0, description="How often the rollout controller checks for due analyses.")

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from gateway.admin.auth import AdminAuth, AdminTokenError
+from gateway.admin.quotas import QuotaError, parse_quotas
 from gateway.cli import admin as cli_admin
 from gateway.cli.labels import labels_app
 from gateway.cli.monitor import monitor_app
@@ -190,6 +191,7 @@ def _start(settings: GatewaySettings, banner: bool) -> None:
         _banner(resolved, resolved.http_port, resolved.grpc_port, _scan_models(resolved), banner)
 
     try:
+        parse_quotas(settings.inference_quotas)
         if workers == 1:
             run_replica(settings, on_ready=on_ready)
         else:
@@ -201,7 +203,7 @@ def _start(settings: GatewaySettings, banner: bool) -> None:
                 raise typer.Exit(1) from None
             if status:
                 raise typer.Exit(status)
-    except AdminTokenError as exc:
+    except (AdminTokenError, QuotaError) as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
     except OSError as exc:

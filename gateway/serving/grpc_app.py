@@ -7,6 +7,7 @@ domain errors become status codes here and only here.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,9 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from gateway.admin.auth import InferenceAuth
+from gateway.admin.quotas import QuotaBook
 from gateway.errors import (
+    QuotaExceeded,
     SluiceError,
     mapping_of,
 )
@@ -33,15 +36,21 @@ def grpc_status(exc: BaseException) -> grpc.StatusCode:
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
-    def __init__(self, dataplane: DataPlane, auth: InferenceAuth | None = None) -> None:
+    def __init__(
+        self, dataplane: DataPlane, auth: InferenceAuth | None = None, quotas: QuotaBook | None = None
+    ) -> None:
         self.dataplane = dataplane
         self.auth = auth or InferenceAuth()
+        self.quotas = quotas
 
-    def _check(self, context: grpc.aio.ServicerContext) -> None:
-        """Inference keys, when configured, ride in the `authorization` metadata as on HTTP."""
+    def _check(self, context: grpc.aio.ServicerContext, infer: bool = False) -> None:
+        """Inference keys, when configured, ride in the `authorization` metadata as on HTTP; `infer`: the key
+        name's quota applies too."""
         if self.auth.enabled:
             header = next((m.value for m in context.invocation_metadata() or () if m.key == "authorization"), None)
-            self.auth.check(header)
+            name = self.auth.check(header)
+            if infer and self.quotas is not None and name is not None:
+                self.quotas.admit(name)
 
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return pb.ServerLiveResponse(live=self.dataplane.live())
@@ -71,7 +80,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            self._check(context)
+            self._check(context, infer=True)
             infer_request = decode_request(request)
             metadata = context.invocation_metadata() or ()
             infer_request.headers = metadata
@@ -88,6 +97,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             code = grpc_status(exc)
             if code is grpc.StatusCode.INTERNAL:
                 log.warning("inference failed: %s", exc, extra={"model": request.model_name})
+            if isinstance(exc, QuotaExceeded):
+                wait = str(max(1, math.ceil(exc.retry_after_s)))
+                await context.abort(code, str(exc), trailing_metadata=(("retry-after", wait),))
             await context.abort(code, str(exc))
         except Exception:
             log.exception("unexpected error serving model %s", request.model_name)
@@ -113,6 +125,7 @@ def build_grpc_server(
     reuse_port: bool = False,
     limits: GrpcLimits | None = None,
     tls: tuple[bytes, bytes, bytes | None] | None = None,
+    quotas: QuotaBook | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Create (not start) the server; returns it with the port actually bound. `reuse_port`: share the port
     with the other workers of this machine (SO_REUSEPORT: the kernel spreads connections over them).
@@ -128,7 +141,7 @@ def build_grpc_server(
             ("grpc.server_handshake_timeout_ms", int(limits.handshake_timeout_s * 1000)),
         ]
     )
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane, auth), server)
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane, auth, quotas), server)
     address = f"{host}:{port}"
     if tls is None:
         bound = server.add_insecure_port(address)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,9 +25,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.admin.auth import InferenceAuth
+from gateway.admin.quotas import QuotaBook
 from gateway.errors import (
     InvalidInput,
     PayloadTooLarge,
+    QuotaExceeded,
     SluiceError,
     mapping_of,
 )
@@ -60,10 +63,13 @@ class HttpAdapter:
         api: ASGIApp,
         max_body_bytes: int,
         inference_auth: InferenceAuth | None = None,
+        quotas: QuotaBook | None = None,
     ) -> None:
         self.dataplane = dataplane
         self.max_body_bytes = max_body_bytes
         self.inference_auth = inference_auth or InferenceAuth()
+        self.quotas = quotas
+        """Per key name (None: no quotas); checked after the key, before the body is read."""
         self.api = api
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -128,10 +134,17 @@ class HttpAdapter:
                     return
         if self.inference_auth.enabled:
             try:
-                self.inference_auth.check(authorization)
+                name = self.inference_auth.check(authorization)
             except SluiceError as exc:
                 await _send(send, http_status(exc), error_body(str(exc)), extra=[(b"www-authenticate", b"Bearer")])
                 return
+            if self.quotas is not None and name is not None:
+                try:
+                    self.quotas.admit(name)
+                except QuotaExceeded as exc:
+                    retry = str(max(1, math.ceil(exc.retry_after_s))).encode()
+                    await _send(send, 429, error_body(str(exc)), extra=[(b"retry-after", retry)])
+                    return
         if declared > self.max_body_bytes:
             await _send(send, 413, error_body(self._too_large()))
             return
