@@ -55,6 +55,7 @@ class GatewayProcess:
     admin_token: str = ""
     """The token of the admin named "ci" (SLUICE_ADMIN_TOKENS), unless the caller's env replaced it."""
     state_dir: Path | None = None
+    scheme: str = "http"
 
     @property
     def admin_headers(self) -> dict[str, str]:
@@ -62,7 +63,7 @@ class GatewayProcess:
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{self.scheme}://127.0.0.1:{self.http_port}"
 
     @property
     def http_addr(self) -> str:
@@ -94,11 +95,13 @@ def gateway_process(
     state_dir: Path | None = None,
     pipe_logs: bool = False,
     ready_path: str = "/v2/health/ready",
+    probe: dict[str, Any] | None = None,
 ) -> Iterator[GatewayProcess]:
     """A `sluice serve` subprocess with its own state directory (default `tmp/state`) and an admin token
-    for the name "ci" (random unless given; both are on the result). `pipe_logs`: the gateway writes its
-    log to a pipe that a thread copies to the log file (a test that limits the size of the files the
-    gateway may write must not limit its log)."""
+        for the name "ci" (random unless given; both are on the result). `pipe_logs`: the gateway writes its
+        log to a pipe that a thread copies to the log file (a test that limits the size of the files the
+        gateway may write must not limit its log). `probe`: httpx arguments for the readiness probe (`verify`, `cert`);
+    with `verify`, the gateway is taken to speak HTTPS."""
     http_port, grpc_port = free_port(), free_port()
     log_path = tmp / f"gateway-{http_port}.log"
     admin_token = admin_token or secrets.token_urlsafe(24)
@@ -130,13 +133,14 @@ def gateway_process(
     if pipe_logs:
         assert proc.stdout is not None
         threading.Thread(target=_copy_log, args=(proc.stdout, log_path), daemon=True).start()
-    gw = GatewayProcess(proc, http_port, grpc_port, log_path, admin_token, state_dir)
+    probe = probe or {}
+    gw = GatewayProcess(proc, http_port, grpc_port, log_path, admin_token, state_dir, "https" if probe else "http")
     try:
 
         def ready() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(f"gateway exited with {proc.returncode}:\n{gw.logs()}")
-            return httpx.get(f"{gw.http_url}{ready_path}", timeout=2, verify=False).status_code == 200
+            return httpx.get(f"{gw.http_url}{ready_path}", timeout=2, **probe).status_code == 200
 
         wait_until(ready, timeout=90, what=f"gateway on {gw.http_url} to be ready")
         yield gw
