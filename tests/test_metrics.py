@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import httpx
 
 from gateway.observability.metrics import METRIC_NAMES
-from tests.helpers import GatewayProcess, metric_value
+from tests.helpers import GatewayProcess, metric_value, wait_until
 
 ROW = {"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": [0.0] * 32}]}
 
@@ -63,3 +65,30 @@ def test_unknown_models_count_under_one_bounded_series(demo_gateway: GatewayProc
     text = demo_gateway.metrics()
     assert metric_value(text, "sluice_requests_total", model="", outcome="not_found") >= 3
     assert "nope-1" not in text
+
+
+def test_the_process_group_collector_sums_the_tree_and_its_cpu_time_never_goes_back() -> None:
+    """With workers, `process_*` describe the supervisor and everything below it: a child's memory counts,
+    and its CPU time stays counted after it exits (it moves into the parent's cutime when reaped)."""
+    import subprocess
+    import sys
+
+    from gateway.observability.process_group import ProcessGroupCollector
+
+    def figures() -> dict[str, float]:
+        return {m.name: m.samples[0].value for m in ProcessGroupCollector(os.getpid()).collect()}
+
+    before = figures()
+    child = subprocess.Popen(
+        [sys.executable, "-c", "x = bytearray(64_000_000); sum(range(5_000_000)); import time; time.sleep(30)"]
+    )
+    try:
+        wait_until(lambda: figures()["process_resident_memory_bytes"] > before["process_resident_memory_bytes"] + 50e6)
+        busy = figures()["process_cpu_seconds"]
+    finally:
+        child.kill()
+        child.wait()
+    after = figures()
+    assert after["process_cpu_seconds"] >= busy > before["process_cpu_seconds"]
+    assert after["process_resident_memory_bytes"] < before["process_resident_memory_bytes"] + 50e6
+    assert after["process_open_fds"] > 0 and after["process_start_time_seconds"] > 0

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 
 from gateway.storage.store import Store
 from tests.databases import Backend
-from tests.helpers import GatewayProcess, gateway_process, wait_until
+from tests.helpers import GatewayProcess, gateway_process, metric_value, wait_until
 from tests.test_rollouts import build_lookup
 
 pytestmark = pytest.mark.slow
@@ -185,15 +185,30 @@ def test_a_canary_share_policy_propagation_and_a_rollback_span_both_workers(
     versions = Counter(v for status, v, _ in load.results if status == 200)
     assert sum(versions.values()) == 10_000, Counter(s for s, _, _ in load.results)
     assert 900 <= versions["2"] <= 1100, versions
-    wait_until(
-        lambda: sum(served_by_replica(store, "1").values()) + sum(served_by_replica(store, "2").values()) == 10_000,
-        timeout=10,
-        what="every request in the window summaries",
-    )
+
+    def published() -> int:
+        return sum(sum(served_by_replica(store, v).values()) for v in ("1", "2"))
+
+    # The probes that checked the policy reached every worker count too: at least the 10,000.
+    wait_until(lambda: published() >= 10_000, timeout=10, what="every request in the window summaries")
     replicas = Counter()
     for version in ("1", "2"):
         replicas.update(served_by_replica(store, version))
     assert len(replicas) == 2 and min(replicas.values()) >= 1000, f"traffic was not spread: {replicas}"
+
+    # One scrape, whichever worker answers it, shows the whole gateway without double counting.
+    def scraped() -> float:
+        return metric_value(
+            httpx.get(f"{gw.http_url}/metrics", timeout=10).text, "sluice_requests_total", model="lookup"
+        )
+
+    def every_version() -> int:  # the probes may have met version 3 before a worker took the first policy
+        return sum(sum(served_by_replica(store, v).values()) for v in ("1", "2", "3"))
+
+    wait_until(lambda: scraped() == every_version() == scraped(), timeout=10, what="the scrape to match the windows")
+    page = httpx.get(f"{gw.http_url}/metrics", timeout=10).text
+    assert metric_value(page, "sluice_model_ready", model="lookup", version="1") == 1.0, "ready on every worker"
+    assert metric_value(page, "process_resident_memory_bytes") > 200e6, "the workers' memory, summed"
 
     # A change made through one worker is in force on the other within the stated bound (1 s).
     urls = worker_urls(gw)

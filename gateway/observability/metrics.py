@@ -36,6 +36,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from gateway.observability.process_group import ProcessGroupCollector
+
 REQUESTS = "sluice_requests"
 REQUEST_DURATION = "sluice_request_duration_seconds"
 QUEUE_WAIT = "sluice_queue_wait_seconds"
@@ -409,11 +411,15 @@ class GatewayMetrics:
         self._synced: list[Callable[[], None]] = []
         if self.multiprocess_dir is None:
             # The default registry has these; a registry of our own must ask for them (the Overview's CPU,
-            # memory and GC panels read them). With workers a scrape would show one worker's at random, so
-            # they are left out there (a sum over the workers is still to do).
+            # memory and GC panels read them).
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
             GCCollector(registry=r)
+        else:
+            # With workers a scrape reaches one worker at random: export the process figures of the whole
+            # tree under the supervisor instead (the GC's are per interpreter, and left out).
+            self.register_machine_collector(ProcessGroupCollector(os.getppid()))
+            self.register_machine_collector(PlatformCollector(registry=None))
 
     def watch_prediction_log(self, counts: Callable[[], Mapping[str, int]], depth: Callable[[], int]) -> None:
         """Export the prediction log's counters: the hot path only adds to plain ints.
