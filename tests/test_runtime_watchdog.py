@@ -153,3 +153,36 @@ def test_hung_calls_are_cancelled_counted_and_mark_the_version_unready_until_it_
         other_model_requests=len(other.snapshot()),
         window_s=round(other_since, 1),
     )
+
+
+def test_a_hung_remote_call_is_cancelled_and_its_slot_freed(tmp_path: Path) -> None:
+    """A gateway fronting another over gRPC (runtime kind remote): the front's watchdog cancels the remote call
+    (the back end's own watchdog is slower), and the front serves the next request at once."""
+    back_repo = tmp_path / "back"
+    build_hang(back_repo / "hang" / "1" / "model.onnx")
+    back_config = (
+        "batching: {max_batch_size: 8, max_concurrent_batches: 2}\nruntime: {execution_providers: [cpu]}\n"
+        "watchdog: {call_timeout_ms: 3000, unresponsive_after: 100}\n"
+    )
+    (back_repo / "hang" / "config.yaml").write_text(back_config)
+    (tmp_path / "back-logs").mkdir()
+    (tmp_path / "front-logs").mkdir()
+    with gateway_process(back_repo, tmp=tmp_path / "back-logs") as back:
+        front_repo = tmp_path / "front"
+        (front_repo / "hang").mkdir(parents=True)
+        (front_repo / "hang" / "config.yaml").write_text(
+            f"runtime: {{kind: remote, url: '{back.grpc_addr}', protocol: grpc, versions: [1]}}\n"
+            f"watchdog: {{call_timeout_ms: {LIMIT_MS}, unresponsive_after: 100}}\n"
+            "batching: {max_batch_size: 8, max_concurrent_batches: 1}\n"
+        )
+        with gateway_process(front_repo, tmp=tmp_path / "front-logs") as front:
+            t0 = time.monotonic()
+            hung = hang_call(front, 5000.0, "remote-hang")
+            took = time.monotonic() - t0
+            assert hung.status_code == 504 and "watchdog" in hung.json()["error"], hung.text
+            assert took < 2.0, took  # the front's limit, not the back end's 3 s
+            t0 = time.monotonic()
+            assert hang_call(front, 1.0, "remote-fine").status_code == 200
+            assert time.monotonic() - t0 < 1.5  # the front's only slot was free again
+            text = front.metrics()
+            assert metric_value(text, "sluice_runtime_hangs_total", model="hang", version="1") == 1
