@@ -116,7 +116,7 @@ def test_a_guarded_model_refuses_naming_the_feature_and_counts_it(gw: GatewayPro
 def test_a_flagging_model_serves_and_names_what_it_flagged(gw: GatewayProcess) -> None:
     r = infer(gw, "flagging", row(age=200.0, plan=9.0))
     assert r.status_code == 200, r.text
-    assert r.json()["parameters"]["sluice_flagged"] == "age,plan"
+    assert r.json()["parameters"]["flagged_features"] == "age,plan"
     assert infer(gw, "flagging", row()).json().get("parameters") is None
     assert violations(gw, "flagging", "age", "flagged") == 1 and violations(gw, "flagging", "plan", "flagged") == 1
 

@@ -115,7 +115,7 @@ InferenceQuotas = Annotated[
     str | None,
     typer.Option(
         "--inference-quotas",
-        help="Per key name: name=rate[/burst] requests per second, comma separated; '*' for the rest. Over: 429.",
+        help="Per key name: name=rate or name=rate/burst (requests a second), comma separated; * for others.",
         show_default=False,
     ),
 ]

@@ -244,7 +244,7 @@ class DataPlane:
             outputs=outputs,
         )
         if flagged:
-            response.parameters["sluice_flagged"] = flagged
+            response.parameters["flagged_features"] = flagged
         return response
 
     def _guard(self, served: ServedVersion, request: InferRequest) -> str | None:

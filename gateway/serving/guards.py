@@ -7,7 +7,7 @@ The guards are compiled against the version's signature when it loads (an unknow
 that version's load, naming it) and checked on each request after validation, before it is queued.
 
 `action: refuse` answers 400 naming the input, the feature and the value; `action: flag` serves the
-request and names the broken features in the response's `sluice_flagged` parameter. Either way each
+request and names the broken features in the response's `flagged_features` parameter. Either way each
 broken feature is counted in `sluice_input_guard_violations_total{model,version,feature,action}`, beside
 the drift figures on the Monitoring dashboard. A range does not catch NaN (NaN compares false with
 everything): refuse it with `allow_nan: false`.
