@@ -7,7 +7,7 @@ HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 MODEL_REPO ?= models
 
-.PHONY: demo serve test lint bench install install-dev clean dashboards dashboards-previews
+.PHONY: demo serve test lint bench install install-dev clean dashboards dashboards-previews console-screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed-$(strip $(RUNTIME))
 install: $(VENV)/.installed-$(strip $(RUNTIME))   ## install the gateway into .venv
 install-dev: $(VENV)/.installed-dev               ## install the gateway and the dev tools
 
-demo: install                                      ## write the demo model repository and serve it
+demo: install                                      ## write the demo models, serve them with the console and a tour
 	$(BIN)/sluice demo --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT)
 
 serve: install                                     ## serve MODEL_REPO
@@ -47,6 +47,10 @@ dashboards: install-dev                            ## rewrite dashboards/*.json 
 dashboards-previews: install-dev                   ## redraw docs/previews/*.png from a live run (needs prometheus)
 	SLUICE_PREVIEWS_DIR=$(CURDIR)/docs/previews $(BIN)/python -m pytest -q -p no:cacheprovider \
 		tests/test_dashboards_live.py -k previews
+
+console-screenshots: install-dev                   ## retake docs/console-*.png in headless Chromium (needs chromium, chromium-driver)
+	SLUICE_CONSOLE_SCREENSHOTS_DIR=$(CURDIR)/docs $(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/test_console.py -k "canary_started"
 
 clean:
 	rm -rf $(VENV) demo-models bench-results .pytest_cache .mypy_cache .ruff_cache

@@ -30,6 +30,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from gateway.admin.api import build_admin_router
 from gateway.admin.auth import AdminAuth, InferenceAuth
+from gateway.admin.console import build_console_router
 from gateway.admin.feedback_api import build_feedback_router
 from gateway.admin.forward import LeaderForwarder
 from gateway.admin.key_reload import KeyReloader
@@ -41,7 +42,7 @@ from gateway.control.plane import ControlPlane
 from gateway.control.webhooks import WebhookSender
 from gateway.observability.gpu import register_gpu_collector
 from gateway.observability.metrics import GatewayMetrics
-from gateway.observability.tracing import get_tracer, make_tracer_provider
+from gateway.observability.tracing import RequestSpans, get_tracer, make_tracer_provider
 from gateway.serving.dataplane import DataPlane
 from gateway.serving.follower import PolicyFollower
 from gateway.serving.grpc_app import GrpcLimits, build_grpc_server
@@ -103,13 +104,19 @@ class Gateway:
         )
         self._executor = ThreadPoolExecutor(max_workers=settings.runtime_threads, thread_name_prefix="runtime")
         tracer = get_tracer(self.tracer_provider)
-        self.registry = ModelRegistry(settings.model_repo, self.metrics, runtime_factory or self._make_runtime, tracer)
+        self.windows = WindowRecorder()
+        self.registry = ModelRegistry(
+            settings.model_repo,
+            self.metrics,
+            runtime_factory or self._make_runtime,
+            tracer,
+            on_batch=self.windows.record_batch,
+        )
         url = settings.database_url.get_secret_value() if settings.database_url else None
         self.store = store = Store(url) if url else Store.for_state_dir(settings.state_dir)
         self.replica_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         """This replica's name in the leader lease and on its window summaries."""
         self.view = PolicyView()
-        self.windows = WindowRecorder()
         self.follower = PolicyFollower(store, self.view, self.registry, drain_timeout_s=settings.drain_timeout_s)
         self.publisher = WindowPublisher(self.windows, store, self.replica_id)
         secret = settings.webhook_secret.get_secret_value().encode() if settings.webhook_secret else None
@@ -157,7 +164,7 @@ class Gateway:
         self.shadows = ShadowDispatcher(self.metrics, self.windows, predictions=self.predictions)
         self.dataplane = DataPlane(
             self.registry,
-            tracer,
+            RequestSpans(self.tracer_provider),
             self.metrics,
             self.view,
             self.windows,
@@ -178,6 +185,7 @@ class Gateway:
             ),
             self.metrics,
         )
+        self.metrics.add_sampler(self.registry.sample_load)
         self.http_port = 0
         self.grpc_port = 0
         self.control_url = ""
@@ -216,12 +224,13 @@ class Gateway:
         )
 
     def _http_app(self, admin_auth: AdminAuth, inference_auth: InferenceAuth) -> HttpAdapter:
-        """The HTTP application: V2, /metrics, and the admin, monitor and feedback APIs, which a replica that
-        does not lead forwards to the one that does."""
+        """The HTTP application: V2, /metrics, the admin, monitor and feedback APIs and the web console (the
+        admin API and the console are forwarded by a replica that does not lead to the one that does)."""
         ready = self.dataplane.ready
         routers = [
             build_admin_router(self.control, admin_auth, ready=ready),
             build_monitor_router(self.monitor, admin_auth, ready=ready),
+            build_console_router(self.control, self.monitor, admin_auth),
             build_feedback_router(self.registry, lambda: self.predictions, [inference_key_dependency(inference_auth)]),
         ]
         api = build_api(self.dataplane, self.metrics.exposition, inference_auth, routers)
@@ -334,6 +343,7 @@ class Gateway:
             timeout_graceful_shutdown=int(max(1, s.drain_timeout_s)),
             timeout_keep_alive=s.keep_alive_timeout_s,  # type: ignore[arg-type]  # a float works (call_later)
             backlog=2048,
+            proxy_headers=False,  # nothing here reads the client address; the middleware cost every request
             **secure,
         )
         server = _UvicornServer(config)

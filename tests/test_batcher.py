@@ -211,3 +211,23 @@ async def test_unbatched_runs_each_request_alone() -> None:
     await asyncio.gather(first, *rest)
     assert rt.calls == [1, 1, 1, 1]
     await b.close()
+
+
+async def test_a_caller_that_gives_up_leaves_the_queue_at_once_and_frees_its_place() -> None:
+    rt = GatedRuntime()
+    b = make(rt, queue_capacity=2)
+    running = asyncio.create_task(b.submit(rows(0), 1))
+    await rt.entered.wait()
+    gone = asyncio.create_task(b.submit(rows(1), 1))
+    stays = asyncio.create_task(b.submit(rows(2), 1))
+    await until(lambda: b.queue_depth == 2)
+    assert (b.running, b.queue_depth) == (1, 2)
+    gone.cancel()
+    await until(lambda: b.queue_depth == 1)  # not when the next batch closes: now
+    late = asyncio.create_task(b.submit(rows(3), 1))  # the place it freed is free
+    await until(lambda: b.queue_depth == 2)
+    rt.gate.set()
+    await asyncio.gather(running, stays, late)
+    assert rt.calls == [1, 2], "the cancelled request never ran"
+    assert b.running == 0
+    await b.close()

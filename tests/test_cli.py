@@ -34,6 +34,9 @@ def test_demo_build_only_writes_loadable_onnx_models(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     models = sorted(p.relative_to(repo).as_posix() for p in repo.rglob("model.onnx"))
     assert models == [
+        "churn/1/model.onnx",
+        "churn/2/model.onnx",
+        "churn/3/model.onnx",
         "classifier/1/model.onnx",
         "classifier/2/model.onnx",
         "dtypes/1/model.onnx",

@@ -92,3 +92,40 @@ def test_the_process_group_collector_sums_the_tree_and_its_cpu_time_never_goes_b
     assert after["process_cpu_seconds"] >= busy > before["process_cpu_seconds"]
     assert after["process_resident_memory_bytes"] < before["process_resident_memory_bytes"] + 50e6
     assert after["process_open_fds"] > 0 and after["process_start_time_seconds"] > 0
+
+
+def test_fast_instruments_export_exactly_what_prometheus_clients_own_would() -> None:
+    """The request path counts in plain ints and lists; after a sync, the exposition must equal what
+    prometheus_client's own observe/inc would have produced (this pins the private attributes used)."""
+    import random
+
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    from gateway.observability.metrics import FastCounter, FastHistogram
+
+    bounds = (0.001, 0.01, 0.1, 1.0)
+    own, fast = CollectorRegistry(), CollectorRegistry()
+    reference_h = Histogram("lat", "l", buckets=bounds, registry=own)
+    reference_c = Counter("hits", "h", registry=own)
+    hist = FastHistogram(Histogram("lat", "l", buckets=bounds, registry=fast), bounds)
+    count = FastCounter(Counter("hits", "h", registry=fast))
+    rng = random.Random(3)
+    for round_ in range(3):
+        for _ in range(500):
+            value = rng.choice([0.0005, 0.001, 0.0011, 0.05, 0.1, 2.0, rng.random()])
+            reference_h.observe(value)
+            hist.observe(value)
+            reference_c.inc()
+            count.inc()
+        hist.sync()
+        count.sync()
+        hist.sync()  # idempotent
+
+        def samples(registry: CollectorRegistry) -> list[str]:
+            return [
+                line
+                for line in generate_latest(registry).decode().splitlines()
+                if not line.startswith("#") and "_created" not in line
+            ]
+
+        assert samples(fast) == samples(own), f"round {round_}"

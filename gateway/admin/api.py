@@ -63,6 +63,13 @@ class TrafficBody(_Body):
             raise ValueError("must not be blank (use null for none)")
         return value
 
+    def patch(self) -> Callable[[TrafficPolicy], TrafficPolicy]:
+        """PATCH: the current policy with the fields this body set (the admin API and the console share it)."""
+        changes = self.model_dump(exclude_unset=True)
+        if "shadows" in changes:
+            changes["shadows"] = tuple(changes["shadows"])
+        return lambda current: replace(current, **changes)
+
     def to_policy(self) -> TrafficPolicy:
         return TrafficPolicy(
             stable=self.stable,
@@ -80,6 +87,11 @@ class ShadowBody(_Body):
     sample_rate: float | None = Field(
         None, ge=0.0, le=1.0, description="Share (0-1) of requests copied; null keeps the current rate."
     )
+
+    def change(self, current: TrafficPolicy) -> TrafficPolicy:
+        """The current policy with these shadows (and rate, when given); the rest is kept."""
+        rate = current.shadow_sample_rate if self.sample_rate is None else self.sample_rate
+        return replace(current, shadows=tuple(self.versions), shadow_sample_rate=rate)
 
 
 class CheckBody(_Body):
@@ -197,18 +209,11 @@ def build_admin_router(control: ControlPlane, auth: AdminAuth, ready: Callable[[
 
     @router.patch("/models/{model}/traffic", summary="Change some fields of the model's traffic policy")
     async def patch_traffic(actor: Actor, model: ModelName, body: TrafficBody) -> dict[str, Any]:
-        changes = body.model_dump(exclude_unset=True)
-        if "shadows" in changes:
-            changes["shadows"] = tuple(changes["shadows"])
-        return policy_to_json(await control.update_policy(actor, model, lambda current: replace(current, **changes)))
+        return policy_to_json(await control.update_policy(actor, model, body.patch()))
 
     @router.post("/models/{model}/shadow", summary="Set the shadow versions, keeping the rest of the policy")
     async def set_shadow(actor: Actor, model: ModelName, body: ShadowBody) -> dict[str, Any]:
-        def change(current: TrafficPolicy) -> TrafficPolicy:
-            rate = current.shadow_sample_rate if body.sample_rate is None else body.sample_rate
-            return replace(current, shadows=tuple(body.versions), shadow_sample_rate=rate)
-
-        return policy_to_json(await control.update_policy(actor, model, change))
+        return policy_to_json(await control.update_policy(actor, model, body.change))
 
     @router.post("/models/{model}/promote", summary="Make the canary the stable version now")
     async def promote(actor: Actor, model: ModelName) -> dict[str, Any]:

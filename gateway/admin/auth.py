@@ -116,6 +116,18 @@ class AdminAuth:
     def __repr__(self) -> str:
         return f"AdminAuth(names={self.names!r})"
 
+    def derived_key(self, name: str, purpose: bytes) -> bytes | None:
+        """A secret for `purpose` bound to the token called `name` (None: no such token).
+
+        HMAC-SHA256 keyed by the token's digest: every replica configured with the same tokens derives
+        the same key, with no state to share; replacing or removing the token changes or removes the key,
+        which revokes whatever it signed (the console's sessions). The token cannot be read back from it.
+        """
+        for token in self._tokens:
+            if token.name == name:
+                return hmac.new(token.digest, purpose, hashlib.sha256).digest()
+        return None
+
     def authenticate(self, authorization_header: str | None) -> str:
         """The name of the token in an `Authorization: Bearer <token>` header.
 

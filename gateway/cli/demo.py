@@ -5,6 +5,9 @@
 - `multi_io`: three inputs and three outputs of different datatypes.
 - `dtypes`: one Identity per V2 datatype ONNX Runtime takes, to prove every datatype end to end.
 - `fixed`: no batch dimension (shape [3, 4]), so it runs unbatched.
+- `churn` (versions 1, 2 and 3): a tabular classifier with named features and monitoring (drift,
+  accuracy, a drift trigger) for the console's tour (`gateway.cli.tour`): version 2 is closer to the
+  ground truth than 1, and version 3 fails on about a fifth of its inputs (a canary to roll back).
 """
 
 from __future__ import annotations
@@ -145,8 +148,86 @@ version_policy:
 """
 
 
-def build_demo_repository(repo: Path) -> Path:
-    """Write the demo repository (idempotent: rewrites the files)."""
+CHURN_FEATURES = (
+    "tenure",
+    "monthly_charges",
+    "total_charges",
+    "support_calls",
+    "contract_months",
+    "age",
+    "income",
+    "usage",
+)
+CHURN_TRUTH = np.array([-1.2, 0.9, -0.4, 1.1, -0.8, 0.1, -0.3, 0.5], dtype=np.float32)
+"""The ground truth the tour labels churn predictions by: churn (class 1) when features @ truth > 0."""
+CHURN_NOISE = {"1": 0.45, "2": 0.12, "3": 0.12}
+"""How far each version's weights are from the truth: version 2 is the better model."""
+
+
+def build_churn(path: Path, version: str, *, trap: bool = False) -> Path:
+    """features FP32 [b, 8] -> probabilities FP32 [b, 2] (softmax of +-w/2 . x), w = truth + seeded noise.
+
+    `trap`: ONNX Runtime fails on rows whose |tenure| >= 1.2 (a Gather past the end of a one-row table),
+    about 23% of standard normal inputs; the answer of every other row is unchanged.
+    """
+    rng = np.random.default_rng(100 + int(version))
+    w = CHURN_TRUTH + rng.standard_normal(len(CHURN_TRUTH)).astype(np.float32) * CHURN_NOISE[version]
+    weights = np.stack([-w / 2, w / 2], axis=1).astype(np.float32)
+    inits = [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(np.zeros(2, np.float32), "b")]
+    nodes = [helper.make_node("Gemm", ["features", "w", "b"], ["logits"])]
+    if trap:
+        inits += [
+            numpy_helper.from_array(np.zeros((1, 1), np.float32), "table"),
+            numpy_helper.from_array(np.array([0], np.int64), "s0"),
+            numpy_helper.from_array(np.array([1], np.int64), "s1"),
+            numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+            numpy_helper.from_array(np.array(1.2, np.float32), "scale"),
+        ]
+        nodes += [
+            helper.make_node("Slice", ["features", "s0", "s1", "axis1"], ["first"]),
+            helper.make_node("Abs", ["first"], ["magnitude"]),
+            helper.make_node("Div", ["magnitude", "scale"], ["scaled"]),
+            helper.make_node("Floor", ["scaled"], ["floored"]),
+            helper.make_node("Cast", ["floored"], ["index"], to=TensorProto.INT64),
+            helper.make_node("Gather", ["table", "index"], ["trapped"], axis=0),  # [b, 1, 1]; fails past row 0
+            helper.make_node("ReduceSum", ["trapped"], ["zero"], keepdims=0),
+            helper.make_node("Add", ["logits", "zero"], ["logits_checked"]),
+            helper.make_node("Softmax", ["logits_checked"], ["probabilities"], axis=1),
+        ]
+    else:
+        nodes.append(helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1))
+    graph = helper.make_graph(
+        nodes,
+        "churn",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", len(CHURN_FEATURES)])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 2])],
+        initializer=inits,
+    )
+    return _save(_model(graph), path)
+
+
+def churn_config(monitor_schedule_s: float) -> str:
+    return f"""\
+# Served by `sluice demo`; the console's tour (sluice demo --tour) drives it. See gateway/serving/model_config.py.
+batching:
+  max_batch_size: 64
+  max_queue_delay_ms: 2
+timeout_ms: 10000
+version_policy:
+  all: true
+monitoring:
+  task: classification
+  feature_names: [{", ".join(CHURN_FEATURES)}]
+  drift: {{schedule_s: {monitor_schedule_s:g}, window_rows: 400, reference_rows: 400, min_rows: 100, num_method: ks}}
+  accuracy: {{schedule_s: {monitor_schedule_s:g}, window_s: 600, min_labels: 20}}
+  triggers:
+    - {{name: input-drift, figure: drift_share, threshold: 0.3, windows: 2, cooldown_s: 600, roles: [stable]}}
+"""
+
+
+def build_demo_repository(repo: Path, *, monitor_schedule_s: float = 0.0) -> Path:
+    """Write the demo repository (idempotent: rewrites the files). `monitor_schedule_s`: how often churn's
+    drift and accuracy run on their own (0: only when asked, as the tests want)."""
     repo.mkdir(parents=True, exist_ok=True)
     for version, seed in (("1", 1234), ("2", 4321)):
         build_reference_mlp(repo / "mlp" / version / "model.onnx", seed)
@@ -156,4 +237,7 @@ def build_demo_repository(repo: Path) -> Path:
     build_multi_io(repo / "multi_io" / "1" / "model.onnx")
     build_dtypes(repo / "dtypes" / "1" / "model.onnx")
     build_fixed(repo / "fixed" / "1" / "model.onnx")
+    for version in ("1", "2", "3"):
+        build_churn(repo / "churn" / version / "model.onnx", version, trap=version == "3")
+    (repo / "churn" / "config.yaml").write_text(churn_config(monitor_schedule_s))
     return repo

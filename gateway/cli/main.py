@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -149,7 +151,14 @@ def _settings(**values: Any) -> GatewaySettings:
     return GatewaySettings(**{k: v for k, v in values.items() if v is not None})
 
 
-def _banner(settings: GatewaySettings, http_port: int, grpc_port: int, models: dict[str, bool], demo: bool) -> None:
+def _banner(
+    settings: GatewaySettings,
+    http_port: int,
+    grpc_port: int,
+    models: dict[str, bool],
+    demo: bool,
+    notes: tuple[str, ...] = (),
+) -> None:
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     ready = sorted(n for n, ok in models.items() if ok)
     failed = sorted(n for n, ok in models.items() if not ok)
@@ -164,11 +173,19 @@ def _banner(settings: GatewaySettings, http_port: int, grpc_port: int, models: d
             f"-H 'Content-Type: application/json' "
             f'-d \'{{"inputs":[{{"name":"input","shape":[1,32],"datatype":"FP32","data":[{row}]}}]}}\''
         )
+    lines.append(f"console: http://{host}:{http_port}/console/")
+    lines += notes
     lines.append(f"metrics: http://{host}:{http_port}/metrics   stop: Ctrl-C (drains in-flight requests)")
     print("\n".join(lines), flush=True)
 
 
-def _start(settings: GatewaySettings, banner: bool) -> None:
+def _start(
+    settings: GatewaySettings,
+    banner: bool,
+    notes: tuple[str, ...] = (),
+    on_serving: Callable[[str], None] | None = None,
+) -> None:
+    """Serve until SIGTERM or Ctrl-C. `notes`: more banner lines; `on_serving(http_url)`: told once ready."""
     from gateway.server import Gateway, run_replica
     from gateway.workers import Supervisor, WorkerStartFailed, worker_count
 
@@ -184,11 +201,13 @@ def _start(settings: GatewaySettings, banner: bool) -> None:
 
     def on_ready(gateway: Gateway) -> None:
         models = {n: bool(m.ready_versions()) for n, m in gateway.registry.models.items()}
-        _banner(settings, gateway.http_port, gateway.grpc_port, models, banner)
+        _banner(settings, gateway.http_port, gateway.grpc_port, models, banner, notes)
+        if on_serving is not None:
+            on_serving(f"http://127.0.0.1:{gateway.http_port}")
 
     def on_workers_ready(resolved: GatewaySettings) -> None:
         print(f"{workers} workers serving", flush=True)
-        _banner(resolved, resolved.http_port, resolved.grpc_port, _scan_models(resolved), banner)
+        _banner(resolved, resolved.http_port, resolved.grpc_port, _scan_models(resolved), banner, notes)
 
     try:
         parse_quotas(settings.inference_quotas)
@@ -276,29 +295,61 @@ def demo(
     directory: Annotated[Path, typer.Option("--dir", help="Where to write the demo model repository.")] = Path(
         "demo-models"
     ),
-    host: Host = _DEFAULTS.host,
     http_port: HttpPort = _DEFAULTS.http_port,
     grpc_port: GrpcPort = _DEFAULTS.grpc_port,
-    log_level: LogLevel = "warning",
+    log_level: LogLevel = "error",
     log_format: LogFormat = "text",
     build_only: Annotated[bool, typer.Option("--build-only", help="Write the demo repository and exit.")] = False,
+    tour: Annotated[
+        bool,
+        typer.Option(
+            "--tour/--no-tour",
+            help="Drive the demo model churn through a shadow, a canary rolled back, one promoted, labels and a "
+            "drift episode (bounded: a few minutes), so the console has something to show.",
+        ),
+    ] = True,
+    monitor_every: Annotated[
+        float, typer.Option("--monitor-every", help="Seconds between churn's scheduled drift and accuracy runs.")
+    ] = 20.0,
 ) -> None:
-    """Write a demo model repository (ONNX models built on the spot, no downloads) and serve it."""
+    """Write a demo model repository (ONNX models built on the spot, no downloads) and serve it, with the web
+    console, on 127.0.0.1 only: the demo's admin token is printed once."""
+    import secrets
+
     from gateway.cli.demo import build_demo_repository
 
-    build_demo_repository(directory)
+    build_demo_repository(directory, monitor_schedule_s=monitor_every)
     console.print(f"demo model repository written to {directory.resolve()}")
     if build_only:
         return
+    token = secrets.token_urlsafe(24)
+    configured = _DEFAULTS.admin_tokens.get_secret_value().strip() if _DEFAULTS.admin_tokens else ""
     settings = _settings(
         model_repo=directory,
-        host=host,
+        host="127.0.0.1",  # the demo prints an admin token: it never listens beyond this machine
         http_port=http_port,
         grpc_port=grpc_port,
         log_level=log_level,
         log_format=log_format,
+        admin_tokens=",".join(t for t in (configured, f"demo:{token}") if t),
     )
-    _start(settings, banner=True)
+    notes = (
+        f"admin token for the console and the admin API (name 'demo', shown only now): {token}",
+        "tour: on (sluice demo --no-tour for none); it takes a few minutes" if tour else "tour: off",
+    )
+
+    with contextlib.suppress(ImportError):  # the tour's failing canary would fill the terminal with ORT's errors
+        import onnxruntime
+
+        onnxruntime.set_default_logger_severity(4)
+
+    def serving(url: str) -> None:
+        if tour:
+            from gateway.cli.tour import start_tour
+
+            start_tour(url, token)
+
+    _start(settings, banner=True, notes=notes, on_serving=serving)
 
 
 # Admin commands: they talk to a running gateway's /admin API (see gateway.cli.admin).

@@ -38,8 +38,6 @@ RunBatch = Callable[[Arrays, Sequence[str] | None], Awaitable[dict[str, np.ndarr
 class BatchObserver(Protocol):
     """Where the batcher reports what it does (metrics, traces); must not raise."""
 
-    def queue_depth(self, depth: int) -> None: ...
-
     def batch_done(self, rows: int, requests: int, compute_s: float, ok: bool) -> None: ...
 
     def batch_span(self, members: Sequence[Any], rows: int) -> Any: ...
@@ -87,6 +85,7 @@ class Batcher:
         self._queue: collections.deque[_Item] = collections.deque()
         self._queued_rows = 0
         self._in_flight = 0
+        self._running = 0
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -106,7 +105,13 @@ class Batcher:
 
     @property
     def in_flight(self) -> int:
+        """Batches running now."""
         return self._in_flight
+
+    @property
+    def running(self) -> int:
+        """Requests in the batches running now (read by the metrics sampler, not on the hot path)."""
+        return self._running
 
     @property
     def accepting(self) -> bool:
@@ -141,13 +146,19 @@ class Batcher:
         )
         if timeout is not None:
             item.timer = loop.call_later(timeout, _expire, item.future, timeout)
-        self._queue.append(item)
-        self._queued_rows += rows
         self._idle.clear()
-        self._report_depth()
-        self._wakeup.set()
+        if not self._queue and self._in_flight == 0 and self.config.greedy and self._task is not None:
+            # What the loop would decide (an idle runtime runs what is queued at once), without waking it.
+            self._start_batch([item])
+        else:
+            self._queue.append(item)
+            self._queued_rows += rows
+            self._wakeup.set()
         try:
             outputs_of_item = await item.future
+        except BaseException:
+            self._forget(item)  # a caller that gave up (cancelled, timed out) leaves the queue at once
+            raise
         finally:
             if item.timer is not None:
                 item.timer.cancel()
@@ -172,7 +183,6 @@ class Batcher:
                 refused += 1
             _fail(item, exc)
         self._queued_rows = 0
-        self._report_depth()
         self._check_idle()
         return refused
 
@@ -185,7 +195,6 @@ class Batcher:
             item = self._queue.popleft()
             _fail(item, ShuttingDown(f"{self._name}: closed before this request ran"))
         self._queued_rows = 0
-        self._report_depth()
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -202,7 +211,6 @@ class Batcher:
                     item = self._queue.popleft()
                     _fail(item, InferenceFailed(f"{self._name}: internal batching error"))
                 self._queued_rows = 0
-                self._report_depth()
                 self._check_idle()
 
     async def _step(self) -> None:
@@ -219,10 +227,7 @@ class Batcher:
         if decision.close:
             batch = self._take()
             if batch:
-                self._in_flight += 1
-                task = asyncio.get_running_loop().create_task(self._run_batch(batch))
-                self._batch_tasks.add(task)
-                task.add_done_callback(self._batch_tasks.discard)
+                self._start_batch(batch)
             return
         self._wakeup.clear()
         if decision.wait_s is None:
@@ -244,7 +249,15 @@ class Batcher:
                 return
             self._queue.popleft()
             self._queued_rows -= head.rows
-        self._report_depth()
+        self._check_idle()
+
+    def _forget(self, item: _Item) -> None:
+        """Take a request its caller gave up on out of the queue (it may already be running: then nothing)."""
+        try:
+            self._queue.remove(item)
+        except ValueError:
+            return
+        self._queued_rows -= item.rows
         self._check_idle()
 
     def _take(self) -> list[_Item]:
@@ -268,13 +281,20 @@ class Batcher:
             rows.append(item.rows)
             if self.config.max_batch_size <= 0:
                 break
-        self._report_depth()
         return live
 
+    def _start_batch(self, items: list[_Item]) -> None:
+        self._in_flight += 1
+        task = asyncio.get_running_loop().create_task(self._run_batch(items))
+        self._batch_tasks.add(task)
+        task.add_done_callback(self._batch_tasks.discard)
+
     async def _run_batch(self, items: list[_Item]) -> None:
+        self._running += len(items)
         try:
             await self._run_isolating(items)
         finally:
+            self._running -= len(items)
             self._in_flight -= 1
             self._check_idle()
             self._wakeup.set()
@@ -347,10 +367,6 @@ class Batcher:
     def _check_idle(self) -> None:
         if not self._queue and self._in_flight == 0:
             self._idle.set()
-
-    def _report_depth(self) -> None:
-        if self._observer is not None:
-            self._observer.queue_depth(len(self._queue))
 
 
 def _union_outputs(items: list[_Item]) -> Sequence[str] | None:

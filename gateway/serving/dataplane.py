@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import Status, StatusCode
 
 from gateway.errors import (
     InvalidInput,
@@ -24,6 +24,7 @@ from gateway.errors import (
 )
 from gateway.observability.logs import span_context
 from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.tracing import RequestSpans
 from gateway.serving.policy_view import PolicyView
 from gateway.serving.registry import ModelRegistry, ServedVersion
 from gateway.serving.request import InferRequest, InferResponse
@@ -53,7 +54,7 @@ class DataPlane:
     def __init__(
         self,
         registry: ModelRegistry,
-        tracer: Tracer,
+        spans: RequestSpans,
         metrics: GatewayMetrics,
         policies: PolicyView,
         windows: WindowRecorder,
@@ -70,7 +71,8 @@ class DataPlane:
         self.windows = windows
         """Per-version statistics by routing revision, which the replica publishes for rollout analysis."""
         self.shadows = shadows
-        self.tracer = tracer
+        self.spans = spans
+        self.tracer = spans.tracer
         self.server_name = server_name
         self.started = False
         self.draining = False
@@ -140,12 +142,7 @@ class DataPlane:
         served: ServedVersion | None = None
         route = ""
         revision = 0
-        span = self.tracer.start_span(
-            "infer",
-            context=request.trace_context,
-            kind=SpanKind.SERVER,
-            attributes={"sluice.model": request.model, "rpc.system": protocol},
-        )
+        span = self.spans.start(request.trace_context, request.model, protocol)
         # Log lines made while serving this request (the adapters' included) name its trace and span.
         span_context.set(span.get_span_context())
         try:
@@ -212,14 +209,9 @@ class DataPlane:
         timeout = request.timeout_s if request.timeout_s is not None else served.batching.default_timeout_s
         if request.deadline_s is not None and (timeout is None or request.deadline_s < timeout):
             timeout = request.deadline_s
-        metrics = served.metrics
-        metrics.inflight.inc()
-        try:
-            outputs, timing = await batcher.submit(request.inputs, rows, wanted, timeout, span.get_span_context())
-        finally:
-            metrics.inflight.dec()
+        outputs, timing = await batcher.submit(request.inputs, rows, wanted, timeout, span.get_span_context())
         if timing.started_ns:
-            metrics.queue_wait.observe((timing.started_ns - timing.enqueued_ns) / 1e9)
+            served.metrics.queue_wait.observe((timing.started_ns - timing.enqueued_ns) / 1e9)
             if span.is_recording():
                 ctx = trace.set_span_in_context(span)
                 where = {"sluice.model": served.model, "sluice.version": served.version}

@@ -87,7 +87,7 @@ class HttpAdapter:
             if match is not None:
                 await self._infer(scope, receive, send, match.group(1), match.group(2))
                 return
-        if scope["type"] == "http" and scope["path"].startswith("/admin/"):
+        if scope["type"] == "http" and scope["path"].startswith(("/admin/", "/console")):
             await self._bounded(scope, receive, send, ADMIN_MAX_BODY_BYTES, "admin request body")
             return
         if scope["type"] == "http" and scope["path"].endswith("/feedback"):
@@ -234,34 +234,57 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+WATCH_AFTER_S = 0.02
+"""A request still unanswered after this long starts watching for its client going away. Most are
+answered sooner, and a watcher (a task of its own) would cost each of them more than its answer."""
+
+
 async def _until_disconnect(work: Awaitable[T], receive: Receive) -> T | None:
     """Await `work`; if the client disconnects first, cancel it (its queue slot is skipped) and return None.
 
-    The work runs in the current task; only the watcher is a task of its own.
+    The work runs in the current task; a watcher task is started only after `WATCH_AFTER_S`.
     """
     current = asyncio.current_task()
     assert current is not None
-    state = {"waiting": True, "gone": False}
-
-    def _on_message(done: asyncio.Task[Message]) -> None:
-        if done.cancelled() or done.exception() is not None:
-            return
-        if done.result()["type"] == "http.disconnect" and state["waiting"]:
-            state["gone"] = True
-            current.cancel()
-
-    watcher: asyncio.Task[Message] = asyncio.ensure_future(receive())
-    watcher.add_done_callback(_on_message)
+    watching = _Watch(current, receive)
+    timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, watching.arm)
     try:
         return await work
     except asyncio.CancelledError:
-        if state["gone"]:
+        if watching.gone:
             current.uncancel()
             return None
         raise
     finally:
-        state["waiting"] = False
-        watcher.cancel()
+        watching.waiting = False
+        timer.cancel()
+        if watching.watcher is not None:
+            watching.watcher.cancel()
+
+
+class _Watch:
+    """Cancels the request's task when its client disconnects while the request is still waiting."""
+
+    __slots__ = ("current", "gone", "receive", "waiting", "watcher")
+
+    def __init__(self, current: asyncio.Task[Any], receive: Receive) -> None:
+        self.current = current
+        self.receive = receive
+        self.waiting = True
+        self.gone = False
+        self.watcher: asyncio.Future[Message] | None = None
+
+    def arm(self) -> None:
+        if self.waiting:
+            self.watcher = asyncio.ensure_future(self.receive())
+            self.watcher.add_done_callback(self._on_message)
+
+    def _on_message(self, done: asyncio.Future[Message]) -> None:
+        if done.cancelled() or done.exception() is not None:
+            return
+        if done.result()["type"] == "http.disconnect" and self.waiting:
+            self.gone = True
+            self.current.cancel()
 
 
 async def _send(

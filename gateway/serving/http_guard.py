@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.observability.metrics import GatewayMetrics
+from gateway.serving.http_protocol import CoalescingHttpToolsProtocol
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +123,9 @@ class ConnectionGuard:
         return True
 
 
-class GuardedHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol under a `ConnectionGuard` (see the module's note)."""
+class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
+    """uvicorn's httptools protocol (each response in one write, `http_protocol`) under a `ConnectionGuard`
+    (see the module's note)."""
 
     _guard: ConnectionGuard
 

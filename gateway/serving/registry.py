@@ -83,10 +83,17 @@ class ServedModel:
 
 class ModelRegistry:
     def __init__(
-        self, repo: Path, metrics: GatewayMetrics, factory: RuntimeFactory, tracer: Tracer | None = None
+        self,
+        repo: Path,
+        metrics: GatewayMetrics,
+        factory: RuntimeFactory,
+        tracer: Tracer | None = None,
+        on_batch: Callable[[str, str, int], None] | None = None,
     ) -> None:
+        """`on_batch(model, version, rows)`: told of every runtime call (the window statistics' batch sizes)."""
         self.repo = repo
         self._tracer = tracer
+        self._on_batch = on_batch
         self._metrics = metrics
         self._factory = factory
         self.models: dict[str, ServedModel] = {}
@@ -137,7 +144,7 @@ class ModelRegistry:
         served.batcher = Batcher(
             run,
             batching,
-            observer=BatchTelemetry(served.metrics, self._tracer),
+            observer=BatchTelemetry(served.metrics, self._tracer, self._batch_counter(served.model, served.version)),
             name=f"{served.model}/{served.version}",
         )
         served.batcher.start()
@@ -188,6 +195,12 @@ class ModelRegistry:
         if self.on_state_change is not None:
             self.on_state_change(model)
 
+    def _batch_counter(self, model: str, version: str) -> Callable[[int], None] | None:
+        on_batch = self._on_batch
+        if on_batch is None:
+            return None
+        return lambda rows: on_batch(model, version, rows)
+
     async def load_version(self, name: str, version: str) -> ServedVersion:
         """Load (or reload) one version from the repository, whatever the version policy says.
 
@@ -222,6 +235,13 @@ class ModelRegistry:
         served.state = VersionState.UNLOADED
         log.info("model %s version %s unloaded", name, version)
         return served
+
+    def sample_load(self) -> None:
+        """Set each version's queue-depth and in-flight gauges from its batcher (a metrics sampler)."""
+        for model in self.models.values():
+            for served in model.versions.values():
+                batcher = served.batcher
+                served.metrics.load(batcher.queue_depth if batcher else 0, batcher.running if batcher else 0)
 
     def get_model(self, name: str) -> ServedModel:
         model = self.models.get(name)

@@ -120,6 +120,12 @@ class ControlState(Database):
         Returns the lease held, or None when another holder's lease has not expired. Time is the
         database's, so holders on machines whose clocks disagree still agree on expiry.
         """
+        try:
+            return self._acquire_lease(name, holder, ttl_s, address)
+        except IntegrityError:  # another candidate created the lease row first: it holds the lease
+            return None
+
+    def _acquire_lease(self, name: str, holder: str, ttl_s: float, address: str | None) -> Lease | None:
         t = leases_table
         with self._write() as conn:
             now = _database_now(conn)

@@ -1,0 +1,74 @@
+"""Console sessions without a browser: what a cookie proves, and what ends it."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from gateway.admin.auth import AdminAuth
+from gateway.admin.console import figures
+from gateway.admin.console.session import Sessions
+from gateway.serving.window_stats import WindowSummary
+
+TOKENS = [("alice", "alice-token-0123456789abcdef"), ("bob", "bob-token-0123456789abcdef")]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_session_is_verified_by_any_replica_with_the_same_tokens_and_by_no_other() -> None:
+    cookie, session = Sessions(AdminAuth(TOKENS)).issue("alice")
+    other_replica = Sessions(AdminAuth(TOKENS))
+    verified = other_replica.verify(cookie)
+    assert verified == session and verified.actor == "alice"
+    assert Sessions.csrf_ok(verified, session.csrf) and not Sessions.csrf_ok(verified, "x" + session.csrf[1:])
+    assert TOKENS[0][1] not in cookie
+    rotated = Sessions(AdminAuth([("alice", "a-new-token-0123456789abcdef"), TOKENS[1]]))
+    assert rotated.verify(cookie) is None  # a replaced token ends its sessions
+    assert Sessions(AdminAuth(TOKENS[1:])).verify(cookie) is None  # and so does a removed one
+
+
+def test_a_tampered_forged_or_expired_cookie_is_no_session() -> None:
+    clock = Clock()
+    sessions = Sessions(AdminAuth(TOKENS), ttl_s=60, clock=clock)
+    cookie, session = sessions.issue("alice")
+    payload, mac = cookie.split(".")
+    bob_cookie, _ = sessions.issue("bob")
+    bob_payload, _ = bob_cookie.split(".")
+    for bad in (None, "", "x", payload, f"{payload}.{mac}x", f"{bob_payload}.{mac}", f"{payload}.", "a.b.c", "%%.%%"):
+        assert sessions.verify(bad) is None, bad
+    assert sessions.verify(cookie) == session
+    clock.now += 61
+    assert sessions.verify(cookie) is None
+    # Two sessions of one token are told apart (their CSRF tokens differ).
+    assert sessions.issue("alice")[1].csrf != sessions.issue("alice")[1].csrf
+
+
+def test_charts_start_at_the_first_data_and_leave_gaps_where_there_is_no_figure() -> None:
+    bucket = 5.0
+    now = 10_000.0
+    since = figures.aligned_since(now, 900.0, bucket)
+    at = datetime.fromtimestamp(since + 170 * bucket, timezone.utc)
+    busy = WindowSummary(requests=50, errors=5, buckets={200: 50}, min_s=0.001, max_s=0.002, batches=10, batch_rows=40)
+    charts = figures.traffic_charts([(at, "2", busy)], ["1", "2"], since=since, now=now, bucket_s=bucket)
+    rate = charts["rate"]
+    assert len(rate["x"]) == figures.MIN_POINTS and rate["x"][-1] == since + 179 * bucket
+    by_label = {line["label"]: line["values"] for line in rate["series"]}
+    assert by_label["v2"][rate["x"].index(since + 170 * bucket)] == 10.0 and by_label["v1"] == [0.0] * 24
+    errors = {line["label"]: line["values"] for line in charts["errors"]["series"]}
+    assert errors["v2"].count(None) == 23 and 0.1 in errors["v2"] and set(errors["v1"]) == {None}
+    batch = {line["label"]: line["values"] for line in charts["batch"]["series"]}
+    assert 4.0 in batch["v2"]
+    live = figures.live_figures([(at, "2", busy)], now=since + 172 * bucket, bucket_s=bucket)
+    assert live["2"]["rate"] == 5.0 and live["2"]["errors"] == 0.1 and live["2"]["batch"] == 4.0
+
+
+def test_a_rollouts_timeline_marks_where_a_rollback_stopped_it() -> None:
+    rollout = {"spec": {"steps": [10, 50, 100]}, "phase": "rolled_back", "step": 1}
+    assert [s["state"] for s in figures.timeline(rollout)] == ["done", "failed", "pending"]
+    rollout = {"spec": {"steps": [10, 50, 100]}, "phase": "promoted", "step": 2}
+    assert [s["state"] for s in figures.timeline(rollout)] == ["done", "done", "done"]
