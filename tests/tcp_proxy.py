@@ -15,9 +15,13 @@ from types import TracebackType
 
 
 def _reset(sock: socket.socket) -> None:
-    """Close with an RST instead of a FIN (SO_LINGER with a zero timeout)."""
+    """Drop a connection at once: shut it down (which wakes a pump thread blocked in `recv` on it, as a bare
+    `close` from another thread would not: the socket would stay open, silent, for ever), then close it with
+    an RST (SO_LINGER with a zero timeout)."""
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
     with contextlib.suppress(OSError):
         sock.close()
 
@@ -51,8 +55,8 @@ class TcpProxy:
 
     def cut(self) -> None:
         """Drop every connection (RST) and refuse new ones until `restore`."""
-        self._cut.set()
-        with self._lock:
+        with self._lock:  # a pair being set up now is either in the list or sees the flag
+            self._cut.set()
             pairs, self._pairs = self._pairs, []
         for client, upstream in pairs:
             _reset(client)
@@ -85,7 +89,14 @@ class TcpProxy:
             upstream.settimeout(None)
             self.accepted += 1
             with self._lock:
-                self._pairs.append((client, upstream))
+                refused = self._cut.is_set()
+                if not refused:
+                    self._pairs.append((client, upstream))
+            if refused:  # cut while the upstream connection was being made
+                self.refused += 1
+                _reset(client)
+                _reset(upstream)
+                continue
             for src, dst in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
 
@@ -97,11 +108,12 @@ class TcpProxy:
                     break
                 dst.sendall(data)
         except OSError:
-            pass
-        finally:
-            if self._cut.is_set():
-                _reset(src)
-                _reset(dst)
-            else:
-                with contextlib.suppress(OSError):
-                    dst.shutdown(socket.SHUT_WR)
+            _reset(src)  # one side failed: the other must learn of it, not wait for ever
+            _reset(dst)
+            return
+        if self._cut.is_set():
+            _reset(src)
+            _reset(dst)
+        else:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
