@@ -9,7 +9,8 @@ Ray Serve deployment, and a remote V2 server looks exactly like a local ONNX ses
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,6 +44,16 @@ class RuntimeInfo:
     'remote'. Operators read it to see which versions share a GPU."""
 
 
+@dataclass(frozen=True)
+class SyncCall:
+    run: Callable[[Mapping[str, np.ndarray], Sequence[str] | None], dict[str, np.ndarray]]
+    executor: Executor | None
+    """Where `infer` would run it (None: the event loop's default pool)."""
+    inline: bool = False
+    """Whether a caller may run it on its own thread when it proves quick: only when the call's time is CPU
+    time on the calling thread (ONNX Runtime on CPU with one intra-op thread), which is what is measured."""
+
+
 class ModelRuntime(abc.ABC):
     """Something that answers a batch for a version."""
 
@@ -59,6 +70,12 @@ class ModelRuntime(abc.ABC):
         self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
         """Run one batch. `outputs` narrows what is computed; None means every output."""
+
+    def synchronous(self) -> SyncCall | None:
+        """The runtime's blocking call and the thread pool it runs on, when it has one (ONNX Runtime does;
+        a remote server does not). The gateway then runs small batches on its own thread instead of
+        handing them over; None: every batch goes through `infer`."""
+        return None
 
     async def warmup(self) -> None:  # noqa: B027 - optional hook
         """Run once before the version is marked ready; the default does nothing."""

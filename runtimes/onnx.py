@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from runtimes.base import ModelRuntime, RuntimeError_, RuntimeInfo, RuntimeLoadError
+from runtimes.base import ModelRuntime, RuntimeError_, RuntimeInfo, RuntimeLoadError, SyncCall
 from runtimes.tensors import DataType, ModelSignature, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -179,6 +179,11 @@ class OnnxRuntime(ModelRuntime):
                     TERMINATE_GRACE_S,
                 )
             raise
+
+    def synchronous(self) -> SyncCall:
+        on_cpu = self._info.execution_provider == "CPUExecutionProvider"
+        one_thread = self._session.get_session_options().intra_op_num_threads == 1
+        return SyncCall(self.run, self._executor, inline=on_cpu and one_thread)
 
     async def warmup(self) -> None:
         """Run one row of zeros so the first real request does not pay for lazy initialisation."""

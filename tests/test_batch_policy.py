@@ -53,3 +53,32 @@ def test_unbatched_model_closes_one_request_at_a_time() -> None:
 )
 def test_take_rows_fills_up_to_the_limit_in_order(rows: list[int], limit: int, taken: int) -> None:
     assert take_rows(rows, limit) == taken
+
+
+def test_inline_gate_opens_after_a_run_of_quick_batches_and_closes_on_a_slow_one() -> None:
+    from gateway.serving.batch_policy import InlineGate
+
+    gate = InlineGate(max_s=0.001, warmup=3)
+    for _ in range(2):
+        gate.observe(0.0005)
+    assert not gate.inline, "too few quick batches yet"
+    gate.observe(0.001)  # at the limit counts as quick
+    assert gate.inline
+    gate.observe(0.002)  # a slow batch: back to threads for another warm-up
+    assert not gate.inline
+    for _ in range(3):
+        gate.observe(0.0001)
+    assert gate.inline
+    gate.observe(0.006)  # a stray (over 5x the limit): never inline again
+    for _ in range(100):
+        gate.observe(0.0001)
+    assert not gate.inline and gate.disabled
+
+
+def test_inline_gate_off_when_the_limit_is_zero() -> None:
+    from gateway.serving.batch_policy import InlineGate
+
+    gate = InlineGate(max_s=0.0, warmup=1)
+    for _ in range(10):
+        gate.observe(0.0)
+    assert not gate.inline

@@ -231,3 +231,75 @@ async def test_a_caller_that_gives_up_leaves_the_queue_at_once_and_frees_its_pla
     assert rt.calls == [1, 2], "the cancelled request never ran"
     assert b.running == 0
     await b.close()
+
+
+async def test_a_quick_synchronous_runtime_moves_onto_the_loop_thread_after_its_warm_up() -> None:
+    """Batches of a model that has proved quick run on the loop's own thread (no hand-off); until then,
+    and for a model that is not quick, they run on the runtime's pool."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from runtimes.base import SyncCall
+
+    threads: list[int] = []
+
+    def run(inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None) -> dict[str, np.ndarray]:
+        threads.append(threading.get_ident())
+        return {"y": inputs["x"] * 2, "z": inputs["x"] + 1}
+
+    async def never(inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None) -> dict[str, np.ndarray]:
+        raise AssertionError("a runtime with a synchronous call is run by the batcher itself")
+
+    loop_thread = threading.get_ident()
+    with ThreadPoolExecutor(1) as pool:
+        config = BatchingConfig(max_batch_size=8, default_timeout_s=None)
+        b = Batcher(never, config, name="quick/1", synchronous=SyncCall(run, pool, inline=True), inline_max_s=1.0)
+        b.start()
+        for i in range(40):
+            out, _ = await b.submit(rows(i), 1)
+            np.testing.assert_array_equal(out["y"], [[2 * i]])
+        await b.close()
+        assert all(t != loop_thread for t in threads[:32]), "the warm-up runs on the pool"
+        assert all(t == loop_thread for t in threads[32:]), "then on the loop"
+
+        slow = Batcher(never, config, name="slow/1", synchronous=SyncCall(run, pool, inline=True), inline_max_s=0.0)
+        slow.start()
+        threads.clear()
+        for i in range(40):
+            await slow.submit(rows(i), 1)
+        await slow.close()
+        assert loop_thread not in threads
+
+
+async def test_a_failing_batch_run_inline_is_split_and_only_the_poisoned_request_fails() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from runtimes.base import SyncCall
+
+    calls: list[list[float]] = []
+
+    def run(inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None) -> dict[str, np.ndarray]:
+        x = inputs["x"]
+        calls.append([float(v) for v in x[:, 0]])
+        if np.any(x == 13.0):
+            raise ValueError("poisoned row")
+        return {"y": x * 2, "z": x + 1}
+
+    async def never(inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None) -> dict[str, np.ndarray]:
+        raise AssertionError("unused")
+
+    with ThreadPoolExecutor(1) as pool:
+        config = BatchingConfig(max_batch_size=8, default_timeout_s=None)
+        b = Batcher(never, config, name="q/1", synchronous=SyncCall(run, pool, inline=True), inline_max_s=1.0)
+        b.start()
+        for i in range(32):
+            await b.submit(rows(100 + i), 1)  # the warm-up: from now on, batches run on the loop's thread
+        calls.clear()
+        # The first runs at once (an idle batcher); the rest queue behind it and form one batch.
+        results = await asyncio.gather(*(b.submit(rows(v), 1) for v in (1.0, 2.0, 13.0, 3.0)), return_exceptions=True)
+        await b.close()
+    assert calls[0] == [1.0] and calls[1] == [2.0, 13.0, 3.0], calls
+    assert isinstance(results[2], InferenceFailed)
+    for value, result in zip((1.0, 2.0, 3.0), (results[0], results[1], results[3]), strict=True):
+        assert not isinstance(result, BaseException)
+        np.testing.assert_array_equal(result[0]["y"], [[2 * value]])

@@ -44,6 +44,7 @@ batching:
 timeout_ms: 30000
 runtime:
   execution_providers: [cpu]
+  inline_max_ms: 0  # runtime threads: a batch runs while the next fills, so mixed batches form to be split
 """
 
 

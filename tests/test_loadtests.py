@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from loadtests.ab import paced, summarise
-from loadtests.bench import lua_script, run_wrk
+from loadtests.bench import Row, lua_script, run_wrk, target_checks
 from tests.helpers import HookReceiver
 
 WRK = shutil.which("wrk")
@@ -97,3 +97,45 @@ def test_summary_is_the_median_of_per_pair_ratios_not_the_ratio_of_medians() -> 
     assert out["main_thread_cpu_cost_pct"] == 10.0  # ratios 1.1, 1.1, 1.0
     assert "cpu_us_per_req_process" not in out  # not measured in these runs: left out, not zero
     assert out["errors_and_non2xx"] == 2
+
+
+def _row(mode: str, connections: int, rps: float, p50: float, p99: float, **errors: int) -> Row:
+    median = {"rps": rps, "p50_ms": p50, "p99_ms": p99}
+    return Row(mode=mode, connections=connections, median=median, runs=[{**median, **errors}])
+
+
+def test_targets_read_each_gateway_mode_against_its_own_floor() -> None:
+    rows = [
+        _row("floor", 64, 20_000, 3.0, 8.0),
+        _row("floor2", 64, 30_000, 2.0, 20.0),
+        _row("batching_on", 64, 15_000, 4.0, 9.0),  # 0.75 of the one-process floor: not met
+        _row("workers2", 64, 25_000, 2.5, 18.0),  # 0.83 of the two-process floor, p99 under its p99
+        _row("logging_off", 64, 15_600, 4.0, 9.0),  # logging costs 1 - 15,000/15,600 = 3.8%
+        _row("floor", 1, 15_000, 0.06, 0.5),
+        _row("batching_on", 1, 6_000, 0.30, 2.5),  # +0.24 ms: met; p99 2.5 ms: not met
+    ]
+    met = {t["target"]: t["met"] for t in target_checks(rows)}
+    assert met == {
+        "64 connections: batching_on req/s ≥ 0.8 × floor": False,
+        "64 connections: workers2 req/s ≥ 0.8 × floor2": True,
+        "64 connections: workers2 p99 ≤ floor2 p99": True,
+        "1 connection: batching_on p50 ≤ floor + 0.3 ms": True,
+        "1 connection: batching_on p99 ≤ 2 ms": False,
+        "64 connections: the prediction log costs ≤ 5% of req/s": True,
+    }
+    errored = [*rows[:3], _row("workers2", 64, 25_000, 2.5, 18.0, non2xx=3)]
+    assert {t["target"]: t["met"] for t in target_checks(errored)}[
+        "64 connections: workers2 req/s ≥ 0.8 × floor2"
+    ] is False
+    assert all(t["met"] is None for t in target_checks([])), "nothing measured is never met"
+
+
+def test_placement_cost_runs_and_checks_the_runtime_process_against_the_session(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from loadtests.placement_cost import main
+
+    assert main(["--calls", "20", "--rows", "1,4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["rows", "inline", "µs", "thread", "µs", "process", "µs"]
+    assert [line.split()[0] for line in lines[1:]] == ["1", "4"]

@@ -25,9 +25,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from gateway.errors import DeadlineExceeded, InferenceFailed, Overloaded, ShuttingDown
-from gateway.serving.batch_policy import BatchingConfig, decide, take_rows
+from gateway.serving.batch_policy import BatchingConfig, InlineGate, decide, take_rows
 from gateway.tasks import cancel_and_wait
-from runtimes.base import RuntimeTimeout
+from runtimes.base import RuntimeTimeout, SyncCall
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,15 @@ class Batcher:
         observer: BatchObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
         name: str = "",
+        synchronous: SyncCall | None = None,
+        inline_max_s: float = 0.0,
     ) -> None:
+        """`synchronous`: the runtime's blocking call; the batcher then runs each batch itself, on the
+        runtime's thread pool or, when the `InlineGate` (`inline_max_s`) finds the model quick enough, on
+        the loop's own thread. None: every batch goes through `run`."""
         self._run = run
+        self._sync = synchronous
+        self._gate = InlineGate(inline_max_s if synchronous is not None and synchronous.inline else 0.0)
         self.config = config
         self._observer = observer
         self._clock = clock
@@ -283,6 +290,24 @@ class Batcher:
                 break
         return live
 
+    async def _call(self, inputs: Arrays, wanted: Sequence[str] | None) -> dict[str, np.ndarray]:
+        """One runtime call: inline, on a runtime thread, or through the runtime's own `infer`. Timed in the
+        CPU time of the thread that runs it (see `_timed`)."""
+        sync = self._sync
+        if sync is None:
+            return await self._run(inputs, wanted)
+        if self._gate.inline:
+            started = time.thread_time()
+            try:
+                return sync.run(inputs, wanted)
+            finally:
+                self._gate.observe(time.thread_time() - started)
+        outputs, took = await asyncio.get_running_loop().run_in_executor(
+            sync.executor, _timed, sync.run, inputs, wanted
+        )
+        self._gate.observe(took)
+        return outputs
+
     def _start_batch(self, items: list[_Item]) -> None:
         self._in_flight += 1
         task = asyncio.get_running_loop().create_task(self._run_batch(items))
@@ -332,7 +357,7 @@ class Batcher:
         span = self._observer.batch_span([i.trace_context for i in items], total_rows) if self._observer else None
         ok = False
         try:
-            outputs = await self._run(inputs, wanted)
+            outputs = await self._call(inputs, wanted)
             if len(items) > 1:
                 for name, array in outputs.items():
                     if array.ndim == 0 or array.shape[0] != total_rows:
@@ -367,6 +392,16 @@ class Batcher:
     def _check_idle(self) -> None:
         if not self._queue and self._in_flight == 0:
             self._idle.set()
+
+
+def _timed(
+    run: Callable[[Arrays, Sequence[str] | None], dict[str, np.ndarray]], inputs: Arrays, wanted: Sequence[str] | None
+) -> tuple[dict[str, np.ndarray], float]:
+    """Run on a runtime thread; the thread's CPU time, not wall time: getting the GIL back after the call
+    can take milliseconds when the loop is busy, and a preempted thread waits too, and neither says anything
+    about the model (`SyncCall.inline` is only set where the call's time is this thread's CPU time)."""
+    started = time.thread_time()
+    return run(inputs, wanted), time.thread_time() - started
 
 
 def _union_outputs(items: list[_Item]) -> Sequence[str] | None:

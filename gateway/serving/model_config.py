@@ -119,6 +119,9 @@ class RuntimeSection(_Strict):
     kind: Literal["onnx", "remote"] = "onnx"
     execution_providers: list[str] = Field(default_factory=lambda: ["cuda", "cpu"])
     intra_op_threads: int = Field(1, ge=0, le=256)
+    inline_max_ms: float = Field(1.0, ge=0.0, le=1000.0)
+    """A version whose batches each take at most this long (after 32 in a row) runs them on the event loop's
+    thread, not a runtime thread: the hand-off costs a small model more than its run. 0: always a thread."""
     filename: str = "model.onnx"
     url: str | None = None
     protocol: Literal["http", "grpc"] = "grpc"

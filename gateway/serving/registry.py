@@ -146,6 +146,8 @@ class ModelRegistry:
             batching,
             observer=BatchTelemetry(served.metrics, self._tracer, self._batch_counter(served.model, served.version)),
             name=f"{served.model}/{served.version}",
+            synchronous=runtime.synchronous(),
+            inline_max_s=source.config.runtime.inline_max_ms / 1000.0,
         )
         served.batcher.start()
         served.metrics.set_provider(runtime.info.execution_provider)
