@@ -13,8 +13,9 @@ is uvicorn's protocol with:
 - **a body timeout**: the body must arrive within `body_timeout_s` of the headers: else 408 and closed
   (the handler waiting for it sees a disconnect);
 - **a connection limit**: at `max_connections`, a new connection evicts the connection that has been idle
-  longest (no request under way), as nginx reuses idle keep-alive connections; when none is idle, the new
-  one is closed at once. So idle connections can never lock out callers with work.
+  longest (no request under way), one that never sent a request first, as nginx reuses idle keep-alive
+  connections; when none is idle, the new one is closed at once. So idle connections can never lock out
+  callers with work.
 
 The timeouts are enforced by one sweep a second over the open connections (`ConnectionGuard.sweep`), not
 by a timer per request: the hot path only stores a time and a phase at the start of a request and at the
@@ -118,7 +119,10 @@ class ConnectionGuard:
         if not idle:
             self.closed("connection_limit")
             return False
-        oldest = min(idle, key=lambda c: c._idle_since or 0.0)
+        # A connection that never sent a request goes first: a flood of idle connections evicts itself, and a
+        # client's keep-alive connection between two requests is closed only when no such one is left.
+        unused = [c for c in idle if not c._served]
+        oldest = min(unused or idle, key=lambda c: c._idle_since or 0.0)
         oldest._drop("evicted_idle")
         return True
 
@@ -137,6 +141,8 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
         """Set while no request is under way (a new connection, or keep-alive between requests)."""
         self._head_bytes = 0
         self._refused = False
+        self._served = False
+        """True once a response went out on this connection (it is a client's, not an idle flood's)."""
 
     # -- connection lifecycle -----------------------------------------------------------------
 
@@ -205,6 +211,7 @@ class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        self._served = True
         if self._phase != _BODY:  # a response sent before the body ended (413): the body's clock keeps running
             self._phase = _IDLE
             self._idle_since = time.monotonic()

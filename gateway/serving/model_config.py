@@ -21,7 +21,8 @@ runtime:
   remote_model: name        # default: this model's name
   sha256: {1: 9f86d08...}   # expected digest of each version's file: a file that differs is refused
 watchdog:                   # a runtime call that never returns (gateway/serving/watchdog.py)
-  call_timeout_ms: 60000    # a call running longer is cancelled (ONNX Runtime's terminate flag) and counted
+  call_timeout_ms: 60000    # a call running longer is cancelled (ONNX Runtime's terminate flag) and counted;
+                            # default null: none (a watched version never runs inline on the event loop)
   unresponsive_after: 3     # that many such calls in a row mark the version not ready ...
   probe_interval_s: 5       # ... until a probe call (a row of zeros) answers in time again
 guards:                     # tainted inputs (gateway/serving/guards.py)
@@ -151,8 +152,10 @@ class RuntimeSection(_Strict):
 class WatchdogSection(_Strict):
     """A runtime call that never returns must not hold its batch slot for ever (`gateway.serving.watchdog`)."""
 
-    call_timeout_ms: float | None = Field(60_000.0, gt=0)
-    """A runtime call running longer is cancelled and counted as a hang; null: no watchdog."""
+    call_timeout_ms: float | None = Field(None, gt=0)
+    """A runtime call running longer is cancelled and counted as a hang; null (the default): no watchdog.
+    A version with a watchdog runs every batch on a runtime thread, where ONNX Runtime can be told to stop,
+    never inline on the event loop (`runtime.inline_max_ms`), where nothing could interrupt a hang."""
     unresponsive_after: int = Field(3, ge=1, le=1000)
     """Hangs in a row that mark the version not ready (the router and rollouts then see it)."""
     probe_interval_s: float = Field(5.0, gt=0, le=3600)

@@ -146,7 +146,9 @@ class ModelRegistry:
             batching,
             observer=BatchTelemetry(served.metrics, self._tracer, self._batch_counter(served.model, served.version)),
             name=f"{served.model}/{served.version}",
-            synchronous=runtime.synchronous(),
+            # A watched version's calls go through the watchdog (a runtime thread it can stop), never inline
+            # on the event loop nor on a thread it cannot reach.
+            synchronous=None if served.watchdog is not None else runtime.synchronous(),
             inline_max_s=source.config.runtime.inline_max_ms / 1000.0,
         )
         served.batcher.start()
