@@ -18,7 +18,7 @@ $(VENV)/.installed-$(strip $(RUNTIME)): pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed-$(strip $(RUNTIME))
-	$(BIN)/pip install --quiet -e ".[$(strip $(RUNTIME)),dev]"
+	$(BIN)/pip install --quiet -e ".[$(strip $(RUNTIME)),dev,ray]"
 	touch $@
 
 install: $(VENV)/.installed-$(strip $(RUNTIME))   ## install the gateway into .venv

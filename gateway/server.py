@@ -51,6 +51,7 @@ from gateway.serving.http_guard import ConnectionGuard, ConnectionLimits
 from gateway.serving.policy_view import PolicyView
 from gateway.serving.registry import ModelRegistry, RuntimeFactory
 from gateway.serving.repository import ModelSource, VersionSource
+from gateway.serving.runtime_loader import load_runtime
 from gateway.serving.shadow import ShadowDispatcher
 from gateway.serving.window_publisher import WindowPublisher
 from gateway.serving.window_stats import WindowRecorder
@@ -61,7 +62,6 @@ from gateway.storage.store import Store
 from gateway.tasks import cancel_and_wait, tick_forever
 from monitors.prediction_log import PredictionLog, Retention
 from runtimes.base import ModelRuntime
-from runtimes.onnx import OnnxRuntime
 
 log = logging.getLogger(__name__)
 
@@ -201,27 +201,7 @@ class Gateway:
         self._stopped = False
 
     async def _make_runtime(self, source: ModelSource, version: VersionSource) -> ModelRuntime:
-        rt = source.config.runtime
-        if rt.kind == "remote":
-            from runtimes.remote import RemoteV2Runtime
-
-            assert rt.url is not None
-            return await RemoteV2Runtime.connect(
-                rt.url,
-                rt.protocol,
-                rt.remote_model or source.name,
-                version.version,
-                timeout_s=(source.config.timeout_ms or 30_000) / 1000.0,
-            )
-        assert version.artifact is not None
-        return await asyncio.to_thread(
-            OnnxRuntime.load,
-            version.artifact,
-            providers=rt.execution_providers,
-            intra_op_threads=rt.intra_op_threads,
-            executor=self._executor,
-            expected_sha256=rt.sha256.get(int(version.version)) if version.version.isdigit() else None,
-        )
+        return await load_runtime(source, version, self._executor)
 
     def _http_app(self, admin_auth: AdminAuth, inference_auth: InferenceAuth) -> HttpAdapter:
         """The HTTP application: V2, /metrics, the admin, monitor and feedback APIs and the web console (the
@@ -354,6 +334,11 @@ class Gateway:
                 task.result()
                 raise RuntimeError("HTTP server exited during start-up")
             await asyncio.sleep(0.01)
+
+    @property
+    def serving(self) -> bool:
+        """Whether the HTTP servers are up and the gateway is not stopping (a Ray replica's health check)."""
+        return not self._stopped and bool(self._http) and all(not task.done() for _, task in self._http)
 
     async def _lead(self, fence: Fence) -> None:
         """Elected: run the control plane and the monitors here."""

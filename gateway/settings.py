@@ -146,3 +146,12 @@ class GatewaySettings(BaseSettings):
     advertise_host: str | None = Field(
         None, description="Host other replicas use to reach this one's private listener (default: control_host)."
     )
+    ray_address: str | None = Field(
+        None, description="Ray mode: the cluster to join (ray://host:10001 or auto); none starts a local Ray."
+    )
+    ray_ingress_replicas: int = Field(2, ge=1, description="Ray mode: gateway replicas serving the ports.")
+    ray_ingress_cpus: float = Field(1.0, ge=0, description="Ray mode: CPUs Ray reserves for each ingress replica.")
+    ray_num_cpus: int | None = Field(None, ge=1, description="Ray mode, local Ray only: the CPUs it may use (all).")
+    ray_object_store_mb: int = Field(
+        200, ge=75, description="Ray mode, local Ray only: object store size (batches go through it)."
+    )

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from gateway.observability.metrics import MULTIPROCESS_ENV
+from gateway.observability.metrics import MULTIPROCESS_ENV, SUPERVISOR_ENV
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ class Supervisor:
         metrics_dir = os.environ.get(MULTIPROCESS_ENV) or tempfile.mkdtemp(prefix="sluice-metrics-")
         owns_metrics_dir = MULTIPROCESS_ENV not in os.environ
         os.environ[MULTIPROCESS_ENV] = metrics_dir
+        os.environ[SUPERVISOR_ENV] = str(os.getpid())
         ready = _SPAWN.Array("b", self.workers, lock=False)
         self._slots = [_Slot(i) for i in range(self.workers)]
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}

@@ -18,7 +18,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -285,3 +286,63 @@ class HookReceiver:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+@dataclass
+class Load:
+    """Traffic from `clients` threads, each on connections of its own, until stopped or `count` is reached."""
+
+    base_url: str
+    clients: int = 16
+    count: int | None = None
+    model: str = "lookup"
+    body: dict[str, Any] | None = None
+    """None: lookup's body, with an index that cycles through 0..99."""
+    results: list[tuple[int, str, str]] = field(default_factory=list)
+    """(status or 0 for a transport error, version, prediction id)"""
+    errors: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _sent: int = 0
+
+    def _take(self) -> bool:
+        with self._lock:
+            if self._stop.is_set() or (self.count is not None and self._sent >= self.count):
+                return False
+            self._sent += 1
+            return True
+
+    def _run(self, seed: int) -> None:
+        client = httpx.Client(base_url=self.base_url, timeout=30)
+        i = seed
+        try:
+            while self._take():
+                i = (i * 31 + 7) % 100
+                body = self.body or {"inputs": [{"name": "idx", "shape": [1, 1], "datatype": "INT64", "data": [i]}]}
+                try:
+                    r = client.post(f"/v2/models/{self.model}/infer", json=body)
+                    doc = r.json()
+                    with self._lock:
+                        self.results.append((r.status_code, doc.get("model_version", ""), doc.get("id", "")))
+                except httpx.HTTPError as exc:
+                    with self._lock:
+                        self.results.append((0, "", ""))
+                        self.errors.append(repr(exc))
+                    client.close()
+                    client = httpx.Client(base_url=self.base_url, timeout=30)
+        finally:
+            client.close()
+
+    def __enter__(self) -> Load:
+        self._pool = ThreadPoolExecutor(self.clients)
+        self._futures = [self._pool.submit(self._run, seed) for seed in range(self.clients)]
+        return self
+
+    def wait(self) -> None:
+        for f in self._futures:
+            f.result(300)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self.wait()
+        self._pool.shutdown()

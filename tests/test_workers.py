@@ -9,12 +9,9 @@ import json
 import os
 import signal
 import statistics
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +21,7 @@ import sqlalchemy as sa
 
 from gateway.storage.store import Store
 from tests.databases import Backend
-from tests.helpers import GatewayProcess, gateway_process, metric_value, wait_until
+from tests.helpers import GatewayProcess, Load, gateway_process, metric_value, wait_until
 from tests.test_rollouts import build_lookup
 
 pytestmark = pytest.mark.slow
@@ -112,62 +109,6 @@ def put_policy(gw: GatewayProcess, policy: dict[str, Any], serves: str) -> None:
 def infer(client: httpx.Client, idx: int = 7, url: str = "") -> httpx.Response:
     body = {"inputs": [{"name": "idx", "shape": [1, 1], "datatype": "INT64", "data": [idx]}]}
     return client.post(f"{url}/v2/models/lookup/infer", json=body)
-
-
-@dataclass
-class Load:
-    """Traffic from `clients` threads, each on connections of its own, until stopped or `count` is reached."""
-
-    base_url: str
-    clients: int = 16
-    count: int | None = None
-    results: list[tuple[int, str, str]] = field(default_factory=list)
-    """(status or 0 for a transport error, version, prediction id)"""
-    errors: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _sent: int = 0
-
-    def _take(self) -> bool:
-        with self._lock:
-            if self._stop.is_set() or (self.count is not None and self._sent >= self.count):
-                return False
-            self._sent += 1
-            return True
-
-    def _run(self, seed: int) -> None:
-        client = httpx.Client(base_url=self.base_url, timeout=30)
-        i = seed
-        try:
-            while self._take():
-                i = (i * 31 + 7) % 100
-                try:
-                    r = infer(client, i)
-                    doc = r.json()
-                    with self._lock:
-                        self.results.append((r.status_code, doc.get("model_version", ""), doc.get("id", "")))
-                except httpx.HTTPError as exc:
-                    with self._lock:
-                        self.results.append((0, "", ""))
-                        self.errors.append(repr(exc))
-                    client.close()
-                    client = httpx.Client(base_url=self.base_url, timeout=30)
-        finally:
-            client.close()
-
-    def __enter__(self) -> Load:
-        self._pool = ThreadPoolExecutor(self.clients)
-        self._futures = [self._pool.submit(self._run, seed) for seed in range(self.clients)]
-        return self
-
-    def wait(self) -> None:
-        for f in self._futures:
-            f.result(300)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self.wait()
-        self._pool.shutdown()
 
 
 def test_a_canary_share_policy_propagation_and_a_rollback_span_both_workers(

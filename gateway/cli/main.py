@@ -66,6 +66,21 @@ AdminTokensFile = Annotated[
         show_default=False,
     ),
 ]
+RayMode = Annotated[
+    bool,
+    typer.Option(
+        "--ray",
+        help="Serve on Ray Serve: each model version a deployment of its own, the gateway's replicas an ingress "
+        "deployment; state in PostgreSQL (SLUICE_DATABASE_URL). Install the 'ray' extra.",
+    ),
+]
+RayAddress = Annotated[
+    str | None, typer.Option("--ray-address", help="Ray mode: join this cluster instead of starting a local Ray.")
+]
+RayIngress = Annotated[int, typer.Option("--ray-ingress-replicas", help="Ray mode: gateway replicas on the ports.")]
+RayCpus = Annotated[
+    int | None, typer.Option("--ray-num-cpus", help="Ray mode, local Ray: CPUs it may use (default: all).")
+]
 Workers = Annotated[
     str,
     typer.Option(
@@ -179,6 +194,43 @@ def _banner(
     print("\n".join(lines), flush=True)
 
 
+def _start_ray(settings: GatewaySettings) -> None:
+    configure_logging(settings.log_level, settings.log_format)
+    if not settings.model_repo.is_dir():
+        console.print(f"[red]error:[/] model repository {settings.model_repo} is not a directory")
+        raise typer.Exit(2)
+    try:
+        from gateway.ray.driver import RayModeError, check_settings, run_ray
+    except ImportError:
+        console.print("[red]error:[/] Ray mode needs Ray Serve: pip install 'sluicegate[ray]'")
+        raise typer.Exit(2) from None
+    try:
+        check_settings(settings)
+        AdminAuth.from_settings(settings)
+    except (RayModeError, AdminTokenError) as exc:
+        console.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+
+    def on_ready(deployed: dict[str, object]) -> None:
+        print(
+            f"Ray Serve: {settings.ray_ingress_replicas} ingress replicas, versions {deployed['versions']}", flush=True
+        )
+        models = _scan_models(settings)
+        _banner(settings, settings.http_port, settings.grpc_port, models, False)
+
+    status = run_ray(
+        settings,
+        address=settings.ray_address,
+        ingress_replicas=settings.ray_ingress_replicas,
+        num_cpus=settings.ray_num_cpus,
+        ingress_cpus=settings.ray_ingress_cpus,
+        object_store_mb=settings.ray_object_store_mb,
+        on_ready=on_ready,
+    )
+    if status:
+        raise typer.Exit(status)
+
+
 def _start(
     settings: GatewaySettings,
     banner: bool,
@@ -256,6 +308,10 @@ def serve(
     tls_client_ca: TlsClientCa = None,
     inference_keys_file: InferenceKeysFile = None,
     inference_quotas: InferenceQuotas = None,
+    ray: RayMode = False,
+    ray_address: RayAddress = _DEFAULTS.ray_address,
+    ray_ingress_replicas: RayIngress = _DEFAULTS.ray_ingress_replicas,
+    ray_num_cpus: RayCpus = _DEFAULTS.ray_num_cpus,
 ) -> None:
     """Serve a model repository over V2 HTTP and gRPC until SIGTERM or Ctrl-C."""
     settings = _settings(
@@ -283,10 +339,16 @@ def serve(
         tls_client_ca_file=tls_client_ca,
         inference_keys_file=inference_keys_file,
         inference_quotas=inference_quotas,
+        ray_address=ray_address,
+        ray_ingress_replicas=ray_ingress_replicas,
+        ray_num_cpus=ray_num_cpus,
     )
     if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
         console.print("[red]error:[/] --tls-cert and --tls-key go together")
         raise typer.Exit(2)
+    if ray:
+        _start_ray(settings)
+        return
     _start(settings, banner=False)
 
 

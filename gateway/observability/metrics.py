@@ -18,7 +18,9 @@ plain counters (the prediction log's) are copied into real metrics once a second
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -157,6 +159,38 @@ STANDARD_METRIC_NAMES = (
 """prometheus_client's process, platform and GC collectors, on the registry of a one-process gateway."""
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+SUPERVISOR_ENV = "SLUICE_SUPERVISOR_PID"
+"""Set by `--workers`' supervisor: the root of the process tree the process_* metrics describe."""
+_WRITER = re.compile(r"_(\d+)\.db$")
+
+
+def _writers(directory: str) -> list[int]:
+    """The live processes writing metrics into the directory."""
+    pids = {int(m.group(1)) for name in os.listdir(directory) if (m := _WRITER.search(name))}
+    return [pid for pid in pids if _alive(pid)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _forget_the_dead(directory: str) -> None:
+    """Drop the live gauges of processes that died without anyone marking them (a Ray replica that was killed:
+    no supervisor watches it); their counters stay, as totals never go back."""
+    from prometheus_client import multiprocess
+
+    pids = {int(m.group(1)) for name in os.listdir(directory) if (m := _WRITER.search(name))}
+    for pid in pids:
+        if not _alive(pid):
+            multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+
+
 _RECORDS_HELP = "Prediction records by fate: written, dropped (queue full), failed (write error), sampled_out."
 _QUEUED_HELP = "Prediction records waiting to be written."
 
@@ -421,7 +455,10 @@ class GatewayMetrics:
         else:
             # With workers a scrape reaches one worker at random: export the process figures of the whole
             # tree under the supervisor instead (the GC's are per interpreter, and left out).
-            self.register_machine_collector(ProcessGroupCollector(os.getppid()))
+            supervisor = os.environ.get(SUPERVISOR_ENV)
+            roots = int(supervisor) if supervisor else functools.partial(_writers, self.multiprocess_dir)
+            self.register_machine_collector(ProcessGroupCollector(roots))
+            _forget_the_dead(self.multiprocess_dir)
             self.register_machine_collector(PlatformCollector(registry=None))
 
     def watch_prediction_log(self, counts: Callable[[], Mapping[str, int]], depth: Callable[[], int]) -> None:

@@ -1,5 +1,8 @@
 """The gateway's process metrics summed over its whole process tree: with workers, one scrape shows them all.
 
+Roots: the supervisor with `--workers` (every worker is below it); on Ray, the processes that write into this
+node's metrics directory (the ingress replicas, whose parent is Ray's own raylet).
+
 prometheus_client's ProcessCollector describes the process it runs in. With `--workers N` a scrape
 reaches one worker at random, so its figures would jump between workers. This collector reads
 /proc for the supervisor and every process below it (workers, their prediction-log writers, the
@@ -14,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -50,8 +53,11 @@ def descendants(root: int) -> list[int]:
 
 
 class ProcessGroupCollector(Collector):
-    def __init__(self, root: int) -> None:
-        self.root = root
+    """`roots`: the tree's root (`--workers`: the supervisor), or a function giving the roots each scrape (Ray:
+    the ingress replicas of this node, each under Ray's own processes)."""
+
+    def __init__(self, roots: int | Callable[[], list[int]]) -> None:
+        self._roots = roots
         self._ticks = os.sysconf("SC_CLK_TCK")
         self._page = os.sysconf("SC_PAGE_SIZE")
         with open("/proc/stat") as f:
@@ -61,9 +67,10 @@ class ProcessGroupCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         if not _PROC.is_dir():
             return
+        roots = [self._roots] if isinstance(self._roots, int) else self._roots()
         cpu = rss = vms = fds = 0.0
         start = None
-        for pid in descendants(self.root):
+        for pid in {p for root in roots for p in descendants(root)}:
             fields = _stat(pid)
             if fields is None:
                 continue
@@ -71,8 +78,9 @@ class ProcessGroupCollector(Collector):
             cpu += sum(int(fields[i]) for i in (11, 12, 13, 14)) / self._ticks
             vms += int(fields[20])
             rss += int(fields[21]) * self._page
-            if pid == self.root:
-                start = self._boot + int(fields[19]) / self._ticks
+            if pid in roots:
+                started = self._boot + int(fields[19]) / self._ticks
+                start = started if start is None else min(start, started)
             with contextlib.suppress(OSError):
                 fds += len(os.listdir(_PROC / str(pid) / "fd"))
         scope = " (the gateway's processes together: supervisor, workers and their helpers)"
@@ -87,5 +95,7 @@ class ProcessGroupCollector(Collector):
         )
         if start is not None:
             yield GaugeMetricFamily(
-                "process_start_time_seconds", "Start time of the supervisor since unix epoch in seconds", start
+                "process_start_time_seconds",
+                "Start time of the earliest root since unix epoch in seconds",
+                start,
             )

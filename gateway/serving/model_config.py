@@ -292,6 +292,33 @@ class MonitoringSection(_Strict):
         return self
 
 
+class AutoscalingSection(_Strict):
+    """Ray Serve's autoscaling of a version's replicas (`sluice serve --ray` only)."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(2.0, gt=0)
+    """Batches in flight per replica that Serve aims for (each call from an ingress replica is one batch)."""
+    upscale_delay_s: float = Field(5.0, ge=0)
+    downscale_delay_s: float = Field(30.0, ge=0)
+
+    @model_validator(mode="after")
+    def _range(self) -> AutoscalingSection:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("ray.autoscaling.min_replicas must not exceed max_replicas")
+        return self
+
+
+class RaySection(_Strict):
+    """How `sluice serve --ray` deploys each version of this model: a Ray Serve deployment of its own."""
+
+    num_replicas: int = Field(1, ge=1)
+    """Replicas when `autoscaling` is not set."""
+    autoscaling: AutoscalingSection | None = None
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+
+
 class ModelConfig(_Strict):
     batching: BatchingSection = Field(default_factory=lambda: BatchingSection())
     timeout_ms: float | None = Field(30_000, gt=0)
@@ -301,6 +328,7 @@ class ModelConfig(_Strict):
     monitoring: MonitoringSection = Field(default_factory=lambda: MonitoringSection())
     watchdog: WatchdogSection = Field(default_factory=lambda: WatchdogSection())
     guards: GuardsSection = Field(default_factory=lambda: GuardsSection())
+    ray: RaySection = Field(default_factory=lambda: RaySection())
 
     def batching_config(self) -> BatchingConfig:
         b = self.batching

@@ -21,7 +21,7 @@ from gateway.errors import ModelNotFound, ModelNotReady
 from gateway.observability.metrics import GatewayMetrics, VersionMetrics
 from gateway.observability.tracing import BatchTelemetry
 from gateway.serving.batch_policy import BatchingConfig
-from gateway.serving.batcher import Batcher
+from gateway.serving.batcher import Batcher, BatchObserver
 from gateway.serving.guards import InputGuards
 from gateway.serving.model_config import ModelConfig
 from gateway.serving.repository import ModelSource, VersionSource, scan_model, scan_repository
@@ -81,6 +81,33 @@ class ServedModel:
         return [v for v in self.versions.values() if v.ready]
 
 
+def version_batcher(
+    runtime: ModelRuntime,
+    config: ModelConfig,
+    name: str,
+    observer: BatchObserver | None,
+    watchdog: RuntimeWatchdog | None = None,
+) -> Batcher:
+    """The started batcher for one version's runtime, from its config (a model with no batch dimension is served
+    one request at a time): the same in the gateway's process and in a Ray Serve version replica.
+
+    With a `watchdog` every batch goes through it (a runtime thread that ONNX Runtime's terminate flag reaches),
+    never inline on the event loop nor on a thread the watchdog cannot reach."""
+    batching = config.batching_config()
+    if not runtime.signature.batchable and batching.max_batch_size > 0:
+        batching = BatchingConfig(**{**batching.__dict__, "max_batch_size": 0})
+    batcher = Batcher(
+        runtime.infer if watchdog is None else watchdog.call,
+        batching,
+        observer=observer,
+        name=name,
+        synchronous=runtime.synchronous() if watchdog is None else None,
+        inline_max_s=config.runtime.inline_max_ms / 1000.0,
+    )
+    batcher.start()
+    return batcher
+
+
 class ModelRegistry:
     def __init__(
         self,
@@ -130,28 +157,19 @@ class ModelRegistry:
             served.error = str(exc)
             log.error("model %s version %s failed to load: %s", served.model, served.version, exc)
             return
-        batching = source.config.batching_config()
-        if not runtime.signature.batchable and batching.max_batch_size > 0:
-            batching = BatchingConfig(**{**batching.__dict__, "max_batch_size": 0})
         served.runtime = runtime
-        served.batching = batching
         served.sha256 = getattr(runtime, "sha256", None) or None
-        run = runtime.infer
         limit_ms = source.config.watchdog.call_timeout_ms
         if limit_ms is not None:
             served.watchdog = self._watchdog(served, runtime, limit_ms / 1000.0)
-            run = served.watchdog.call
-        served.batcher = Batcher(
-            run,
-            batching,
-            observer=BatchTelemetry(served.metrics, self._tracer, self._batch_counter(served.model, served.version)),
-            name=f"{served.model}/{served.version}",
-            # A watched version's calls go through the watchdog (a runtime thread it can stop), never inline
-            # on the event loop nor on a thread it cannot reach.
-            synchronous=None if served.watchdog is not None else runtime.synchronous(),
-            inline_max_s=source.config.runtime.inline_max_ms / 1000.0,
+        served.batcher = version_batcher(
+            runtime,
+            source.config,
+            f"{served.model}/{served.version}",
+            BatchTelemetry(served.metrics, self._tracer, self._batch_counter(served.model, served.version)),
+            served.watchdog,
         )
-        served.batcher.start()
+        served.batching = batching = served.batcher.config
         served.metrics.set_provider(runtime.info.execution_provider)
         served.metrics.set_placement(runtime.info.device, batching.queue_capacity)
         served.metrics.set_ready(True)

@@ -1,0 +1,126 @@
+"""`sluice serve --ray`: start (or join) Ray, deploy the gateway on Ray Serve, and remove it on SIGTERM.
+
+1. Refuse SQLite: every replica, on every node, shares the state, so it is PostgreSQL (SLUICE_DATABASE_URL).
+2. Start a local Ray (`--ray-num-cpus`, no dashboard, a small object store, on the gateway's host address),
+   or join a running cluster with `--ray-address`; Serve's own HTTP proxy stays off (clients reach the
+   ingress replicas' own servers).
+3. Bring the schema up to date, and deploy each model version the repository selects (and that was not
+   unloaded) as its own Serve application, with replicas, autoscaling, CPUs and GPUs from its config.yaml.
+4. Deploy the ingress application: `--ray-ingress-replicas` gateway replicas on the given ports.
+5. Wait for SIGTERM or SIGINT. (The leader deploys a version loaded through the admin API before it records
+   it as loaded, and removes the application of a version unloaded: `gateway.ray.ingress`.)
+6. On the signal: remove the ingress (its replicas drain, flush their logs and give the lease up), then the
+   versions; stop Serve and, if this process started Ray, Ray itself: nothing is left running.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+
+class RayModeError(RuntimeError):
+    """Ray mode cannot start as asked (the message says why and what to change)."""
+
+
+def check_settings(settings: GatewaySettings) -> str:
+    """The PostgreSQL URL Ray mode keeps its state in; RayModeError for anything else."""
+    url = settings.database_url.get_secret_value() if settings.database_url else ""
+    if not url.startswith(("postgresql", "postgres")):
+        raise RayModeError(
+            "Ray mode keeps the gateway's state in PostgreSQL, shared by every replica on every node: set "
+            "SLUICE_DATABASE_URL=postgresql+psycopg://user@host/db (SQLite is one machine's file)"
+        )
+    if settings.http_port == 0 or settings.grpc_port == 0:
+        raise RayModeError("Ray mode needs fixed ports (every ingress replica binds the same ones): not 0")
+    return url
+
+
+def run_ray(
+    settings: GatewaySettings,
+    *,
+    address: str | None,
+    ingress_replicas: int,
+    num_cpus: int | None,
+    ingress_cpus: float,
+    object_store_mb: int,
+    on_ready: Callable[[dict[str, Any]], None] | None = None,
+) -> int:
+    url = check_settings(settings)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+    from ray import serve
+
+    from gateway.ray.app import ingress_application
+    from gateway.ray.naming import INGRESS_APP, VERSION_APP_PREFIX, version_app
+    from gateway.ray.runtime import deploy_version, version_application
+    from gateway.serving.repository import scan_repository
+    from gateway.storage.store import Store
+
+    stopping = False
+
+    def stop(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    started_ray = address is None
+    if started_ray:
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            object_store_memory=object_store_mb * 1024 * 1024,
+            _node_ip_address=settings.host if settings.host not in ("0.0.0.0", "::") else None,
+            namespace="sluice",
+            log_to_driver=False,
+        )
+    else:
+        ray.init(address=address, namespace="sluice", log_to_driver=False)
+    # After ray.init: Ray's own failure handler would take SIGTERM and end the process with nothing cleaned up.
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    store = Store(url)
+    try:
+        serve.start(proxy_location="Disabled")
+        store.upgrade()
+        unloaded = {(r["model"], r["version"]) for r in store.versions() if r["desired"] == "unloaded"}
+        wanted = [
+            (source, v)
+            for source in scan_repository(settings.model_repo)
+            if not source.error and source.config.runtime.kind == "onnx"
+            for v in source.versions
+            if (source.name, v.version) not in unloaded
+        ]
+        applications = [(s, v, version_application(settings.model_repo, s, v)) for s, v in wanted]
+        with ThreadPoolExecutor(4) as pool:  # each waits for its application to run
+            list(pool.map(lambda sva: deploy_version(settings.model_repo, *sva), applications))
+        ingress = ingress_application(settings, replicas=ingress_replicas, cpus=ingress_cpus)
+        serve.run(ingress, name=INGRESS_APP, route_prefix=None)
+        if on_ready is not None:
+            on_ready({"versions": [version_app(s.name, v.version) for s, v in wanted], "ingress": ingress_replicas})
+        while not stopping:
+            time.sleep(0.5)
+        log.info("stopping: removing the ingress (its replicas drain), then the versions")
+        serve.delete(INGRESS_APP)
+        if not started_ray:  # a cluster of someone else's: remove only what this run deployed
+            versions = [app for app in serve.status().applications if app.startswith(VERSION_APP_PREFIX)]
+            for app in versions:
+                serve.delete(app, _blocking=False)
+            deadline = time.monotonic() + 60.0
+            while time.monotonic() < deadline and set(versions) & set(serve.status().applications):
+                time.sleep(0.5)
+        return 0
+    finally:
+        store.close()
+        if started_ray:
+            serve.shutdown()  # type: ignore[no-untyped-call]
+        ray.shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
