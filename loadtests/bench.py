@@ -65,7 +65,7 @@ SHARED_LUA = Path("/work/shared/bench/v2_b1.lua")
 LOCAL_LUA = Path(__file__).resolve().parent / "v2_b1.lua"
 MODEL = "mlp"
 HOST = "127.0.0.1"
-READY_TIMEOUT_S = 60.0
+READY_TIMEOUT_S = 240.0  # Ray mode starts Ray, Serve and a deployment per version first
 STOP_TIMEOUT_S = 15.0
 WRK_SLACK_S = 30.0
 """wrk gets duration + this before it is killed: startup, the --timeout 10s tail, and a loaded box."""
@@ -108,6 +108,11 @@ FLOOR2 = "floor2"
 """The same floor under `uvicorn --workers 2`: the two-process figure `workers2` is measured against."""
 WORKERS2 = "workers2"
 """batching_on under `sluice serve --workers 2`."""
+RAY = "ray"
+"""batching_on under `sluice serve --ray` (a local Ray, one ingress replica, one replica per version)."""
+RAY2 = "ray2"
+"""`ray` with two replicas of the answering version."""
+RAY_MODES = (RAY, RAY2)
 FLOORS = (FLOOR, FLOOR2)
 SHADOW = "shadow"
 """The gateway mode that copies every request to a shadow version."""
@@ -130,6 +135,8 @@ shape (seed 4321) as version 2, so the modes differ only by their batching setti
 MODES: dict[str, str] = {
     "batching_on": _BATCHING_ON_YAML + _VERSIONS_YAML,
     WORKERS2: _BATCHING_ON_YAML + _VERSIONS_YAML,
+    RAY: _BATCHING_ON_YAML + _VERSIONS_YAML + "ray:\n  num_cpus: 0.5\n  num_replicas: 1\n",
+    RAY2: _BATCHING_ON_YAML + _VERSIONS_YAML + "ray:\n  num_cpus: 0.5\n  num_replicas: 2\n",
     LOGGING_OFF: _BATCHING_ON_YAML + _VERSIONS_YAML + _LOGGING_OFF_YAML,
     SHADOW: _BATCHING_ON_YAML + _VERSIONS_YAML,
     "batching_off": _BATCHING_OFF_YAML + _VERSIONS_YAML,
@@ -139,6 +146,8 @@ MODES: dict[str, str] = {
 POLICIES: dict[str, TrafficPolicy] = {
     "batching_on": TrafficPolicy(stable=PRIMARY_VERSION),
     WORKERS2: TrafficPolicy(stable=PRIMARY_VERSION),
+    RAY: TrafficPolicy(stable=PRIMARY_VERSION),
+    RAY2: TrafficPolicy(stable=PRIMARY_VERSION),
     LOGGING_OFF: TrafficPolicy(stable=PRIMARY_VERSION),
     SHADOW: TrafficPolicy(stable=PRIMARY_VERSION, shadows=(SHADOW_VERSION,), shadow_sample_rate=1.0),
     "batching_off": TrafficPolicy(stable=PRIMARY_VERSION),
@@ -153,7 +162,11 @@ GATEWAY_VS_FLOOR = "batching_on"
 """The gateway mode compared with the floor, and held to the targets below."""
 PAIRS = ((GATEWAY_VS_FLOOR, FLOOR), (WORKERS2, FLOOR2))
 """(gateway mode, the floor it is read against): one process each, two processes each."""
-WORKER_ARGS = {FLOOR2: ["--workers", "2"], WORKERS2: ["--workers", "2"]}
+WORKER_ARGS = {
+    FLOOR2: ["--workers", "2"],
+    WORKERS2: ["--workers", "2"],
+    **{m: ["--ray", "--ray-num-cpus", "2", "--ray-ingress-replicas", "1"] for m in RAY_MODES},
+}
 SHADOW_SETTLE_S = 0.5
 """Pause after a wrk run before /metrics is scraped, so the shadow copies still in flight are counted."""
 
@@ -207,11 +220,12 @@ def write_model_repo(root: Path, config_yaml: str, versions: Sequence[tuple[str,
     return root
 
 
-def seed_state(state_dir: Path, policy: TrafficPolicy) -> None:
-    """Write `policy` for the model into a fresh state database; the gateway loads it at start-up."""
+def seed_state(state: Path | str, policy: TrafficPolicy) -> None:
+    """Write `policy` for the model into a fresh state database (a state directory, or a database URL); the
+    gateway loads it at start-up."""
     from gateway.storage.store import Store
 
-    store = Store.for_state_dir(state_dir)
+    store = Store.for_state_dir(state) if isinstance(state, Path) else Store(state)
     try:
         store.upgrade()
         store.put_policy(MODEL, policy)
@@ -304,7 +318,9 @@ class Gateway:
         if proc is not None:
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
+                    # The main process only: a supervisor passes it on to its workers, and a Ray driver stops
+                    # the Ray it started (SIGTERM to its whole group would take Ray down under it).
+                    proc.send_signal(signal.SIGTERM)
                 try:
                     code = proc.wait(timeout=timeout_s)
                 except subprocess.TimeoutExpired:
@@ -1283,6 +1299,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"comma-separated subset of {','.join(ALL_MODES)} (run in the order given)",
     )
     p.add_argument(
+        "--pg-url",
+        default=os.environ.get("SLUICE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
+        help="PostgreSQL the Ray modes keep their state in (each in a schema of its own, dropped after)",
+    )
+    p.add_argument(
         "--gateway-cmd",
         default=f"{shlex.quote(sys.executable)} -m gateway",
         help="gateway command prefix; `serve --model-repo ... --http-port ...` is appended (to bench another "
@@ -1324,7 +1345,7 @@ def floor_cmd(port: int) -> list[str]:
 
 
 def prepare_gateway(
-    name: str, work: Path, port: int, provider: str, gateway_cmd: str
+    name: str, work: Path, port: int, provider: str, gateway_cmd: str, pg_url: str = ""
 ) -> tuple[list[str], dict[str, str], dict[str, Any]]:
     """A gateway mode ready to start: its repository and seeded state under `work`; returns the command,
     the extra environment and what to record about it."""
@@ -1333,8 +1354,15 @@ def prepare_gateway(
     # A fresh state directory per mode (the gateway's default, ./.sluice, would be shared between runs),
     # seeded with the mode's traffic policy before the gateway starts and loads it.
     state_dir = work / f"state-{name}"
-    seed_state(state_dir, policy)
     extra_env = {"SLUICE_ADMIN_TOKENS": f"bench:{DRIFT_TOKEN}"} if name == DRIFT else {}
+    schema = None
+    if name in RAY_MODES:  # Ray mode keeps its state in PostgreSQL: a fresh schema of its own
+        schema = f"bench_{name}_{os.getpid()}_{int(time.time())}"
+        url = pg_schema(pg_url, schema)
+        seed_state(url, policy)
+        extra_env.update(SLUICE_DATABASE_URL=url, SLUICE_RAY_INGRESS_CPUS="0.5", RAY_USAGE_STATS_ENABLED="0")
+    else:
+        seed_state(state_dir, policy)
     cmd = [
         *shlex.split(gateway_cmd),
         "serve",
@@ -1357,8 +1385,22 @@ def prepare_gateway(
             "shadows": list(policy.shadows),
             "shadow_sample_rate": policy.shadow_sample_rate,
         },
+        "pg_schema": schema,
     }
     return cmd, extra_env, info
+
+
+def pg_schema(pg_url: str, schema: str, drop: bool = False) -> str:
+    """Create (or drop) a schema in the benchmark's PostgreSQL; returns a URL whose search path is it."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE' if drop else f'CREATE SCHEMA "{schema}"'))
+    finally:
+        engine.dispose()
+    return sa.make_url(pg_url).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(False)
 
 
 def bench_mode(
@@ -1383,7 +1425,7 @@ def bench_mode(
         info = {"app": "loadtests/floor_app.py", "env": extra_env}
         log_path = args.out / f"{name}.log"
     else:
-        cmd, extra_env, info = prepare_gateway(name, work, port, args.provider, args.gateway_cmd)
+        cmd, extra_env, info = prepare_gateway(name, work, port, args.provider, args.gateway_cmd, args.pg_url)
         cmd += WORKER_ARGS.get(name, [])
         log_path = args.out / f"gateway-{name}.log"
     info.update(cmd=shlex.join(cmd), port=port)
@@ -1442,6 +1484,8 @@ def bench_mode(
         code = gw.stop()
         info["exit_code"] = code
         info["log_tail"] = gw.log_tail(10)
+    if info.get("pg_schema"):
+        pg_schema(args.pg_url, info["pg_schema"], drop=True)
     return rows, info
 
 

@@ -9,6 +9,7 @@ a CPU so that they all fit on the 2-core box.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -136,7 +137,9 @@ def cluster(ray_gateway: RayGateway) -> Any:
     """This test process joined to the gateway's Ray cluster, to read what Serve sees."""
     from ray import serve
 
-    ray.init(address="auto", namespace="sluice", log_to_driver=False)
+    found = re.search(r"^Ray cluster: (\S+)$", ray_gateway.logs(), re.M)
+    assert found is not None, "the driver names its cluster"
+    ray.init(address=found.group(1), namespace="sluice", log_to_driver=False)
     return serve
 
 

@@ -215,6 +215,7 @@ def _start_ray(settings: GatewaySettings) -> None:
         print(
             f"Ray Serve: {settings.ray_ingress_replicas} ingress replicas, versions {deployed['versions']}", flush=True
         )
+        print(f"Ray cluster: {deployed['ray_address']}", flush=True)
         models = _scan_models(settings)
         _banner(settings, settings.http_port, settings.grpc_port, models, False)
 

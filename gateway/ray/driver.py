@@ -103,8 +103,11 @@ def run_ray(
             list(pool.map(lambda sva: deploy_version(settings.model_repo, *sva), applications))
         ingress = ingress_application(settings, replicas=ingress_replicas, cpus=ingress_cpus)
         serve.run(ingress, name=INGRESS_APP, route_prefix=None)
+        cluster = ray.get_runtime_context().gcs_address
+        log.info("serving on Ray", extra={"ray_address": cluster, "ingress_replicas": ingress_replicas})
         if on_ready is not None:
-            on_ready({"versions": [version_app(s.name, v.version) for s, v in wanted], "ingress": ingress_replicas})
+            versions = [version_app(s.name, v.version) for s, v in wanted]
+            on_ready({"versions": versions, "ingress": ingress_replicas, "ray_address": cluster})
         while not stopping:
             time.sleep(0.5)
         log.info("stopping: removing the ingress (its replicas drain), then the versions")
