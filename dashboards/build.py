@@ -307,6 +307,59 @@ def overview() -> Dashboard:
             ),
         ),
     )
+    protection = Row(
+        "Protection",
+        (
+            Panel(
+                "Runtime hangs",
+                "Runtime calls cancelled by the watchdog (past the model's watchdog.call_timeout_ms), per second.",
+                "ops",
+                (Target(f"sum by ({MV}) (rate(sluice_runtime_hangs_total{{{VERSION}}}[{RI}])) or on() vector(0)", LV),),
+                width=6,
+            ),
+            Panel(
+                "HTTP connections",
+                "Open HTTP connections, and those closed to protect the gateway by reason (per second): slow "
+                "headers or bodies, oversized headers, the connection limit, idle ones evicted.",
+                "short",
+                (
+                    Target(f"sum by (instance) (sluice_http_connections{{{JOB}}})", "open {{instance}}"),
+                    Target(
+                        f"sum by (reason) (rate(sluice_http_connections_closed_total{{{JOB}}}[{RI}]))"
+                        " or on() vector(0)",
+                        "closed: {{reason}}",
+                    ),
+                ),
+                width=6,
+            ),
+            Panel(
+                "Inference keys: admitted and throttled",
+                "Requests per second by inference key name (never the key) and quota outcome.",
+                "reqps",
+                (
+                    Target(
+                        f"sum by (key_name, outcome) (rate(sluice_inference_key_requests_total{{{JOB}}}[{RI}]))"
+                        " or on() vector(0)",
+                        "{{key_name}} {{outcome}}",
+                    ),
+                ),
+                width=6,
+            ),
+            Panel(
+                "Key reloads",
+                "Reloads of the admin tokens and inference keys (SIGHUP or a changed file) since start; an error "
+                "keeps the previous keys.",
+                "short",
+                (
+                    Target(
+                        f"sum by (kind, outcome) (sluice_key_reloads_total{{{JOB}}}) or on() vector(0)",
+                        "{{kind}} {{outcome}}",
+                    ),
+                ),
+                width=6,
+            ),
+        ),
+    )
     gpu = Row(
         "GPU",
         (
@@ -352,7 +405,7 @@ def overview() -> Dashboard:
         "Sluice / Overview",
         "Rate, errors and duration per model and version; batching, saturation, the process and its GPUs.",
         _vars(MODEL_VAR, VERSION_VAR),
-        (traffic, latency, batching, versions, process, gpu),
+        (traffic, latency, batching, versions, process, protection, gpu),
     )
 
 
@@ -508,6 +561,20 @@ def monitoring() -> Dashboard:
                         "v{{version}} {{output}} ({{method}})",
                     ),
                 ),
+            ),
+            Panel(
+                "Input guard violations",
+                "Requests per second that broke an input guard of the model's config.yaml (NaN, infinity, a range, "
+                "an unknown category), by feature and action (refused with 400, or served and flagged).",
+                "reqps",
+                (
+                    Target(
+                        f"sum by ({MV}, feature, action) (rate(sluice_input_guard_violations_total{{{VERSION}}}[{RI}]))"
+                        " or on() vector(0)",
+                        "v{{version}} {{feature}} {{action}}",
+                    ),
+                ),
+                width=24,
             ),
         ),
     )

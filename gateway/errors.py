@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from monitors.records import SinkUnavailable
+
 
 class SluiceError(Exception):
     """Base of every error a caller may see; the message is shown to the caller verbatim."""
@@ -31,6 +33,14 @@ class ModelNotReady(SluiceError):
 
 class Overloaded(SluiceError):
     """The version's queue is full; the caller should back off and retry."""
+
+
+class QuotaExceeded(Overloaded):
+    """The caller's inference key used up its quota (requests per second, burst); retry after `retry_after_s`."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class DeadlineExceeded(SluiceError):
@@ -61,6 +71,11 @@ class ControlPlaneUnavailable(SluiceError):
     """No control-plane leader can take the change now (none elected yet, or it cannot be reached); retry."""
 
 
+class StoreUnavailable(ControlPlaneUnavailable, SinkUnavailable):
+    """The state database cannot be reached or written (cut off, its disk full): nothing was changed; retry.
+    For the prediction log it is a `SinkUnavailable`: the batch waits in the queue and is tried again."""
+
+
 class NotLeader(ControlPlaneUnavailable):
     """This replica lost the leader lease: its write was refused (fenced) so a stale leader changes nothing."""
 
@@ -83,6 +98,7 @@ ERRORS: tuple[tuple[type[BaseException], Mapping], ...] = (
     (ModelNotFound, Mapping(404, "NOT_FOUND", "not_found")),
     (ModelNotReady, Mapping(503, "UNAVAILABLE", "not_ready")),
     (ShuttingDown, Mapping(503, "UNAVAILABLE", "draining")),
+    (QuotaExceeded, Mapping(429, "RESOURCE_EXHAUSTED", "throttled")),
     (Overloaded, Mapping(429, "RESOURCE_EXHAUSTED", "overloaded")),
     (DeadlineExceeded, Mapping(504, "DEADLINE_EXCEEDED", "timeout")),
     (InferenceFailed, INTERNAL),

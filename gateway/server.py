@@ -18,6 +18,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +33,9 @@ from gateway.admin.auth import AdminAuth, InferenceAuth
 from gateway.admin.console import build_console_router
 from gateway.admin.feedback_api import build_feedback_router
 from gateway.admin.forward import LeaderForwarder
+from gateway.admin.key_reload import KeyReloader
 from gateway.admin.monitor_api import build_monitor_router
+from gateway.admin.quotas import QuotaBook, parse_quotas
 from gateway.control.leader import LeaderElection
 from gateway.control.monitor_service import MonitorService
 from gateway.control.plane import ControlPlane
@@ -42,9 +45,9 @@ from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.tracing import RequestSpans, get_tracer, make_tracer_provider
 from gateway.serving.dataplane import DataPlane
 from gateway.serving.follower import PolicyFollower
-from gateway.serving.grpc_app import build_grpc_server
+from gateway.serving.grpc_app import GrpcLimits, build_grpc_server
 from gateway.serving.http_app import HttpAdapter, build_api, inference_key_dependency
-from gateway.serving.http_protocol import CoalescingHttpToolsProtocol
+from gateway.serving.http_guard import ConnectionGuard, ConnectionLimits
 from gateway.serving.policy_view import PolicyView
 from gateway.serving.registry import ModelRegistry, RuntimeFactory
 from gateway.serving.repository import ModelSource, VersionSource
@@ -172,12 +175,25 @@ class Gateway:
         if cohort_ready is not None:
             self.dataplane.cohort_ready = cohort_ready
         self.view.on_change = self.dataplane.publish_weights
+        self.registry.on_state_change = self.view.changed
+        self.connections = ConnectionGuard(
+            ConnectionLimits(
+                max_connections=settings.max_connections,
+                max_header_bytes=settings.max_header_bytes,
+                header_timeout_s=settings.header_timeout_s,
+                body_timeout_s=settings.body_timeout_s,
+            ),
+            self.metrics,
+        )
         self.metrics.add_sampler(self.registry.sample_load)
         self.http_port = 0
         self.grpc_port = 0
         self.control_url = ""
         """Where this replica takes admin requests forwarded by the others (its private listener)."""
         self._forwarder: LeaderForwarder | None = None
+        self.quotas = QuotaBook(parse_quotas(settings.inference_quotas), self.metrics.key_requests)
+        """Per inference key name; bad quota text stops start-up here, naming the entry."""
+        self.keys: KeyReloader | None = None
         self._http: list[tuple[_UvicornServer, asyncio.Task[None]]] = []
         self._grpc: Any = None
         self._loops: list[asyncio.Task[None]] = []
@@ -199,7 +215,7 @@ class Gateway:
         ]
         api = build_api(self.dataplane, self.metrics.exposition, inference_auth, routers)
         self._forwarder = LeaderForwarder(api, self.election, wait_s=self.settings.leader_lease_s * 2)
-        return HttpAdapter(self.dataplane, self._forwarder, self.settings.max_body_bytes, inference_auth)
+        return HttpAdapter(self.dataplane, self._forwarder, self.settings.max_body_bytes, inference_auth, self.quotas)
 
     async def start(self) -> None:
         """Bind and serve at once (live), then load models and follow the control plane (ready).
@@ -211,14 +227,19 @@ class Gateway:
         s = self.settings
         admin_auth = AdminAuth.from_settings(s)  # a bad token list stops start-up before anything binds
         inference_auth = InferenceAuth.from_inference_settings(s)
+        self.keys = KeyReloader(
+            s, admin_auth, inference_auth, self.metrics.key_reloads, interval_s=s.key_reload_interval_s
+        )
+        self.keys.start()
         self._stopping = asyncio.Event()
         app = self._http_app(admin_auth, inference_auth)
         private = _listen(s.control_host, s.control_port)
         control_host = s.advertise_host or s.control_host
         self.control_url = f"http://{_url_host(control_host)}:{private.getsockname()[1]}"
         self.election.address = self.control_url
+        self.connections.start()
         if self._reuse_port:
-            await self._serve_http(app, [private])
+            await self._serve_http(app, [private], tls=False)
         else:
             await self._serve_public(app, inference_auth, private)
         if importlib.util.find_spec("onnxruntime") is None:
@@ -250,14 +271,33 @@ class Gateway:
         log.info("ready", extra={"models": sorted(self.registry.models), "leader": self.election.is_leader})
 
     async def _serve_public(self, app: HttpAdapter, auth: InferenceAuth, *also: socket.socket) -> None:
-        """Listen on the public HTTP and gRPC ports (and on `also` with the same HTTP server)."""
+        """Listen on the public HTTP and gRPC ports (and on `also`, the private listener: with the same HTTP
+        server, or with a plain one of its own when the public ports speak TLS)."""
         s = self.settings
         public = _listen(s.host, s.http_port, reuse_port=self._reuse_port)
         self.http_port = public.getsockname()[1]
-        await self._serve_http(app, [public, *also])
+        tls = s.tls_cert_file is not None
+        if tls:
+            await self._serve_http(app, [public], tls=True)
+            if also:
+                await self._serve_http(app, list(also), tls=False)
+        else:
+            await self._serve_http(app, [public, *also], tls=False)
         if s.grpc_port >= 0:
             self._grpc, self.grpc_port = build_grpc_server(
-                self.dataplane, s.host, s.grpc_port, s.max_body_bytes, auth, reuse_port=self._reuse_port
+                self.dataplane,
+                s.host,
+                s.grpc_port,
+                s.max_body_bytes,
+                auth,
+                reuse_port=self._reuse_port,
+                limits=GrpcLimits(
+                    max_metadata_bytes=s.max_header_bytes,
+                    idle_timeout_s=s.keep_alive_timeout_s,
+                    handshake_timeout_s=s.header_timeout_s,
+                ),
+                tls=tls_files(s),
+                quotas=self.quotas,
             )
             await self._grpc.start()
         log.info(
@@ -265,18 +305,26 @@ class Gateway:
             extra={"http_port": self.http_port, "grpc_port": self.grpc_port, "host": s.host, "admin": self.control_url},
         )
 
-    async def _serve_http(self, app: HttpAdapter, sockets: list[socket.socket]) -> None:
+    async def _serve_http(self, app: HttpAdapter, sockets: list[socket.socket], *, tls: bool) -> None:
+        """An HTTP server on `sockets`, guarded against slow and idle clients (`http_guard`); HTTPS when `tls`."""
+        s = self.settings
+        secure: dict[str, Any] = {}
+        if tls:
+            secure = {"ssl_certfile": s.tls_cert_file, "ssl_keyfile": s.tls_key_file}
+            if s.tls_client_ca_file is not None:
+                secure |= {"ssl_ca_certs": str(s.tls_client_ca_file), "ssl_cert_reqs": ssl.CERT_REQUIRED}
         config = uvicorn.Config(
             app,
-            http=CoalescingHttpToolsProtocol,
+            http=self.connections.protocol_class(),
             loop="none",
             lifespan="off",
             access_log=False,
             log_config=None,
-            timeout_graceful_shutdown=int(max(1, self.settings.drain_timeout_s)),
-            timeout_keep_alive=30,
+            timeout_graceful_shutdown=int(max(1, s.drain_timeout_s)),
+            timeout_keep_alive=s.keep_alive_timeout_s,  # type: ignore[arg-type]  # a float works (call_later)
             backlog=2048,
             proxy_headers=False,  # nothing here reads the client address; the middleware cost every request
+            **secure,
         )
         server = _UvicornServer(config)
         task = asyncio.get_running_loop().create_task(server.serve(sockets=sockets))
@@ -315,6 +363,12 @@ class Gateway:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_keys)
+
+    def reload_keys(self) -> None:
+        """SIGHUP: re-read the admin tokens and inference keys (their files and the environment's)."""
+        if self.keys is not None:
+            self.keys.reload("SIGHUP")
 
     def request_stop(self) -> None:
         if self._stopping is not None:
@@ -361,6 +415,9 @@ class Gateway:
         if self._forwarder is not None:
             await self._forwarder.aclose()
         await self.registry.close()
+        await self.connections.stop()
+        if self.keys is not None:
+            await self.keys.stop()
         await asyncio.to_thread(self.store.close)
         self._executor.shutdown(wait=False, cancel_futures=True)
         self.tracer_provider.shutdown()
@@ -384,6 +441,16 @@ def _listen(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     sock.listen(2048)
     sock.setblocking(False)
     return sock
+
+
+def tls_files(settings: GatewaySettings) -> tuple[bytes, bytes, bytes | None] | None:
+    """(certificate chain, key, client CA or None) as PEM bytes, when TLS is configured."""
+    if settings.tls_cert_file is None:
+        return None
+    if settings.tls_key_file is None:
+        raise ValueError("--tls-cert needs --tls-key")
+    ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file is not None else None
+    return settings.tls_cert_file.read_bytes(), settings.tls_key_file.read_bytes(), ca
 
 
 def _url_host(host: str) -> str:

@@ -24,6 +24,35 @@ class GatewaySettings(BaseSettings):
         8001, description="gRPC port (V2 GRPCInferenceService); 0 picks a free port, -1 disables gRPC."
     )
     max_body_bytes: int = Field(64 * 1024 * 1024, description="Largest accepted request body; larger ones get 413.")
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, description="Largest request line and headers (HTTP) and metadata (gRPC); larger: 431."
+    )
+    max_connections: int = Field(
+        4096,
+        ge=1,
+        description="Open HTTP connections per process; at the limit a new one evicts the longest idle one.",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="Time a connection has to send a request's headers (slow-loris defence); else 408."
+    )
+    body_timeout_s: float = Field(60.0, gt=0, description="Time a request's body may take after its headers; else 408.")
+    keep_alive_timeout_s: float = Field(
+        30.0, gt=0, description="An idle keep-alive connection (HTTP) or channel (gRPC) is closed after this."
+    )
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate chain: with tls_key_file, HTTPS and gRPC over TLS (default: plain)."
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
+    tls_client_ca_file: Path | None = Field(
+        None, description="PEM CA bundle: clients must present a certificate it signed (mutual TLS)."
+    )
+    inference_quotas: str | None = Field(
+        None,
+        description=(
+            "Per inference key name: name=rate[/burst] (requests per second, burst) comma separated; "
+            "'*' for every key not named. Over it: 429 with Retry-After. Per process."
+        ),
+    )
     drain_timeout_s: float = Field(
         30.0, description="On SIGTERM, how long in-flight and queued requests may take to finish."
     )
@@ -49,6 +78,9 @@ class GatewaySettings(BaseSettings):
         None, description="Optional inference keys (name:key pairs, comma separated); when set, infer needs one."
     )
     inference_keys_file: Path | None = Field(None, description="File with one inference name:key pair a line.")
+    key_reload_interval_s: float = Field(
+        2.0, gt=0, description="How often the admin tokens and inference keys files are checked for changes."
+    )
     webhook_urls: list[str] = Field(default_factory=list, description="URLs told about every rollout transition.")
     webhook_secret: SecretStr | None = Field(None, description="HMAC-SHA256 key that signs webhook bodies.")
     rollout_tick_s: float = Field(1.0, gt=0, description="How often the rollout controller checks for due analyses.")

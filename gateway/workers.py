@@ -95,6 +95,7 @@ class Supervisor:
         ready = _SPAWN.Array("b", self.workers, lock=False)
         self._slots = [_Slot(i) for i in range(self.workers)]
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hangup)
         announced = False
         try:
             for slot in self._slots:
@@ -120,6 +121,13 @@ class Supervisor:
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self._stopping = True
+
+    def _on_hangup(self, signum: int, _frame: Any) -> None:
+        """SIGHUP: every worker reloads its admin tokens and inference keys."""
+        for slot in self._slots:
+            if slot.process is not None and slot.process.pid is not None and slot.process.exitcode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.process.pid, signal.SIGHUP)
 
     def _resolve_ports(self, settings: GatewaySettings) -> GatewaySettings:
         """Free ports are picked here, once, and held (SO_REUSEPORT, not listening) so that every worker binds

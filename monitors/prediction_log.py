@@ -9,8 +9,12 @@ hot in the cache then, and are let go at once. A writer task takes the queue in 
 writer process, `gateway.storage.log_writer`) it hands each batch over and awaits the process, which does
 the database work: no second thread of the serving process competes with the loop for the GIL.
 Without one, it writes to the sink in a worker thread. A failed write loses that batch; it is
-logged and counted, and the log keeps going. `close()` (the SIGTERM path) drains what is queued
-within a time limit.
+logged and counted, and the log keeps going. A sink that is only *unavailable* (`SinkUnavailable`: its
+database cut off, its disk full) loses nothing: the batch is held and tried again with a growing pause
+(`RETRY_MIN_S` to `RETRY_MAX_S`), new records queue behind it, and once held and queued records reach
+the capacity, new ones are dropped and counted; requests are never blocked. When the sink is back, the
+held batch and the queue are written in order. `close()` (the SIGTERM path) drains what is queued
+within a time limit; what it cannot write then is counted as dropped.
 
 Sampling is per model and deterministic: a hash of the prediction id decides, so a prediction and
 its shadow copies are either all logged or all not, and a repeated id gets the same verdict.
@@ -49,7 +53,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from monitors.records import PredictionRecord, PredictionRow, PredictionSink, RowWriter
+from monitors.records import PredictionRecord, PredictionRow, PredictionSink, RowWriter, SinkUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,9 @@ ROUTE_SHADOW = "shadow"
 
 _DUMPS = orjson.OPT_SERIALIZE_NUMPY
 _FAILURE_LOG_EVERY_S = 10.0
+RETRY_MIN_S = 0.25
+RETRY_MAX_S = 5.0
+"""The pause before trying a held batch again grows from RETRY_MIN_S to RETRY_MAX_S while the sink stays down."""
 
 _V2_BY_DTYPE: dict[np.dtype[Any], str] = {
     np.dtype(np.bool_): "BOOL",
@@ -369,6 +376,12 @@ class PredictionLog:
         self.counters = LogCounters()
         self._queue: deque[PredictionRow] = deque()
         self._queued_bytes = 0
+        self._held: list[PredictionRow] = []
+        """A batch the sink was unavailable for, tried again before anything queued after it."""
+        self._held_bytes = 0
+        self._retry_s = 0.0
+        """The pause before the next try of the held batch (0 while the sink answers)."""
+        self._unavailable_since: float | None = None
         self._lock = asyncio.Lock()
         """Held while a batch is with the sink: one write at a time, and `flush` waits for the one in flight."""
         self._wake = asyncio.Event()
@@ -383,8 +396,13 @@ class PredictionLog:
 
     @property
     def depth(self) -> int:
-        """Records waiting to be written."""
-        return len(self._queue)
+        """Records waiting to be written (a held batch included)."""
+        return len(self._queue) + len(self._held)
+
+    @property
+    def sink_unavailable(self) -> bool:
+        """True while the last write found the sink unavailable (records are held, then dropped)."""
+        return self._unavailable_since is not None
 
     def record(
         self,
@@ -432,13 +450,13 @@ class PredictionLog:
                 self.counters.failed += 1
                 return False
             queue = self._queue
-            if self._closed or len(queue) >= self.capacity:
+            if self._closed or len(queue) + len(self._held) >= self.capacity:
                 self.counters.dropped += 1
                 return False
             encoded_in = tensors_to_bytes(inputs)
             encoded_out = tensors_to_bytes(outputs)
             size = len(encoded_in) + len(encoded_out)
-            if self._queued_bytes + size > self.max_bytes:
+            if self._queued_bytes + self._held_bytes + size > self.max_bytes:
                 self.counters.dropped += 1
                 return False
             queue.append((model, prediction_id, version, route, at, float(latency_s), outcome, encoded_in, encoded_out))
@@ -491,10 +509,11 @@ class PredictionLog:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._writer
         self._closed = True
-        if self._queue:
-            self.counters.dropped += len(self._queue)
+        if self._queue or self._held:
+            self.counters.dropped += len(self._queue) + len(self._held)
             self._queue.clear()
             self._queued_bytes = 0
+            self._held, self._held_bytes = [], 0
         log.info("prediction log closed", extra=self.counters.as_dict())
 
     async def prune(self, *, older_than: datetime | None, keep_rows: int | None) -> int:
@@ -513,23 +532,36 @@ class PredictionLog:
         record as in batches of 500 (`loadtests.log_cost --batch`).
         """
         while True:
-            if not self._closing and len(self._queue) < self.batch_size:
+            if self._held:
+                # The sink was unavailable: wait before trying again (closing does not cut the pause short,
+                # or a shutdown with the database down would spin until its time limit).
+                await asyncio.sleep(self._retry_s)
+            elif not self._closing and len(self._queue) < self.batch_size:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
             try:
                 async with self._lock:
-                    if self._queue:
+                    if self._held:
+                        await self._write(self._take_held())
+                    elif self._queue:
                         await self._write(self._take())
             except Exception:  # a bug here must not stop the log: the queue would only fill and drop
                 log.exception("prediction log: writer error")
-            if self._closing and not self._queue:
+            if self._closing and not self._queue and not self._held:
                 return
 
     async def _drain(self) -> None:
+        """Write the held batch and the queue now; stops early (keeping the rest) if the sink is unavailable."""
         async with self._lock:
-            while self._queue:
-                await self._write(self._take())
+            while self._held or self._queue:
+                await self._write(self._take_held() if self._held else self._take())
+                if self._held:
+                    return
+
+    def _take_held(self) -> list[PredictionRow]:
+        batch, self._held, self._held_bytes = self._held, [], 0
+        return batch
 
     def _take(self) -> list[PredictionRow]:
         queue = self._queue
@@ -550,11 +582,37 @@ class PredictionLog:
         except asyncio.CancelledError:
             self.counters.failed += len(batch)
             raise
+        except SinkUnavailable as exc:
+            self._hold(batch, exc)
+            return
         except Exception as exc:
             self.counters.failed += len(batch)
             self._log_failure(len(batch), exc)
             return
         self.counters.written += len(batch)
+        if self._unavailable_since is not None:
+            log.warning(
+                "prediction log: the sink is back after %.1f s; writing the %d records queued",
+                time.monotonic() - self._unavailable_since,
+                self.depth,
+            )
+            self._unavailable_since = None
+        self._retry_s = 0.0
+
+    def _hold(self, batch: list[PredictionRow], exc: Exception) -> None:
+        """Keep a batch the sink could not take now, to be tried first after a pause that grows."""
+        self._held = batch
+        self._held_bytes = sum(len(row[7]) + len(row[8]) for row in batch)
+        self._retry_s = min(RETRY_MAX_S, max(RETRY_MIN_S, self._retry_s * 2))
+        if self._unavailable_since is None:
+            self._unavailable_since = time.monotonic()
+            log.error(
+                "prediction log: the sink is unavailable; holding %d records (new ones are dropped and counted "
+                "beyond %d) and trying again: %s",
+                self.depth,
+                self.capacity,
+                exc,
+            )
 
     def _log_failure(self, lost: int, exc: Exception) -> None:
         """At most one line per _FAILURE_LOG_EVERY_S: a broken database must not flood the log."""

@@ -61,6 +61,11 @@ class LabeledPrediction:
     labeled_at: datetime
 
 
+class SinkUnavailable(Exception):
+    """The sink cannot store anything now (its database is cut off, or its disk is full), but may again:
+    the batch was not written and can be tried again later. Any other error from a sink loses the batch."""
+
+
 PredictionRow = tuple[str, str, str, str, float, float, str, bytes, bytes]
 """A record as the store takes it: (model, id, version, route, at as epoch seconds, latency_s, outcome,
 inputs, outputs as `monitors.prediction_log.tensors_to_bytes`), the predictions table's column order.
@@ -69,13 +74,15 @@ writer process in."""
 
 
 class RowWriter(Protocol):
-    """Writes encoded batches from the event loop (the gateway's writer process); the sink keeps the rest."""
+    """Writes encoded batches from the event loop (the gateway's writer process); the sink keeps the rest.
+    Raises `SinkUnavailable` when the batch may be tried again."""
 
     async def write(self, rows: Sequence[PredictionRow]) -> None: ...
 
 
 class PredictionSink(Protocol):
-    """Synchronous storage, called from a worker thread (never on the event loop)."""
+    """Synchronous storage, called from a worker thread (never on the event loop). A write that may succeed
+    later (the database is unreachable or full) raises `SinkUnavailable`."""
 
     def write_prediction_rows(self, rows: Sequence[PredictionRow]) -> None: ...
 

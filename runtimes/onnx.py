@@ -4,11 +4,19 @@ onnxruntime-gpu falls back to CPU silently (it only logs), so the provider that 
 is read back from the session with `get_providers()` and reported, never assumed.
 ONNX Runtime releases the GIL while it computes, so a batch runs in a thread pool and the
 event loop keeps accepting requests.
+
+A call that is cancelled (the gateway's watchdog gives up on it) is stopped for real: each call
+carries its own `RunOptions`, and cancelling sets its `terminate` flag, which ONNX Runtime checks
+between kernels and between a Loop's iterations, so the worker thread comes back instead of
+computing for nobody. The artifact's bytes are read once, hashed (SHA-256) and handed to ONNX
+Runtime as they are, so the digest reported is the digest of what was loaded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
@@ -28,6 +36,8 @@ PROVIDER_NAMES = {
     "cpu": "CPUExecutionProvider",
 }
 DEFAULT_PROVIDERS = ("cuda", "cpu")
+TERMINATE_GRACE_S = 2.0
+"""How long a cancelled call waits for ONNX Runtime to notice its terminate flag and free its thread."""
 _GPU_PROVIDERS = frozenset(("CUDAExecutionProvider", "TensorrtExecutionProvider"))
 
 
@@ -61,9 +71,12 @@ def _dims(shape: Sequence[Any]) -> tuple[int, ...]:
 class OnnxRuntime(ModelRuntime):
     """One ONNX Runtime inference session for one model version."""
 
-    def __init__(self, session: Any, path: Path, executor: Executor | None) -> None:
+    def __init__(self, session: Any, path: Path, executor: Executor | None, sha256: str = "") -> None:
         self._session = session
         self._executor = executor
+        self._run_options = import_onnxruntime().RunOptions
+        self.sha256 = sha256
+        """SHA-256 (hex) of the bytes the session was loaded from."""
         inputs = tuple(TensorSpec(i.name, DataType.from_onnx(i.type), _dims(i.shape)) for i in session.get_inputs())
         outputs = tuple(TensorSpec(o.name, DataType.from_onnx(o.type), _dims(o.shape)) for o in session.get_outputs())
         self._signature = ModelSignature(inputs, outputs)
@@ -71,7 +84,7 @@ class OnnxRuntime(ModelRuntime):
         self._info = RuntimeInfo(
             platform="onnxruntime_onnx",
             execution_provider=provider,
-            parameters={"execution_provider": provider, "artifact": path.name},
+            parameters={"execution_provider": provider, "artifact": path.name, "sha256": sha256},
             device=device_of(provider, session.get_provider_options()),
         )
 
@@ -83,9 +96,21 @@ class OnnxRuntime(ModelRuntime):
         providers: Sequence[str] = DEFAULT_PROVIDERS,
         intra_op_threads: int = 1,
         executor: Executor | None = None,
+        expected_sha256: str | None = None,
     ) -> OnnxRuntime:
-        """Create the session (blocking; call it off the event loop)."""
+        """Create the session (blocking; call it off the event loop). `expected_sha256`: refuse a file whose
+        digest differs (a tampered or swapped artifact), naming both digests."""
         ort = import_onnxruntime()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise RuntimeLoadError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+        digest = hashlib.sha256(data).hexdigest()
+        if expected_sha256 is not None and digest != expected_sha256.lower():
+            raise RuntimeLoadError(
+                f"{path}: SHA-256 is {digest}, but config.yaml expects {expected_sha256.lower()}: "
+                "refusing an artifact that does not match"
+            )
         available = set(ort.get_available_providers())
         wanted = []
         for p in providers:
@@ -99,10 +124,10 @@ class OnnxRuntime(ModelRuntime):
         options.inter_op_num_threads = 1
         options.log_severity_level = 4  # a failed run reaches its callers (and the log) as an exception, once
         try:
-            session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
+            session = ort.InferenceSession(data, sess_options=options, providers=wanted)
         except Exception as exc:
             raise RuntimeLoadError(f"{path}: cannot load ONNX model: {exc}") from exc
-        runtime = cls(session, path, executor)
+        runtime = cls(session, path, executor, digest)
         if runtime.info.execution_provider != wanted[0]:
             log.warning(
                 "%s: asked for %s but ONNX Runtime runs %s",
@@ -120,11 +145,14 @@ class OnnxRuntime(ModelRuntime):
     def info(self) -> RuntimeInfo:
         return self._info
 
-    def run(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """Run synchronously; used by `infer` in a worker thread and by benchmarks as the raw baseline."""
+    def run(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None, options: Any = None
+    ) -> dict[str, np.ndarray]:
+        """Run synchronously; used by `infer` in a worker thread and by benchmarks as the raw baseline.
+        `options`: ONNX Runtime `RunOptions` (its `terminate` flag stops the call from another thread)."""
         names = list(outputs) if outputs else self._signature.output_names()
         try:
-            results = self._session.run(names, dict(inputs))
+            results = self._session.run(names, dict(inputs), options)
         except Exception as exc:
             raise RuntimeError_(f"ONNX Runtime failed: {exc}") from exc
         return dict(zip(names, results, strict=True))
@@ -132,8 +160,25 @@ class OnnxRuntime(ModelRuntime):
     async def infer(
         self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
+        """Run in the thread pool. Cancelled, it sets the call's terminate flag and waits (up to
+        TERMINATE_GRACE_S) for ONNX Runtime to give the thread back, then re-raises the cancellation."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.run, inputs, outputs)
+        options = self._run_options()
+        future = loop.run_in_executor(self._executor, self.run, inputs, outputs, options)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            options.terminate = True
+            await asyncio.wait({future}, timeout=TERMINATE_GRACE_S)
+            if future.done():
+                with contextlib.suppress(BaseException):
+                    future.result()  # "Exiting due to terminate flag": expected, and nobody waits for it
+            else:
+                log.error(
+                    "ONNX Runtime did not stop within %.1f s of its terminate flag: a thread stays busy",
+                    TERMINATE_GRACE_S,
+                )
+            raise
 
     def synchronous(self) -> SyncCall:
         on_cpu = self._info.execution_provider == "CPUExecutionProvider"

@@ -56,6 +56,7 @@ class GatewayProcess:
     admin_token: str = ""
     """The token of the admin named "ci" (SLUICE_ADMIN_TOKENS), unless the caller's env replaced it."""
     state_dir: Path | None = None
+    scheme: str = "http"
 
     @property
     def admin_headers(self) -> dict[str, str]:
@@ -63,7 +64,7 @@ class GatewayProcess:
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{self.scheme}://127.0.0.1:{self.http_port}"
 
     @property
     def http_addr(self) -> str:
@@ -93,9 +94,15 @@ def gateway_process(
     env: dict[str, str] | None = None,
     admin_token: str | None = None,
     state_dir: Path | None = None,
+    pipe_logs: bool = False,
+    ready_path: str = "/v2/health/ready",
+    probe: dict[str, Any] | None = None,
 ) -> Iterator[GatewayProcess]:
     """A `sluice serve` subprocess with its own state directory (default `tmp/state`) and an admin token
-    for the name "ci" (random unless given; both are on the result)."""
+        for the name "ci" (random unless given; both are on the result). `pipe_logs`: the gateway writes its
+        log to a pipe that a thread copies to the log file (a test that limits the size of the files the
+        gateway may write must not limit its log). `probe`: httpx arguments for the readiness probe (`verify`, `cert`);
+    with `verify`, the gateway is taken to speak HTTPS."""
     http_port, grpc_port = free_port(), free_port()
     log_path = tmp / f"gateway-{http_port}.log"
     admin_token = admin_token or secrets.token_urlsafe(24)
@@ -119,18 +126,22 @@ def gateway_process(
                 str(state_dir),
                 *args,
             ],
-            stdout=log,
+            stdout=subprocess.PIPE if pipe_logs else log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
             env={**os.environ, "SLUICE_ADMIN_TOKENS": f"ci:{admin_token}", **(env or {})},
         )
-    gw = GatewayProcess(proc, http_port, grpc_port, log_path, admin_token, state_dir)
+    if pipe_logs:
+        assert proc.stdout is not None
+        threading.Thread(target=_copy_log, args=(proc.stdout, log_path), daemon=True).start()
+    probe = probe or {}
+    gw = GatewayProcess(proc, http_port, grpc_port, log_path, admin_token, state_dir, "https" if probe else "http")
     try:
 
         def ready() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(f"gateway exited with {proc.returncode}:\n{gw.logs()}")
-            return httpx.get(f"{gw.http_url}/v2/health/ready", timeout=2).status_code == 200
+            return httpx.get(f"{gw.http_url}{ready_path}", timeout=2, **probe).status_code == 200
 
         wait_until(ready, timeout=90, what=f"gateway on {gw.http_url} to be ready")
         yield gw
@@ -142,6 +153,13 @@ def gateway_process(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+
+
+def _copy_log(pipe: Any, path: Path) -> None:
+    with path.open("ab") as out:
+        for line in iter(pipe.readline, b""):
+            out.write(line)
+            out.flush()
 
 
 class ThreadedGateway:

@@ -102,3 +102,61 @@ def build_lookup(path: Path, rows: int, slow_matmuls: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+HANG_THRESHOLD = 999.0
+"""`build_hang`'s model hangs on a request holding a value above this."""
+
+
+def build_hang(path: Path) -> Path:
+    """y = x for x FP32 [batch, 1]; a batch holding a value above HANG_THRESHOLD never returns.
+
+    A real ONNX model, nothing mocked: a Loop whose trip count is 10^15 when the batch's largest value
+    is above the threshold (0 otherwise), each iteration adding one to a scalar that feeds the output, so
+    ONNX Runtime cannot skip it. ONNX Runtime checks its terminate flag between the Loop's iterations,
+    so `RunOptions.terminate` stops such a call from another thread, as the gateway's watchdog does.
+    """
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Add", ["s_in", "one"], ["s_out"]),
+        ],
+        "spin",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("s_in", TensorProto.FLOAT, []),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("s_out", TensorProto.FLOAT, []),
+        ],
+        [numpy_helper.from_array(np.array(1.0, np.float32), "one")],
+    )
+    nodes = [
+        helper.make_node("ReduceMax", ["x"], ["top"], keepdims=0),
+        helper.make_node("Greater", ["top", "threshold"], ["hot"]),
+        helper.make_node("Cast", ["hot"], ["hot_i"], to=TensorProto.INT64),
+        helper.make_node("Mul", ["hot_i", "forever"], ["trips"]),
+        helper.make_node("Loop", ["trips", "true", "zero"], ["spun"], body=body),
+        helper.make_node("Mul", ["spun", "zero"], ["nil"]),
+        helper.make_node("Add", ["x", "nil"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "hang",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
+        [
+            numpy_helper.from_array(np.array(HANG_THRESHOLD, np.float32), "threshold"),
+            numpy_helper.from_array(np.array(10**15, np.int64), "forever"),
+            numpy_helper.from_array(np.array(True), "true"),
+            numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path

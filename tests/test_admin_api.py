@@ -437,7 +437,8 @@ def test_audit_log_names_actor_action_and_before_after(admin: httpx.Client) -> N
         ("ci", "policy.set", "mlp"),
     ]
     unload, second, first = events
-    assert unload["after"] == {"version": "1", "state": "UNLOADED"}
+    assert unload["after"] == {"version": "1", "state": "UNLOADED", "sha256": unload["after"]["sha256"]}
+    assert len(unload["after"]["sha256"]) == 64  # the digest of the file that was serving
     assert (second["before"]["canary"], second["after"]["canary"], second["after"]["canary_weight"]) == (None, "2", 15)
     assert first["after"]["stable"] == "1"
     assert events[0]["id"] > events[1]["id"] > events[2]["id"]
@@ -473,4 +474,8 @@ def test_state_survives_a_restart(demo_repo: Path, tmp_path: Path) -> None:
             versions = Counter(served_by(http, "mlp", i) for i in range(400))
         assert abs(versions["2"] / 4 - 25) <= 3, versions
         audit = httpx.get(f"{second.http_url}/admin/audit", headers=headers).json()["events"]
-        assert [e["action"] for e in audit[:2]] == ["version.unload", "policy.set"]
+        changes = [e["action"] for e in audit if e["action"] != "version.artifacts"]
+        assert changes[:2] == ["version.unload", "policy.set"]
+        # Each start audits the digest of every file it loaded.
+        artifacts = [e for e in audit if e["action"] == "version.artifacts" and e["model"] == "classifier"]
+        assert len(artifacts) == 2 and set(artifacts[0]["after"]["sha256"]) == {"2"}

@@ -24,6 +24,7 @@ from gateway.admin.auth import AdminAuth
 from gateway.control.plane import ControlPlane
 from gateway.control.rollout_model import DEFAULT_CHECKS, CheckSpec, RolloutSpec
 from gateway.errors import ModelNotReady, Unauthorized
+from gateway.serving.openapi_v2 import errors
 from gateway.serving.traffic import TrafficPolicy
 from gateway.storage.control_state import policy_to_json
 
@@ -162,10 +163,7 @@ def admin_router() -> APIRouter:
     return APIRouter(
         prefix="/admin",
         tags=["admin"],
-        responses={
-            401: {"description": "No bearer token, or a malformed Authorization header."},
-            403: {"description": "Wrong token, or the admin API is disabled."},
-        },
+        responses=errors(400, 401, 403, 404, 409, 413, 422, 503),
     )
 
 
@@ -257,7 +255,9 @@ def build_admin_router(control: ControlPlane, auth: AdminAuth, ready: Callable[[
         actor: Actor,
         model: Annotated[str | None, Query(description="Only this model's events.")] = None,
         limit: Annotated[int, Query(ge=1, le=1000, description="At most this many events.")] = 100,
-        before_id: Annotated[int | None, Query(ge=1, description="Next page: events older than this id.")] = None,
+        before_id: Annotated[
+            int | None, Query(ge=1, le=2**63 - 1, description="Next page: events older than this id.")
+        ] = None,
     ) -> dict[str, Any]:
         events = await control.audit_events(model, limit, before_id)
         return {

@@ -105,6 +105,10 @@ class AdminAuth:
     def enabled(self) -> bool:
         return bool(self._tokens)
 
+    def replace_with(self, other: AdminAuth) -> None:
+        """Take `other`'s tokens, at once (a reload: one assignment, so a check sees the old list or the new)."""
+        self._tokens = other._tokens
+
     @property
     def names(self) -> list[str]:
         return [t.name for t in self._tokens]
@@ -169,10 +173,12 @@ class InferenceAuth(AdminAuth):
             log.info("inference keys enforced for %s", ", ".join(auth.names))
         return auth
 
-    def check(self, authorization_header: str | None) -> None:
-        """Raise Unauthorized/Forbidden when keys are configured and this header holds none of them."""
+    def check(self, authorization_header: str | None) -> str | None:
+        """The key's name; Unauthorized/Forbidden when keys are configured and this header holds none of them.
+        None when no keys are configured (inference is open)."""
         if self.enabled:
-            self.authenticate(authorization_header)
+            return self.authenticate(authorization_header)
+        return None
 
 
 def parse_token_list(value: str, source: str = "SLUICE_ADMIN_TOKENS") -> list[tuple[str, str]]:

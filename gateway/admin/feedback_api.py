@@ -35,6 +35,7 @@ from fastapi.params import Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from gateway.serving.openapi_v2 import ErrorBody, errors
 from gateway.serving.registry import ModelRegistry
 from monitors.prediction_log import MAX_ID_LENGTH, PredictionLog
 from monitors.records import Label, LabelResult
@@ -85,9 +86,12 @@ def build_feedback_router(
     @router.post(
         "/v2/models/{model}/feedback",
         responses={
+            **errors(400, 401, 403, 413, 422, 503),
             200: {"description": 'Stored: `{"stored": n, "unchanged": m}`.'},
-            404: {"description": "Unknown model, or unknown prediction ids (listed; nothing stored)."},
-            422: {"description": "Malformed body; the message names the field."},
+            404: {
+                "model": ErrorBody,
+                "description": "Unknown model, or unknown prediction ids (listed; nothing stored).",
+            },
         },
     )
     async def feedback(model: str, request: Request) -> JSONResponse:

@@ -8,13 +8,15 @@ leader's answer back. So every replica answers the admin API (and the console) t
 token is checked, and the change audited, by the leader as for any caller.
 
 While there is no leader (a handover is under way) the request waits up to `wait_s` for one, then
-gets 503. A forwarded request that reaches a replica which does not lead (it lost the lease in the
+gets 503; when the state database is what keeps anyone from leading, it gets 503 at once, saying so.
+A forwarded request that reaches a replica which does not lead (it lost the lease in the
 meantime) is refused with 503 rather than passed on again, so requests never go round in circles.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -24,6 +26,7 @@ import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.control.leader import LeaderElection
+from gateway.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,11 @@ class LeaderForwarder:
             await _error(send, 503, "this replica no longer leads the control plane; retry")
             return
         body = await _body(receive)
-        address = await self._leader_address()
+        try:
+            address = await self._leader_address()
+        except StoreUnavailable as exc:  # nobody can lead, or change anything, without the state database
+            await _error(send, 503, str(exc))
+            return
         if address is None:
             await _error(send, 503, f"no control-plane leader is reachable after {self.wait_s:g} s; retry")
             return
@@ -71,6 +78,8 @@ class LeaderForwarder:
             lease = await self.election.current_leader(refresh=refresh)
             if lease is not None and lease.address and lease.holder != self.election.holder:
                 return lease.address
+            if self.election.unavailable is not None:
+                raise self.election.unavailable  # no replica can take the lease without the database
             if time.monotonic() >= deadline:
                 return None
             refresh = True
@@ -87,7 +96,8 @@ class LeaderForwarder:
             response = await self._client.send(request, stream=True)
         except httpx.HTTPError as exc:
             log.warning("forwarding %s %s to the leader at %s failed: %s", scope["method"], scope["path"], address, exc)
-            await self.election.current_leader(refresh=True)
+            with contextlib.suppress(StoreUnavailable):
+                await self.election.current_leader(refresh=True)
             await _error(send, 503, "the control-plane leader could not be reached; retry")
             return
         try:

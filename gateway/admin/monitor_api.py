@@ -20,6 +20,8 @@ from gateway.control.monitor_service import MonitorService
 from gateway.errors import ModelNotFound
 
 Kind = Literal["drift", "accuracy"]
+RunId = Annotated[int, Path(ge=1, le=2**63 - 1, description="A stored run's id.")]
+"""Bounded: a larger number is a 422, not a database error (the store's ids are 64-bit)."""
 
 
 class RunBody(BaseModel):
@@ -58,7 +60,7 @@ def build_monitor_router(
         return {"runs": [run_json(r) for r in runs]}
 
     @router.get("/models/{model}/monitor/runs/{run_id}", summary="One stored run")
-    async def get_run(actor: Actor, model: ModelName, run_id: int) -> dict[str, Any]:
+    async def get_run(actor: Actor, model: ModelName, run_id: RunId) -> dict[str, Any]:
         run = monitor.store.monitor_run(model, run_id)
         if run is None:
             raise ModelNotFound(f"model '{model}' has no monitor run {run_id}")
@@ -69,7 +71,7 @@ def build_monitor_router(
         summary="Evidently's HTML report of a drift run",
         response_class=FileResponse,
     )
-    async def report(actor: Actor, model: ModelName, run_id: int) -> FileResponse:
+    async def report(actor: Actor, model: ModelName, run_id: RunId) -> FileResponse:
         path = monitor.report_file(model, run_id)
         if path is None:
             raise ModelNotFound(f"model '{model}' has no report for monitor run {run_id} (not a drift run, or pruned)")

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from gateway.admin.auth import AdminAuth, AdminTokenError
+from gateway.admin.quotas import QuotaError, parse_quotas
 from gateway.cli import admin as cli_admin
 from gateway.cli.labels import labels_app
 from gateway.cli.monitor import monitor_app
@@ -86,6 +87,53 @@ Workers = Annotated[
         "--workers",
         help="Worker processes sharing the ports (a number, or auto: one per core). One of them also runs the "
         "control plane; the others forward admin calls to it. Each keeps its own copy of every model.",
+    ),
+]
+MaxHeader = Annotated[
+    int, typer.Option("--max-header-bytes", help="Largest request line and headers (gRPC: metadata); larger: 431.")
+]
+MaxConnections = Annotated[
+    int,
+    typer.Option("--max-connections", help="Open HTTP connections per process; at it a new one evicts the idlest."),
+]
+HeaderTimeout = Annotated[
+    float, typer.Option("--header-timeout", help="Seconds a connection has to send a request's headers; else 408.")
+]
+BodyTimeout = Annotated[
+    float, typer.Option("--body-timeout", help="Seconds a request's body may take after its headers; else 408.")
+]
+KeepAlive = Annotated[
+    float, typer.Option("--keep-alive-timeout", help="Seconds an idle keep-alive connection or gRPC channel stays.")
+]
+TlsCert = Annotated[
+    Path | None,
+    typer.Option(
+        "--tls-cert", help="PEM certificate chain: HTTPS and gRPC over TLS (with --tls-key).", show_default=False
+    ),
+]
+TlsKey = Annotated[Path | None, typer.Option("--tls-key", help="PEM private key of --tls-cert.", show_default=False)]
+TlsClientCa = Annotated[
+    Path | None,
+    typer.Option(
+        "--tls-client-ca",
+        help="PEM CA bundle: clients must present a certificate it signed (mutual TLS).",
+        show_default=False,
+    ),
+]
+InferenceKeysFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--inference-keys-file",
+        help="File of inference keys, one name:key a line (also: SLUICE_INFERENCE_KEYS); reloaded on SIGHUP or change.",
+        show_default=False,
+    ),
+]
+InferenceQuotas = Annotated[
+    str | None,
+    typer.Option(
+        "--inference-quotas",
+        help="Per key name: name=rate or name=rate/burst (requests a second), comma separated; * for others.",
+        show_default=False,
     ),
 ]
 WebhookUrls = Annotated[
@@ -215,6 +263,7 @@ def _start(
         _banner(resolved, resolved.http_port, resolved.grpc_port, _scan_models(resolved), banner, notes)
 
     try:
+        parse_quotas(settings.inference_quotas)
         if workers == 1:
             run_replica(settings, on_ready=on_ready)
         else:
@@ -226,7 +275,7 @@ def _start(
                 raise typer.Exit(1) from None
             if status:
                 raise typer.Exit(status)
-    except AdminTokenError as exc:
+    except (AdminTokenError, QuotaError) as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
     except OSError as exc:
@@ -250,6 +299,16 @@ def serve(
     admin_tokens_file: AdminTokensFile = None,
     webhook_url: WebhookUrls = None,
     workers: Workers = str(_DEFAULTS.workers),
+    max_header_bytes: MaxHeader = _DEFAULTS.max_header_bytes,
+    max_connections: MaxConnections = _DEFAULTS.max_connections,
+    header_timeout: HeaderTimeout = _DEFAULTS.header_timeout_s,
+    body_timeout: BodyTimeout = _DEFAULTS.body_timeout_s,
+    keep_alive_timeout: KeepAlive = _DEFAULTS.keep_alive_timeout_s,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_client_ca: TlsClientCa = None,
+    inference_keys_file: InferenceKeysFile = None,
+    inference_quotas: InferenceQuotas = None,
     ray: RayMode = False,
     ray_address: RayAddress = _DEFAULTS.ray_address,
     ray_ingress_replicas: RayIngress = _DEFAULTS.ray_ingress_replicas,
@@ -271,10 +330,23 @@ def serve(
         admin_tokens_file=admin_tokens_file,
         webhook_urls=webhook_url or None,
         workers=workers if workers == "auto" else _int_option(workers, "--workers"),
+        max_header_bytes=max_header_bytes,
+        max_connections=max_connections,
+        header_timeout_s=header_timeout,
+        body_timeout_s=body_timeout,
+        keep_alive_timeout_s=keep_alive_timeout,
+        tls_cert_file=tls_cert,
+        tls_key_file=tls_key,
+        tls_client_ca_file=tls_client_ca,
+        inference_keys_file=inference_keys_file,
+        inference_quotas=inference_quotas,
         ray_address=ray_address,
         ray_ingress_replicas=ray_ingress_replicas,
         ray_num_cpus=ray_num_cpus,
     )
+    if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
+        console.print("[red]error:[/] --tls-cert and --tls-key go together")
+        raise typer.Exit(2)
     if ray:
         _start_ray(settings)
         return

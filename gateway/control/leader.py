@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from gateway.errors import StoreUnavailable
 from gateway.storage.control_state import Lease
 from gateway.storage.engine import Fence
 
@@ -71,6 +72,9 @@ class LeaderElection:
         self.leader: Lease | None = None
         """The lease as last seen: ours or another replica's (its address is where admin requests go)."""
         self._lock = asyncio.Lock()
+        self.unavailable: StoreUnavailable | None = None
+        """Why the last round could not reach the state database (None when it could): while it cannot,
+        nobody can lead, and an admin request is told so at once instead of waiting for a leader."""
         # Until elected, every control write from this replica is refused by the database (epochs start at 1).
         store.fence = Fence(LEASE, holder, 0)
 
@@ -81,10 +85,16 @@ class LeaderElection:
     async def step(self) -> None:
         """One round: renew while leading (stepping down if that fails), else try to take the lease."""
         async with self._lock:
-            if self._lease is not None:
-                await self._renew()
-            else:
-                await self._try_acquire()
+            try:
+                if self._lease is not None:
+                    await self._renew()
+                else:
+                    await self._try_acquire()
+            finally:
+                self._unavailable_seen, seen = None, self._unavailable_seen
+                self.unavailable = seen
+
+    _unavailable_seen: StoreUnavailable | None = None
 
     async def _renew(self) -> None:
         lease = self._lease
@@ -93,6 +103,8 @@ class LeaderElection:
         try:
             renewed = await asyncio.to_thread(self._store.renew_lease, LEASE, self.holder, lease.epoch, self.ttl_s)
         except Exception as exc:
+            if isinstance(exc, StoreUnavailable):
+                self._unavailable_seen = exc
             if self._clock() < self._valid_until:
                 log.warning("could not renew the control plane's lease (still ours for now): %s", exc)
                 return
@@ -112,6 +124,8 @@ class LeaderElection:
                 self.leader, _ = await asyncio.to_thread(self._store.lease, LEASE)
                 return
         except Exception as exc:
+            if isinstance(exc, StoreUnavailable):
+                self._unavailable_seen = exc
             log.warning("could not read or take the control plane's lease: %s", exc)
             return
         self._lease = self.leader = lease
@@ -153,6 +167,8 @@ class LeaderElection:
         if refresh or self.leader is None:
             try:
                 self.leader, now = await asyncio.to_thread(self._store.lease, LEASE)
+            except StoreUnavailable:
+                raise  # the caller says so at once: waiting for a leader would not help
             except Exception as exc:
                 log.warning("could not read the control plane's lease: %s", exc)
                 return None

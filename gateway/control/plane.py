@@ -29,7 +29,14 @@ from gateway.control.rollout_checks import check_problems, evaluate, next_baseli
 from gateway.control.rollout_engine import Transition
 from gateway.control.rollout_model import CheckResult, Phase, RolloutSpec, RolloutState, VersionWindow, Window
 from gateway.control.webhooks import WebhookSender
-from gateway.errors import Conflict, ControlPlaneUnavailable, InvalidInput, ModelNotFound, ModelNotReady
+from gateway.errors import (
+    Conflict,
+    ControlPlaneUnavailable,
+    InvalidInput,
+    ModelNotFound,
+    ModelNotReady,
+    StoreUnavailable,
+)
 from gateway.observability.metrics import ROLLOUT_PHASES, GatewayMetrics
 from gateway.serving.policy_view import PolicyView
 from gateway.serving.registry import ModelRegistry, ServedModel, VersionState
@@ -96,6 +103,10 @@ class ControlPlane:
                 log.info("resuming rollout of %s version %s at step %d", state.model, state.spec.canary, state.step)
         for model in self.registry.models:
             self._publish(model)
+        try:
+            await asyncio.to_thread(self._audit_artifacts)
+        except Exception as exc:  # the digests are also in the metadata; leading matters more
+            log.warning("could not audit the loaded artifacts' digests: %s", exc)
         self.active = True
         if run_loop:
             self._task = asyncio.get_running_loop().create_task(
@@ -407,7 +418,12 @@ class ControlPlane:
             served = await self.registry.load_version(model, version)
             if not served.ready:
                 raise ModelNotReady(f"cannot load {served.not_ready_reason()}")
-            await asyncio.to_thread(self._persist_version, actor, "version.load", served.model, version, "loaded")
+            try:
+                await asyncio.to_thread(self._persist_version, actor, "version.load", served.model, version, "loaded")
+            except StoreUnavailable:
+                # Not recorded, so not made: a restart or another replica would not load it either.
+                await self.registry.unload_version(model, version, self.drain_timeout_s)
+                raise
             self._publish(model)
             return self.version_view(model, version)
 
@@ -433,8 +449,9 @@ class ControlPlane:
             remaining = [v for v in served_model.ready_versions() if v.version != version]
             if not remaining:
                 raise Conflict(f"model '{model}' version '{version}' is its last ready version")
-            await self.registry.unload_version(model, version, self.drain_timeout_s)
+            # Recorded first: if the store cannot take it, the version keeps serving.
             await asyncio.to_thread(self._persist_version, actor, "version.unload", model, version, "unloaded")
+            await self.registry.unload_version(model, version, self.drain_timeout_s)
             self._publish(model)
             return self.version_view(model, version)
 
@@ -451,7 +468,19 @@ class ControlPlane:
                 batching=served.config.batching.model_dump(),
                 desired=desired,
             )
-            self.store.audit(actor, action, model, None, {"version": version, "state": served.state.value})
+            state = VersionState.UNLOADED.value if desired == "unloaded" else served.state.value
+            self.store.audit(actor, action, model, None, {"version": version, "state": state, "sha256": served.sha256})
+
+    def _audit_artifacts(self) -> None:
+        """One audit event per model at the start of a term: the SHA-256 of every version file loaded."""
+        with self.store.change():
+            for name, model in sorted(self.registry.models.items()):
+                digests = {v: s.sha256 for v, s in sorted(model.versions.items()) if s.sha256 and s.runtime}
+                if digests:
+                    self.store.audit(self.ROLE, "version.artifacts", name, None, {"sha256": digests})
+
+    ROLE = "control-plane"
+    """The actor of the events the control plane writes on its own behalf (not a rollout's)."""
 
     # -- views --------------------------------------------------------------------------
 
@@ -468,6 +497,7 @@ class ControlPlane:
             "roles": roles,
             "weight": policy_weights(self._model(model), self.policy(model)).get(version, 0.0),
             "execution_provider": served.runtime.info.execution_provider if served.runtime else None,
+            "sha256": served.sha256,
             "max_batch_size": served.batching.max_batch_size,
         }
 

@@ -54,6 +54,13 @@ INFLIGHT = "sluice_inflight_requests"
 MODEL_READY = "sluice_model_ready"
 EXECUTION_PROVIDER = "sluice_execution_provider"
 RUNTIME_DEVICE = "sluice_runtime_device"
+RUNTIME_HANGS = "sluice_runtime_hangs"
+# Hardening: input guards, inference key quotas, key reloads, HTTP connections.
+INPUT_GUARD_VIOLATIONS = "sluice_input_guard_violations"
+KEY_REQUESTS = "sluice_inference_key_requests"
+KEY_RELOADS = "sluice_key_reloads"
+HTTP_CONNECTIONS = "sluice_http_connections"
+HTTP_CONNECTIONS_CLOSED = "sluice_http_connections_closed"
 # Control plane: traffic, rollouts, shadows, webhooks.
 TRAFFIC_WEIGHT = "sluice_traffic_weight"
 ROLLOUT_PHASE = "sluice_rollout_phase"
@@ -102,6 +109,12 @@ METRIC_NAMES = (
     MODEL_READY,
     EXECUTION_PROVIDER,
     RUNTIME_DEVICE,
+    f"{RUNTIME_HANGS}_total",
+    f"{INPUT_GUARD_VIOLATIONS}_total",
+    f"{KEY_REQUESTS}_total",
+    f"{KEY_RELOADS}_total",
+    HTTP_CONNECTIONS,
+    f"{HTTP_CONNECTIONS_CLOSED}_total",
     TRAFFIC_WEIGHT,
     ROLLOUT_PHASE,
     ROLLOUT_STEP,
@@ -184,6 +197,7 @@ _QUEUED_HELP = "Prediction records waiting to be written."
 ROLLOUT_PHASES = ("progressing", "paused", "promoted", "rolled_back", "aborted")
 
 OUTCOMES = ("ok", "invalid", "not_found", "not_ready", "overloaded", "timeout", "error", "draining", "cancelled")
+CONNECTION_CLOSE_REASONS = ("header_timeout", "body_timeout", "header_too_large", "connection_limit", "evicted_idle")
 
 _LATENCY_BUCKETS = (
     0.0002,
@@ -273,6 +287,40 @@ class GatewayMetrics:
             (*mv, "device"),
             registry=r,
             multiprocess_mode="livemax",
+        )
+        self.runtime_hangs = Counter(
+            RUNTIME_HANGS,
+            "Runtime calls that ran past the model's watchdog limit and were cancelled.",
+            mv,
+            registry=r,
+        )
+        self.input_guard_violations = Counter(
+            INPUT_GUARD_VIOLATIONS,
+            "Requests that broke one of the model's input guards, by feature and action (refused or flagged).",
+            (*mv, "feature", "action"),
+            registry=r,
+        )
+        self.key_requests = Counter(
+            KEY_REQUESTS,
+            "Inference requests by inference key name (never the key) and quota outcome (admitted, throttled).",
+            ("key_name", "outcome"),
+            registry=r,
+        )
+        self.key_reloads = Counter(
+            KEY_RELOADS,
+            "Reloads of the admin tokens and inference keys files (SIGHUP or a change), by outcome (ok, error).",
+            ("kind", "outcome"),
+            registry=r,
+        )
+        self.http_connections = Gauge(
+            HTTP_CONNECTIONS, "Open HTTP connections.", registry=r, multiprocess_mode="livesum"
+        )
+        self.http_connections_closed = Counter(
+            HTTP_CONNECTIONS_CLOSED,
+            "HTTP connections the gateway closed to protect itself, by reason "
+            "(header_timeout, body_timeout, header_too_large, connection_limit, evicted_idle).",
+            ("reason",),
+            registry=r,
         )
         # Control plane
         self.traffic_weight = Gauge(

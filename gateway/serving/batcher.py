@@ -181,6 +181,18 @@ class Batcher:
         except asyncio.TimeoutError:
             return False
 
+    def fail_queued(self, exc: Exception) -> int:
+        """Refuse every queued request with `exc` (the version stopped answering); how many were refused."""
+        refused = 0
+        while self._queue:
+            item = self._queue.popleft()
+            if not item.future.done():
+                refused += 1
+            _fail(item, exc)
+        self._queued_rows = 0
+        self._check_idle()
+        return refused
+
     async def close(self) -> None:
         """Stop the loop; anything still queued fails with ShuttingDown."""
         self._closing = True

@@ -104,6 +104,8 @@ def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
 
 def encode_response(response: InferResponse) -> pb.ModelInferResponse:
     msg = pb.ModelInferResponse(model_name=response.model, model_version=response.version, id=response.id)
+    for key, value in response.parameters.items():
+        msg.parameters[key].string_param = str(value)
     for name, array in response.outputs.items():
         out = msg.outputs.add()
         out.name = name

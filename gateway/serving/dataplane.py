@@ -16,6 +16,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from gateway.errors import (
+    InvalidInput,
     ModelNotReady,
     ShuttingDown,
     SluiceError,
@@ -203,6 +204,7 @@ class DataPlane:
             raise ModelNotReady(served.not_ready_reason())
         span.set_attribute("sluice.version", served.version)
         rows = validate(request, runtime.signature, served.batching.max_batch_size)
+        flagged = None if served.guards is None else self._guard(served, request)
         wanted = [o.name for o in request.outputs] if request.outputs is not None else None
         timeout = request.timeout_s if request.timeout_s is not None else served.batching.default_timeout_s
         if request.deadline_s is not None and (timeout is None or request.deadline_s < timeout):
@@ -227,12 +229,31 @@ class DataPlane:
                     },
                 )
                 run.end(end_time=timing.finished_ns)
-        return InferResponse(
+        response = InferResponse(
             model=served.model,
             version=served.version,
             id=request.id or new_prediction_id(),
             outputs=outputs,
         )
+        if flagged:
+            response.parameters["flagged_features"] = flagged
+        return response
+
+    def _guard(self, served: ServedVersion, request: InferRequest) -> str | None:
+        """Check the model's input guards: refuse (InvalidInput naming each broken feature) or return the broken
+        features' names for the response to flag; every broken one is counted."""
+        guards = served.guards
+        assert guards is not None
+        violations = guards.check(request.inputs)
+        if not violations:
+            return None
+        action = "refused" if guards.refuse else "flagged"
+        counter = self.metrics.input_guard_violations
+        for v in violations:
+            counter.labels(served.model, served.version, v.feature, action).inc()
+        if guards.refuse:
+            raise InvalidInput("; ".join(v.message for v in violations))
+        return ",".join(v.feature for v in violations)
 
     def _count(self, served: ServedVersion | None, revision: int, protocol: str, outcome: str, started: float) -> float:
         """Count the finished request; returns its latency in seconds."""

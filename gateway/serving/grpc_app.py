@@ -7,6 +7,8 @@ domain errors become status codes here and only here.
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -14,7 +16,9 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from gateway.admin.auth import InferenceAuth
+from gateway.admin.quotas import QuotaBook
 from gateway.errors import (
+    QuotaExceeded,
     SluiceError,
     mapping_of,
 )
@@ -32,15 +36,21 @@ def grpc_status(exc: BaseException) -> grpc.StatusCode:
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
-    def __init__(self, dataplane: DataPlane, auth: InferenceAuth | None = None) -> None:
+    def __init__(
+        self, dataplane: DataPlane, auth: InferenceAuth | None = None, quotas: QuotaBook | None = None
+    ) -> None:
         self.dataplane = dataplane
         self.auth = auth or InferenceAuth()
+        self.quotas = quotas
 
-    def _check(self, context: grpc.aio.ServicerContext) -> None:
-        """Inference keys, when configured, ride in the `authorization` metadata as on HTTP."""
+    def _check(self, context: grpc.aio.ServicerContext, infer: bool = False) -> None:
+        """Inference keys, when configured, ride in the `authorization` metadata as on HTTP; `infer`: the key
+        name's quota applies too."""
         if self.auth.enabled:
             header = next((m.value for m in context.invocation_metadata() or () if m.key == "authorization"), None)
-            self.auth.check(header)
+            name = self.auth.check(header)
+            if infer and self.quotas is not None and name is not None:
+                self.quotas.admit(name)
 
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return pb.ServerLiveResponse(live=self.dataplane.live())
@@ -70,7 +80,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            self._check(context)
+            self._check(context, infer=True)
             infer_request = decode_request(request)
             metadata = context.invocation_metadata() or ()
             infer_request.headers = metadata
@@ -87,10 +97,22 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             code = grpc_status(exc)
             if code is grpc.StatusCode.INTERNAL:
                 log.warning("inference failed: %s", exc, extra={"model": request.model_name})
+            if isinstance(exc, QuotaExceeded):
+                wait = str(max(1, math.ceil(exc.retry_after_s)))
+                await context.abort(code, str(exc), trailing_metadata=(("retry-after", wait),))
             await context.abort(code, str(exc))
         except Exception:
             log.exception("unexpected error serving model %s", request.model_name)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
+@dataclass(frozen=True)
+class GrpcLimits:
+    """What a careless or hostile client may hold: metadata size, an idle channel, a slow TLS/HTTP2 handshake."""
+
+    max_metadata_bytes: int = 32 * 1024
+    idle_timeout_s: float = 30.0
+    handshake_timeout_s: float = 10.0
 
 
 def build_grpc_server(
@@ -101,18 +123,34 @@ def build_grpc_server(
     auth: InferenceAuth | None = None,
     *,
     reuse_port: bool = False,
+    limits: GrpcLimits | None = None,
+    tls: tuple[bytes, bytes, bytes | None] | None = None,
+    quotas: QuotaBook | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Create (not start) the server; returns it with the port actually bound. `reuse_port`: share the port
-    with the other workers of this machine (SO_REUSEPORT: the kernel spreads connections over them)."""
+    with the other workers of this machine (SO_REUSEPORT: the kernel spreads connections over them).
+    `tls`: (certificate chain, key, client CA) in PEM; with a CA, clients must present a certificate it signed."""
+    limits = limits or GrpcLimits()
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 1 if reuse_port else 0),
+            ("grpc.max_metadata_size", limits.max_metadata_bytes),
+            ("grpc.max_connection_idle_ms", int(limits.idle_timeout_s * 1000)),
+            ("grpc.server_handshake_timeout_ms", int(limits.handshake_timeout_s * 1000)),
         ]
     )
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane, auth), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane, auth, quotas), server)
+    address = f"{host}:{port}"
+    if tls is None:
+        bound = server.add_insecure_port(address)
+    else:
+        chain, key, ca = tls
+        credentials = grpc.ssl_server_credentials(
+            [(key, chain)], root_certificates=ca, require_client_auth=ca is not None
+        )
+        bound = server.add_secure_port(address, credentials)
     if bound == 0:
         raise OSError(f"cannot bind gRPC to {host}:{port}")
     return server, bound

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,9 +25,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.admin.auth import InferenceAuth
+from gateway.admin.quotas import QuotaBook
 from gateway.errors import (
     InvalidInput,
     PayloadTooLarge,
+    QuotaExceeded,
     SluiceError,
     mapping_of,
 )
@@ -34,6 +37,15 @@ from gateway.observability.logs import request_id
 from gateway.observability.tracing import extract_context
 from gateway.serving.codec_json import decode_request, encode_response
 from gateway.serving.dataplane import DataPlane
+from gateway.serving.openapi_v2 import (
+    LiveBody,
+    ModelMetadataBody,
+    ModelReadyBody,
+    ReadyBody,
+    ServerMetadataBody,
+    errors,
+    infer_openapi,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -60,10 +72,13 @@ class HttpAdapter:
         api: ASGIApp,
         max_body_bytes: int,
         inference_auth: InferenceAuth | None = None,
+        quotas: QuotaBook | None = None,
     ) -> None:
         self.dataplane = dataplane
         self.max_body_bytes = max_body_bytes
         self.inference_auth = inference_auth or InferenceAuth()
+        self.quotas = quotas
+        """Per key name (None: no quotas); checked after the key, before the body is read."""
         self.api = api
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -128,10 +143,17 @@ class HttpAdapter:
                     return
         if self.inference_auth.enabled:
             try:
-                self.inference_auth.check(authorization)
+                name = self.inference_auth.check(authorization)
             except SluiceError as exc:
                 await _send(send, http_status(exc), error_body(str(exc)), extra=[(b"www-authenticate", b"Bearer")])
                 return
+            if self.quotas is not None and name is not None:
+                try:
+                    self.quotas.admit(name)
+                except QuotaExceeded as exc:
+                    retry = str(max(1, math.ceil(exc.retry_after_s))).encode()
+                    await _send(send, 429, error_body(str(exc)), extra=[(b"retry-after", retry)])
+                    return
         if declared > self.max_body_bytes:
             await _send(send, 413, error_body(self._too_large()))
             return
@@ -319,44 +341,121 @@ def build_api(
     async def _sluice_error(_: Request, exc: SluiceError) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=http_status(exc))
 
-    @api.get("/v2/health/live", tags=["health"])
+    model_errors = errors(401, 403, 404, 503)
+
+    @api.get("/v2/health/live", tags=["health"], response_model=LiveBody)
     async def live() -> JSONResponse:
         return JSONResponse({"live": dataplane.live()}, status_code=200)
 
-    @api.get("/v2/health/ready", tags=["health"])
+    @api.get("/v2/health/ready", tags=["health"], response_model=ReadyBody, responses={503: {"model": ReadyBody}})
     async def ready() -> JSONResponse:
         ok = dataplane.ready()
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
-    @api.get("/v2", tags=["metadata"])
+    @api.get("/v2", tags=["metadata"], response_model=ServerMetadataBody)
     async def server_metadata() -> dict[str, Any]:
         return dataplane.server_metadata()
 
-    @api.get("/v2/models/{model}", tags=["metadata"], dependencies=guarded)
+    @api.get(
+        "/v2/models/{model}",
+        tags=["metadata"],
+        dependencies=guarded,
+        response_model=ModelMetadataBody,
+        responses=model_errors,
+    )
     async def model_metadata(model: str) -> dict[str, Any]:
         return dataplane.model_metadata(model, None)
 
-    @api.get("/v2/models/{model}/versions/{version}", tags=["metadata"], dependencies=guarded)
+    @api.get(
+        "/v2/models/{model}/versions/{version}",
+        tags=["metadata"],
+        dependencies=guarded,
+        response_model=ModelMetadataBody,
+        responses=model_errors,
+    )
     async def version_metadata(model: str, version: str) -> dict[str, Any]:
         return dataplane.model_metadata(model, version)
 
-    @api.get("/v2/models/{model}/ready", tags=["health"], dependencies=guarded)
+    not_ready = {**model_errors, 503: {"model": ModelReadyBody, "description": "Known, but not ready."}}
+
+    @api.get(
+        "/v2/models/{model}/ready",
+        tags=["health"],
+        dependencies=guarded,
+        response_model=ModelReadyBody,
+        responses=not_ready,
+    )
     async def model_ready(model: str) -> JSONResponse:
         ok = dataplane.model_ready(model, None)
         return JSONResponse({"name": model, "ready": ok}, status_code=200 if ok else 503)
 
-    @api.get("/v2/models/{model}/versions/{version}/ready", tags=["health"], dependencies=guarded)
+    @api.get(
+        "/v2/models/{model}/versions/{version}/ready",
+        tags=["health"],
+        dependencies=guarded,
+        response_model=ModelReadyBody,
+        responses=not_ready,
+    )
     async def version_ready(model: str, version: str) -> JSONResponse:
         ok = dataplane.model_ready(model, version)
         return JSONResponse({"name": model, "version": version, "ready": ok}, status_code=200 if ok else 503)
 
-    @api.get("/metrics", tags=["observability"])
+    @api.get(
+        "/metrics",
+        tags=["observability"],
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."}},
+    )
     async def metrics() -> Response:
         return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
 
+    for path, endpoint in (
+        ("/v2/models/{model}/infer", _served_by_the_lean_path),
+        ("/v2/models/{model}/versions/{version}/infer", _served_by_the_lean_path_pinned),
+    ):
+        api.add_api_route(
+            path,
+            endpoint,
+            methods=["POST"],
+            tags=["inference"],
+            summary="Infer (V2 JSON, or the binary tensor extension)",
+            openapi_extra=infer_openapi(),
+            response_class=Response,
+            name="infer" if "versions" not in path else "infer_version",
+        )
+
     for router in routers:
         api.include_router(router)
+    _without_422_on_infer(api)
     return api
+
+
+async def _served_by_the_lean_path(model: str) -> Response:
+    """Never reached: `HttpAdapter` serves POST .../infer before FastAPI sees it. The route is here so that
+    the OpenAPI schema describes the infer path (see `openapi_v2`)."""
+    raise RuntimeError("POST .../infer is served by HttpAdapter, ahead of FastAPI")
+
+
+async def _served_by_the_lean_path_pinned(model: str, version: str) -> Response:
+    """As `_served_by_the_lean_path`, for a pinned version."""
+    raise RuntimeError("POST .../infer is served by HttpAdapter, ahead of FastAPI")
+
+
+def _without_422_on_infer(api: FastAPI) -> None:
+    """FastAPI documents a 422 for every route with path parameters; the infer path answers a bad request
+    400, never 422, so the schema must not promise one."""
+    make = api.openapi
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is None:
+            schema = make()
+            for path, item in schema.get("paths", {}).items():
+                if path.endswith("/infer"):
+                    item.get("post", {}).get("responses", {}).pop("422", None)
+            api.openapi_schema = schema
+        return api.openapi_schema
+
+    api.openapi = openapi  # type: ignore[method-assign]
 
 
 def validation_message(exc: RequestValidationError) -> str:

@@ -19,6 +19,19 @@ runtime:
   url: 127.0.0.1:8001
   protocol: grpc            # or http
   remote_model: name        # default: this model's name
+  sha256: {1: 9f86d08...}   # expected digest of each version's file: a file that differs is refused
+watchdog:                   # a runtime call that never returns (gateway/serving/watchdog.py)
+  call_timeout_ms: 60000    # a call running longer is cancelled (ONNX Runtime's terminate flag) and counted;
+                            # default null: none (a watched version never runs inline on the event loop)
+  unresponsive_after: 3     # that many such calls in a row mark the version not ready ...
+  probe_interval_s: 5       # ... until a probe call (a row of zeros) answers in time again
+guards:                     # tainted inputs (gateway/serving/guards.py)
+  action: refuse            # refuse: 400 naming the feature; flag: serve it, count it
+  inputs:
+    input: {allow_nan: false, allow_inf: false}
+  features:                 # by name: input[3], a width-1 input's name, or a monitoring.feature_names entry
+    age: {min: 0, max: 130}
+    input[5]: {allowed: [0, 1, 2]}
 logging:                    # the prediction log (monitors/prediction_log.py)
   enabled: true
   sample_rate: 1.0          # share of predictions logged, decided by a hash of the prediction id
@@ -58,13 +71,16 @@ monitoring:                 # drift, accuracy and triggers (gateway/monitor_serv
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.serving.batch_policy import BatchingConfig
+
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
 class _Strict(BaseModel):
@@ -113,6 +129,16 @@ class RuntimeSection(_Strict):
     remote_model: str | None = None
     versions: list[int] | None = None
     """remote only: versions to serve when there are no version folders."""
+    sha256: dict[int, str] = Field(default_factory=dict)
+    """Expected SHA-256 (hex) of each version's file: a file that differs is refused at load."""
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digests(cls, digests: dict[int, str]) -> dict[int, str]:
+        for version, digest in digests.items():
+            if not _SHA256.match(digest):
+                raise ValueError(f"version {version}: expected 64 hexadecimal digits, got {digest!r}")
+        return {v: d.lower() for v, d in digests.items()}
 
     @model_validator(mode="after")
     def _remote_needs_url(self) -> RuntimeSection:
@@ -121,6 +147,55 @@ class RuntimeSection(_Strict):
         if "/" in self.filename or self.filename.startswith(".") or not self.filename.endswith(".onnx"):
             raise ValueError("runtime.filename must be a plain *.onnx file name")
         return self
+
+
+class WatchdogSection(_Strict):
+    """A runtime call that never returns must not hold its batch slot for ever (`gateway.serving.watchdog`)."""
+
+    call_timeout_ms: float | None = Field(None, gt=0)
+    """A runtime call running longer is cancelled and counted as a hang; null (the default): no watchdog.
+    A version with a watchdog runs every batch on a runtime thread, where ONNX Runtime can be told to stop,
+    never inline on the event loop (`runtime.inline_max_ms`), where nothing could interrupt a hang."""
+    unresponsive_after: int = Field(3, ge=1, le=1000)
+    """Hangs in a row that mark the version not ready (the router and rollouts then see it)."""
+    probe_interval_s: float = Field(5.0, gt=0, le=3600)
+    """While not ready, how often a probe call (a row of zeros) checks whether it answers again."""
+
+
+class InputGuard(_Strict):
+    """Per input tensor: whether NaN and infinities may reach the model."""
+
+    allow_nan: bool = True
+    allow_inf: bool = True
+
+
+class FeatureGuard(_Strict):
+    """Per feature (one column of an input): a value range and/or the allowed categories."""
+
+    min: float | None = None
+    max: float | None = None
+    allowed: list[float] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _something(self) -> FeatureGuard:
+        if self.min is None and self.max is None and self.allowed is None:
+            raise ValueError("a feature guard needs min, max or allowed")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+
+class GuardsSection(_Strict):
+    """Input guards, checked on every request before it is queued (`gateway.serving.guards`)."""
+
+    action: Literal["refuse", "flag"] = "refuse"
+    """refuse: answer 400 naming the feature; flag: serve the request and count the violation."""
+    inputs: dict[str, InputGuard] = Field(default_factory=dict)
+    features: dict[str, FeatureGuard] = Field(default_factory=dict)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.inputs or self.features)
 
 
 class LoggingSection(_Strict):
@@ -251,6 +326,8 @@ class ModelConfig(_Strict):
     runtime: RuntimeSection = Field(default_factory=lambda: RuntimeSection())
     logging: LoggingSection = Field(default_factory=lambda: LoggingSection())
     monitoring: MonitoringSection = Field(default_factory=lambda: MonitoringSection())
+    watchdog: WatchdogSection = Field(default_factory=lambda: WatchdogSection())
+    guards: GuardsSection = Field(default_factory=lambda: GuardsSection())
     ray: RaySection = Field(default_factory=lambda: RaySection())
 
     def batching_config(self) -> BatchingConfig:

@@ -1,7 +1,9 @@
 """Served models and versions: what is loaded, in which state, behind which batcher.
 
 A version is READY only after its runtime loaded and warmed up; a version that failed keeps
-its error message for metadata and the logs, and never takes the gateway down with it.
+its error message for metadata and the logs, and never takes the gateway down with it. A READY
+version whose runtime calls keep hanging becomes UNRESPONSIVE (its watchdog says so) until a probe
+answers again, or it is reloaded.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ from pathlib import Path
 
 from opentelemetry.trace import Tracer
 
-from gateway.errors import ModelNotFound
+from gateway.errors import ModelNotFound, ModelNotReady
 from gateway.observability.metrics import GatewayMetrics, VersionMetrics
 from gateway.observability.tracing import BatchTelemetry
 from gateway.serving.batch_policy import BatchingConfig
 from gateway.serving.batcher import Batcher, BatchObserver
+from gateway.serving.guards import InputGuards
 from gateway.serving.model_config import ModelConfig
 from gateway.serving.repository import ModelSource, VersionSource, scan_model, scan_repository
+from gateway.serving.watchdog import RuntimeWatchdog
 from runtimes.base import ModelRuntime
 
 log = logging.getLogger(__name__)
@@ -32,6 +36,8 @@ RuntimeFactory = Callable[[ModelSource, VersionSource], Awaitable[ModelRuntime]]
 class VersionState(str, enum.Enum):
     LOADING = "LOADING"
     READY = "READY"
+    UNRESPONSIVE = "UNRESPONSIVE"
+    """Loaded, but its runtime calls keep hanging: not routed to until a probe answers (or a reload)."""
     FAILED = "FAILED"
     UNLOADING = "UNLOADING"
     UNLOADED = "UNLOADED"
@@ -48,6 +54,11 @@ class ServedVersion:
     runtime: ModelRuntime | None = None
     batcher: Batcher | None = None
     batching: BatchingConfig = field(default_factory=BatchingConfig)
+    watchdog: RuntimeWatchdog | None = None
+    guards: InputGuards | None = None
+    """The model's input guards compiled for this version's signature (None: it has none)."""
+    sha256: str | None = None
+    """SHA-256 of the artifact the runtime was loaded from (None: a remote runtime)."""
 
     @property
     def ready(self) -> bool:
@@ -70,18 +81,27 @@ class ServedModel:
         return [v for v in self.versions.values() if v.ready]
 
 
-def version_batcher(runtime: ModelRuntime, config: ModelConfig, name: str, observer: BatchObserver | None) -> Batcher:
+def version_batcher(
+    runtime: ModelRuntime,
+    config: ModelConfig,
+    name: str,
+    observer: BatchObserver | None,
+    watchdog: RuntimeWatchdog | None = None,
+) -> Batcher:
     """The started batcher for one version's runtime, from its config (a model with no batch dimension is served
-    one request at a time): the same in the gateway's process and in a Ray Serve version replica."""
+    one request at a time): the same in the gateway's process and in a Ray Serve version replica.
+
+    With a `watchdog` every batch goes through it (a runtime thread that ONNX Runtime's terminate flag reaches),
+    never inline on the event loop nor on a thread the watchdog cannot reach."""
     batching = config.batching_config()
     if not runtime.signature.batchable and batching.max_batch_size > 0:
         batching = BatchingConfig(**{**batching.__dict__, "max_batch_size": 0})
     batcher = Batcher(
-        runtime.infer,
+        runtime.infer if watchdog is None else watchdog.call,
         batching,
         observer=observer,
         name=name,
-        synchronous=runtime.synchronous(),
+        synchronous=runtime.synchronous() if watchdog is None else None,
         inline_max_s=config.runtime.inline_max_ms / 1000.0,
     )
     batcher.start()
@@ -104,6 +124,8 @@ class ModelRegistry:
         self._metrics = metrics
         self._factory = factory
         self.models: dict[str, ServedModel] = {}
+        self.on_state_change: Callable[[str], None] | None = None
+        """Called with a model's name when one of its versions stops or starts answering (the weights follow)."""
 
     async def load_all(self) -> None:
         """Scan the repository and load every selected version concurrently."""
@@ -127,17 +149,25 @@ class ModelRegistry:
         try:
             runtime = await self._factory(source, vs)
             await runtime.warmup()
+            served.guards = InputGuards.compile(
+                source.config.guards, runtime.signature, source.config.monitoring.feature_names
+            )
         except Exception as exc:
             served.state = VersionState.FAILED
             served.error = str(exc)
             log.error("model %s version %s failed to load: %s", served.model, served.version, exc)
             return
         served.runtime = runtime
+        served.sha256 = getattr(runtime, "sha256", None) or None
+        limit_ms = source.config.watchdog.call_timeout_ms
+        if limit_ms is not None:
+            served.watchdog = self._watchdog(served, runtime, limit_ms / 1000.0)
         served.batcher = version_batcher(
             runtime,
             source.config,
             f"{served.model}/{served.version}",
             BatchTelemetry(served.metrics, self._tracer, self._batch_counter(served.model, served.version)),
+            served.watchdog,
         )
         served.batching = batching = served.batcher.config
         served.metrics.set_provider(runtime.info.execution_provider)
@@ -152,6 +182,41 @@ class ModelRegistry:
             batching.max_batch_size,
         )
 
+    def _watchdog(self, served: ServedVersion, runtime: ModelRuntime, limit_s: float) -> RuntimeWatchdog:
+        options = served.config.watchdog
+        hangs = self._metrics.runtime_hangs.labels(served.model, served.version)
+
+        def unresponsive(reason: str) -> None:
+            if served.state is not VersionState.READY:
+                return
+            served.state, served.error = VersionState.UNRESPONSIVE, reason
+            served.metrics.set_ready(False)
+            if served.batcher is not None:
+                served.batcher.fail_queued(ModelNotReady(served.not_ready_reason()))
+            self._state_changed(served.model)
+
+        def recovered() -> None:
+            if served.state is not VersionState.UNRESPONSIVE:
+                return
+            served.state, served.error = VersionState.READY, None
+            served.metrics.set_ready(True)
+            self._state_changed(served.model)
+
+        return RuntimeWatchdog(
+            runtime,
+            limit_s,
+            unresponsive_after=options.unresponsive_after,
+            probe_interval_s=options.probe_interval_s,
+            name=f"{served.model}/{served.version}",
+            on_hang=hangs.inc,
+            on_unresponsive=unresponsive,
+            on_recovered=recovered,
+        )
+
+    def _state_changed(self, model: str) -> None:
+        if self.on_state_change is not None:
+            self.on_state_change(model)
+
     def _batch_counter(self, model: str, version: str) -> Callable[[int], None] | None:
         on_batch = self._on_batch
         if on_batch is None:
@@ -159,11 +224,15 @@ class ModelRegistry:
         return lambda rows: on_batch(model, version, rows)
 
     async def load_version(self, name: str, version: str) -> ServedVersion:
-        """Load (or reload) one version from the repository, whatever the version policy says."""
+        """Load (or reload) one version from the repository, whatever the version policy says.
+
+        An UNRESPONSIVE version is reloaded: its old runtime and batcher are closed first."""
         model = self.get_model(name)
         current = model.versions.get(version)
         if current is not None and current.state in (VersionState.READY, VersionState.LOADING):
             return current
+        if current is not None:
+            await _release(current)
         source = await asyncio.to_thread(scan_model, self.repo, self.repo / name, True)
         match = [v for v in source.versions if v.version == version]
         if source.error and not match:
@@ -178,16 +247,13 @@ class ModelRegistry:
     async def unload_version(self, name: str, version: str, drain_timeout_s: float) -> ServedVersion:
         """Stop routing to the version, let its in-flight requests finish, then free the runtime."""
         served = self.get_version(name, version)
-        if served.state is not VersionState.READY:
+        if served.state not in (VersionState.READY, VersionState.UNRESPONSIVE):
             return served
         served.state = VersionState.UNLOADING
         served.metrics.set_ready(False)
         if served.batcher is not None:
             await served.batcher.drain(drain_timeout_s)
-            await served.batcher.close()
-        if served.runtime is not None:
-            await served.runtime.close()
-        served.batcher, served.runtime = None, None
+        await _release(served)
         served.state = VersionState.UNLOADED
         log.info("model %s version %s unloaded", name, version)
         return served
@@ -221,7 +287,15 @@ class ModelRegistry:
         for model in self.models.values():
             for served in model.versions.values():
                 served.metrics.set_ready(False)
-                if served.batcher is not None:
-                    await served.batcher.close()
-                if served.runtime is not None:
-                    await served.runtime.close()
+                await _release(served)
+
+
+async def _release(served: ServedVersion) -> None:
+    """Close a version's watchdog, batcher and runtime (an unload, a reload, shutdown)."""
+    if served.watchdog is not None:
+        await served.watchdog.close()
+    if served.batcher is not None:
+        await served.batcher.close()
+    if served.runtime is not None:
+        await served.runtime.close()
+    served.watchdog, served.batcher, served.runtime = None, None, None

@@ -34,4 +34,5 @@ async def load_runtime(source: ModelSource, version: VersionSource, executor: Ex
         providers=rt.execution_providers,
         intra_op_threads=rt.intra_op_threads,
         executor=executor,
+        expected_sha256=rt.sha256.get(int(version.version)) if version.version.isdigit() else None,
     )

@@ -22,9 +22,10 @@ from sqlalchemy import (
     event,
     select,
 )
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine, make_url
 
-from gateway.errors import NotLeader
+from gateway.errors import NotLeader, StoreUnavailable
 from gateway.storage.migrations import apply_migrations, current_version
 from gateway.storage.schema import leases_table
 
@@ -78,7 +79,46 @@ def _make_engine(url: str, connect_args: Mapping[str, Any] | None) -> Engine:
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
+    # A database cut off must fail a call within seconds, not hang a thread: bounded connects, and a
+    # connection whose peer stops answering is dropped (unacknowledged data, or silent keep-alives).
+    for key, value in _PG_TIMEOUTS.items():
+        args.setdefault(key, value)
     return create_engine(parsed, pool_pre_ping=True, connect_args=args)
+
+
+_PG_TIMEOUTS = {
+    "connect_timeout": 5,
+    "tcp_user_timeout": 10_000,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+}
+"""libpq connection parameters (each can be overridden through the store's connect_args)."""
+
+_UNAVAILABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError, sa_exc.TimeoutError)
+"""What a database that is down, cut off, locked or out of space raises through SQLAlchemy (psycopg's
+connection refused and server gone, SQLite's "disk I/O error", "database or disk is full", "locked")."""
+_SQLITE_UNAVAILABLE = frozenset((5, 6, 7, 10, 13, 14))
+"""SQLite's primary result codes for a database that may work again: BUSY, LOCKED, NOMEM, IOERR, FULL,
+CANTOPEN. Its other OperationalErrors ("no such table", a syntax error) are the statement's fault."""
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    if not isinstance(exc, _UNAVAILABLE):
+        return False
+    orig = getattr(exc, "orig", None)
+    if isinstance(orig, sqlite3.Error):
+        code = getattr(orig, "sqlite_errorcode", None)
+        return code is None or (code & 0xFF) in _SQLITE_UNAVAILABLE
+    return True
+
+
+def _first_line(exc: BaseException) -> str:
+    """The driver's message, first line only: later lines can hold the statement and its parameters."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip().splitlines()
+    return f"{type(orig).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 D = TypeVar("D", bound="Database")
@@ -149,13 +189,27 @@ class Database:
         self.close()
 
     @contextmanager
+    def _unavailable(self, doing: str) -> Iterator[None]:
+        """Turn a database that cannot be reached or written into `StoreUnavailable` (503 at the edge; the
+        prediction log keeps the batch and tries again). The transaction was rolled back: nothing changed."""
+        try:
+            yield
+        except _UNAVAILABLE as exc:
+            if not _is_unavailable(exc):
+                raise
+            raise StoreUnavailable(
+                f"the state database ({self.display_url}) is unavailable, {doing}: {_first_line(exc)}; "
+                "retry when it is back"
+            ) from exc
+
+    @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with self._engine.connect() as conn, conn.begin():
+        with self._unavailable("nothing could be read"), self._engine.connect() as conn, conn.begin():
             yield conn
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        with self._engine.connect() as conn:
+        with self._unavailable("nothing was changed"), self._engine.connect() as conn:
             conn.execution_options(**{_WRITE_OPTION: True})
             with conn.begin():
                 yield conn

@@ -19,7 +19,9 @@ comes (with the store's extra driver arguments) as the first frame, never in arg
 environment: it may hold a password. It ignores SIGINT and SIGTERM and runs in a session of its own
 (the gateway flushes the log on shutdown, then closes the pipe), and it exits when the pipe closes,
 so a gateway killed outright does not leave it behind. A child that dies or stops answering loses
-the batch it held; the next batch starts a new one.
+the batch it held; the next batch starts a new one. A database the child cannot reach or write (or
+open, when it starts) is not the batch's fault: that answer is `WriterUnavailable`, a `SinkUnavailable`,
+and the log holds the batch and tries again.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 from gateway.storage.store import Store
-from monitors.records import PredictionRow
+from monitors.records import PredictionRow, SinkUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,10 @@ START_TIMEOUT_S = 60.0
 
 class WriterProcessError(RuntimeError):
     """The writer process failed a batch, died, or did not answer in time."""
+
+
+class WriterUnavailable(WriterProcessError, SinkUnavailable):
+    """The writer process cannot reach or write the database now: the batch can be tried again."""
 
 
 class ProcessRowWriter:
@@ -100,6 +106,8 @@ class ProcessRowWriter:
                 await self._stop_child(kill=True)
                 raise WriterProcessError(f"the log writer process failed: {_describe(exc)}") from exc
         status, detail = pickle.loads(answer)
+        if status == "unavailable":
+            raise WriterUnavailable(detail)
         if status != "ok":
             raise WriterProcessError(detail)
 
@@ -141,7 +149,8 @@ class ProcessRowWriter:
             raise WriterProcessError(f"the log writer process did not start: {_describe(exc)}") from exc
         if status != "ready":
             await _end(child, kill=True)
-            raise WriterProcessError(f"the log writer process could not open the database: {detail}")
+            error = WriterUnavailable if status == "unavailable" else WriterProcessError
+            raise error(f"the log writer process could not open the database: {detail}")
         self._child = child
         self.starts += 1
         return child
@@ -235,7 +244,7 @@ def main() -> None:
     except EOFError:
         return
     except Exception as exc:
-        _send(outbox, pickle.dumps(("error", _describe(exc))))
+        _send(outbox, pickle.dumps((_status(exc), _describe(exc))))
         return
     try:
         _send(outbox, pickle.dumps(("ready", "")))
@@ -250,13 +259,18 @@ def main() -> None:
                 store.write_prediction_rows(rows)
                 answer = ("ok", len(rows))
             except Exception as exc:
-                answer = ("error", _describe(exc))
+                answer = (_status(exc), _describe(exc))
             try:
                 _send(outbox, pickle.dumps(answer))
             except OSError:
                 return
     finally:
         store.close()
+
+
+def _status(exc: BaseException) -> str:
+    """The answer for a failed batch: "unavailable" when the database may take it later, else "error"."""
+    return "unavailable" if isinstance(exc, SinkUnavailable) else "error"
 
 
 def _describe(exc: BaseException) -> str:

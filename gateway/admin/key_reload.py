@@ -1,0 +1,99 @@
+"""Admin tokens and inference keys reloaded without a restart: on SIGHUP, and when their file changes.
+
+Rotating a key must not need a restart (which would drop in-flight requests and re-warm every model).
+`KeyReloader` re-reads both lists as at start-up (the environment's pairs plus the file's) and swaps
+them into the live `AdminAuth` and `InferenceAuth` at once; a request sees either the old list or the
+new one, never a mix. A file that no longer parses (a typo, a half-written file) changes nothing: the
+old keys stay in force, the error is logged (naming the line, never a key) and counted in
+`sluice_key_reloads_total{kind,outcome="error"}`, so a bad edit cannot lock everyone out.
+
+Changes are noticed by polling the files' identity (inode, size, mtime) every `interval_s`: one stat
+call per file, off the request path. With `--workers`, the supervisor passes SIGHUP on to every worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gateway.admin.auth import AdminAuth, AdminTokenError, InferenceAuth
+from gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+
+def _identity(path: Path | None) -> tuple[int, int, int] | None:
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class KeyReloader:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        admin: AdminAuth,
+        inference: InferenceAuth,
+        counter: Any,
+        *,
+        interval_s: float = 2.0,
+    ) -> None:
+        """`counter`: the `sluice_key_reloads_total` family (labels kind, outcome)."""
+        self._settings = settings
+        self._admin = admin
+        self._inference = inference
+        self._counter = counter
+        self.interval_s = interval_s
+        self._seen = self._identities()
+        self._task: asyncio.Task[None] | None = None
+
+    def _identities(self) -> tuple[tuple[int, int, int] | None, tuple[int, int, int] | None]:
+        s = self._settings
+        return _identity(s.admin_tokens_file), _identity(s.inference_keys_file)
+
+    def reload(self, why: str) -> None:
+        """Re-read both lists now; keep the old one of any that fails."""
+        self._seen = self._identities()
+        loads: list[tuple[str, Callable[[], AdminAuth], AdminAuth]] = [
+            ("admin", lambda: AdminAuth.from_settings(self._settings), self._admin),
+            ("inference", lambda: InferenceAuth.from_inference_settings(self._settings), self._inference),
+        ]
+        for kind, load, live in loads:
+            try:
+                fresh = load()
+            except AdminTokenError as exc:
+                self._counter.labels(kind, "error").inc()
+                log.error("%s keys not reloaded (%s); the previous ones stay in force: %s", kind, why, exc)
+                continue
+            live.replace_with(fresh)
+            self._counter.labels(kind, "ok").inc()
+            log.info("%s keys reloaded (%s): %s", kind, why, ", ".join(live.names) or "none")
+
+    def start(self) -> None:
+        if self._task is None and (self._settings.admin_tokens_file or self._settings.inference_keys_file):
+            self._task = asyncio.get_running_loop().create_task(self._watch(), name="key-reload")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            if self._identities() != self._seen:
+                try:
+                    self.reload("file changed")
+                except Exception:  # never stop watching
+                    log.exception("key reload failed")
