@@ -1,6 +1,11 @@
 from __future__ import annotations
 
 import os
+
+# Ray 2.60 starts a local cluster with token authentication (the token in ~/.ray/auth_token), and a process reads
+# the mode once, when it imports Ray: set before any test module does, so that tests/test_ray.py can join the
+# cluster its driver started.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 import uuid
 from collections.abc import Iterator
 from pathlib import Path

@@ -32,9 +32,6 @@ from tests.helpers import ROOT, Load, ThreadedGateway, free_port, settings_for, 
 from tests.models import build_slow
 from tests.test_rollouts import build_lookup
 
-# Ray 2.60 starts a local cluster with token authentication (the token in ~/.ray/auth_token); this process joins
-# that cluster, and Ray reads the mode once, when it is imported.
-os.environ.setdefault("RAY_AUTH_MODE", "token")
 ray = pytest.importorskip("ray") if os.environ.get("CI") != "true" else __import__("ray")
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
