@@ -136,7 +136,9 @@ MODES: dict[str, str] = {
     "batching_on": _BATCHING_ON_YAML + _VERSIONS_YAML,
     WORKERS2: _BATCHING_ON_YAML + _VERSIONS_YAML,
     RAY: _BATCHING_ON_YAML + _VERSIONS_YAML + "ray:\n  num_cpus: 0.5\n  num_replicas: 1\n",
-    RAY2: _BATCHING_ON_YAML + _VERSIONS_YAML + "ray:\n  num_cpus: 0.5\n  num_replicas: 2\n",
+    # Reservations only (Ray does not cap a replica's CPU): 2 versions x 2 replicas x 0.25 + the ingress's 0.5
+    # fit Ray's 2 CPUs; at 0.5 each the ingress could never be placed.
+    RAY2: _BATCHING_ON_YAML + _VERSIONS_YAML + "ray:\n  num_cpus: 0.25\n  num_replicas: 2\n",
     LOGGING_OFF: _BATCHING_ON_YAML + _VERSIONS_YAML + _LOGGING_OFF_YAML,
     SHADOW: _BATCHING_ON_YAML + _VERSIONS_YAML,
     "batching_off": _BATCHING_OFF_YAML + _VERSIONS_YAML,
