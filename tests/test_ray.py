@@ -361,3 +361,39 @@ def test_unloading_a_version_removes_its_deployment_and_loading_it_deploys_it_ag
         ),
         timeout=30,
     )  # fmt: skip
+
+
+def test_deployments_that_cannot_fit_a_local_ray_are_refused_at_start_naming_what_asks(
+    pg_schema_url: str, tmp_path: Path
+) -> None:
+    """Serve would wait for ever to place a replica no node can hold (the driver used to block in `serve.run`,
+    never ready, the reason only in Serve's own log): a local Ray refuses at once, and leaves nothing running."""
+    repo = tmp_path / "models"
+    build_lookup(repo / "big" / "1" / "model.onnx", rows=10)
+    (repo / "big" / "config.yaml").write_text("ray:\n  num_cpus: 1.5\n  num_replicas: 2\n")
+    env = {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "SLUICE_DATABASE_URL": pg_schema_url,
+        "SLUICE_RAY_INGRESS_CPUS": "0.25",
+        "SLUICE_RAY_OBJECT_STORE_MB": "100",
+    }
+    env.pop("RAY_ADDRESS", None)
+    cmd = [
+        sys.executable, "-m", "gateway", "serve", "--ray", "--ray-num-cpus", "2", "--ray-ingress-replicas", "1",
+        "--model-repo", str(repo), "--host", "127.0.0.1",
+        "--http-port", str(free_port()), "--grpc-port", str(free_port()),
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True
+    )
+    try:
+        out, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        for pid in _session_pids(proc.pid):  # the driver and the Ray it started, in their process groups
+            os.kill(pid, signal.SIGKILL)
+        raise AssertionError("the driver did not refuse deployments that cannot fit: it is waiting for them") from None
+    text = " ".join(out.decode(errors="replace").split())
+    assert proc.returncode == 2, text[-3000:]
+    assert "ask for 3.25 CPUs at start (big/1 2 x 1.5, ingress 1 x 0.25) and the Ray cluster has 2" in text, text
+    wait_until(lambda: not _session_pids(proc.pid), timeout=30, what="every Ray process to exit")

@@ -219,15 +219,19 @@ def _start_ray(settings: GatewaySettings) -> None:
         models = _scan_models(settings)
         _banner(settings, settings.http_port, settings.grpc_port, models, False)
 
-    status = run_ray(
-        settings,
-        address=settings.ray_address,
-        ingress_replicas=settings.ray_ingress_replicas,
-        num_cpus=settings.ray_num_cpus,
-        ingress_cpus=settings.ray_ingress_cpus,
-        object_store_mb=settings.ray_object_store_mb,
-        on_ready=on_ready,
-    )
+    try:
+        status = run_ray(
+            settings,
+            address=settings.ray_address,
+            ingress_replicas=settings.ray_ingress_replicas,
+            num_cpus=settings.ray_num_cpus,
+            ingress_cpus=settings.ray_ingress_cpus,
+            object_store_mb=settings.ray_object_store_mb,
+            on_ready=on_ready,
+        )
+    except RayModeError as exc:
+        console.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from None
     if status:
         raise typer.Exit(status)
 

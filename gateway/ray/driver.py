@@ -4,8 +4,10 @@
 2. Start a local Ray (`--ray-num-cpus`, no dashboard, a small object store, on the gateway's host address),
    or join a running cluster with `--ray-address`; Serve's own HTTP proxy stays off (clients reach the
    ingress replicas' own servers).
-3. Bring the schema up to date, and deploy each model version the repository selects (and that was not
-   unloaded) as its own Serve application, with replicas, autoscaling, CPUs and GPUs from its config.yaml.
+3. Bring the schema up to date; refuse (a local Ray) or warn (a joined cluster) when the deployments' CPUs and
+   GPUs at start exceed the cluster's (`capacity`: Serve would wait for ever); deploy each model version the
+   repository selects (and that was not unloaded) as its own Serve application, with replicas, autoscaling,
+   CPUs and GPUs from its config.yaml.
 4. Deploy the ingress application: `--ray-ingress-replicas` gateway replicas on the given ports.
 5. Wait for SIGTERM or SIGINT. (The leader deploys a version loaded through the admin API before it records
    it as loaded, and removes the application of a version unloaded: `gateway.ray.ingress`.)
@@ -61,6 +63,7 @@ def run_ray(
     from ray import serve
 
     from gateway.ray.app import ingress_application
+    from gateway.ray.capacity import shortfall, starting_demand
     from gateway.ray.naming import INGRESS_APP, VERSION_APP_PREFIX, version_app
     from gateway.ray.runtime import deploy_version, version_application
     from gateway.serving.repository import scan_repository
@@ -87,8 +90,8 @@ def run_ray(
     # After ray.init: Ray's own failure handler would take SIGTERM and end the process with nothing cleaned up.
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     store = Store(url)
+    serve_started = False
     try:
-        serve.start(proxy_location="Disabled")
         store.upgrade()
         unloaded = {(r["model"], r["version"]) for r in store.versions() if r["desired"] == "unloaded"}
         wanted = [
@@ -98,6 +101,13 @@ def run_ray(
             for v in source.versions
             if (source.name, v.version) not in unloaded
         ]
+        demand = starting_demand(((s.name, v.version, s.config) for s, v in wanted), ingress_replicas, ingress_cpus)
+        if (problem := shortfall(demand, ray.cluster_resources())) is not None:  # type: ignore[no-untyped-call]
+            if started_ray:
+                raise RayModeError(problem)
+            log.warning("%s; waiting, in case the cluster adds nodes", problem)
+        serve.start(proxy_location="Disabled")
+        serve_started = True
         applications = [(s, v, version_application(settings.model_repo, s, v)) for s, v in wanted]
         with ThreadPoolExecutor(4) as pool:  # each waits for its application to run
             list(pool.map(lambda sva: deploy_version(settings.model_repo, *sva), applications))
@@ -122,7 +132,7 @@ def run_ray(
         return 0
     finally:
         store.close()
-        if started_ray:
+        if started_ray and serve_started:
             serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()
         for sig, handler in previous.items():

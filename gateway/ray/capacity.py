@@ -1,0 +1,62 @@
+"""Whether the deployments `sluice serve --ray` starts with fit the cluster's CPUs and GPUs.
+
+Serve waits for ever for a replica that no node can hold: `serve.run` blocks, the gateway never gets ready, and
+the reason is only in the Serve controller's log. A local Ray is all there will ever be, so the driver refuses
+at start and names what asks for what; a cluster joined with `--ray-address` may still grow (an autoscaler adds
+nodes), so there the same finding is a warning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from gateway.serving.model_config import ModelConfig
+
+_SLACK = 1e-9
+"""Ray adds fractional resources in binary floating point."""
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    """What one deployment reserves at start: its replicas, each with the CPUs and GPUs of its actor."""
+
+    name: str
+    replicas: int
+    cpus: float
+    gpus: float
+
+
+def starting_demand(
+    versions: Iterable[tuple[str, str, ModelConfig]], ingress_replicas: int, ingress_cpus: float
+) -> list[Demand]:
+    """The version deployments (`model/version` with its config) at their starting replicas, and the ingress.
+
+    An autoscaled version starts at `max(1, min_replicas)` (its `initial_replicas`); growing past that later
+    waits for room without holding the gateway up, so only the start is checked.
+    """
+    demand = []
+    for model, version, config in versions:
+        ray = config.ray
+        replicas = max(1, ray.autoscaling.min_replicas) if ray.autoscaling is not None else ray.num_replicas
+        demand.append(Demand(f"{model}/{version}", replicas, ray.num_cpus, ray.num_gpus))
+    demand.append(Demand("ingress", ingress_replicas, ingress_cpus, 0.0))
+    return demand
+
+
+def shortfall(demand: Sequence[Demand], available: Mapping[str, float]) -> str | None:
+    """Why `demand` cannot all be placed in a cluster with `available` resources (Ray's "CPU", "GPU"), or None."""
+    for resource in ("CPU", "GPU"):
+        each = {d.name: d.cpus if resource == "CPU" else d.gpus for d in demand}
+        asks = [d for d in demand if each[d.name] > 0]
+        need = sum(d.replicas * each[d.name] for d in asks)
+        have = float(available.get(resource, 0.0))
+        if need > have + _SLACK:
+            parts = ", ".join(f"{d.name} {d.replicas} x {each[d.name]:g}" for d in asks)
+            return (
+                f"the deployments ask for {need:g} {resource}s at start ({parts}) and the Ray cluster has {have:g}: "
+                f"Serve would wait for ever to place them. Lower ray.num_{resource.lower()}s or the replicas in the "
+                f"models' config.yaml (or SLUICE_RAY_INGRESS_CPUS), or give Ray more {resource}s"
+                + (" (--ray-num-cpus)" if resource == "CPU" else "")
+            )
+    return None
