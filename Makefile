@@ -31,7 +31,7 @@ serve: install                                     ## serve MODEL_REPO
 	$(BIN)/sluice serve --model-repo $(MODEL_REPO) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT)
 
 test: install-dev                                  ## run the test suite
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
 lint: install-dev                                  ## ruff and mypy --strict
 	$(BIN)/ruff check gateway runtimes monitors dashboards tests loadtests
