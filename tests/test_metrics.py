@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import httpx
+import pytest
 
 from gateway.observability.metrics import METRIC_NAMES
 from tests.helpers import GatewayProcess, metric_value, wait_until
@@ -92,6 +93,33 @@ def test_the_process_group_collector_sums_the_tree_and_its_cpu_time_never_goes_b
     assert after["process_cpu_seconds"] >= busy > before["process_cpu_seconds"]
     assert after["process_resident_memory_bytes"] < before["process_resident_memory_bytes"] + 50e6
     assert after["process_open_fds"] > 0 and after["process_start_time_seconds"] > 0
+
+
+def test_cpu_seconds_do_not_go_back_by_a_rounding_when_a_child_is_reaped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child's ticks move into its parent's cutime when it is reaped: the same ticks, summed another way. Dividing
+    per process and adding the quotients rounded differently (CI saw 240.05 then 240.04999999999998), and a
+    Prometheus counter that goes back by 1e-14 is a counter reset to `rate()`. The ticks are added as integers."""
+    from gateway.observability import process_group
+
+    def stat(utime: int, cutime: int = 0) -> list[str]:
+        fields = ["S"] + ["0"] * 40  # from the state on: 11 utime, 12 stime, 13 cutime, 14 cstime, 19 start
+        fields[11], fields[13] = str(utime), str(cutime)
+        return fields
+
+    alive = {1: stat(20002), 2: stat(37), 3: stat(100)}  # the gateway, a worker, a log writer
+    reaped = {1: stat(20002, cutime=37), 3: stat(100)}  # the worker died: its 37 ticks are the gateway's cutime
+    tree: dict[int, list[str]] = alive
+    monkeypatch.setattr(process_group, "descendants", lambda root: list(tree))
+    monkeypatch.setattr(process_group, "_stat", lambda pid: tree.get(pid))
+    collector = process_group.ProcessGroupCollector(1)
+    monkeypatch.setattr(collector, "_ticks", 100)
+
+    def cpu() -> float:
+        return next(m.samples[0].value for m in collector.collect() if m.name == "process_cpu_seconds")
+
+    before = cpu()
+    tree = reaped
+    assert cpu() >= before == 201.39
 
 
 def test_fast_instruments_export_exactly_what_prometheus_clients_own_would() -> None:

@@ -68,14 +68,16 @@ class ProcessGroupCollector(Collector):
         if not _PROC.is_dir():
             return
         roots = [self._roots] if isinstance(self._roots, int) else self._roots()
-        cpu = rss = vms = fds = 0.0
+        ticks = 0  # added as integers and divided once: a reaped child's ticks move into its parent's cutime, and
+        # quotients added per process round differently from one quotient, so the counter could go back by 1e-14
+        rss = vms = fds = 0.0
         start = None
         for pid in {p for root in roots for p in descendants(root)}:
             fields = _stat(pid)
             if fields is None:
                 continue
             # Fields (from state, 0-based): 11 utime, 12 stime, 13 cutime, 14 cstime, 19 starttime, 20 vsize, 21 rss.
-            cpu += sum(int(fields[i]) for i in (11, 12, 13, 14)) / self._ticks
+            ticks += sum(int(fields[i]) for i in (11, 12, 13, 14))
             vms += int(fields[20])
             rss += int(fields[21]) * self._page
             if pid in roots:
@@ -84,6 +86,7 @@ class ProcessGroupCollector(Collector):
             with contextlib.suppress(OSError):
                 fds += len(os.listdir(_PROC / str(pid) / "fd"))
         scope = " (the gateway's processes together: supervisor, workers and their helpers)"
+        cpu = ticks / self._ticks
         yield CounterMetricFamily("process_cpu_seconds_total", "Total user and system CPU time in seconds" + scope, cpu)
         yield GaugeMetricFamily("process_resident_memory_bytes", "Resident memory size in bytes" + scope, rss)
         yield GaugeMetricFamily("process_virtual_memory_bytes", "Virtual memory size in bytes" + scope, vms)
