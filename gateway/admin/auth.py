@@ -167,7 +167,7 @@ class InferenceAuth(AdminAuth):
         if settings.inference_keys is not None and settings.inference_keys.get_secret_value().strip():
             pairs += parse_token_list(settings.inference_keys.get_secret_value(), "SLUICE_INFERENCE_KEYS")
         if settings.inference_keys_file is not None:
-            pairs += read_token_file(settings.inference_keys_file)
+            pairs += read_token_file(settings.inference_keys_file, "inference keys")
         auth = cls(pairs, source="inference keys")
         if auth.enabled:
             log.info("inference keys enforced for %s", ", ".join(auth.names))
@@ -194,15 +194,27 @@ def parse_token_list(value: str, source: str = "SLUICE_ADMIN_TOKENS") -> list[tu
     return pairs
 
 
-def read_token_file(path: Path) -> list[tuple[str, str]]:
-    """One 'name:token' a line; blank lines and lines starting with '#' are skipped."""
+def read_token_file(path: Path, kind: str = "admin tokens") -> list[tuple[str, str]]:
+    """One 'name:token' a line; blank lines and lines starting with '#' are skipped.
+
+    Every way a file can fail to be a list of keys (unreadable, not UTF-8, a malformed line) is an
+    `AdminTokenError` naming the file and the line, never the secret: a key reload keeps the old keys on it,
+    and a decode error must not escape as a traceback (that is how a broken file once blocked the other's reload).
+    """
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        raw = Path(path).read_bytes()
     except OSError as exc:
-        raise AdminTokenError(f"cannot read admin tokens file {path}: {exc.strerror or exc}") from None
+        raise AdminTokenError(f"cannot read {kind} file {path}: {exc.strerror or exc}") from None
     pairs = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        stripped = line.strip()
+    for number, line_bytes in enumerate(raw.splitlines(), start=1):
+        try:
+            line = line_bytes.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise AdminTokenError(
+                f"{path}, line {number}: not UTF-8 text (an undecodable byte at column {exc.start + 1}); "
+                f"save the {kind} file as UTF-8"
+            ) from None
+        stripped = line.strip().lstrip("\ufeff")  # a UTF-8 byte-order mark is harmless
         if not stripped or stripped.startswith("#"):
             continue
         name, sep, token = stripped.partition(":")

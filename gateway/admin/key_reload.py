@@ -74,6 +74,12 @@ class KeyReloader:
                 self._counter.labels(kind, "error").inc()
                 log.error("%s keys not reloaded (%s); the previous ones stay in force: %s", kind, why, exc)
                 continue
+            except Exception as exc:  # one file's surprise must never block the other file's reload
+                self._counter.labels(kind, "error").inc()
+                log.error(
+                    "%s keys not reloaded (%s); the previous ones stay in force: %s", kind, why, type(exc).__name__
+                )
+                continue
             live.replace_with(fresh)
             self._counter.labels(kind, "ok").inc()
             log.info("%s keys reloaded (%s): %s", kind, why, ", ".join(live.names) or "none")
