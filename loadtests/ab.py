@@ -48,23 +48,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from loadtests.bench import (
-    DRIFT,
-    MODEL,
-    MODES,
-    BenchError,
-    DriftLoop,
-    Gateway,
-    check_gateway,
-    free_port,
-    lua_script,
-    machine_facts,
-    prepare_gateway,
-    request_body,
-    run_wrk,
-    running_gateway,
-    scrape_prediction_log,
-)
+from loadtests.modes import DRIFT, MODEL, MODES, BenchError
+from loadtests.report import machine_facts
+from loadtests.scrape import scrape_prediction_log
+from loadtests.servers import DriftLoop, Gateway, check_gateway, free_port, prepare_gateway, running_gateway
+from loadtests.wrk import lua_script, request_body, run_wrk
 
 DRIFT_WARM_TIMEOUT_S = 180.0
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from loadtests.ab import paced, summarise
-from loadtests.bench import Row, lua_script, run_wrk, target_checks
+from loadtests.targets import Row, target_checks
+from loadtests.wrk import lua_script, run_wrk
 from tests.helpers import HookReceiver
 
 WRK = shutil.which("wrk")
