@@ -60,7 +60,6 @@ from loadtests.modes import (
     POLICIES,
     PROVIDERS,
     SHADOW,
-    WORKER_ARGS,
     BenchError,
     mode_config,
 )
@@ -70,10 +69,9 @@ from loadtests.scrape import counter_delta, scrape_prediction_log, scrape_shadow
 from loadtests.servers import (
     DriftLoop,
     check_gateway,
-    floor_cmd,
     free_port,
     pg_schema,
-    prepare_gateway,
+    prepare_server,
     running_gateway,
     server_cpu_s,
     write_model_repo,
@@ -144,20 +142,8 @@ def bench_mode(
     """Start the server for one mode (the gateway, or the bare floor), warm it, sweep the connection counts,
     stop it."""
     port = free_port()
-    info: dict[str, Any]
-    extra_env: dict[str, str] = {}
-    if name in FLOORS:
-        config = mode_config("batching_off", args.provider)
-        model = write_model_repo(work / f"repo-{name}", config) / MODEL / "1" / "model.onnx"
-        cmd = floor_cmd(port) + WORKER_ARGS.get(name, [])
-        extra_env = {"FLOOR_MODEL": str(model), "FLOOR_MODEL_NAME": MODEL, "FLOOR_PROVIDER": args.provider}
-        info = {"app": "loadtests/floor_app.py", "env": extra_env}
-        log_path = args.out / f"{name}.log"
-    else:
-        cmd, extra_env, info = prepare_gateway(name, work, port, args.provider, args.gateway_cmd, args.pg_url)
-        cmd += WORKER_ARGS.get(name, [])
-        log_path = args.out / f"gateway-{name}.log"
-    info.update(cmd=shlex.join(cmd), port=port)
+    cmd, extra_env, info = prepare_server(name, work, port, args.provider, args.gateway_cmd, args.pg_url)
+    log_path = args.out / (f"{name}.log" if name in FLOORS else f"gateway-{name}.log")
     shadowed = name not in FLOORS and bool(POLICIES[name].shadows)
     rows: list[Row] = []
     url = f"http://{HOST}:{port}/v2/models/{MODEL}/infer"

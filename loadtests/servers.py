@@ -26,6 +26,7 @@ from gateway.serving.traffic import TrafficPolicy
 from loadtests.modes import (
     DRIFT,
     DRIFT_TOKEN,
+    FLOORS,
     GATEWAY_VERSIONS,
     HOST,
     MODEL,
@@ -34,6 +35,7 @@ from loadtests.modes import (
     RAY_MODES,
     REFERENCE_VERSIONS,
     ROOT,
+    WORKER_ARGS,
     BenchError,
     mode_config,
 )
@@ -334,6 +336,24 @@ def prepare_gateway(
         },
         "pg_schema": schema,
     }
+    return cmd, extra_env, info
+
+
+def prepare_server(
+    name: str, work: Path, port: int, provider: str, gateway_cmd: str, pg_url: str = ""
+) -> tuple[list[str], dict[str, str], dict[str, Any]]:
+    """Any mode ready to start, the floors included: the command (with its worker arguments), the extra
+    environment and what to record about it."""
+    if name in FLOORS:
+        config = mode_config("batching_off", provider)
+        model = write_model_repo(work / f"repo-{name}", config) / MODEL / "1" / "model.onnx"
+        cmd = floor_cmd(port)
+        extra_env = {"FLOOR_MODEL": str(model), "FLOOR_MODEL_NAME": MODEL, "FLOOR_PROVIDER": provider}
+        info: dict[str, Any] = {"app": "loadtests/floor_app.py", "env": extra_env}
+    else:
+        cmd, extra_env, info = prepare_gateway(name, work, port, provider, gateway_cmd, pg_url)
+    cmd += WORKER_ARGS.get(name, [])
+    info.update(cmd=shlex.join(cmd), port=port)
     return cmd, extra_env, info
 
 

@@ -140,3 +140,25 @@ def test_placement_cost_runs_and_checks_the_runtime_process_against_the_session(
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["rows", "inline", "µs", "thread", "µs", "process", "µs"]
     assert [line.split()[0] for line in lines[1:]] == ["1", "4"]
+
+
+def test_the_stage_budget_charges_a_sample_to_the_innermost_frame_a_rule_knows() -> None:
+    from loadtests.stage_budget import budget, parse_raw, per_request_us
+
+    raw = [
+        'process 10:"python -m gateway serve";run (uvloop/__init__.py:1);'
+        "handle (gateway/serving/http_app.py:80);decode_request (gateway/serving/codec_json.py:40);"
+        "asarray (numpy/core/numeric.py:9) 30\n",
+        'process 10:"python -m gateway serve";run (gateway/serving/batcher.py:200);'
+        "run (runtimes/onnx.py:120);run (onnxruntime/capi/session.py:220) 50\n",
+        'process 11:"python -c import x\n',
+        'y";main (somewhere/else.py:3) 20\n',  # a `python -c` child whose command line spans lines
+        'process 12:"uvicorn";app (loadtests/floor_app.py:2) 10\n',
+    ]
+    stacks = parse_raw(raw)
+    assert [count for _, count in stacks] == [30, 50, 20, 10]
+    per_stage, unknown = budget(stacks, {"floor_app.py": ["import x", "    tensor = orjson.loads(body)"]})
+    assert per_stage == {"decode": 40, "run": 50, "other": 20}
+    assert unknown == {"main (somewhere/else.py)": 20}
+    us = per_request_us(per_stage, cpu_s=1.1, requests=1000)  # 110 samples over 1.1 CPU-s: 10 ms a sample
+    assert us == pytest.approx({"decode": 400.0, "run": 500.0, "other": 200.0})
