@@ -73,6 +73,7 @@ STAGES: tuple[Rule, ...] = (
     ("trace", "observability/tracing.py", None),
     ("logs", "observability/logs.py", None),
     ("logs", "logging/", None),
+    ("asgi", "uvicorn/protocols/", ("run_asgi", "receive")),
     ("write", "uvicorn/protocols/", ("send", "_send", "write")),
     ("write", "serving/http_protocol.py", ("write", "flush", "send")),
     ("write", "serving/http_app.py", ("_send",)),
@@ -144,6 +145,11 @@ def _line_stage(frame: Frame, sources: dict[str, list[str]]) -> str | None:
     return None
 
 
+def _named(function: str, prefixes: tuple[str, ...]) -> bool:
+    """py-spy names a method by its qualified name (`RequestResponseCycle.send`): match the last part."""
+    return function.rpartition(".")[2].lstrip("_").startswith(tuple(p.lstrip("_") for p in prefixes))
+
+
 def stage_of(frames: Sequence[Frame], sources: dict[str, list[str]] | None = None) -> str:
     """The stage a stack's CPU is charged to: the innermost frame some rule recognises (frames outermost first).
     `sources`: the lines of the files in `LINE_RULES`, by file name."""
@@ -152,9 +158,7 @@ def stage_of(frames: Sequence[Frame], sources: dict[str, list[str]] | None = Non
         if by_line is not None:
             return by_line
         for stage, fragment, prefixes in STAGES:
-            if fragment in frame.path and (
-                prefixes is None or frame.function.lstrip("_").startswith(tuple(p.lstrip("_") for p in prefixes))
-            ):
+            if fragment in frame.path and (prefixes is None or _named(frame.function, prefixes)):
                 return stage
     return "other"
 

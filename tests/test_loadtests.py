@@ -154,11 +154,12 @@ def test_the_stage_budget_charges_a_sample_to_the_innermost_frame_a_rule_knows()
         'process 11:"python -c import x\n',
         'y";main (somewhere/else.py:3) 20\n',  # a `python -c` child whose command line spans lines
         'process 12:"uvicorn";app (loadtests/floor_app.py:2) 10\n',
+        'process 10:"python";RequestResponseCycle.send (uvicorn/protocols/http/httptools_impl.py:500) 5\n',
     ]
     stacks = parse_raw(raw)
-    assert [count for _, count in stacks] == [30, 50, 20, 10]
+    assert [count for _, count in stacks] == [30, 50, 20, 10, 5]
     per_stage, unknown = budget(stacks, {"floor_app.py": ["import x", "    tensor = orjson.loads(body)"]})
-    assert per_stage == {"decode": 40, "run": 50, "other": 20}
+    assert per_stage == {"decode": 40, "run": 50, "other": 20, "write": 5}
     assert unknown == {"main (somewhere/else.py)": 20}
-    us = per_request_us(per_stage, cpu_s=1.1, requests=1000)  # 110 samples over 1.1 CPU-s: 10 ms a sample
-    assert us == pytest.approx({"decode": 400.0, "run": 500.0, "other": 200.0})
+    us = per_request_us(per_stage, cpu_s=1.15, requests=1000)  # 115 samples over 1.15 CPU-s: 10 ms a sample
+    assert us == pytest.approx({"decode": 400.0, "run": 500.0, "other": 200.0, "write": 50.0})
