@@ -7,6 +7,7 @@ Unreachable: skipped locally, a failure when CI=true.
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
@@ -19,17 +20,17 @@ import sqlalchemy as sa
 from gateway.control.rollout_model import CheckResult, CheckSpec, Phase, RolloutSpec, RolloutState, Verdict
 from gateway.errors import Conflict, InvalidInput
 from gateway.serving.traffic import TrafficPolicy
-from gateway.storage import control_state, schema
-from gateway.storage import migrations as migrations_mod
+from gateway.storage import control_state
 from gateway.storage.control_state import AuditEvent
-from gateway.storage.migrations import Migration, SchemaError, add_column
-from gateway.storage.store import Store, upgrade_database
+from gateway.storage.migrations import head_version
+from gateway.storage.schema import predictions_table
+from gateway.storage.store import Store
 from monitors.records import Label, PredictionRecord
 from monitors.triggers import RuleState
 from tests.databases import Backend
 
 UTC = timezone.utc
-LATEST = len(migrations_mod.MIGRATIONS)
+LATEST = head_version()
 
 
 # --- engines: the `backend` fixture (tests/conftest.py) gives SQLite and PostgreSQL ---
@@ -56,139 +57,6 @@ def _columns(s: Store, table: str) -> set[str]:
 def _version_rows(s: Store) -> list[int]:
     with s.engine.connect() as conn:
         return list(conn.execute(sa.text("select version from schema_version order by version")).scalars())
-
-
-# --- schema and migrations ----------------------------------------------------------------------
-
-
-def test_upgrade_from_empty(backend: Backend) -> None:
-    s = backend.open()
-    assert s.schema_version() == 0
-    assert _tables(s) == set()
-    assert s.upgrade() == LATEST
-    assert s.schema_version() == LATEST
-    assert {"schema_version", "traffic_policies", "rollouts", "versions", "audit_events"} <= _tables(s)
-    assert _version_rows(s) == list(range(1, LATEST + 1))
-
-
-def test_upgrade_is_idempotent(backend: Backend) -> None:
-    s = backend.open()
-    assert s.upgrade() == LATEST
-    s.put_policy("m", TrafficPolicy(stable="1"))
-    assert s.upgrade() == LATEST
-    assert backend.open().upgrade() == LATEST
-    assert _version_rows(s) == list(range(1, LATEST + 1))
-    assert s.get_policy("m") == TrafficPolicy(stable="1")
-
-
-def test_migrated_schema_matches_live_tables(store: Store) -> None:
-    """Migration 1's frozen DDL and the tables the queries use agree, column for column."""
-    for table in schema.metadata.sorted_tables:
-        assert _columns(store, table.name) == set(table.columns.keys()), table.name
-
-
-def test_future_migration_runs_only_the_missing_step(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[int] = []
-    original = migrations_mod.MIGRATIONS[0]
-
-    def step_1(conn: sa.Connection) -> None:
-        calls.append(1)
-        original.apply(conn)
-
-    def step_2(conn: sa.Connection) -> None:
-        calls.append(2)
-        add_column(conn, "versions", "note", sa.String(100), nullable=False, server_default="'none'")
-
-    monkeypatch.setattr(migrations_mod, "MIGRATIONS", [Migration(1, original.description, step_1)])
-    s = backend.open()
-    assert s.upgrade() == 1
-    with s.engine.begin() as conn:  # a row as a v1 gateway wrote it (put_version needs the newest schema)
-        conn.execute(
-            sa.text(
-                "insert into versions (model, version, runtime, batching, desired, created_at, updated_at) "
-                "values ('m', '1', 'onnx', '{}', 'loaded', :at, :at)"
-            ),
-            {"at": datetime.now(timezone.utc)},
-        )
-    assert calls == [1]
-    assert s.upgrade() == 1  # nothing more to add: a no-op
-    assert calls == [1]
-
-    monkeypatch.setattr(
-        migrations_mod,
-        "MIGRATIONS",
-        [Migration(1, original.description, step_1), Migration(2, "version notes", step_2)],
-    )
-    assert s.schema_version() == 1
-    assert s.upgrade() == 2
-    assert calls == [1, 2]  # only the missing step ran
-    assert "note" in _columns(s, "versions")
-    assert _version_rows(s) == [1, 2]
-    with s.engine.connect() as conn:
-        assert conn.execute(sa.text("select note from versions")).scalar_one() == "none"
-    assert s.versions("m")[0]["runtime"] == "onnx"  # old data is kept
-    assert backend.open().upgrade() == 2
-    assert calls == [1, 2]
-
-
-def test_failed_migration_rolls_back_entirely(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
-    s = backend.open()
-    s.upgrade()
-
-    def broken(conn: sa.Connection) -> None:
-        add_column(conn, "versions", "half_done", sa.Integer())
-        raise RuntimeError("boom")
-
-    monkeypatch.setattr(
-        migrations_mod, "MIGRATIONS", [*migrations_mod.MIGRATIONS, Migration(LATEST + 1, "broken", broken)]
-    )
-    with pytest.raises(RuntimeError, match="boom"):
-        s.upgrade()
-    assert s.schema_version() == LATEST
-    assert "half_done" not in _columns(s, "versions")  # the DDL was in the transaction too
-
-
-def test_schema_newer_than_code_is_refused(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(migrations_mod, "MIGRATIONS", [])
-    with pytest.raises(SchemaError, match="newer than this code"):
-        store.upgrade()
-
-
-def test_migration_list_must_be_in_order(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
-    m1 = migrations_mod.MIGRATIONS[0]
-    monkeypatch.setattr(migrations_mod, "MIGRATIONS", [m1, Migration(3, "gap", lambda conn: None)])
-    with pytest.raises(SchemaError, match="numbered"):
-        backend.open().upgrade()
-
-
-def test_concurrent_upgrades_agree(backend: Backend) -> None:
-    stores = [backend.open() for _ in range(4)]
-    barrier = threading.Barrier(len(stores))
-    results: list[int] = []
-    errors: list[BaseException] = []
-
-    def run(s: Store) -> None:
-        try:
-            barrier.wait()
-            results.append(s.upgrade())
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(s,)) for s in stores]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert errors == []
-    assert results == [LATEST] * len(stores)
-    assert _version_rows(stores[0]) == list(range(1, LATEST + 1))
-
-
-def test_upgrade_database_by_url(backend: Backend) -> None:
-    url = backend.url_with_search_path()
-    assert upgrade_database(url) == LATEST
-    assert upgrade_database(url) == LATEST
-    assert backend.open().schema_version() == LATEST
 
 
 def test_for_state_dir_makes_a_wal_sqlite_file(tmp_path: Path) -> None:
@@ -479,39 +347,26 @@ def _indexes(s: Store, table: str) -> set[str]:
         return {ix["name"] for ix in sa.inspect(conn).get_indexes(table) if ix["name"]}
 
 
-def test_migration_3_keeps_predictions_stored_as_json_readable(
-    backend: Backend, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Rows the JSON store wrote (migration 2) read the same after migration 3, beside new binary rows."""
-    monkeypatch.setattr(migrations_mod, "MIGRATIONS", migrations_mod.MIGRATIONS[:2])
+def test_predictions_stored_as_json_by_release_0_1_s_first_schema_stay_readable(backend: Backend) -> None:
+    """Rows the JSON store wrote before release 0.1's migration 3 hold their JSON text as bytes (that step
+    converted the columns in place); they read the same beside binary rows."""
     s = backend.open()
-    assert s.upgrade() == 2
-    assert "ix_predictions_at" in _indexes(s, "predictions")
-    old = sa.Table(  # the predictions table as migration 2 made it, and rows as the JSON store wrote them
-        "predictions",
-        sa.MetaData(),
-        *(sa.Column(c.name, c.type) for c in schema.predictions_table.columns if c.name not in ("inputs", "outputs")),
-        sa.Column("inputs", sa.JSON),
-        sa.Column("outputs", sa.JSON),
-    )
+    assert s.upgrade() == LATEST
     t0 = datetime(2025, 1, 31, 12, 0, tzinfo=UTC)
     x_doc = {"x": {"shape": [1, 3], "datatype": "FP32", "data": [0.5, None, 2.0]}}  # NaN was stored as null
     y_doc = {"y": {"shape": [1, 2], "datatype": "INT64", "data": [1, -1]}}
+    as_text = lambda doc: json.dumps(doc).encode()  # noqa: E731
     with s.engine.begin() as conn:
         conn.execute(
-            sa.insert(old),
+            sa.insert(predictions_table),
             [
                 {"model": "m", "id": "old-1", "version": "1", "route": "stable", "at": t0, "latency_s": 0.01,
-                 "outcome": "ok", "inputs": x_doc, "outputs": y_doc},
+                 "outcome": "ok", "inputs": as_text(x_doc), "outputs": as_text(y_doc)},
                 {"model": "m", "id": "old-2", "version": "1", "route": "stable", "at": t0 + timedelta(seconds=1),
-                 "latency_s": 0.02, "outcome": "error", "inputs": x_doc, "outputs": {}},
+                 "latency_s": 0.02, "outcome": "error", "inputs": as_text(x_doc), "outputs": as_text({})},
             ],
         )  # fmt: skip
-    monkeypatch.undo()
 
-    assert s.upgrade() == LATEST
-    assert "ix_predictions_at" not in _indexes(s, "predictions")
-    assert "ix_predictions_model_version_at" in _indexes(s, "predictions")
     x = np.array([[1.0, np.inf, -2.0]], dtype=np.float32)
     new = PredictionRecord(
         "new-1", t0 + timedelta(seconds=2), "m", "1", "stable", {"x": x}, {"y": x[:, :2]}, 0.03, "ok"

@@ -1,359 +1,127 @@
-"""Schema changes as an ordered, append-only list of migrations, and the upgrade that applies them.
+"""Schema changes through Alembic, applied by the store in its own write transaction.
 
-`upgrade()` applies the missing steps in order in one transaction and records each in
-`schema_version`. A step's DDL is frozen history: migration 1 keeps its own copy of the v1 tables,
-so a later step that adds a column to the live tables (with `add_column`) does not also change what
-migration 1 creates.
+Revisions live in `gateway/storage/alembic/versions` and are numbered: revision "0007" is schema version 7, so
+`sluice db upgrade`, `/admin` and the logs keep speaking of one integer. `apply_migrations` runs on the
+connection the store opened (PostgreSQL serialises racing upgrades on an advisory lock, SQLite on its write lock),
+so several replicas starting at once agree, and a failed step rolls back with everything before it.
+
+A database made by release 0.1 (its hand-written runner's `schema_version` table at 6, no `alembic_version`) is
+stamped at the baseline revision "0006", which creates exactly what that release had, and its old table is
+dropped; older ones are refused with what to do.
+
+A new revision: change `gateway/storage/schema.py`, then `python -m gateway.storage.migrations revision "what"`
+writes the next numbered file from the difference between the models and a database at the head (review it: it
+is frozen history from then on); `tests/test_migrations.py` checks that a migrated database equals the models.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
+import tempfile
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Boolean,
-    Column,
-    Float,
-    Index,
-    Integer,
-    LargeBinary,
-    MetaData,
-    String,
-    Table,
-    func,
-    insert,
-    inspect,
-    select,
-    text,
-    true,
-)
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, func, inspect, select, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.types import TypeEngine
-
-from gateway.storage.schema import Id, UTCDateTime, metadata, schema_version_table, utc_now
 
 log = logging.getLogger(__name__)
+logging.getLogger("alembic").setLevel(logging.WARNING)  # its INFO lines repeat what `log` says once
 
 _ADVISORY_LOCK_KEY = zlib.crc32(b"sluice.store.upgrade")
+SCRIPTS = Path(__file__).with_name("alembic")
+BASELINE = "0006"
+"""The revision that equals release 0.1's schema version 6."""
+LEGACY_TABLE = "schema_version"
 
 
 class SchemaError(RuntimeError):
-    """The database's schema does not fit this code (newer than it knows, or a broken migration list)."""
+    """The database's schema does not fit this code (newer than it knows, or too old to stamp)."""
 
 
-# --- migrations -----------------------------------------------------------------------------
+def alembic_config(connection: Connection | None = None, extra_versions: Path | None = None) -> Config:
+    """Alembic's settings, made here rather than read from an alembic.ini, so the installed package is enough.
+    `extra_versions`: a second folder of revisions (tests add a failing one)."""
+    config = Config()
+    config.set_main_option("script_location", str(SCRIPTS))
+    locations = [str(SCRIPTS / "versions"), *([str(extra_versions)] if extra_versions else [])]
+    config.set_main_option("version_locations", " ".join(locations))
+    config.set_main_option("path_separator", "space")
+    config.attributes["connection"] = connection
+    return config
 
 
-@dataclass(frozen=True)
-class Migration:
-    version: int
-    description: str
-    apply: Callable[[Connection], None]
+def _number(revision: str | None) -> int:
+    return int(revision) if revision else 0
 
 
-def _migration_1(conn: Connection) -> None:
-    """Create the v1 tables. A frozen copy: later migrations change the live tables, not this."""
-    md = MetaData()
-    Table(
-        "traffic_policies",
-        md,
-        Column("model", String(255), primary_key=True),
-        Column("policy", JSON, nullable=False),
-        Column("updated_at", UTCDateTime, nullable=False),
-    )
-    rollouts = Table(
-        "rollouts",
-        md,
-        Column("id", Id, primary_key=True, autoincrement=True),
-        Column("model", String(255), nullable=False),
-        Column("stable", String(255), nullable=False),
-        Column("canary", String(255), nullable=False),
-        Column("phase", String(32), nullable=False),
-        Column("active", Boolean, nullable=False),
-        Column("state", JSON, nullable=False),
-        Column("created_at", UTCDateTime, nullable=False),
-        Column("updated_at", UTCDateTime, nullable=False),
-    )
-    Index("ix_rollouts_model_id", rollouts.c.model, rollouts.c.id)
-    # At most one active rollout per model, enforced by the database (a partial unique index).
-    Index(
-        "uq_rollouts_active_model",
-        rollouts.c.model,
-        unique=True,
-        sqlite_where=rollouts.c.active == true(),
-        postgresql_where=rollouts.c.active == true(),
-    )
-    Table(
-        "versions",
-        md,
-        Column("model", String(255), primary_key=True),
-        Column("version", String(255), primary_key=True),
-        Column("artifact", String(4096), nullable=True),
-        Column("runtime", String(64), nullable=False),
-        Column("batching", JSON, nullable=False),
-        Column("desired", String(16), nullable=False),
-        Column("created_at", UTCDateTime, nullable=False),
-        Column("updated_at", UTCDateTime, nullable=False),
-    )
-    audit = Table(
-        "audit_events",
-        md,
-        Column("id", Id, primary_key=True, autoincrement=True),
-        Column("at", UTCDateTime, nullable=False),
-        Column("actor", String(255), nullable=False),
-        Column("action", String(255), nullable=False),
-        Column("model", String(255), nullable=True),
-        Column("before", JSON, nullable=True),
-        Column("after", JSON, nullable=True),
-    )
-    Index("ix_audit_events_model_id", audit.c.model, audit.c.id)
-    md.create_all(conn, checkfirst=False)
-
-
-def _migration_2(conn: Connection) -> None:
-    """The prediction log and its labels (a frozen copy, as migration 1's).
-
-    A prediction's key is (model, id, version): a shadow answer shares its request's id (the V2
-    response id) but not its version, and ids are the callers' own, unique only within a model.
-    A label belongs to (model, prediction id): it is the truth about the request, whichever
-    versions answered it, so the stable's and a shadow's accuracy are read from the same labels.
-    """
-    md = MetaData()
-    predictions = Table(
-        "predictions",
-        md,
-        Column("model", String(255), primary_key=True),
-        Column("id", String(256), primary_key=True),
-        Column("version", String(255), primary_key=True),
-        Column("route", String(16), nullable=False),
-        Column("at", UTCDateTime, nullable=False),
-        Column("latency_s", Float, nullable=False),
-        Column("outcome", String(32), nullable=False),
-        Column("inputs", JSON, nullable=False),
-        Column("outputs", JSON, nullable=False),
-    )
-    # Windows of one version (monitors) and retention by age / by row count (pruning).
-    Index("ix_predictions_model_version_at", predictions.c.model, predictions.c.version, predictions.c.at)
-    Index("ix_predictions_at", predictions.c.at)
-    Table(
-        "labels",
-        md,
-        Column("model", String(255), primary_key=True),
-        Column("prediction_id", String(256), primary_key=True),
-        Column("value", JSON, nullable=False),
-        Column("at", UTCDateTime, nullable=False),
-        Column("received_at", UTCDateTime, nullable=False),
-    )
-    md.create_all(conn, checkfirst=False)
-
-
-def _migration_3(conn: Connection) -> None:
-    """Predictions keep their tensors as bytes (the binary form), and lose the index on `at` alone.
-
-    The JSON text of the rows already stored is kept, as bytes (`tensors_from_bytes` and
-    `stored_tensors_to_json` read it): the step is SQL only, however large the table. Pruning by
-    age or by row count uses the (model, version, at) index, per model and version.
-
-    PostgreSQL changes the column types in place. SQLite cannot, so the table is rebuilt: a copy
-    in one statement, then the old table dropped and the copy renamed (all in `upgrade()`'s
-    transaction, so a failure leaves the old table as it was).
-    """
-    quote = conn.dialect.identifier_preparer.quote
-    conn.execute(text(f"DROP INDEX {quote('ix_predictions_at')}"))
-    if conn.dialect.name == "postgresql":
-        for column in ("inputs", "outputs"):
-            conn.execute(
-                text(
-                    f"ALTER TABLE predictions ALTER COLUMN {column} TYPE bytea USING convert_to({column}::text, 'UTF8')"
-                )
-            )
-        return
-    md = MetaData()
-    Table(
-        "predictions_v3",
-        md,
-        Column("model", String(255), primary_key=True),
-        Column("id", String(256), primary_key=True),
-        Column("version", String(255), primary_key=True),
-        Column("route", String(16), nullable=False),
-        Column("at", UTCDateTime, nullable=False),
-        Column("latency_s", Float, nullable=False),
-        Column("outcome", String(32), nullable=False),
-        Column("inputs", LargeBinary, nullable=False),
-        Column("outputs", LargeBinary, nullable=False),
-    )
-    md.create_all(conn, checkfirst=False)
-    conn.execute(
-        text(
-            "INSERT INTO predictions_v3 (model, id, version, route, at, latency_s, outcome, inputs, outputs) "
-            "SELECT model, id, version, route, at, latency_s, outcome, CAST(inputs AS BLOB), CAST(outputs AS BLOB) "
-            "FROM predictions"
-        )
-    )
-    conn.execute(text("DROP TABLE predictions"))
-    conn.execute(text("ALTER TABLE predictions_v3 RENAME TO predictions"))
-    conn.execute(text("CREATE INDEX ix_predictions_model_version_at ON predictions (model, version, at)"))
-
-
-def _migration_4(conn: Connection) -> None:
-    """Drift and accuracy runs: their figures (what gauges, triggers and rollout checks read), the
-    whole result, and the file name of the Evidently HTML report (a frozen copy, as the others)."""
-    md = MetaData()
-    runs = Table(
-        "monitor_runs",
-        md,
-        Column("id", Id, primary_key=True, autoincrement=True),
-        Column("model", String(255), nullable=False),
-        Column("version", String(255), nullable=False),
-        Column("kind", String(16), nullable=False),
-        Column("status", String(16), nullable=False),
-        Column("at", UTCDateTime, nullable=False),
-        Column("actor", String(255), nullable=False),
-        Column("rows", Integer, nullable=False),
-        Column("figures", JSON, nullable=False),
-        Column("detail", JSON, nullable=False),
-        Column("report", String(255), nullable=True),
-    )
-    Index("ix_monitor_runs_model_kind_id", runs.c.model, runs.c.kind, runs.c.id)
-    md.create_all(conn, checkfirst=False)
-
-
-def _migration_5(conn: Connection) -> None:
-    """Trigger rules' state (a frozen copy, as the others)."""
-    md = MetaData()
-    Table(
-        "trigger_states",
-        md,
-        Column("model", String(255), primary_key=True),
-        Column("version", String(255), primary_key=True),
-        Column("rule", String(255), primary_key=True),
-        Column("streak", Integer, nullable=False),
-        Column("last_fired_clock", Float, nullable=True),
-        Column("updated_at", UTCDateTime, nullable=False),
-    )
-    md.create_all(conn, checkfirst=False)
-
-
-def _migration_6(conn: Connection) -> None:
-    """Replicas and one control plane: the leader lease, the revision counter replicas follow, policy
-    revisions, and the window summaries replicas publish (a frozen copy, as the others)."""
-    md = MetaData()
-    Table(
-        "control_revision",
-        md,
-        Column("id", Integer, primary_key=True, autoincrement=False),
-        Column("revision", BigInteger, nullable=False),
-    )
-    Table(
-        "leases",
-        md,
-        Column("name", String(64), primary_key=True),
-        Column("holder", String(255), nullable=False),
-        Column("epoch", BigInteger, nullable=False),
-        Column("expires_at", Float, nullable=False),
-        Column("address", String(1024), nullable=True),
-        Column("acquired_at", UTCDateTime, nullable=False),
-    )
-    windows = Table(
-        "window_summaries",
-        md,
-        Column("id", Id, primary_key=True, autoincrement=True),
-        Column("replica", String(255), nullable=False),
-        Column("model", String(255), nullable=False),
-        Column("version", String(255), nullable=False),
-        Column("revision", BigInteger, nullable=False),
-        Column("at", UTCDateTime, nullable=False),
-        Column("requests", Integer, nullable=False),
-        Column("errors", Integer, nullable=False),
-        Column("latency", JSON, nullable=False),
-        Column("min_s", Float, nullable=True),
-        Column("max_s", Float, nullable=True),
-        Column("shadow_compared", Integer, nullable=False),
-        Column("shadow_agreed", Integer, nullable=False),
-        Column("batches", Integer, nullable=False),
-        Column("batch_rows", Integer, nullable=False),
-        Column("taken", Boolean, nullable=False),
-    )
-    Index("ix_window_summaries_model_version_revision", windows.c.model, windows.c.version, windows.c.revision)
-    Index("ix_window_summaries_model_at", windows.c.model, windows.c.at)
-    md.create_all(conn, checkfirst=False)
-    conn.execute(text("INSERT INTO control_revision (id, revision) VALUES (1, 0)"))
-    add_column(conn, "traffic_policies", "revision", BigInteger(), nullable=False, server_default="0")
-
-
-MIGRATIONS: list[Migration] = [
-    Migration(1, "traffic policies, rollouts, versions, audit log", _migration_1),
-    Migration(2, "prediction log and labels", _migration_2),
-    Migration(3, "prediction tensors as bytes; no index on the time alone", _migration_3),
-    Migration(4, "drift and accuracy runs", _migration_4),
-    Migration(5, "trigger rules' state", _migration_5),
-    Migration(6, "leader lease, control revision, policy revisions, window summaries", _migration_6),
-]
-"""Ordered, append-only. A new step: `Migration(6, "...", fn)`, where fn uses e.g. `add_column`."""
-
-
-def add_column(
-    conn: Connection,
-    table: str,
-    name: str,
-    type_: TypeEngine[Any],
-    *,
-    nullable: bool = True,
-    server_default: str | None = None,
-) -> None:
-    """ALTER TABLE ... ADD COLUMN, rendered for the connection's dialect (for migrations).
-
-    `server_default` is SQL text (e.g. "'x'" or "0"); a NOT NULL column on a table with rows needs one.
-    """
-    quote = conn.dialect.identifier_preparer.quote
-    ddl = f"ALTER TABLE {quote(table)} ADD COLUMN {quote(name)} {type_.compile(dialect=conn.dialect)}"
-    if server_default is not None:
-        ddl += f" DEFAULT {server_default}"
-    if not nullable:
-        ddl += " NOT NULL"
-    conn.execute(text(ddl))
+def head_version(extra_versions: Path | None = None) -> int:
+    """The schema version this code brings a database to."""
+    return _number(ScriptDirectory.from_config(alembic_config(None, extra_versions)).get_current_head())
 
 
 def current_version(conn: Connection) -> int:
-    if not inspect(conn).has_table(schema_version_table.name):
-        return 0
-    t = schema_version_table
-    return int(conn.execute(select(func.coalesce(func.max(t.c.version), 0))).scalar_one())
+    """The database's schema version; 0 when it has none (a release 0.1 database reads as its own number)."""
+    revision = MigrationContext.configure(conn).get_current_revision()
+    if revision is not None:
+        return _number(revision)
+    if inspect(conn).has_table(LEGACY_TABLE):
+        return int(conn.execute(text(f"SELECT coalesce(max(version), 0) FROM {LEGACY_TABLE}")).scalar_one())
+    return 0
 
 
-def _checked(migrations: list[Migration]) -> list[Migration]:
-    versions = [m.version for m in migrations]
-    if versions != list(range(1, len(versions) + 1)):
-        raise SchemaError(f"migrations must be numbered 1, 2, 3, ... in order; got {versions}")
-    return list(migrations)
-
-
-def apply_migrations(conn: Connection, where: str, migrations: list[Migration] | None = None) -> int:
-    """Apply the steps the database lacks, in order, on `conn` (the caller's write transaction); return
-    the schema version. `where` names the database in logs and errors (its URL, password masked)."""
-    steps = _checked(MIGRATIONS if migrations is None else migrations)
-    latest = steps[-1].version if steps else 0
+def apply_migrations(conn: Connection, where: str, extra_versions: Path | None = None) -> int:
+    """Bring the database on `conn` (the caller's write transaction) to the head revision; return its version.
+    `where` names the database in logs and errors (its URL, password masked)."""
     if conn.dialect.name == "postgresql":
         conn.execute(select(func.pg_advisory_xact_lock(_ADVISORY_LOCK_KEY)))
-    metadata.create_all(conn, tables=[schema_version_table], checkfirst=True)
-    current = current_version(conn)
-    if current > latest:
-        raise SchemaError(f"database {where} is at schema version {current}, newer than this code's {latest}")
-    for step in steps:
-        if step.version <= current:
-            continue
-        log.info("store %s: applying migration %d (%s)", where, step.version, step.description)
-        step.apply(conn)
-        conn.execute(
-            insert(schema_version_table).values(
-                version=step.version, description=step.description, applied_at=utc_now()
+    config = alembic_config(conn, extra_versions)
+    scripts = ScriptDirectory.from_config(config)
+    head = scripts.get_current_head()
+    current = MigrationContext.configure(conn).get_current_revision()
+    if current is None and inspect(conn).has_table(LEGACY_TABLE):
+        legacy = current_version(conn)
+        if legacy != int(BASELINE):
+            raise SchemaError(
+                f"database {where} is at release 0.1's schema version {legacy}; start release 0.1 on it once "
+                f"(it brings it to {int(BASELINE)}), then this one"
             )
-        )
-        current = step.version
-    return current
+        log.info("store %s: release 0.1's schema version %d, stamped as revision %s", where, legacy, BASELINE)
+        command.stamp(config, BASELINE)
+        conn.execute(text(f"DROP TABLE {LEGACY_TABLE}"))
+        current = BASELINE
+    if current is not None and current != head:
+        try:
+            scripts.get_revision(current)
+        except Exception:
+            raise SchemaError(
+                f"database {where} is at schema version {_number(current)}, newer than this code's {_number(head)}"
+            ) from None
+    if current != head:
+        log.info("store %s: migrating from schema version %d to %d", where, _number(current), _number(head))
+        command.upgrade(config, "head")
+    return _number(head)
+
+
+def write_revision(message: str) -> Path:
+    """Autogenerate the next numbered revision: the models against a scratch SQLite database at the head."""
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = create_engine(f"sqlite:///{tmp}/scratch.db")
+        with engine.begin() as conn:
+            apply_migrations(conn, "scratch")
+            config = alembic_config(conn)
+            number = f"{head_version() + 1:04d}"
+            script = command.revision(config, message, autogenerate=True, rev_id=number)
+        engine.dispose()
+    assert script is not None and not isinstance(script, list)
+    return Path(script.path)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] != "revision":
+        sys.exit('usage: python -m gateway.storage.migrations revision "what the revision changes"')
+    print(write_revision(sys.argv[2]))

@@ -1,6 +1,8 @@
-"""The live schema: every table as the newest migration leaves it, and what the queries share.
+"""The live schema: every table and index as the newest migration leaves it, and what the queries share.
 
-Queries use these tables; migrations (`gateway.storage.migrations`) keep frozen copies of their own.
+Queries use these tables. Migrations are Alembic revisions (`gateway/storage/alembic/versions`), frozen history
+written from these models (`alembic revision --autogenerate`, see `gateway.storage.migrations`); a test checks
+that a migrated database equals these models on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     Float,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
     String,
     Table,
     insert,
+    true,
     update,
 )
 from sqlalchemy.engine import Connection
@@ -73,14 +77,6 @@ Id = BigInteger().with_variant(Integer(), "sqlite")
 
 metadata = MetaData()
 
-schema_version_table = Table(
-    "schema_version",
-    metadata,
-    Column("version", Integer, primary_key=True, autoincrement=False),
-    Column("description", String(200), nullable=False),
-    Column("applied_at", UTCDateTime, nullable=False),
-)
-
 policies_table = Table(
     "traffic_policies",
     metadata,
@@ -104,6 +100,15 @@ rollouts_table = Table(
     Column("state", JSON, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+)
+
+Index("ix_rollouts_model_id", rollouts_table.c.model, rollouts_table.c.id)
+Index(  # at most one active rollout per model, enforced by the database (a partial unique index)
+    "uq_rollouts_active_model",
+    rollouts_table.c.model,
+    unique=True,
+    sqlite_where=rollouts_table.c.active == true(),
+    postgresql_where=rollouts_table.c.active == true(),
 )
 
 versions_table = Table(
@@ -132,6 +137,8 @@ audit_table = Table(
 )
 
 
+Index("ix_audit_events_model_id", audit_table.c.model, audit_table.c.id)
+
 predictions_table = Table(
     "predictions",
     metadata,
@@ -145,6 +152,7 @@ predictions_table = Table(
     Column("inputs", LargeBinary, nullable=False),
     Column("outputs", LargeBinary, nullable=False),
 )
+Index("ix_predictions_model_version_at", predictions_table.c.model, predictions_table.c.version, predictions_table.c.at)
 """Tensors are stored in `monitors.prediction_log`'s binary form (`tensors_to_bytes`); rows from before
 migration 3 hold their JSON text, which the readers below tell apart and read too."""
 
@@ -173,6 +181,8 @@ monitor_runs_table = Table(
     Column("detail", JSON, nullable=False),
     Column("report", String(255), nullable=True),
 )
+
+Index("ix_monitor_runs_model_kind_id", monitor_runs_table.c.model, monitor_runs_table.c.kind, monitor_runs_table.c.id)
 
 trigger_states_table = Table(
     "trigger_states",
@@ -236,6 +246,13 @@ window_summaries_table = Table(
 mergeable (counts and sparse latency-histogram buckets), keyed by the policy revision that routed the
 requests. Rollout analysis takes a version's untaken rows since its window's revision and marks them
 taken; the console reads them over time. Old rows are pruned by age."""
+Index(
+    "ix_window_summaries_model_version_revision",
+    window_summaries_table.c.model,
+    window_summaries_table.c.version,
+    window_summaries_table.c.revision,
+)
+Index("ix_window_summaries_model_at", window_summaries_table.c.model, window_summaries_table.c.at)
 
 
 def utc_now() -> datetime:
