@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from gateway.cpus import usable_cpus
 from gateway.observability.metrics import MULTIPROCESS_ENV, SUPERVISOR_ENV
 from gateway.settings import GatewaySettings
 
@@ -54,9 +55,10 @@ KILL_WAIT_S = 5.0
 
 
 def worker_count(value: int | str) -> int:
-    """`--workers`: a positive number, or "auto" for one per core this process may run on."""
+    """`--workers`: a positive number, or "auto" for one per CPU this process may use (its container's CPU
+    limit included: `gateway.cpus`)."""
     if value == "auto":
-        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        return usable_cpus()
     count = int(value)
     if count < 1:
         raise ValueError(f"--workers must be at least 1 or 'auto', got {value}")
