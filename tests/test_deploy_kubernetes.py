@@ -37,6 +37,7 @@ import tomllib
 import typer
 import yaml
 
+from dashboards import build
 from dashboards import kubernetes as generator
 from gateway.cli.main import app
 from gateway.settings import GatewaySettings
@@ -219,7 +220,8 @@ def test_the_dashboards_configmap_feeds_grafanas_sidecar() -> None:
     config_map = objects()["ConfigMap"]
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1", "the sidecar matches the string '1'"
     files = {p.name: p.read_text() for p in (ROOT / "dashboards").glob("*.json")}
-    assert config_map["data"] == files and len(files) == 3
+    assert config_map["data"] == files
+    assert set(files) == {f"{make().uid}.json" for make in build.DASHBOARDS}
     for name, text in config_map["data"].items():
         assert json.loads(text)["uid"] == name.removesuffix(".json")
     # kubectl apply (client side) copies the object into an annotation, which Kubernetes caps at 256 KiB
@@ -243,6 +245,11 @@ def test_the_container_runs_sluice_serve_with_real_options_and_settings() -> Non
         if name in ("SLUICE_DATABASE_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
             assert "value" not in var and "secretKeyRef" in var["valueFrom"], f"{name} comes from a Secret"
     assert "SLUICE_ADMIN_TOKENS" not in env(), "admin tokens come as a file, so a rotation needs no restart"
+    # several pods share one control plane: a pod that does not lead forwards admin calls to the leader's
+    # private listener at the address it advertises, which must be the pod's own, reachable from the others
+    assert objects()["Deployment"]["spec"]["replicas"] > 1
+    assert env()["SLUICE_CONTROL_HOST"]["value"] == "0.0.0.0"
+    assert env()["SLUICE_ADVERTISE_HOST"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
 
     repo = urlsplit(option_value("--model-repo"))
     assert repo.scheme == "s3" and repo.netloc and repo.path.strip("/")
@@ -390,7 +397,12 @@ def test_a_gateway_started_with_the_deployments_arguments_serves_its_probes_and_
             args.append(arg)
     assert args[args.index("--workers") + 1] == "auto"
     env_vars = {n: v["value"] for n, v in env().items() if "value" in v and n.startswith("SLUICE_")}
-    env_vars |= {"SLUICE_DATABASE_URL": pg_schema_url, "SLUICE_ADMIN_TOKENS": "", "TMPDIR": str(tmp_path)}
+    env_vars |= {
+        "SLUICE_DATABASE_URL": pg_schema_url,  # from the sluice-db Secret there
+        "SLUICE_ADVERTISE_HOST": "127.0.0.1",  # status.podIP there
+        "SLUICE_ADMIN_TOKENS": "",  # none: only the file, as there
+        "TMPDIR": str(tmp_path),
+    }
     with gateway_process(
         demo_repo,
         *args,
