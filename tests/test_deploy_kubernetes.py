@@ -304,6 +304,23 @@ def test_the_pod_is_non_root_on_a_read_only_root_with_writable_state_and_temp() 
         assert "hostPath" not in volume and "persistentVolumeClaim" not in volume, "nothing shared between pods"
 
 
+def quantity(text: str) -> int:
+    """A Kubernetes byte quantity ("20Gi", "512Mi") in bytes (the suffixes these manifests use)."""
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    match = re.fullmatch(r"(\d+)([KMGT]i)?", text)
+    assert match is not None, text
+    return int(match.group(1)) * units.get(match.group(2) or "", 1)
+
+
+def test_resources_are_guaranteed_and_the_ephemeral_limit_holds_the_emptydirs() -> None:
+    resources = container()["resources"]
+    for key in ("cpu", "memory"):  # Guaranteed QoS: last to be evicted, and --workers auto sees a whole limit
+        assert resources["requests"][key] == resources["limits"][key], key
+    assert int(resources["limits"]["cpu"]) >= 1, "a whole CPU at least: --workers auto rounds the limit down"
+    empty_dirs = sum(quantity(v["emptyDir"]["sizeLimit"]) for v in volumes().values() if "emptyDir" in v)
+    assert quantity(resources["limits"]["ephemeral-storage"]) > empty_dirs, "the emptyDirs fill before eviction"
+
+
 def test_every_secret_the_pod_reads_is_in_the_example_and_the_tokens_file_is_a_secret_volume() -> None:
     example = {d["metadata"]["name"]: d["stringData"] for d in load("secrets.example.yaml")}
     for name, var in env().items():
