@@ -7,7 +7,8 @@ HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 MODEL_REPO ?= models
 
-.PHONY: demo serve test lint bench install install-dev clean dashboards dashboards-previews console-screenshots
+.PHONY: demo serve test lint bench install install-dev clean dashboards dashboards-previews console-screenshots \
+	kubernetes-apply
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,8 +42,12 @@ lint: install-dev                                  ## ruff and mypy --strict
 bench: install-dev                                 ## benchmark against raw ONNX Runtime (needs wrk)
 	$(BIN)/python -m loadtests.bench
 
-dashboards: install-dev                            ## rewrite dashboards/*.json from dashboards/build.py
+dashboards: install-dev                            ## rewrite dashboards/*.json, and deploy/kubernetes' rule and dashboards from them
 	$(BIN)/python -m dashboards.build
+	$(BIN)/python -m dashboards.kubernetes
+
+kubernetes-apply:                                  ## kubectl apply -k deploy/kubernetes (create its Secrets first: see the README)
+	kubectl apply -k deploy/kubernetes
 
 dashboards-previews: install-dev                   ## redraw docs/previews/*.png from a live run (needs prometheus)
 	SLUICE_PREVIEWS_DIR=$(CURDIR)/docs/previews $(BIN)/python -m pytest -q -p no:cacheprovider \

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from gateway.cpus import usable_cpus
 from gateway.observability.metrics import MULTIPROCESS_ENV, SUPERVISOR_ENV
 from gateway.settings import GatewaySettings
 
@@ -47,12 +48,17 @@ _FAST_DEATH_S = 10.0
 """A worker that dies sooner than this after starting is restarted after a growing pause."""
 _MAX_BACKOFF_S = 30.0
 START_ATTEMPTS = 3
+DRAIN_MARGIN_S = 15.0
+"""On SIGTERM a worker still running this long after the drain timeout is killed (then waited KILL_WAIT_S):
+whatever stops the supervisor from outside (Kubernetes' terminationGracePeriodSeconds) must allow for both."""
+KILL_WAIT_S = 5.0
 
 
 def worker_count(value: int | str) -> int:
-    """`--workers`: a positive number, or "auto" for one per core this process may run on."""
+    """`--workers`: a positive number, or "auto" for one per CPU this process may use (its container's CPU
+    limit included: `gateway.cpus`)."""
     if value == "auto":
-        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        return usable_cpus()
     count = int(value)
     if count < 1:
         raise ValueError(f"--workers must be at least 1 or 'auto', got {value}")
@@ -209,13 +215,13 @@ class Supervisor:
         for process in live:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(process.pid or 0, signal.SIGTERM)
-        deadline = time.monotonic() + self.settings.drain_timeout_s + 15.0
+        deadline = time.monotonic() + self.settings.drain_timeout_s + DRAIN_MARGIN_S
         for process in live:
             process.join(max(0.0, deadline - time.monotonic()))
             if process.exitcode is None:
                 log.error("worker pid %s did not stop in time: killing it", process.pid)
                 process.kill()
-                process.join(5)
+                process.join(KILL_WAIT_S)
             _mark_dead(process.pid, metrics_dir)
         failed = [p.exitcode for p in live if p.exitcode not in (0, -signal.SIGTERM)]
         return 0 if not failed else 1

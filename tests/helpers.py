@@ -97,12 +97,13 @@ def gateway_process(
     pipe_logs: bool = False,
     ready_path: str = "/v2/health/ready",
     probe: dict[str, Any] | None = None,
+    ready_timeout: float = 90.0,
 ) -> Iterator[GatewayProcess]:
     """A `sluice serve` subprocess with its own state directory (default `tmp/state`) and an admin token
         for the name "ci" (random unless given; both are on the result). `pipe_logs`: the gateway writes its
         log to a pipe that a thread copies to the log file (a test that limits the size of the files the
         gateway may write must not limit its log). `probe`: httpx arguments for the readiness probe (`verify`, `cert`);
-    with `verify`, the gateway is taken to speak HTTPS."""
+    with `verify`, the gateway is taken to speak HTTPS. `ready_timeout`: seconds it may take to be ready."""
     http_port, grpc_port = free_port(), free_port()
     log_path = tmp / f"gateway-{http_port}.log"
     admin_token = admin_token or secrets.token_urlsafe(24)
@@ -143,7 +144,7 @@ def gateway_process(
                 raise RuntimeError(f"gateway exited with {proc.returncode}:\n{gw.logs()}")
             return httpx.get(f"{gw.http_url}{ready_path}", timeout=2, **probe).status_code == 200
 
-        wait_until(ready, timeout=90, what=f"gateway on {gw.http_url} to be ready")
+        wait_until(ready, timeout=ready_timeout, what=f"gateway on {gw.http_url} to be ready")
         yield gw
     finally:
         if proc.poll() is None:
