@@ -22,7 +22,10 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from gateway.observability.statistics import BATCH_PHASES as PHASES
+from gateway.observability.statistics import StatisticsCounters, read_totals
 from gateway.serving.dataplane import EXTENSIONS
+from gateway.serving.triton_stats import statistics_response
 from tests.helpers import GatewayProcess, gateway_process, wait_until
 from tests.test_workers import worker_urls
 
@@ -323,6 +326,40 @@ def test_unload_of_a_model_the_policy_names_is_refused_and_changes_nothing(
         assert _index(http.get_model_repository_index())[("multi_io", "1")] == "READY"
     finally:
         assert httpx.put(url, json={}, headers=admin).status_code == 200
+
+
+def test_statistics_counters_add_up_and_sync_only_their_growth() -> None:
+    """The counters behind the statistics, through a real prometheus_client registry, without a gateway."""
+    counters = StatisticsCounters()
+    stats = counters.version("m", "1")
+    stats.request(True, 0.002)
+    stats.request(False, 0.001)
+    stats.ran(100, 150, 160, 1160, 1170)
+    stats.batch(3, 10, 1000, 10)
+    stats.batch(3, 20, 2000, 30)
+    stats.batch(1, 5, 500, 5)
+    stats.sync()
+    stats.sync()  # nothing new: nothing added twice
+    totals = read_totals(counters.registry.collect())[("m", "1")]
+    response = statistics_response([("m", "1"), ("m", "2")], {("m", "1"): totals})
+    first, second = response["model_stats"]
+    assert first["inference_stats"]["success"] == {"count": 1, "ns": 2_000_000}
+    assert first["inference_stats"]["fail"] == {"count": 1, "ns": 1_000_000}
+    assert first["inference_stats"]["queue"] == {"count": 1, "ns": 50}
+    assert first["inference_stats"]["compute_input"] == {"count": 1, "ns": 10}
+    assert first["inference_stats"]["compute_infer"] == {"count": 1, "ns": 1000}
+    assert first["inference_stats"]["compute_output"] == {"count": 1, "ns": 10}
+    assert first["batch_stats"] == [
+        {"batch_size": 1, **{p: {"count": 1, "ns": n} for p, n in zip(PHASES, (5, 500, 5), strict=True)}},
+        {"batch_size": 3, **{p: {"count": 2, "ns": n} for p, n in zip(PHASES, (30, 3000, 40), strict=True)}},
+    ]
+    assert first["inference_count"] == 7 and first["execution_count"] == 3
+    assert first["last_inference"] > 0
+    assert second["inference_count"] == 0 and second["batch_stats"] == [] and second["last_inference"] == 0
+    stats.ran(0, 10, 5, 20, 25)  # a step of the wall clock backwards never makes a time negative
+    stats.sync()
+    again = read_totals(counters.registry.collect())[("m", "1")]
+    assert again.phases["compute_input"].ns == 10 and again.phases["queue"].ns == 60
 
 
 # -- --workers 2, with inference keys --------------------------------------------------------
