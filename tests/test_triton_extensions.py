@@ -229,6 +229,8 @@ def test_statistics_count_successes_failures_queue_compute_and_batches(
     assert 1 <= delta["execution_count"] <= n
     assert all(b["compute_infer.ns"] > 0 for b in via_http["batches"].values())
     assert via_http["last_inference"] >= started_ms
+    page = gw.metrics()
+    assert "sluice_requests_total" in page and "sluice_statistics" not in page, "kept off /metrics"
 
 
 def test_statistics_of_all_models_of_one_model_and_unknown_ones(
@@ -432,6 +434,8 @@ def _two_workers(
     assert summed(stats)
     s = _one(stats, "mlp", "1")
     assert s["queue.ns"] > 0 and s["compute_infer.ns"] > 0 and s["inference_count"] == total
+    page = gw.metrics()
+    assert "sluice_requests_total" in page and "sluice_statistics" not in page, "kept off /metrics"
 
     # Load and unload through each worker in turn: one of them does not lead and passes the call on.
     admin = {"Authorization": f"Bearer {gw.admin_token}"}
