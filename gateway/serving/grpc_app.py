@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
-from tritonclient.grpc import model_config_pb2, service_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
 
 from gateway.admin.auth import InferenceAuth
 from gateway.admin.quotas import QuotaBook
@@ -25,7 +24,15 @@ from gateway.errors import (
 )
 from gateway.observability.logs import request_id
 from gateway.observability.tracing import extract_context
-from gateway.serving.codec_grpc import decode_request, encode_response, metadata_response, parameters_to_dict
+from gateway.serving.codec_grpc import (
+    config_response,
+    decode_request,
+    encode_response,
+    index_response,
+    metadata_response,
+    parameters_to_dict,
+    statistics_response,
+)
 from gateway.serving.dataplane import DataPlane
 from gateway.serving.triton_index import RepositoryActions
 
@@ -93,7 +100,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             config = self.dataplane.model_config(request.name, request.version or None)
         except SluiceError as exc:
             await context.abort(grpc_status(exc), str(exc))
-        return pb.ModelConfigResponse(config=json_format.ParseDict(config, model_config_pb2.ModelConfig()))
+        return config_response(config)
 
     async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
@@ -101,7 +108,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             stats = self.dataplane.model_statistics(request.name or None, request.version or None)
         except SluiceError as exc:
             await context.abort(grpc_status(exc), str(exc))
-        return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
+        return statistics_response(stats)
 
     async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
@@ -109,7 +116,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             index = self.dataplane.repository_index(request.ready)
         except SluiceError as exc:
             await context.abort(grpc_status(exc), str(exc))
-        return json_format.ParseDict({"models": index}, pb.RepositoryIndexResponse())
+        return index_response(index)
 
     async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         await self._change(request, context, "load")
