@@ -116,3 +116,12 @@ def mapping_of(exc: BaseException) -> Mapping:
         if isinstance(exc, cls):
             return mapping
     return INTERNAL
+
+
+def error_for_status(http: int, message: str) -> SluiceError:
+    """The domain error an HTTP status means (the first row of the table with it): a change forwarded to the
+    leader over HTTP is answered to a gRPC caller with the same code as to an HTTP one."""
+    for cls, mapping in ERRORS:
+        if mapping.http == http and issubclass(cls, SluiceError) and cls is not QuotaExceeded:
+            return cls(message)
+    return SluiceError(message)

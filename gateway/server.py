@@ -36,6 +36,7 @@ from gateway.admin.forward import LeaderForwarder
 from gateway.admin.key_reload import KeyReloader
 from gateway.admin.monitor_api import build_monitor_router
 from gateway.admin.quotas import QuotaBook, parse_quotas
+from gateway.admin.repository import RepositoryControl, build_repository_router
 from gateway.control.leader import LeaderElection
 from gateway.control.monitor_service import MonitorService
 from gateway.control.plane import ControlPlane
@@ -191,6 +192,8 @@ class Gateway:
         self.control_url = ""
         """Where this replica takes admin requests forwarded by the others (its private listener)."""
         self._forwarder: LeaderForwarder | None = None
+        self.repository: RepositoryControl | None = None
+        """Triton's repository load and unload, for both adapters (built with the HTTP application)."""
         self.quotas = QuotaBook(parse_quotas(settings.inference_quotas), self.metrics.key_requests)
         """Per inference key name; bad quota text stops start-up here, naming the entry."""
         self.keys: KeyReloader | None = None
@@ -207,14 +210,17 @@ class Gateway:
         """The HTTP application: V2, /metrics, the admin, monitor and feedback APIs and the web console (the
         admin API and the console are forwarded by a replica that does not lead to the one that does)."""
         ready = self.dataplane.ready
+        self.repository = RepositoryControl(self.control, admin_auth, self.election, ready=ready)
         routers = [
             build_admin_router(self.control, admin_auth, ready=ready),
+            build_repository_router(self.repository),
             build_monitor_router(self.monitor, admin_auth, ready=ready),
             build_console_router(self.control, self.monitor, admin_auth),
             build_feedback_router(self.registry, lambda: self.predictions, [inference_key_dependency(inference_auth)]),
         ]
         api = build_api(self.dataplane, self.metrics.exposition, inference_auth, routers)
         self._forwarder = LeaderForwarder(api, self.election, wait_s=self.settings.leader_lease_s * 2)
+        self.repository.forwarder = self._forwarder
         return HttpAdapter(self.dataplane, self._forwarder, self.settings.max_body_bytes, inference_auth, self.quotas)
 
     async def start(self) -> None:
@@ -298,6 +304,7 @@ class Gateway:
                 ),
                 tls=tls_files(s),
                 quotas=self.quotas,
+                repository=self.repository,
             )
             await self._grpc.start()
         log.info(

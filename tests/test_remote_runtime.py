@@ -333,6 +333,33 @@ def test_metadata_parameters_name_the_remote_execution_provider(
     assert meta["parameters"]["execution_provider"] == f"remote:{via}"
 
 
+def test_model_config_of_a_remote_version_says_what_is_known(
+    sluice_b: GatewayProcess, demo_gateway: GatewayProcess
+) -> None:
+    """Triton's model configuration of a proxied version: its batching and the remote it runs on; the remote
+    decides where (KIND_MODEL)."""
+    http = httpclient.InferenceServerClient(sluice_b.http_addr)
+    grpc_client = grpcclient.InferenceServerClient(sluice_b.grpc_addr)
+    try:
+        for config in (
+            http.get_model_config("mlp_grpc", "1"),
+            grpc_client.get_model_config("mlp_grpc", "1", as_json=True),
+        ):
+            config = config.get("config", config)
+            assert config["platform"] == "remote_v2"
+            assert int(config["max_batch_size"]) == 64
+            assert [[int(d) for d in t["dims"]] for t in config["input"]] == [[32]]
+            assert int(config["dynamic_batching"]["max_queue_delay_microseconds"]) == 5000
+            [group] = config["instance_group"]
+            assert group["kind"] == "KIND_MODEL" and int(group["count"]) == 2
+            params = {k: v["string_value"] for k, v in config["parameters"].items()}
+            assert params["remote_url"] == demo_gateway.grpc_addr and params["remote_model"] == "mlp"
+            assert params["runtime_kind"] == "remote" and params["version"] == "1"
+    finally:
+        http.close()
+        grpc_client.close()
+
+
 # -- inference ----------------------------------------------------------------------------------
 
 

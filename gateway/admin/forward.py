@@ -26,7 +26,7 @@ import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.control.leader import LeaderElection
-from gateway.errors import StoreUnavailable
+from gateway.errors import ControlPlaneUnavailable, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,31 @@ class LeaderForwarder:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await response.aclose()
+
+    async def call_leader(self, path: str, authorization: str | None, body: bytes) -> tuple[int, str]:
+        """POST `body` to `path` on the leader, as the caller (`authorization`), for a change that did not come
+        over HTTP (a gRPC call); returns the leader's status and its error message ("" on success). Raises
+        ControlPlaneUnavailable when there is no leader to take it, as the HTTP path answers 503."""
+        if self.election.is_leader:
+            raise ControlPlaneUnavailable("this replica leads the control plane: apply the change here")
+        address = await self._leader_address()
+        if address is None:
+            raise ControlPlaneUnavailable(f"no control-plane leader is reachable after {self.wait_s:g} s; retry")
+        headers = {FORWARDED: self.election.holder, "content-type": "application/json"}
+        if authorization is not None:
+            headers["authorization"] = authorization
+        try:
+            response = await self._client.post(address.rstrip("/") + path, headers=headers, content=body)
+        except httpx.HTTPError as exc:
+            log.warning("forwarding POST %s to the leader at %s failed: %s", path, address, exc)
+            raise ControlPlaneUnavailable("the control-plane leader could not be reached; retry") from None
+        if response.status_code == 200:
+            return 200, ""
+        try:
+            message = str(orjson.loads(response.content)["error"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            message = response.text[:500]
+        return response.status_code, message
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -40,6 +40,7 @@ from gateway.errors import (
 from gateway.observability.metrics import ROLLOUT_PHASES, GatewayMetrics
 from gateway.serving.policy_view import PolicyView
 from gateway.serving.registry import ModelRegistry, ServedModel, VersionState
+from gateway.serving.repository import scan_model
 from gateway.serving.router import newest_ready, policy_weights
 from gateway.serving.traffic import TrafficPolicy
 from gateway.storage.control_state import AuditEvent
@@ -435,13 +436,7 @@ class ControlPlane:
                 raise ModelNotFound(f"model '{model}' has no version '{version}'")
             if served_model.versions[version].state is VersionState.UNLOADED:
                 return self.version_view(model, version)  # already unloaded: nothing to audit
-            policy = self.policy(model)
-            roles = [role for role, v in (("stable", policy.stable), ("canary", policy.canary)) if v == version] + (
-                ["shadow"] if version in policy.shadows else []
-            )
-            rollout = self._rollouts.get(model)
-            if rollout is not None and version in (rollout.stable, rollout.spec.canary):
-                roles.append("rollout")
+            roles = self._in_use(model, version)
             if roles:
                 raise Conflict(
                     f"model '{model}' version '{version}' is in use as {', '.join(roles)}; change the policy first"
@@ -455,21 +450,73 @@ class ControlPlane:
             self._publish(model)
             return self.version_view(model, version)
 
+    async def load_model(self, actor: str, model: str) -> list[dict[str, Any]]:
+        """Triton's load of a whole model: every version its version policy selects in the repository now, each
+        loaded (and audited) as `load_version` does; a version already loaded is left as it is."""
+        self._leading()
+        self._model(model)
+        source = await asyncio.to_thread(scan_model, self.registry.repo, self.registry.repo / model)
+        if not source.versions:
+            raise ModelNotReady(f"cannot load model '{model}': {source.error or 'its version policy selects none'}")
+        return [await self.load_version(actor, model, v.version) for v in source.versions]
+
+    async def unload_model(self, actor: str, model: str) -> list[dict[str, Any]]:
+        """Triton's unload of a whole model: every loaded version drained and unloaded, so the model answers
+        503 until it is loaded again. Refused, with nothing changed, while the traffic policy or a rollout
+        names one of its versions (change the policy first). Recorded before anything is unloaded."""
+        async with self._lock:
+            self._leading()
+            served_model = self._model(model)
+            loaded = [
+                v
+                for v in sorted(served_model.versions, key=_num)
+                if served_model.versions[v].state in (VersionState.READY, VersionState.UNRESPONSIVE)
+            ]
+            for version in loaded:
+                roles = self._in_use(model, version)
+                if roles:
+                    raise Conflict(
+                        f"model '{model}' version '{version}' is in use as {', '.join(roles)}; change the policy first"
+                    )
+            if loaded:
+                await asyncio.to_thread(self._persist_versions, actor, "version.unload", model, loaded, "unloaded")
+            for version in loaded:
+                await self.registry.unload_version(model, version, self.drain_timeout_s)
+            self._publish(model)
+            return [self.version_view(model, v) for v in sorted(served_model.versions, key=_num)]
+
+    def _in_use(self, model: str, version: str) -> list[str]:
+        """The roles the policy and the rollout give the version (a version in use is not unloaded)."""
+        policy = self.policy(model)
+        roles = [role for role, v in (("stable", policy.stable), ("canary", policy.canary)) if v == version] + (
+            ["shadow"] if version in policy.shadows else []
+        )
+        rollout = self._rollouts.get(model)
+        if rollout is not None and version in (rollout.stable, rollout.spec.canary):
+            roles.append("rollout")
+        return roles
+
     def _persist_version(self, actor: str, action: str, model: str, version: str, desired: str) -> None:
-        served = self.registry.get_version(model, version)
-        runtime = served.config.runtime
-        artifact = None if runtime.kind == "remote" else f"{model}/{version}/{runtime.filename}"
+        self._persist_versions(actor, action, model, [version], desired)
+
+    def _persist_versions(self, actor: str, action: str, model: str, versions: list[str], desired: str) -> None:
+        """The versions' desired state and one audit event each, in one transaction."""
         with self.store.change():
-            self.store.put_version(
-                model,
-                version,
-                artifact=artifact,
-                runtime=runtime.kind,
-                batching=served.config.batching.model_dump(),
-                desired=desired,
-            )
-            state = VersionState.UNLOADED.value if desired == "unloaded" else served.state.value
-            self.store.audit(actor, action, model, None, {"version": version, "state": state, "sha256": served.sha256})
+            for version in versions:
+                served = self.registry.get_version(model, version)
+                runtime = served.config.runtime
+                artifact = None if runtime.kind == "remote" else f"{model}/{version}/{runtime.filename}"
+                self.store.put_version(
+                    model,
+                    version,
+                    artifact=artifact,
+                    runtime=runtime.kind,
+                    batching=served.config.batching.model_dump(),
+                    desired=desired,
+                )
+                state = VersionState.UNLOADED.value if desired == "unloaded" else served.state.value
+                details = {"version": version, "state": state, "sha256": served.sha256}
+                self.store.audit(actor, action, model, None, details)
 
     def _audit_artifacts(self) -> None:
         """One audit event per model at the start of a term: the SHA-256 of every version file loaded."""

@@ -40,6 +40,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from gateway.observability.process_group import ProcessGroupCollector
+from gateway.observability.statistics import STATISTICS, StatisticsCounters, VersionStatistics
 
 REQUESTS = "sluice_requests"
 REQUEST_DURATION = "sluice_request_duration_seconds"
@@ -439,13 +440,15 @@ class GatewayMetrics:
         self.trigger_firings = Counter(
             TRIGGER_FIRINGS, "Monitor trigger firings by rule and action.", (*mv, "rule", "action"), registry=r
         )
+        self.statistics = StatisticsCounters()
+        """Triton's per-version statistics: shared across workers like the metrics, but not exported."""
         self._versions: dict[tuple[str, str], VersionMetrics] = {}
         self.multiprocess_dir = os.environ.get(MULTIPROCESS_ENV) or None
         """Set (by the supervisor) when this process is one of several workers sharing a port."""
         self._machine: list[Collector] = []
         self._synced: list[Callable[[], None]] = []
         self._samplers: list[Callable[[], None]] = [self._sync_fast]
-        self._fast: list[FastCounter | FastHistogram] = []
+        self._fast: list[FastCounter | FastHistogram | VersionStatistics] = []
         if self.multiprocess_dir is None:
             # The default registry has these; a registry of our own must ask for them (the Overview's CPU,
             # memory and GC panels read them).
@@ -493,6 +496,20 @@ class GatewayMetrics:
         self._fast.append(histogram)
         return histogram
 
+    def version_statistics(self, model: str, version: str) -> VersionStatistics:
+        stats = self.statistics.version(model, version)
+        self._fast.append(stats)
+        return stats
+
+    def statistics_families(self) -> list[Metric]:
+        """The statistics' values: this process's, or with workers every worker's summed (this one's synced first;
+        the others' are at most a second behind, as on /metrics)."""
+        self._sync_fast()
+        if self.multiprocess_dir is None:
+            return list(self.statistics.registry.collect())
+        collector = MultiProcessCollector(None, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        return [m for m in collector.collect() if m.name.startswith(STATISTICS)]  # type: ignore[no-untyped-call]
+
     def _sync_fast(self) -> None:
         for instrument in list(self._fast):
             instrument.sync()
@@ -522,7 +539,8 @@ class GatewayMetrics:
                 sample()
             return generate_latest(self.registry)
         combined = CollectorRegistry()
-        MultiProcessCollector(combined, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        every = MultiProcessCollector(None, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        combined.register(_Without(every, STATISTICS))
         for collector in self._machine:
             combined.register(collector)
         return generate_latest(combined)
@@ -605,6 +623,8 @@ class VersionMetrics:
         self._inflight = m.inflight.labels(model, version)
         self._outcomes: dict[tuple[str, str], FastCounter] = {}
         self._durations: dict[str, FastHistogram] = {}
+        self.statistics = m.version_statistics(model, version)
+        """Triton's statistics of the version (`gateway.observability.statistics`)."""
 
     def outcome(self, protocol: str, outcome: str) -> FastCounter:
         key = (protocol, outcome)
@@ -637,12 +657,28 @@ class VersionMetrics:
         self._queue_depth.set(queued)
         self._inflight.set(queued + running)
 
-    def batch_done(self, rows: int, requests: int, compute_s: float, ok: bool) -> None:
+    def batch_done(
+        self, rows: int, requests: int, compute_s: float, ok: bool, phases_ns: tuple[int, int, int] | None = None
+    ) -> None:
+        """`phases_ns`: a successful batch's time gathering inputs, in the runtime, splitting outputs."""
         self._compute.observe(compute_s)
         self._batch_size.observe(rows)
         self._batch_requests.observe(requests)
         if not ok:
             self._batch_failures.inc()
+        elif phases_ns is not None:
+            self.statistics.batch(rows, *phases_ns)
+
+
+class _Without(Collector):
+    """A collector's families less those whose name starts with `prefix` (the statistics' shared values)."""
+
+    def __init__(self, collector: Collector, prefix: str) -> None:
+        self._collector = collector
+        self._prefix = prefix
+
+    def collect(self) -> Iterator[Metric]:
+        return (m for m in self._collector.collect() if not m.name.startswith(self._prefix))
 
 
 class _PredictionLogCollector(Collector):

@@ -139,8 +139,10 @@ class BatchTelemetry:
         self.tracer = tracer
         self.on_batch = on_batch
 
-    def batch_done(self, rows: int, requests: int, compute_s: float, ok: bool) -> None:
-        self.metrics.batch_done(rows, requests, compute_s, ok)
+    def batch_done(
+        self, rows: int, requests: int, compute_s: float, ok: bool, phases_ns: tuple[int, int, int] | None = None
+    ) -> None:
+        self.metrics.batch_done(rows, requests, compute_s, ok, phases_ns)
         if self.on_batch is not None:
             self.on_batch(rows)
 

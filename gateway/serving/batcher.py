@@ -38,18 +38,25 @@ RunBatch = Callable[[Arrays, Sequence[str] | None], Awaitable[dict[str, np.ndarr
 class BatchObserver(Protocol):
     """Where the batcher reports what it does (metrics, traces); must not raise."""
 
-    def batch_done(self, rows: int, requests: int, compute_s: float, ok: bool) -> None: ...
+    def batch_done(
+        self, rows: int, requests: int, compute_s: float, ok: bool, phases_ns: tuple[int, int, int] | None = None
+    ) -> None:
+        """`phases_ns` (a successful batch): its time gathering the inputs, in the runtime, splitting the outputs."""
 
     def batch_span(self, members: Sequence[Any], rows: int) -> Any: ...
 
 
 @dataclass(slots=True)
 class Timing:
-    """When this request was queued, and when its batch started and finished (time.time_ns)."""
+    """When this request was queued, and when its batch was gathered, started, finished and split (time.time_ns)."""
 
     enqueued_ns: int
+    gathered_ns: int = 0
+    """Its batch was taken from the queue: the inputs' concatenation starts."""
     started_ns: int = 0
     finished_ns: int = 0
+    split_ns: int = 0
+    """The batch's outputs were split back to its requests."""
     batch_rows: int = 0
     batch_requests: int = 0
 
@@ -347,6 +354,7 @@ class Batcher:
     async def _run_once(self, items: list[_Item]) -> None:
         total_rows = sum(i.rows for i in items)
         wanted = _union_outputs(items)
+        gathered_ns = time.time_ns()
         if len(items) == 1:
             inputs: Arrays = items[0].inputs
         else:
@@ -356,6 +364,7 @@ class Batcher:
         started = time.perf_counter()
         span = self._observer.batch_span([i.trace_context for i in items], total_rows) if self._observer else None
         ok = False
+        compute_s = 0.0
         try:
             outputs = await self._call(inputs, wanted)
             if len(items) > 1:
@@ -367,17 +376,15 @@ class Batcher:
                         )
             ok = True
         finally:
+            compute_s = time.perf_counter() - started
             if span is not None:
                 span.end()
-            if self._observer is not None:
-                self._observer.batch_done(total_rows, len(items), time.perf_counter() - started, ok)
+            if not ok and self._observer is not None:
+                self._observer.batch_done(total_rows, len(items), compute_s, False)
         finished_ns = time.time_ns()
         offset = 0
+        answers: list[dict[str, np.ndarray]] = []
         for item in items:
-            item.timing.started_ns = started_ns
-            item.timing.finished_ns = finished_ns
-            item.timing.batch_rows = total_rows
-            item.timing.batch_requests = len(items)
             if len(items) == 1:
                 mine = outputs
             else:
@@ -386,6 +393,19 @@ class Batcher:
                 offset = end
             if item.outputs is not None:
                 mine = {name: mine[name] for name in item.outputs}
+            answers.append(mine)
+        split_ns = time.time_ns()
+        if self._observer is not None:
+            phases = (started_ns - gathered_ns, finished_ns - started_ns, split_ns - finished_ns)
+            self._observer.batch_done(total_rows, len(items), compute_s, True, phases)
+        for item, mine in zip(items, answers, strict=True):
+            timing = item.timing
+            timing.gathered_ns = gathered_ns
+            timing.started_ns = started_ns
+            timing.finished_ns = finished_ns
+            timing.split_ns = split_ns
+            timing.batch_rows = total_rows
+            timing.batch_requests = len(items)
             if not item.future.done():
                 item.future.set_result(mine)
 

@@ -12,6 +12,8 @@ import math
 from typing import Any
 
 import numpy as np
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2
 from tritonclient.grpc import service_pb2 as pb
 
 from gateway.errors import InvalidInput
@@ -122,3 +124,16 @@ def metadata_response(meta: dict[str, Any]) -> pb.ModelMetadataResponse:
     for spec in meta["outputs"]:
         msg.outputs.add(name=spec["name"], datatype=spec["datatype"], shape=spec["shape"])
     return msg
+
+
+def config_response(config: dict[str, Any]) -> pb.ModelConfigResponse:
+    """Triton's model configuration (the JSON form the HTTP endpoint answers) as `ModelConfigResponse`."""
+    return pb.ModelConfigResponse(config=json_format.ParseDict(config, model_config_pb2.ModelConfig()))
+
+
+def statistics_response(stats: dict[str, Any]) -> pb.ModelStatisticsResponse:
+    return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
+
+
+def index_response(index: list[dict[str, str]]) -> pb.RepositoryIndexResponse:
+    return json_format.ParseDict({"models": index}, pb.RepositoryIndexResponse())

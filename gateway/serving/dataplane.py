@@ -24,12 +24,16 @@ from gateway.errors import (
 )
 from gateway.observability.logs import span_context
 from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.statistics import read_totals
 from gateway.observability.tracing import RequestSpans
 from gateway.serving.policy_view import PolicyView
 from gateway.serving.registry import ModelRegistry, ServedVersion
 from gateway.serving.request import InferRequest, InferResponse
 from gateway.serving.router import pick_version, policy_weights
 from gateway.serving.shadow import ShadowDispatcher
+from gateway.serving.triton_config import model_config
+from gateway.serving.triton_index import repository_index
+from gateway.serving.triton_stats import statistics_response
 from gateway.serving.validation import validate
 from gateway.serving.window_stats import WindowRecorder
 from monitors.prediction_log import PredictionLog, new_prediction_id
@@ -38,10 +42,15 @@ log = logging.getLogger(__name__)
 
 SERVER_NAME = "sluice"
 SERVER_VERSION = "0.1.0"
-EXTENSIONS = ("binary_tensor_data", "model_repository_metadata", "statistics_metrics")
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics", "model_repository")
+"""Exactly the extensions served, under Triton's names (tests/test_triton_extensions.py calls each)."""
 
 # Outcomes that say something about the version itself (a caller's 400 does not).
 _ANALYSED = frozenset(("ok", "error", "timeout", "overloaded"))
+
+
+def _by_number(version: str) -> tuple[int, str]:
+    return (len(version), version)
 
 
 def outcome_of(exc: BaseException) -> str:
@@ -101,7 +110,8 @@ class DataPlane:
             return self.registry.get_version(name, version).ready
         return bool(model.ready_versions())
 
-    def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
+    def _loaded(self, name: str, version: str | None) -> ServedVersion:
+        """The named version, or the one the policy serves by default; NotFound/NotReady when it cannot answer."""
         model = self.registry.get_model(name)
         served = (
             self.registry.get_version(name, version)
@@ -110,11 +120,17 @@ class DataPlane:
         )
         if served.runtime is None:
             raise ModelNotReady(served.not_ready_reason())
+        return served
+
+    def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
+        model = self.registry.get_model(name)
+        served = self._loaded(name, version)
+        assert served.runtime is not None
         sig = served.runtime.signature
         info = served.runtime.info
         return {
             "name": name,
-            "versions": sorted(model.versions, key=lambda v: (len(v), v)),
+            "versions": sorted(model.versions, key=_by_number),
             "platform": info.platform,
             "inputs": [s.to_v2() for s in sig.inputs],
             "outputs": [s.to_v2() for s in sig.outputs],
@@ -125,6 +141,33 @@ class DataPlane:
                 "max_batch_size": str(served.batching.max_batch_size),
             },
         }
+
+    def model_config(self, name: str, version: str | None) -> dict[str, Any]:
+        """Triton's model configuration of the version (the default one when none is named)."""
+        return model_config(self._loaded(name, version))
+
+    def model_statistics(self, name: str | None, version: str | None) -> dict[str, Any]:
+        """Triton's statistics: every version of every model, of one model, or of one version (summed over
+        every worker of this machine)."""
+        if name:
+            model = self.registry.get_model(name)
+            if version:
+                self.registry.get_version(name, version)
+                keys = [(name, version)]
+            else:
+                keys = [(name, v) for v in sorted(model.versions, key=_by_number)]
+        elif version:
+            raise InvalidInput("a version needs a model name")
+        else:
+            keys = [
+                (m, v)
+                for m in sorted(self.registry.models)
+                for v in sorted(self.registry.models[m].versions, key=_by_number)
+            ]
+        return statistics_response(keys, read_totals(self.metrics.statistics_families()))
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        return repository_index(self.registry, ready_only)
 
     def publish_weights(self, model: str) -> None:
         """Set the traffic-weight gauges of the model's versions from the policy in force and their states."""
@@ -212,6 +255,9 @@ class DataPlane:
         outputs, timing = await batcher.submit(request.inputs, rows, wanted, timeout, span.get_span_context())
         if timing.started_ns:
             served.metrics.queue_wait.observe((timing.started_ns - timing.enqueued_ns) / 1e9)
+            served.metrics.statistics.ran(
+                timing.enqueued_ns, timing.gathered_ns, timing.started_ns, timing.finished_ns, timing.split_ns
+            )
             if span.is_recording():
                 ctx = trace.set_span_in_context(span)
                 where = {"sluice.model": served.model, "sluice.version": served.version}
@@ -265,6 +311,7 @@ class DataPlane:
         elapsed = time.perf_counter() - started
         m.outcome(protocol, outcome).inc()
         m.duration(protocol).observe(elapsed)
+        m.statistics.request(outcome == "ok", elapsed)
         if outcome in _ANALYSED:
             self.windows.record(served.model, served.version, revision, outcome == "ok", elapsed)
         return elapsed

@@ -24,8 +24,17 @@ from gateway.errors import (
 )
 from gateway.observability.logs import request_id
 from gateway.observability.tracing import extract_context
-from gateway.serving.codec_grpc import decode_request, encode_response, metadata_response
+from gateway.serving.codec_grpc import (
+    config_response,
+    decode_request,
+    encode_response,
+    index_response,
+    metadata_response,
+    parameters_to_dict,
+    statistics_response,
+)
 from gateway.serving.dataplane import DataPlane
+from gateway.serving.triton_index import RepositoryActions
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +46,23 @@ def grpc_status(exc: BaseException) -> grpc.StatusCode:
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     def __init__(
-        self, dataplane: DataPlane, auth: InferenceAuth | None = None, quotas: QuotaBook | None = None
+        self,
+        dataplane: DataPlane,
+        auth: InferenceAuth | None = None,
+        quotas: QuotaBook | None = None,
+        repository: RepositoryActions | None = None,
     ) -> None:
         self.dataplane = dataplane
         self.auth = auth or InferenceAuth()
         self.quotas = quotas
+        self.repository = repository
+        """Load and unload (admin changes); None: refused as unavailable (a gateway without a control plane)."""
 
     def _check(self, context: grpc.aio.ServicerContext, infer: bool = False) -> None:
         """Inference keys, when configured, ride in the `authorization` metadata as on HTTP; `infer`: the key
         name's quota applies too."""
         if self.auth.enabled:
-            header = next((m.value for m in context.invocation_metadata() or () if m.key == "authorization"), None)
-            name = self.auth.check(header)
+            name = self.auth.check(_authorization(context))
             if infer and self.quotas is not None and name is not None:
                 self.quotas.admit(name)
 
@@ -78,6 +92,51 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             await context.abort(grpc_status(exc), str(exc))
         return metadata_response(meta)
 
+    # -- Triton's extensions: model configuration, statistics, model repository ----------------
+
+    async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            self._check(context)
+            config = self.dataplane.model_config(request.name, request.version or None)
+        except SluiceError as exc:
+            await context.abort(grpc_status(exc), str(exc))
+        return config_response(config)
+
+    async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            self._check(context)
+            stats = self.dataplane.model_statistics(request.name or None, request.version or None)
+        except SluiceError as exc:
+            await context.abort(grpc_status(exc), str(exc))
+        return statistics_response(stats)
+
+    async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            self._check(context)
+            index = self.dataplane.repository_index(request.ready)
+        except SluiceError as exc:
+            await context.abort(grpc_status(exc), str(exc))
+        return index_response(index)
+
+    async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self._change(request, context, "load")
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self._change(request, context, "unload")
+        return pb.RepositoryModelUnloadResponse()
+
+    async def _change(self, request: Any, context: grpc.aio.ServicerContext, action: str) -> None:
+        """Load or unload with the admin token of the `authorization` metadata (not an inference key)."""
+        if self.repository is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "this gateway takes no repository changes")
+        assert self.repository is not None
+        try:
+            change = self.repository.load if action == "load" else self.repository.unload
+            await change(_authorization(context), request.model_name, parameters_to_dict(request.parameters))
+        except SluiceError as exc:
+            await context.abort(grpc_status(exc), str(exc))
+
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             self._check(context, infer=True)
@@ -106,6 +165,26 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
+def _authorization(context: grpc.aio.ServicerContext) -> str | None:
+    return next((m.value for m in context.invocation_metadata() or () if m.key == "authorization"), None)
+
+
+def _not_served(name: str) -> Any:
+    """A handler for a method of the service that Sluice does not serve: UNIMPLEMENTED, in plain words (the
+    generated base class would raise NotImplementedError, which grpc.aio reports with its class name)."""
+
+    async def handler(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{name} is not implemented by this server")
+
+    handler.__name__ = name
+    return handler
+
+
+for _method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+    if _method.name not in InferenceServicer.__dict__:
+        setattr(InferenceServicer, _method.name, _not_served(_method.name))
+
+
 @dataclass(frozen=True)
 class GrpcLimits:
     """What a careless or hostile client may hold: metadata size, an idle channel, a slow TLS/HTTP2 handshake."""
@@ -126,6 +205,7 @@ def build_grpc_server(
     limits: GrpcLimits | None = None,
     tls: tuple[bytes, bytes, bytes | None] | None = None,
     quotas: QuotaBook | None = None,
+    repository: RepositoryActions | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Create (not start) the server; returns it with the port actually bound. `reuse_port`: share the port
     with the other workers of this machine (SO_REUSEPORT: the kernel spreads connections over them).
@@ -141,7 +221,9 @@ def build_grpc_server(
             ("grpc.server_handshake_timeout_ms", int(limits.handshake_timeout_s * 1000)),
         ]
     )
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane, auth, quotas), server)
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceServicer(dataplane, auth, quotas, repository), server
+    )
     address = f"{host}:{port}"
     if tls is None:
         bound = server.add_insecure_port(address)

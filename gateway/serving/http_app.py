@@ -38,11 +38,14 @@ from gateway.observability.tracing import extract_context
 from gateway.serving.codec_json import decode_request, encode_response
 from gateway.serving.dataplane import DataPlane
 from gateway.serving.openapi_v2 import (
+    IndexEntry,
     LiveBody,
+    ModelConfigBody,
     ModelMetadataBody,
     ModelReadyBody,
     ReadyBody,
     ServerMetadataBody,
+    StatisticsBody,
     errors,
     infer_openapi,
 )
@@ -87,7 +90,7 @@ class HttpAdapter:
             if match is not None:
                 await self._infer(scope, receive, send, match.group(1), match.group(2))
                 return
-        if scope["type"] == "http" and scope["path"].startswith(("/admin/", "/console")):
+        if scope["type"] == "http" and scope["path"].startswith(("/admin/", "/console", "/v2/repository/")):
             await self._bounded(scope, receive, send, ADMIN_MAX_BODY_BYTES, "admin request body")
             return
         if scope["type"] == "http" and scope["path"].endswith("/feedback"):
@@ -356,6 +359,69 @@ def build_api(
     async def server_metadata() -> dict[str, Any]:
         return dataplane.server_metadata()
 
+    # Triton's extensions: statistics (registered before /v2/models/{model}, which "stats" would match),
+    # model configuration, the repository index. Read-only: guarded by the inference keys as metadata is.
+    @api.get(
+        "/v2/models/stats",
+        tags=["statistics"],
+        dependencies=guarded,
+        response_model=StatisticsBody,
+        responses=model_errors,
+    )
+    async def all_statistics() -> dict[str, Any]:
+        return dataplane.model_statistics(None, None)
+
+    @api.get(
+        "/v2/models/{model}/stats",
+        tags=["statistics"],
+        dependencies=guarded,
+        response_model=StatisticsBody,
+        responses=model_errors,
+    )
+    async def model_statistics(model: str) -> dict[str, Any]:
+        return dataplane.model_statistics(model, None)
+
+    @api.get(
+        "/v2/models/{model}/versions/{version}/stats",
+        tags=["statistics"],
+        dependencies=guarded,
+        response_model=StatisticsBody,
+        responses=model_errors,
+    )
+    async def version_statistics(model: str, version: str) -> dict[str, Any]:
+        return dataplane.model_statistics(model, version)
+
+    @api.get(
+        "/v2/models/{model}/config",
+        tags=["metadata"],
+        dependencies=guarded,
+        response_model=ModelConfigBody,
+        responses=model_errors,
+    )
+    async def model_config(model: str) -> dict[str, Any]:
+        return dataplane.model_config(model, None)
+
+    @api.get(
+        "/v2/models/{model}/versions/{version}/config",
+        tags=["metadata"],
+        dependencies=guarded,
+        response_model=ModelConfigBody,
+        responses=model_errors,
+    )
+    async def version_config(model: str, version: str) -> dict[str, Any]:
+        return dataplane.model_config(model, version)
+
+    @api.post(
+        "/v2/repository/index",
+        tags=["repository"],
+        dependencies=guarded,
+        response_model=list[IndexEntry],
+        responses=errors(400, 401, 403, 413),
+        summary='Every model and version with its state (body, optional: {"ready": true} for the ready ones)',
+    )
+    async def repository_index(request: Request) -> list[dict[str, str]]:
+        return dataplane.repository_index(index_ready_only(await request.body()))
+
     @api.get(
         "/v2/models/{model}",
         tags=["metadata"],
@@ -456,6 +522,22 @@ def _without_422_on_infer(api: FastAPI) -> None:
         return api.openapi_schema
 
     api.openapi = openapi  # type: ignore[method-assign]
+
+
+def index_ready_only(body: bytes) -> bool:
+    """The `ready` flag of a repository index request (Triton's body: {"repository_name": ..., "ready": ...})."""
+    if not body.strip():
+        return False
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidInput("request body must be a JSON object")
+    ready = document.get("ready", False)
+    if not isinstance(ready, bool):
+        raise InvalidInput("'ready' must be true or false")
+    return ready
 
 
 def validation_message(exc: RequestValidationError) -> str:

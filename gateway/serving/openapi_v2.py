@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from runtimes.tensors import DataType
 
@@ -40,6 +40,33 @@ class ServerMetadataBody(BaseModel):
     name: str
     version: str
     extensions: list[str]
+
+
+class ModelConfigBody(BaseModel):
+    """Triton's model configuration (model_config.proto as JSON); the fields Sluice fills are listed."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    platform: str
+    max_batch_size: int = Field(description="Rows per runtime call; 0: the model has no batch dimension.")
+    input: list[dict[str, Any]] = Field(description="name, data_type (TYPE_FP32, ...), dims without the batch dim.")
+    output: list[dict[str, Any]]
+    version_policy: dict[str, Any]
+    instance_group: list[dict[str, Any]]
+    parameters: dict[str, dict[str, str]] = Field(description="Sluice's own settings, as {name: {string_value}}.")
+
+
+class StatisticsBody(BaseModel):
+    """Triton's statistics: one entry per version (see gateway/serving/triton_stats.py)."""
+
+    model_stats: list[dict[str, Any]]
+
+
+class IndexEntry(BaseModel):
+    name: str
+    version: str = Field(description="Empty for a model the repository holds but could not read.")
+    state: str = Field(description="READY, LOADING, UNLOADING or UNAVAILABLE.")
+    reason: str = Field(description="Why the version is not READY (empty when it is).")
 
 
 class TensorMetadata(BaseModel):
