@@ -80,7 +80,7 @@ def test_an_older_release_0_1_database_is_refused_with_what_to_do(backend: Backe
     load_release_0_1(backend, store)
     with store.engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM schema_version WHERE version = 6"))
-    with pytest.raises(SchemaError, match="start release 0.1 on it once"):
+    with pytest.raises(SchemaError, match=r"start release 0\.1 on it once"):
         store.upgrade()
 
 
