@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sqlite3
 import threading
 import time
 import uuid
@@ -304,6 +305,39 @@ async def test_a_database_that_went_away_holds_its_records_and_counts_them_dropp
         assert plog.counters.written == 1 and plog.counters.dropped == 5 and plog.counters.failed == 0
     finally:
         s.close()
+
+
+async def test_the_batch_being_written_counts_against_the_capacity(tmp_path: Path) -> None:
+    """The capacity bounds every record the log holds, the batch with the sink included: records that arrive
+    while a batch waits for a locked database fill the rest of the capacity only, and when that batch comes
+    back unwritten the log still holds no more than its capacity (it used to hold capacity + a batch)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    s = Store(f"sqlite:///{state / 'sluice.db'}", connect_args={"timeout": 0.5})
+    s.upgrade()
+    sink = RecordingSink(s)
+    blocker = sqlite3.connect(state / "sluice.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the sink's insert waits for the lock, then finds the database busy
+    plog = PredictionLog(sink, capacity=100, batch_size=50, flush_interval_s=60)
+    plog.start()
+    try:
+        for i in range(50):
+            assert plog.offer(_record(i))
+        await _until(lambda: len(sink.batches) == 1)  # the batch is with the sink, waiting for the lock
+        accepted = [i for i in range(50, 150) if plog.offer(_record(i))]
+        assert accepted == list(range(50, 100))
+        assert plog.counters.dropped == 50
+        await _until(lambda: plog.sink_unavailable)
+        assert plog.depth == 100
+        assert not plog.offer(_record(150))
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    await plog.flush()
+    assert plog.counters.as_dict() == {"written": 100, "dropped": 51, "failed": 0, "sampled_out": 0}
+    assert sorted(_ids(s)) == sorted(f"p{i}" for i in range(100))
+    await plog.close()
+    s.close()
 
 
 async def test_pruning_runs_on_its_own(sqlite_store: Store) -> None:
