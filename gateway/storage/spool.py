@@ -262,9 +262,8 @@ class Spool:
         path = self.directory / f"{seq:016d}{SUFFIX}"
         try:
             with path.open("rb") as f:
-                if offset == len(MAGIC):
-                    if f.read(len(MAGIC)) != MAGIC:
-                        return self._corrupt(seq, offset, size, "not a spool segment")
+                if offset == len(MAGIC) and f.read(len(MAGIC)) != MAGIC:
+                    return self._corrupt(seq, offset, size, "not a spool segment")
                 f.seek(offset)
                 head = f.read(_FRAME.size)
                 if len(head) < _FRAME.size:
