@@ -50,6 +50,8 @@ _FRAME = struct.Struct("<II")
 _COUNT = struct.Struct("<I")
 _ROW = struct.Struct("<ddIIIIIII")
 _LOCK = "lock"
+_Frame = tuple[list[PredictionRow], int, int]
+"""A frame read back: its rows, its size in bytes, the offset after it."""
 
 
 def encode_batch(rows: Sequence[PredictionRow]) -> bytes:
@@ -135,7 +137,7 @@ class Spool:
         self._out: int | None = None
         """The descriptor of the segment being appended to (the newest), if one is open."""
         self._read_offset = len(MAGIC)
-        self._peeked: tuple[list[PredictionRow], int, int] | None = None
+        self._peeked: _Frame | None = None
         """The frame `peek` returned and not yet committed: its rows, its size, the offset after it."""
         self._lock_fd: int | None = None
 
@@ -258,7 +260,7 @@ class Spool:
                 self._close_out(sync=False)  # everything was read: the next frame starts a new segment
             self._delete_first()
 
-    def _read_frame(self, seq: int, offset: int, size: int) -> tuple[list[PredictionRow], int, int] | None:
+    def _read_frame(self, seq: int, offset: int, size: int) -> _Frame | None:
         path = self.directory / f"{seq:016d}{SUFFIX}"
         try:
             with path.open("rb") as f:
@@ -283,7 +285,8 @@ class Spool:
         total = _FRAME.size + length
         return rows, total, offset + total
 
-    def _corrupt(self, seq: int, offset: int, size: int, why: str) -> None:
+    def _corrupt(self, seq: int, offset: int, size: int, why: str) -> _Frame | None:
+        """Count and log the rest of a segment as corrupt; None: no frame (for `_read_frame` to return)."""
         skipped = max(0, size - offset)
         self.counters.corrupt_bytes += skipped
         log.warning(
