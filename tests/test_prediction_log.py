@@ -31,6 +31,8 @@ from prometheus_client import generate_latest
 from gateway.cli.demo import build_demo_repository, build_reference_mlp
 from gateway.observability.metrics import GatewayMetrics
 from gateway.storage import predictions as predictions_mod
+from gateway.storage.spool import MAGIC, Spool
+from gateway.storage.spool import frame as spool_frame
 from gateway.storage.store import Store
 from monitors.prediction_log import (
     MAX_ID_LENGTH,
@@ -38,6 +40,7 @@ from monitors.prediction_log import (
     PredictionLog,
     Retention,
     new_prediction_id,
+    prediction_rows,
     sampled,
     stored_tensors_to_json,
     tensors_from_bytes,
@@ -338,6 +341,97 @@ async def test_the_batch_being_written_counts_against_the_capacity(tmp_path: Pat
     assert sorted(_ids(s)) == sorted(f"p{i}" for i in range(100))
     await plog.close()
     s.close()
+
+
+@pytest.fixture
+def locked_store(tmp_path: Path) -> Iterator[tuple[Store, sqlite3.Connection]]:
+    """A real SQLite store whose writes wait 0.2 s for the lock and then find the database busy (unavailable)
+    while the test's own connection holds the write lock (`BEGIN IMMEDIATE`; `ROLLBACK` gives it back)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    s = Store(f"sqlite:///{state / 'sluice.db'}", connect_args={"timeout": 0.2})
+    s.upgrade()
+    blocker = sqlite3.connect(state / "sluice.db", isolation_level=None)
+    yield s, blocker
+    blocker.close()
+    s.close()
+
+
+def _stored_in_order(store: Store) -> list[str]:
+    with store.engine.connect() as conn:
+        return [r[0] for r in conn.execute(sa.text("select id from predictions order by rowid"))]
+
+
+async def test_what_memory_cannot_hold_is_spooled_and_written_back_in_order(
+    locked_store: tuple[Store, sqlite3.Connection], tmp_path: Path
+) -> None:
+    store, blocker = locked_store
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20)
+    plog = PredictionLog(store, capacity=100, batch_size=20, flush_interval_s=0.05, spool=spool, probe_interval_s=0.05)
+    plog.start()
+    blocker.execute("BEGIN IMMEDIATE")
+    accepted = [plog.offer(_record(i)) for i in range(500)]
+    await _until(lambda: plog.sink_unavailable)
+    assert all(accepted) and plog.counters.dropped == 0  # memory, then the spool
+    assert plog.depth <= 100 and spool.counters.spooled_records >= 400 and spool.pending
+    blocker.execute("ROLLBACK")
+    await _until(lambda: plog.counters.written == 500, 30)
+    assert _stored_in_order(store) == [f"p{i}" for i in range(500)]  # the held batch, the spool, then memory
+    assert not spool.pending and spool.bytes == 0
+    assert spool.counters.replayed_records == spool.counters.spooled_records
+    await plog.close()
+    spool.close()
+
+
+async def test_beyond_memory_and_the_spool_records_are_dropped_and_counted(
+    locked_store: tuple[Store, sqlite3.Connection], tmp_path: Path
+) -> None:
+    store, blocker = locked_store
+    one_frame = len(MAGIC) + len(spool_frame(prediction_rows([_record(i) for i in range(100, 120)])))
+    spool = Spool(tmp_path / "spool", max_bytes=one_frame)
+    plog = PredictionLog(store, capacity=100, batch_size=20, flush_interval_s=0.05, spool=spool, probe_interval_s=0.05)
+    plog.start()
+    blocker.execute("BEGIN IMMEDIATE")
+    accepted = [plog.offer(_record(i)) for i in range(300)]
+    await _until(lambda: plog.sink_unavailable)
+    assert sum(accepted) == 120 and spool.counters.spooled_records == 20  # memory, and one frame of the spool
+    assert plog.counters.dropped == plog.counters.dropped_beyond_spool == 180
+    assert plog.counters.dropped_beyond_spool_bytes > 0
+    blocker.execute("ROLLBACK")
+    await _until(lambda: plog.counters.written == 120, 30)
+    kept = [i for i, ok in enumerate(accepted) if ok]
+    assert sorted(_ids(store)) == sorted(f"p{i}" for i in kept)
+    await plog.close()
+    spool.close()
+
+
+async def test_a_shutdown_during_an_outage_spools_what_it_holds_for_the_next_start(
+    locked_store: tuple[Store, sqlite3.Connection], tmp_path: Path
+) -> None:
+    store, blocker = locked_store
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20)
+    plog = PredictionLog(store, capacity=1000, batch_size=20, flush_interval_s=0.05, spool=spool, probe_interval_s=0.05)
+    plog.start()
+    blocker.execute("BEGIN IMMEDIATE")
+    for i in range(150):
+        assert plog.offer(_record(i))
+    await _until(lambda: plog.sink_unavailable)
+    assert spool.counters.spooled_records == 0  # memory holds them all, until the shutdown
+    await plog.close(timeout_s=60)  # at once: the sink is away, memory goes to the spool
+    assert plog.counters.as_dict() == {"written": 0, "dropped": 0, "failed": 0, "sampled_out": 0}
+    assert spool.counters.spooled_records == 150
+    spool.close()
+    blocker.execute("ROLLBACK")
+
+    again = Spool(tmp_path / "spool", max_bytes=1 << 20)  # the next start
+    assert again.pending
+    plog = PredictionLog(store, batch_size=20, flush_interval_s=0.05, spool=again)
+    plog.start()
+    await _until(lambda: plog.counters.written == 150, 30)
+    assert sorted(_ids(store)) == sorted(f"p{i}" for i in range(150))
+    assert not again.pending
+    await plog.close()
+    again.close()
 
 
 async def test_pruning_runs_on_its_own(sqlite_store: Store) -> None:
