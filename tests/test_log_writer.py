@@ -11,7 +11,6 @@ import os
 import signal
 import sqlite3
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -19,13 +18,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import sqlalchemy as sa
 
 from gateway.storage.log_writer import ProcessRowWriter, WriterProcessError
 from gateway.storage.store import Store
 from monitors.prediction_log import PredictionLog, prediction_rows
 from monitors.records import PredictionRecord
 from tests.databases import Backend
+from tests.faults import postgres_behind_proxy
 from tests.helpers import gateway_process, wait_until
 from tests.models import build_tabular
 from tests.tcp_proxy import TcpProxy
@@ -209,24 +208,13 @@ async def test_time_between_batches_is_not_spent_polling(store: Store) -> None:
 @pytest.fixture
 def pg_through_proxy(pg_url: str) -> Iterator[tuple[Store, TcpProxy]]:
     """A store on a schema of its own in the real PostgreSQL, reached through a TCP proxy the test can cut."""
-    schema = f"test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    target = sa.make_url(pg_url)
-    try:
-        with TcpProxy(target.host or "127.0.0.1", target.port or 5432) as proxy:
-            url = target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-            store = Store(url, connect_args={"options": f"-csearch_path={schema}"})
-            store.upgrade()
-            try:
-                yield store, proxy
-            finally:
-                store.close()
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with postgres_behind_proxy(pg_url) as pg:
+        store = Store(pg.through.render_as_string(hide_password=False))
+        store.upgrade()
+        try:
+            yield store, pg.proxy
+        finally:
+            store.close()
 
 
 async def _until(predicate: Callable[[], bool], timeout_s: float) -> None:
