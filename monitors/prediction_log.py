@@ -507,9 +507,17 @@ class PredictionLog:
     def _spill(self) -> bool:
         """Memory is full: move the oldest queued batch to the spool (it is written back before anything
         in memory); False when there is no spool, nothing queued, or the spool refused it."""
-        queue = self._queue
-        if self.spool is None or not queue or time.monotonic() < self._spill_paused_until:
+        queue, spool = self._queue, self.spool
+        if spool is None or time.monotonic() < self._spill_paused_until:
             return False
+        if not queue:  # a capacity of about a batch: the held batch is what there is (it goes first: in order)
+            if not self._held or spool.pending:
+                return False
+            if not self._to_spool(self._held):
+                self._spill_paused_until = time.monotonic() + SPILL_PAUSE_S
+                return False
+            self._take_held()
+            return True
         batch = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
         if not self._to_spool(batch):
             queue.extendleft(reversed(batch))

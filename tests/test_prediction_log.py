@@ -110,6 +110,9 @@ class RecordingSink:
             time.sleep(self.delay_s)
         self.store.write_prediction_rows(rows)
 
+    def ping(self) -> None:
+        self.store.ping()
+
     def prune_predictions(self, *, older_than: datetime | None, keep_rows: int | None) -> int:
         return self.store.prune_predictions(older_than=older_than, keep_rows=keep_rows)
 
@@ -383,6 +386,27 @@ async def test_what_memory_cannot_hold_is_spooled_and_written_back_in_order(
     spool.close()
 
 
+async def test_a_capacity_of_one_batch_spills_the_held_batch(
+    locked_store: tuple[Store, sqlite3.Connection], tmp_path: Path
+) -> None:
+    store, blocker = locked_store
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20)
+    plog = PredictionLog(store, capacity=20, batch_size=20, flush_interval_s=0.05, spool=spool, probe_interval_s=0.05)
+    plog.start()
+    blocker.execute("BEGIN IMMEDIATE")
+    for i in range(20):
+        assert plog.offer(_record(i))
+    await _until(lambda: plog.sink_unavailable)
+    assert plog.depth == 20  # the batch came back held: memory is full, and nothing is queued
+    assert all(plog.offer(_record(i)) for i in range(20, 100))
+    assert plog.counters.dropped == 0 and spool.counters.spooled_records == 80
+    blocker.execute("ROLLBACK")
+    await _until(lambda: plog.counters.written == 100, 30)
+    assert _stored_in_order(store) == [f"p{i}" for i in range(100)]
+    await plog.close()
+    spool.close()
+
+
 async def test_beyond_memory_and_the_spool_records_are_dropped_and_counted(
     locked_store: tuple[Store, sqlite3.Connection], tmp_path: Path
 ) -> None:
@@ -533,6 +557,9 @@ async def test_record_and_offer_store_the_same_fields(sqlite_store: Store) -> No
 
 class _NullSink:
     def write_prediction_rows(self, rows: Sequence[PredictionRow]) -> None:
+        pass
+
+    def ping(self) -> None:
         pass
 
     def prune_predictions(self, *, older_than: datetime | None, keep_rows: int | None) -> int:

@@ -2,7 +2,7 @@
 
 A real gateway writes to the real PostgreSQL through a TCP proxy the test cuts (every connection reset, new
 ones refused), while one client thread loads it on 127.0.0.1 (a few hundred requests a second on a small
-box). The log's memory is lowered to 2,000 records so the outage overflows it into the local spool within
+box). The log's memory is lowered to 1,000 records (two batches) so the outage overflows it into the local spool within
 seconds. Every request answered 200 must end up stored, exactly: no record dropped, none failed, none
 stored twice or out of thin air.
 
@@ -25,7 +25,7 @@ from tests.faults import Load, log_counts, lookup_body, postgres_behind_proxy, r
 from tests.helpers import GatewayProcess, gateway_process, wait_until
 from tests.models import build_lookup
 
-CAPACITY = "2000"
+CAPACITY = "1000"
 
 
 @pytest.fixture
@@ -79,7 +79,7 @@ def test_a_minute_without_postgresql_under_load_loses_no_record(pg_url: str, rep
     assert during["spool_spooled"] > 0 and counts["spool_replayed"] == counts["spool_spooled"], counts
     assert len(stored) == len(answered) and set(stored) == answered
     report(
-        "PostgreSQL cut off for 60 s, memory 2,000 records, spool on (test_prediction_spool_outage.py)",
+        "PostgreSQL cut off for 60 s, memory 1,000 records, spool on (test_prediction_spool_outage.py)",
         load=f"{load.rate():.0f} req/s, 1 client",
         requests=len(answered),
         records_stored=len(stored),
