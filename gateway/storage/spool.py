@@ -16,9 +16,10 @@ CRC does not match ends its segment: the rest of that segment is counted as corr
 decoded as records.
 
 Crash safety is the page cache's: a frame is flushed to the OS as it is written (a killed process keeps
-it) and fsynced when the spool closes (a SIGTERM keeps it through a power cut too). A frame is deleted
-only after the database took it; a process that dies between the two writes that frame again at the next
-start, and the store ignores an id it already has.
+it) and fsynced when the spool closes (a SIGTERM keeps it through a power cut too). A segment is deleted
+once every frame in it was taken by the database; the read position within a segment is not kept, so after
+a restart the frames already written from a partly read segment (at most `segment_bytes`) are written
+again, and the store ignores the ids it already has.
 
 One writer per directory: `Spool.claim` takes the first numbered directory under its root that no other
 process holds (an exclusive `flock`, let go when the process ends however it ends), so each `--workers`
