@@ -640,9 +640,32 @@ def monitoring() -> Dashboard:
             ),
             Panel(
                 "Prediction log queue depth",
-                "Records waiting for the writer process.",
+                "Records held in memory for the writer process (the batch being written included).",
                 "short",
                 (Target(f"sum by (instance) (sluice_prediction_log_queue_depth{{{JOB}}})", "{{instance}}"),),
+            ),
+            Panel(
+                "Prediction spool records per second by fate",
+                "The local spool takes what memory cannot hold while the database is away (spooled), writes it "
+                "back in order when it returns (replayed); dropped: memory and spool were both full.",
+                "ops",
+                (Target(rate("sluice_prediction_spool_records_total", JOB, "outcome"), "{{outcome}}"),),
+            ),
+            Panel(
+                "Prediction spool bytes per second by fate",
+                "The same in bytes; corrupt: a torn tail (a crash mid-write) skipped when read back.",
+                "Bps",
+                (Target(rate("sluice_prediction_spool_bytes_total", JOB, "outcome"), "{{outcome}}"),),
+            ),
+            Panel(
+                "Prediction spool on disk against its cap",
+                "Bytes the spool holds and its cap (SLUICE_PREDICTION_SPOOL_BYTES), per instance. The "
+                "SluicePredictionSpoolFilling alert.",
+                "bytes",
+                (
+                    Target(f"sum by (instance) (sluice_prediction_spool_usage_bytes{{{JOB}}})", "{{instance}}"),
+                    Target(f"sum by (instance) (sluice_prediction_spool_capacity_bytes{{{JOB}}})", "cap {{instance}}"),
+                ),
             ),
         ),
     )

@@ -59,9 +59,10 @@ from gateway.serving.window_stats import WindowRecorder
 from gateway.settings import GatewaySettings
 from gateway.storage.engine import Fence
 from gateway.storage.log_writer import ProcessRowWriter, WriterProcessError
+from gateway.storage.spool import Spool
 from gateway.storage.store import Store
 from gateway.tasks import cancel_and_wait, tick_forever
-from monitors.prediction_log import PredictionLog, Retention
+from monitors.prediction_log import LogCounters, PredictionLog, Retention
 from runtimes.base import ModelRuntime
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,7 @@ class Gateway:
         )
         days = settings.prediction_retention_days
         self._log_writer = ProcessRowWriter(store) if settings.prediction_log_writer == "process" else None
+        self.spool = _open_spool(settings)
         self.predictions = PredictionLog(
             store,
             writer=self._log_writer,
@@ -160,8 +162,11 @@ class Gateway:
                 max_rows=settings.prediction_retention_rows,
                 every_s=settings.prediction_prune_interval_s,
             ),
+            spool=self.spool,
         )
         self.metrics.watch_prediction_log(self.predictions.counters.as_dict, lambda: self.predictions.depth)
+        if self.spool is not None:
+            _watch_spool(self.metrics, self.spool, self.predictions.counters)
         self.shadows = ShadowDispatcher(self.metrics, self.windows, predictions=self.predictions)
         self.dataplane = DataPlane(
             self.registry,
@@ -415,6 +420,8 @@ class Gateway:
         await self.predictions.close(timeout)
         if self._log_writer is not None:
             await self._log_writer.close()
+        if self.spool is not None:
+            self.spool.close()
         await self.publisher.publish()
         await self.election.resign()
         await self.monitor.stop()
@@ -429,6 +436,46 @@ class Gateway:
         self._executor.shutdown(wait=False, cancel_futures=True)
         self.tracer_provider.shutdown()
         log.info("stopped")
+
+
+def _open_spool(settings: GatewaySettings) -> Spool | None:
+    """This process's prediction spool (a directory of its own under the state directory), or None when it is
+    off or cannot be opened (logged: the log then drops what memory cannot hold, as without one)."""
+    if not settings.prediction_spool_bytes:
+        return None
+    root = settings.state_dir / "prediction-spool"
+    try:
+        spool = Spool.claim(root, max_bytes=settings.prediction_spool_bytes)
+    except OSError as exc:
+        log.error("prediction log: no spool (cannot open %s): %s", root, exc)
+        return None
+    if spool.pending:
+        log.warning(
+            "prediction log: the spool %s holds %d bytes from an earlier run: writing them first",
+            spool.directory,
+            spool.bytes,
+        )
+    return spool
+
+
+def _watch_spool(metrics: GatewayMetrics, spool: Spool, counters: LogCounters) -> None:
+    """The spool's metrics: its own counters, and the log's drops while it was in use."""
+    c = spool.counters
+    metrics.watch_prediction_spool(
+        lambda: {
+            "spooled": c.spooled_records,
+            "replayed": c.replayed_records,
+            "dropped": counters.dropped_beyond_spool,
+        },
+        lambda: {
+            "spooled": c.spooled_bytes,
+            "replayed": c.replayed_bytes,
+            "dropped": counters.dropped_beyond_spool_bytes,
+            "corrupt": c.corrupt_bytes,
+        },
+        lambda: spool.bytes,
+        spool.max_bytes,
+    )
 
 
 HOUSEKEEPING_S = 300.0

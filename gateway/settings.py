@@ -95,7 +95,21 @@ class GatewaySettings(BaseSettings):
     )
     service_name: str = Field("sluice", description="OpenTelemetry service.name and server metadata name.")
     prediction_log_capacity: int = Field(
-        10_000, ge=1, description="Prediction records queued for writing; beyond it records are dropped and counted."
+        10_000,
+        ge=1,
+        description=(
+            "Prediction records held in memory for writing (the batch being written included); beyond it they "
+            "go to the spool, then are dropped and counted."
+        ),
+    )
+    prediction_spool_bytes: int = Field(
+        1024**3,
+        ge=0,
+        description=(
+            "Local disk for prediction records the database cannot take now (an outage), beyond the memory "
+            "capacity: append-only segments in <state_dir>/prediction-spool/<n>, one directory per process, "
+            "written back in order when the database is back (after a restart too). 0: no spool."
+        ),
     )
     prediction_log_writer: Literal["process", "thread"] = Field(
         "process",

@@ -10,11 +10,15 @@ writer process, `gateway.storage.log_writer`) it hands each batch over and await
 the database work: no second thread of the serving process competes with the loop for the GIL.
 Without one, it writes to the sink in a worker thread. A failed write loses that batch; it is
 logged and counted, and the log keeps going. A sink that is only *unavailable* (`SinkUnavailable`: its
-database cut off, its disk full) loses nothing: the batch is held and tried again with a growing pause
-(`RETRY_MIN_S` to `RETRY_MAX_S`), new records queue behind it, and once held and queued records reach
-the capacity, new ones are dropped and counted; requests are never blocked. When the sink is back, the
-held batch and the queue are written in order. `close()` (the SIGTERM path) drains what is queued
-within a time limit; what it cannot write then is counted as dropped.
+database cut off, its disk full) loses nothing: the batch is held, the database is probed every
+`PROBE_INTERVAL_S` (a `SELECT 1`, no batch sent) and the held batch written as soon as it answers; new
+records queue behind it. `capacity` bounds every record the log holds in memory: queued, held, and the
+batch with the sink. Beyond it, with a spool (`RowSpool`, the gateway's `gateway.storage.spool`), the
+oldest queued batch is spilled to local disk and written back first, in order, when the sink takes
+writes again; without one, or once the spool is full, new records are dropped and counted. Requests
+are never blocked. `close()` (the SIGTERM path) drains what is queued within a time limit; what it
+cannot write then (or at once, while the sink is away or the spool holds older records) goes to the
+spool, for the next start to write, or is counted as dropped.
 
 Sampling is per model and deterministic: a hash of the prediction id decides, so a prediction and
 its shadow copies are either all logged or all not, and a repeated id gets the same verdict.
@@ -53,7 +57,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from monitors.records import PredictionRecord, PredictionRow, PredictionSink, RowWriter, SinkUnavailable
+from monitors.records import PredictionRecord, PredictionRow, PredictionSink, RowSpool, RowWriter, SinkUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +68,13 @@ ROUTE_SHADOW = "shadow"
 
 _DUMPS = orjson.OPT_SERIALIZE_NUMPY
 _FAILURE_LOG_EVERY_S = 10.0
-RETRY_MIN_S = 0.25
-RETRY_MAX_S = 5.0
-"""The pause before trying a held batch again grows from RETRY_MIN_S to RETRY_MAX_S while the sink stays down."""
+PROBE_INTERVAL_S = 0.25
+"""While the sink is unavailable it is probed this often (a round trip, no batch sent), so writing resumes
+within about this long after it is back. A growing pause (up to 5 s, as before) left records made after
+the restore to be dropped while the log still waited."""
+SPILL_PAUSE_S = 1.0
+"""After the spool refused a batch (full, or the disk failing), how long the log drops new records before
+asking it again: a refused batch was encoded for nothing, on the request path."""
 
 _V2_BY_DTYPE: dict[np.dtype[Any], str] = {
     np.dtype(np.bool_): "BOOL",
@@ -323,6 +331,9 @@ class LogCounters:
     """Lost in a batch the sink failed to write, or with an id too long to store."""
     sampled_out: int = 0
     """Not logged: the model's sample rate passed over them."""
+    dropped_beyond_spool: int = 0
+    """Of `dropped`, those refused while the spool was in use (full, or its disk failing)."""
+    dropped_beyond_spool_bytes: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -360,10 +371,14 @@ class PredictionLog:
         batch_size: int = 500,
         flush_interval_s: float = 0.5,
         retention: Retention | None = None,
+        spool: RowSpool | None = None,
+        probe_interval_s: float = PROBE_INTERVAL_S,
     ) -> None:
-        """`capacity` records and `max_bytes` of encoded tensors bound the queue (a count alone would
-        not bound memory when bodies are large). `writer`: where batches go (the gateway's writer
-        process); without one, they are written to `sink` in a worker thread."""
+        """`capacity` records and `max_bytes` of encoded tensors bound what is held in memory (a count alone
+        would not bound memory when bodies are large). `writer`: where batches go (the gateway's writer
+        process); without one, they are written to `sink` in a worker thread. `spool`: where what does not
+        fit in memory goes (the caller opens and closes it; it may hold records of an earlier run, written
+        first)."""
         if capacity < 1 or batch_size < 1 or flush_interval_s <= 0:
             raise ValueError("capacity and batch_size must be at least 1, flush_interval_s above 0")
         self.sink = sink
@@ -373,14 +388,18 @@ class PredictionLog:
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self.retention = retention
+        self.spool = spool
+        self.probe_interval_s = probe_interval_s
         self.counters = LogCounters()
         self._queue: deque[PredictionRow] = deque()
         self._queued_bytes = 0
         self._held: list[PredictionRow] = []
         """A batch the sink was unavailable for, tried again before anything queued after it."""
         self._held_bytes = 0
-        self._retry_s = 0.0
-        """The pause before the next try of the held batch (0 while the sink answers)."""
+        self._sending = 0
+        """Records of the batch with the sink now (taken from memory; a spooled batch stays in the spool)."""
+        self._sending_bytes = 0
+        self._spill_paused_until = -math.inf
         self._unavailable_since: float | None = None
         self._lock = asyncio.Lock()
         """Held while a batch is with the sink: one write at a time, and `flush` waits for the one in flight."""
@@ -390,14 +409,20 @@ class PredictionLog:
         self._closing = False
         self._closed = False
         self._last_failure_log = -math.inf
+        self._last_spool_log = -math.inf
         self._failures_unlogged = 0
 
     # -- hot path ---------------------------------------------------------------------------
 
     @property
     def depth(self) -> int:
-        """Records waiting to be written (a held batch included)."""
-        return len(self._queue) + len(self._held)
+        """Records held in memory to be written: queued, held, and the batch with the sink (at most `capacity`)."""
+        return len(self._queue) + len(self._held) + self._sending
+
+    @property
+    def spool_pending(self) -> bool:
+        """Whether the spool holds records to write back (before anything in memory)."""
+        return self.spool is not None and self.spool.pending
 
     @property
     def sink_unavailable(self) -> bool:
@@ -450,14 +475,18 @@ class PredictionLog:
                 self.counters.failed += 1
                 return False
             queue = self._queue
-            if self._closed or len(queue) + len(self._held) >= self.capacity:
+            if self._closed:
                 self.counters.dropped += 1
+                return False
+            if len(queue) + len(self._held) + self._sending >= self.capacity and not self._spill():
+                self._drop(inputs, outputs)
                 return False
             encoded_in = tensors_to_bytes(inputs)
             encoded_out = tensors_to_bytes(outputs)
             size = len(encoded_in) + len(encoded_out)
-            if self._queued_bytes + self._held_bytes + size > self.max_bytes:
-                self.counters.dropped += 1
+            held_bytes = self._queued_bytes + self._held_bytes + self._sending_bytes
+            if held_bytes + size > self.max_bytes and not self._spill():
+                self._drop(inputs, outputs)
                 return False
             queue.append((model, prediction_id, version, route, at, float(latency_s), outcome, encoded_in, encoded_out))
             self._queued_bytes += size
@@ -468,6 +497,49 @@ class PredictionLog:
             log.exception("prediction log: cannot queue a record")
             self.counters.failed += 1
             return False
+
+    def _drop(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
+        self.counters.dropped += 1
+        if self.spool is not None:  # what the spool could not take: its size too (an outage's cost, rare)
+            self.counters.dropped_beyond_spool += 1
+            self.counters.dropped_beyond_spool_bytes += len(tensors_to_bytes(inputs)) + len(tensors_to_bytes(outputs))
+
+    def _spill(self) -> bool:
+        """Memory is full: move the oldest queued batch to the spool (it is written back before anything
+        in memory); False when there is no spool, nothing queued, or the spool refused it."""
+        queue, spool = self._queue, self.spool
+        if spool is None or time.monotonic() < self._spill_paused_until:
+            return False
+        if not queue:  # a capacity of about a batch: the held batch is what there is (it goes first: in order)
+            if not self._held or spool.pending:
+                return False
+            if not self._to_spool(self._held):
+                self._spill_paused_until = time.monotonic() + SPILL_PAUSE_S
+                return False
+            self._take_held()
+            return True
+        batch = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
+        if not self._to_spool(batch):
+            queue.extendleft(reversed(batch))
+            self._spill_paused_until = time.monotonic() + SPILL_PAUSE_S
+            return False
+        self._queued_bytes -= sum(len(row[7]) + len(row[8]) for row in batch)
+        return True
+
+    def _to_spool(self, batch: list[PredictionRow]) -> bool:
+        """Append a batch to the spool; False (logged at most every so often) when it cannot be kept."""
+        assert self.spool is not None
+        try:
+            if self.spool.append(batch):
+                return True
+            reason: object = "the spool is full"
+        except OSError as exc:
+            reason = exc
+        now = time.monotonic()
+        if now - self._last_spool_log >= _FAILURE_LOG_EVERY_S:
+            self._last_spool_log = now
+            log.error("prediction log: memory is full and the spool refuses records; dropping: %s", reason)
+        return False
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -487,7 +559,10 @@ class PredictionLog:
     async def close(self, timeout_s: float = 30.0) -> None:
         """Stop taking records and write what is queued, for at most `timeout_s` (the SIGTERM path).
 
-        What cannot be written in time is counted as dropped and logged.
+        With a spool, what is left in memory then goes to it (for the next start to write), and at once
+        when the sink is unavailable or the spool holds older records: a shutdown during an outage loses
+        nothing and does not wait for the time limit. What can be neither written nor spooled is counted
+        as dropped and logged.
         """
         if self._closed:
             return
@@ -500,7 +575,7 @@ class PredictionLog:
         try:
             if self._writer is not None:
                 await asyncio.wait_for(asyncio.shield(self._writer), timeout_s)
-            else:
+            elif not self._spill_at_close():
                 await asyncio.wait_for(self._drain(), timeout_s)
         except TimeoutError:
             log.error("prediction log: %d records not written within %.1f s of shutdown", self.depth, timeout_s)
@@ -509,11 +584,22 @@ class PredictionLog:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._writer
         self._closed = True
-        if self._queue or self._held:
-            self.counters.dropped += len(self._queue) + len(self._held)
-            self._queue.clear()
-            self._queued_bytes = 0
-            self._held, self._held_bytes = [], 0
+        rest = self._take_held() + list(self._queue)
+        self._queue.clear()
+        self._queued_bytes = 0
+        if rest and self.spool is not None:
+            spooled = 0
+            for start in range(0, len(rest), self.batch_size):
+                batch = rest[start : start + self.batch_size]
+                if not self._to_spool(batch):
+                    break
+                spooled += len(batch)
+            if spooled:
+                log.warning("prediction log: %d records kept in the spool, to be written at the next start", spooled)
+            rest = rest[spooled:]
+        if rest:
+            log.error("prediction log: %d records dropped at shutdown", len(rest))
+            self.counters.dropped += len(rest)
         log.info("prediction log closed", extra=self.counters.as_dict())
 
     async def prune(self, *, older_than: datetime | None, keep_rows: int | None) -> int:
@@ -523,8 +609,9 @@ class PredictionLog:
     # -- the writer -----------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        """One batch per turn: a full one as soon as there is one, a partial one only after
-        `flush_interval_s` without a full one (or on close).
+        """One batch per turn: the held batch, then the spool's oldest, then a full batch from memory as
+        soon as there is one, a partial one only after `flush_interval_s` without a full one (or on close).
+        While the sink is unavailable: a probe every `probe_interval_s`, and a write once it answers.
 
         Not "everything queued whenever the last write is done": under load that writes as many
         records as arrived during the last write, a few dozen, and a batch's fixed costs (the
@@ -532,32 +619,66 @@ class PredictionLog:
         record as in batches of 500 (`loadtests.log_cost --batch`).
         """
         while True:
-            if self._held:
-                # The sink was unavailable: wait before trying again (closing does not cut the pause short,
-                # or a shutdown with the database down would spin until its time limit).
-                await asyncio.sleep(self._retry_s)
-            elif not self._closing and len(self._queue) < self.batch_size:
+            if self._spill_at_close():
+                return  # close() spools what memory holds
+            if self._unavailable_since is not None:
+                # Closing does not cut the pause short: a shutdown without a spool, the sink down, would spin.
+                await asyncio.sleep(self.probe_interval_s)
+                if self._spill_at_close() or not await self._probe():
+                    continue
+            elif not self._closing and not self._held and not self.spool_pending and len(self._queue) < self.batch_size:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
             try:
                 async with self._lock:
-                    if self._held:
-                        await self._write(self._take_held())
-                    elif self._queue:
-                        await self._write(self._take())
+                    await self._write_next()
             except Exception:  # a bug here must not stop the log: the queue would only fill and drop
                 log.exception("prediction log: writer error")
-            if self._closing and not self._queue and not self._held:
+            if self._closing and not self._queue and not self._held and not self.spool_pending:
                 return
 
+    def _spill_at_close(self) -> bool:
+        """Closing with a spool, while the sink is away or the spool holds older records: memory goes to the
+        spool rather than to the sink (in order, and without waiting for the time limit)."""
+        return self._closing and self.spool is not None and (self._unavailable_since is not None or self.spool.pending)
+
+    async def _probe(self) -> bool:
+        """Whether the sink answers now (a cheap round trip); an error that is not unavailability lets the
+        next write find out."""
+        try:
+            if self.writer is not None:
+                await self.writer.probe()
+            else:
+                await asyncio.to_thread(self.sink.ping)
+        except SinkUnavailable:
+            return False
+        except Exception as exc:
+            log.warning("prediction log: probing the sink failed: %s", exc)
+        return True
+
     async def _drain(self) -> None:
-        """Write the held batch and the queue now; stops early (keeping the rest) if the sink is unavailable."""
+        """Write the held batch, the spool and the queue now; stops early (keeping the rest) if the sink is
+        unavailable."""
         async with self._lock:
-            while self._held or self._queue:
-                await self._write(self._take_held() if self._held else self._take())
-                if self._held:
+            while self._held or self.spool_pending or self._queue:
+                await self._write_next()
+                if self._unavailable_since is not None:
                     return
+
+    async def _write_next(self) -> None:
+        """Write the oldest batch: the held one, else the spool's first, else from memory."""
+        if self._held:
+            await self._write(self._take_held())
+            return
+        spool = self.spool
+        if spool is not None and spool.pending:
+            rows = spool.peek()
+            if rows is not None:
+                await self._write(list(rows), spool=spool)
+                return
+        if self._queue:
+            await self._write(self._take())
 
     def _take_held(self) -> list[PredictionRow]:
         batch, self._held, self._held_bytes = self._held, [], 0
@@ -573,44 +694,66 @@ class PredictionLog:
         self._queued_bytes -= sum(len(row[7]) + len(row[8]) for row in batch)
         return batch
 
-    async def _write(self, batch: list[PredictionRow]) -> None:
+    async def _write(self, batch: list[PredictionRow], *, spool: RowSpool | None = None) -> None:
+        """Hand one batch to the sink. One from memory counts against the capacity until it is written (or
+        held again); one from the `spool` stays there until the sink took it."""
+        spooled = spool is not None
+        if not spooled:
+            self._sending = len(batch)
+            self._sending_bytes = sum(len(row[7]) + len(row[8]) for row in batch)
         try:
             if self.writer is not None:  # the writer process: no second thread to share the GIL with
                 await self.writer.write(batch)
             else:
                 await asyncio.to_thread(self.sink.write_prediction_rows, batch)
         except asyncio.CancelledError:
-            self.counters.failed += len(batch)
+            if not spooled:  # it may have been written: written again, the store ignores the repeat
+                self._hold(batch, None)
             raise
         except SinkUnavailable as exc:
-            self._hold(batch, exc)
+            if not spooled:
+                self._hold(batch, exc)
+            else:
+                self._unavailable(exc)
             return
         except Exception as exc:
             self.counters.failed += len(batch)
             self._log_failure(len(batch), exc)
+            if spool is not None:
+                spool.commit()  # never tried again: it would fail again
             return
+        finally:
+            self._sending = self._sending_bytes = 0
         self.counters.written += len(batch)
+        if spool is not None:
+            spool.commit()
         if self._unavailable_since is not None:
             log.warning(
-                "prediction log: the sink is back after %.1f s; writing the %d records queued",
+                "prediction log: the sink is back after %.1f s; writing the %d records held%s",
                 time.monotonic() - self._unavailable_since,
                 self.depth,
+                " and the spool" if self.spool_pending else "",
             )
             self._unavailable_since = None
-        self._retry_s = 0.0
 
-    def _hold(self, batch: list[PredictionRow], exc: Exception) -> None:
-        """Keep a batch the sink could not take now, to be tried first after a pause that grows."""
+    def _hold(self, batch: list[PredictionRow], exc: Exception | None) -> None:
+        """Keep a batch the sink could not take now, to be tried first once the sink answers a probe."""
         self._held = batch
         self._held_bytes = sum(len(row[7]) + len(row[8]) for row in batch)
-        self._retry_s = min(RETRY_MAX_S, max(RETRY_MIN_S, self._retry_s * 2))
+        if exc is not None:
+            self._unavailable(exc)
+
+    def _unavailable(self, exc: Exception) -> None:
         if self._unavailable_since is None:
             self._unavailable_since = time.monotonic()
+            beyond = "spilled to the spool, then dropped and counted" if self.spool else "dropped and counted"
             log.error(
-                "prediction log: the sink is unavailable; holding %d records (new ones are dropped and counted "
-                "beyond %d) and trying again: %s",
+                "prediction log: the sink is unavailable; holding %d records in memory (new ones are %s beyond "
+                "%d) and probing it every %.2f s: %s",
                 self.depth,
+                beyond,
                 self.capacity,
+                self.probe_interval_s,
                 exc,
             )
 

@@ -79,12 +79,37 @@ class RowWriter(Protocol):
 
     async def write(self, rows: Sequence[PredictionRow]) -> None: ...
 
+    async def probe(self) -> None:
+        """Return when the database answers (a cheap round trip); `SinkUnavailable` while it does not."""
+
+
+class RowSpool(Protocol):
+    """Local disk for the rows the log cannot hold in memory (the gateway's `gateway.storage.spool.Spool`):
+    appended in order, read back oldest first, each frame let go once the sink took it."""
+
+    @property
+    def pending(self) -> bool:
+        """Whether rows wait to be read back."""
+
+    def append(self, rows: Sequence[PredictionRow]) -> bool:
+        """Keep the rows after the others; False (nothing kept) when the spool is full; OSError when the disk
+        refuses (nothing kept either)."""
+
+    def peek(self) -> Sequence[PredictionRow] | None:
+        """The oldest rows not yet taken (the same until `commit`); None when nothing waits."""
+
+    def commit(self) -> None:
+        """The rows `peek` returned were taken by the sink: let them go."""
+
 
 class PredictionSink(Protocol):
     """Synchronous storage, called from a worker thread (never on the event loop). A write that may succeed
     later (the database is unreachable or full) raises `SinkUnavailable`."""
 
     def write_prediction_rows(self, rows: Sequence[PredictionRow]) -> None: ...
+
+    def ping(self) -> None:
+        """Return when the database answers (a cheap round trip); `SinkUnavailable` while it does not."""
 
     def prune_predictions(self, *, older_than: datetime | None, keep_rows: int | None) -> int: ...
 

@@ -2,23 +2,30 @@
 
 `Load` sends V2 requests from a few threads, each with its own id, until stopped, and keeps every
 answer (status, time) so a test can account for each request. `stored_ids` reads which of them the
-prediction log stored. `report` prints one line per fault (`FAULT {...}`) with the figures the README's
+prediction log stored; `log_counts` reads the log's and its spool's figures from a gateway's /metrics.
+`postgres_behind_proxy` gives a test a schema of its own in the real PostgreSQL, reached through a
+`TcpProxy` it can cut. `report` prints one line per fault (`FAULT {...}`) with the figures the README's
 fault table shows: run the fault tests with `-s` to see them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import threading
 import time
+import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import sqlalchemy as sa
+
+from tests.helpers import GatewayProcess, metric_value
+from tests.tcp_proxy import TcpProxy
 
 
 @dataclass
@@ -143,3 +150,49 @@ def report(fault: str, **figures: Any) -> None:
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else 0.0
+
+
+def log_counts(gw: GatewayProcess) -> dict[str, float]:
+    """The prediction log's records by fate, its depth in memory, and its spool's figures, from /metrics."""
+    text = gw.metrics()
+    counts = {
+        o: metric_value(text, "sluice_prediction_log_records_total", 0.0, outcome=o)
+        for o in ("written", "dropped", "failed")
+    }
+    counts["depth"] = metric_value(text, "sluice_prediction_log_queue_depth", 0.0)
+    for o in ("spooled", "replayed", "dropped"):
+        counts[f"spool_{o}"] = metric_value(text, "sluice_prediction_spool_records_total", 0.0, outcome=o)
+    counts["spool_bytes_spooled"] = metric_value(text, "sluice_prediction_spool_bytes_total", 0.0, outcome="spooled")
+    counts["spool_usage"] = metric_value(text, "sluice_prediction_spool_usage_bytes", 0.0)
+    return counts
+
+
+@dataclass
+class ProxiedPostgres:
+    through: sa.URL
+    """The schema's URL through the proxy (what the gateway gets)."""
+    direct: sa.engine.Engine
+    """The same schema, not through the proxy (what the test reads with while the proxy is cut)."""
+    proxy: TcpProxy
+
+
+@contextlib.contextmanager
+def postgres_behind_proxy(pg_url: str) -> Iterator[ProxiedPostgres]:
+    """A schema of its own in the real PostgreSQL, behind a TCP proxy the test cuts and restores; dropped after."""
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    target = sa.make_url(pg_url)
+    direct = sa.create_engine(pg_url, connect_args={"options": f"-csearch_path={schema}"})
+    try:
+        with TcpProxy(target.host or "127.0.0.1", target.port or 5432) as proxy:
+            through = target.set(host="127.0.0.1", port=proxy.port).update_query_dict(
+                {"options": f"-csearch_path={schema}"}
+            )
+            yield ProxiedPostgres(through, direct, proxy)
+    finally:
+        direct.dispose()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()

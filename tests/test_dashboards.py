@@ -135,7 +135,7 @@ def test_every_alert_has_a_summary_description_and_a_runbook_section_that_exists
     }
     rules = yaml.safe_load(ALERTS.read_text())
     alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
-    assert len({a["alert"] for a in alerts}) == 15
+    assert len({a["alert"] for a in alerts}) == 16
     for a in alerts:
         notes = a["annotations"]
         assert notes["summary"] and notes["description"], a["alert"]
@@ -148,7 +148,7 @@ def test_every_alert_has_a_summary_description_and_a_runbook_section_that_exists
 def test_promtool_checks_the_rules_and_the_example_configs() -> None:
     promtool = require_binary("promtool")
     out = subprocess.run([promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and "SUCCESS: 35 rules found" in out.stdout, out.stdout + out.stderr
+    assert out.returncode == 0 and "SUCCESS: 36 rules found" in out.stdout, out.stdout + out.stderr
     for config in ("prometheus.yml", "prometheus-fleet.yml"):
         out = subprocess.run(
             [promtool, "check", "config", str(DASHBOARDS / config)], capture_output=True, text=True, timeout=60

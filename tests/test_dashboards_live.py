@@ -301,7 +301,7 @@ def test_every_panel_and_variable_returns_data(scenario: Scenario) -> None:
 def test_every_rule_evaluates_on_real_data(scenario: Scenario) -> None:
     groups = scenario.prom.api("rules")["groups"]
     rules = [r for g in groups for r in g["rules"]]
-    assert len(rules) == 35
+    assert len(rules) == 36
     bad = [f"{r['name']}: {r.get('lastError')}" for r in rules if r["health"] != "ok"]
     assert not bad, bad
     # The SLO ratios are computed from the scenario's traffic: the bad canary burned budget.

@@ -10,6 +10,8 @@ import asyncio
 import os
 import signal
 import sqlite3
+import time
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -22,8 +24,10 @@ from gateway.storage.store import Store
 from monitors.prediction_log import PredictionLog, prediction_rows
 from monitors.records import PredictionRecord
 from tests.databases import Backend
+from tests.faults import postgres_behind_proxy
 from tests.helpers import gateway_process, wait_until
 from tests.models import build_tabular
+from tests.tcp_proxy import TcpProxy
 
 UTC = timezone.utc
 T0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
@@ -198,4 +202,51 @@ async def test_time_between_batches_is_not_spent_polling(store: Store) -> None:
     before = cpu()
     await asyncio.sleep(1.0)
     assert cpu() - before < 0.05
+    await writer.close()
+
+
+@pytest.fixture
+def pg_through_proxy(pg_url: str) -> Iterator[tuple[Store, TcpProxy]]:
+    """A store on a schema of its own in the real PostgreSQL, reached through a TCP proxy the test can cut."""
+    with postgres_behind_proxy(pg_url) as pg:
+        store = Store(pg.through.render_as_string(hide_password=False))
+        store.upgrade()
+        try:
+            yield store, pg.proxy
+        finally:
+            store.close()
+
+
+async def _until(predicate: Callable[[], bool], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.01)
+
+
+async def test_writing_resumes_promptly_once_the_database_answers_again(
+    pg_through_proxy: tuple[Store, TcpProxy],
+) -> None:
+    """While the database is cut off the log probes it often and cheaply, so the records it holds are written
+    soon after it is back, however long the outage was (they used to wait for a retry pause grown to 5 s)."""
+    store, proxy = pg_through_proxy
+    writer = ProcessRowWriter(store)
+    plog = PredictionLog(store, writer=writer, batch_size=10, flush_interval_s=0.05)
+    plog.start()
+    for r in _records(0, 10):
+        plog.offer(r)
+    await _until(lambda: plog.counters.written == 10, 30)
+    proxy.cut()
+    for r in _records(10, 10):
+        plog.offer(r)
+    await _until(lambda: plog.sink_unavailable, 30)
+    await asyncio.sleep(8.5)  # long enough for a pause that doubles on every failure to reach 5 s
+    proxy.restore()
+    restored = time.monotonic()
+    await _until(lambda: plog.counters.written == 20, 30)
+    resumed_s = time.monotonic() - restored
+    assert resumed_s < 3.0, f"the held records were written {resumed_s:.1f} s after the database came back"
+    assert store.count_predictions("m", "1") == 20
+    await plog.close()
     await writer.close()

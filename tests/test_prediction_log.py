@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sqlite3
 import threading
 import time
 import uuid
@@ -30,6 +31,8 @@ from prometheus_client import generate_latest
 from gateway.cli.demo import build_demo_repository, build_reference_mlp
 from gateway.observability.metrics import GatewayMetrics
 from gateway.storage import predictions as predictions_mod
+from gateway.storage.spool import MAGIC, Spool
+from gateway.storage.spool import frame as spool_frame
 from gateway.storage.store import Store
 from monitors.prediction_log import (
     MAX_ID_LENGTH,
@@ -37,6 +40,7 @@ from monitors.prediction_log import (
     PredictionLog,
     Retention,
     new_prediction_id,
+    prediction_rows,
     sampled,
     stored_tensors_to_json,
     tensors_from_bytes,
@@ -105,6 +109,9 @@ class RecordingSink:
         if self.delay_s:
             time.sleep(self.delay_s)
         self.store.write_prediction_rows(rows)
+
+    def ping(self) -> None:
+        self.store.ping()
 
     def prune_predictions(self, *, older_than: datetime | None, keep_rows: int | None) -> int:
         return self.store.prune_predictions(older_than=older_than, keep_rows=keep_rows)
@@ -232,7 +239,7 @@ async def test_flush_waits_for_the_batch_already_with_the_sink(sqlite_store: Sto
     plog.offer(_record(0))
     plog.offer(_record(1))  # a full batch: the writer takes it (and sleeps in the sink)
     await asyncio.sleep(0.05)
-    assert plog.depth == 0 and plog.counters.written == 0
+    assert plog.depth == 2 and plog.counters.written == 0  # the batch with the sink is still held in memory
     plog.offer(_record(2))
     await plog.flush()
     assert plog.counters.written == 3
@@ -304,6 +311,151 @@ async def test_a_database_that_went_away_holds_its_records_and_counts_them_dropp
         assert plog.counters.written == 1 and plog.counters.dropped == 5 and plog.counters.failed == 0
     finally:
         s.close()
+
+
+async def test_the_batch_being_written_counts_against_the_capacity(tmp_path: Path) -> None:
+    """The capacity bounds every record the log holds, the batch with the sink included: records that arrive
+    while a batch waits for a locked database fill the rest of the capacity only, and when that batch comes
+    back unwritten the log still holds no more than its capacity (it used to hold capacity + a batch)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    s = Store(f"sqlite:///{state / 'sluice.db'}", connect_args={"timeout": 0.5})
+    s.upgrade()
+    sink = RecordingSink(s)
+    blocker = sqlite3.connect(state / "sluice.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the sink's insert waits for the lock, then finds the database busy
+    plog = PredictionLog(sink, capacity=100, batch_size=50, flush_interval_s=60)
+    plog.start()
+    try:
+        for i in range(50):
+            assert plog.offer(_record(i))
+        await _until(lambda: len(sink.batches) == 1)  # the batch is with the sink, waiting for the lock
+        accepted = [i for i in range(50, 150) if plog.offer(_record(i))]
+        assert accepted == list(range(50, 100))
+        assert plog.counters.dropped == 50
+        await _until(lambda: plog.sink_unavailable)
+        assert plog.depth == 100
+        assert not plog.offer(_record(150))
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    await plog.flush()
+    assert plog.counters.as_dict() == {"written": 100, "dropped": 51, "failed": 0, "sampled_out": 0}
+    assert sorted(_ids(s)) == sorted(f"p{i}" for i in range(100))
+    await plog.close()
+    s.close()
+
+
+@pytest.fixture
+def locked_store(tmp_path: Path) -> Iterator[tuple[Store, sqlite3.Connection]]:
+    """A real SQLite store whose writes wait 0.2 s for the lock and then find the database busy (unavailable)
+    while the test's own connection holds the write lock (`BEGIN IMMEDIATE`; `ROLLBACK` gives it back)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    s = Store(f"sqlite:///{state / 'sluice.db'}", connect_args={"timeout": 0.2})
+    s.upgrade()
+    blocker = sqlite3.connect(state / "sluice.db", isolation_level=None)
+    yield s, blocker
+    blocker.close()
+    s.close()
+
+
+def _stored_in_order(store: Store) -> list[str]:
+    with store.engine.connect() as conn:
+        return [r[0] for r in conn.execute(sa.text("select id from predictions order by rowid"))]
+
+
+async def test_what_memory_cannot_hold_is_spooled_and_written_back_in_order(
+    locked_store: tuple[Store, sqlite3.Connection], tmp_path: Path
+) -> None:
+    store, blocker = locked_store
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20)
+    plog = PredictionLog(store, capacity=100, batch_size=20, flush_interval_s=0.05, spool=spool, probe_interval_s=0.05)
+    plog.start()
+    blocker.execute("BEGIN IMMEDIATE")
+    accepted = [plog.offer(_record(i)) for i in range(500)]
+    await _until(lambda: plog.sink_unavailable)
+    assert all(accepted) and plog.counters.dropped == 0  # memory, then the spool
+    assert plog.depth <= 100 and spool.counters.spooled_records >= 400 and spool.pending
+    blocker.execute("ROLLBACK")
+    await _until(lambda: plog.counters.written == 500, 30)
+    assert _stored_in_order(store) == [f"p{i}" for i in range(500)]  # the held batch, the spool, then memory
+    assert not spool.pending and spool.bytes == 0
+    assert spool.counters.replayed_records == spool.counters.spooled_records
+    await plog.close()
+    spool.close()
+
+
+async def test_a_capacity_of_one_batch_spills_the_held_batch(
+    locked_store: tuple[Store, sqlite3.Connection], tmp_path: Path
+) -> None:
+    store, blocker = locked_store
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20)
+    plog = PredictionLog(store, capacity=20, batch_size=20, flush_interval_s=0.05, spool=spool, probe_interval_s=0.05)
+    plog.start()
+    blocker.execute("BEGIN IMMEDIATE")
+    for i in range(20):
+        assert plog.offer(_record(i))
+    await _until(lambda: plog.sink_unavailable)
+    assert plog.depth == 20  # the batch came back held: memory is full, and nothing is queued
+    assert all(plog.offer(_record(i)) for i in range(20, 100))
+    assert plog.counters.dropped == 0 and spool.counters.spooled_records == 80
+    blocker.execute("ROLLBACK")
+    await _until(lambda: plog.counters.written == 100, 30)
+    assert _stored_in_order(store) == [f"p{i}" for i in range(100)]
+    await plog.close()
+    spool.close()
+
+
+async def test_beyond_memory_and_the_spool_records_are_dropped_and_counted(
+    locked_store: tuple[Store, sqlite3.Connection], tmp_path: Path
+) -> None:
+    store, blocker = locked_store
+    one_frame = len(MAGIC) + len(spool_frame(prediction_rows([_record(i) for i in range(100, 120)])))
+    spool = Spool(tmp_path / "spool", max_bytes=one_frame)
+    plog = PredictionLog(store, capacity=100, batch_size=20, flush_interval_s=0.05, spool=spool, probe_interval_s=0.05)
+    plog.start()
+    blocker.execute("BEGIN IMMEDIATE")
+    accepted = [plog.offer(_record(i)) for i in range(300)]
+    await _until(lambda: plog.sink_unavailable)
+    assert sum(accepted) == 120 and spool.counters.spooled_records == 20  # memory, and one frame of the spool
+    assert plog.counters.dropped == plog.counters.dropped_beyond_spool == 180
+    assert plog.counters.dropped_beyond_spool_bytes > 0
+    blocker.execute("ROLLBACK")
+    await _until(lambda: plog.counters.written == 120, 30)
+    kept = [i for i, ok in enumerate(accepted) if ok]
+    assert sorted(_ids(store)) == sorted(f"p{i}" for i in kept)
+    await plog.close()
+    spool.close()
+
+
+async def test_a_shutdown_during_an_outage_spools_what_it_holds_for_the_next_start(
+    locked_store: tuple[Store, sqlite3.Connection], tmp_path: Path
+) -> None:
+    store, blocker = locked_store
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20)
+    plog = PredictionLog(store, capacity=1000, batch_size=20, flush_interval_s=0.05, spool=spool, probe_interval_s=0.05)
+    plog.start()
+    blocker.execute("BEGIN IMMEDIATE")
+    for i in range(150):
+        assert plog.offer(_record(i))
+    await _until(lambda: plog.sink_unavailable)
+    assert spool.counters.spooled_records == 0  # memory holds them all, until the shutdown
+    await plog.close(timeout_s=60)  # at once: the sink is away, memory goes to the spool
+    assert plog.counters.as_dict() == {"written": 0, "dropped": 0, "failed": 0, "sampled_out": 0}
+    assert spool.counters.spooled_records == 150
+    spool.close()
+    blocker.execute("ROLLBACK")
+
+    again = Spool(tmp_path / "spool", max_bytes=1 << 20)  # the next start
+    assert again.pending
+    plog = PredictionLog(store, batch_size=20, flush_interval_s=0.05, spool=again)
+    plog.start()
+    await _until(lambda: plog.counters.written == 150, 30)
+    assert sorted(_ids(store)) == sorted(f"p{i}" for i in range(150))
+    assert not again.pending
+    await plog.close()
+    again.close()
 
 
 async def test_pruning_runs_on_its_own(sqlite_store: Store) -> None:
@@ -405,6 +557,9 @@ async def test_record_and_offer_store_the_same_fields(sqlite_store: Store) -> No
 
 class _NullSink:
     def write_prediction_rows(self, rows: Sequence[PredictionRow]) -> None:
+        pass
+
+    def ping(self) -> None:
         pass
 
     def prune_predictions(self, *, older_than: datetime | None, keep_rows: int | None) -> int:

@@ -2,11 +2,12 @@
 file that can no longer grow (a full disk).
 
 While it is away: every inference request is answered as before; the prediction log holds its records,
-then drops new ones and counts them, never blocking a request; admin writes answer 503 with a message that
-names the database, and change nothing; the rollout in progress holds (no window is judged, so none is
-passed). When it is back, without a restart: admin writes work, the leader is elected again, the rollout
-resumes and finishes, and every record still queued is stored. Every answered request is accounted for:
-stored, or counted as dropped.
+then spills them to its local spool (PostgreSQL cut off), or, when the disk is full too (SQLite's full
+disk is the state directory's), drops new ones and counts them, never blocking a request; admin writes
+answer 503 with a message that names the database, and change nothing; the rollout in progress holds (no
+window is judged, so none is passed). When it is back, without a restart: admin writes work, the leader
+is elected again, the rollout resumes and finishes, and every record held or spooled is stored. Every
+answered request is accounted for: stored, or counted as dropped.
 
 SQLite's "full disk" is RLIMIT_FSIZE, set on the running gateway and its log writer with prlimit(2): every
 write past the first byte of a regular file then fails with EFBIG, which SQLite reports as a disk I/O
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import resource
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -29,10 +29,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.faults import Load, lookup_body, report, stored_ids
-from tests.helpers import GatewayProcess, gateway_process, metric_value, wait_until
+from tests.faults import Load, log_counts, lookup_body, postgres_behind_proxy, report, stored_ids
+from tests.helpers import GatewayProcess, gateway_process, wait_until
 from tests.models import build_lookup
-from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.slow
 
@@ -87,26 +86,10 @@ def set_file_size_limit(pid: int, limit: int) -> None:
 @pytest.fixture(params=["postgresql", "sqlite"])
 def outage(request: pytest.FixtureRequest, repo: Path, tmp_path: Path) -> Iterator[tuple[GatewayProcess, Outage]]:
     if request.param == "postgresql":
-        url: str = request.getfixturevalue("pg_url")
-        schema = f"test_{uuid.uuid4().hex[:12]}"
-        admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-        target = sa.make_url(url)
-        direct = sa.create_engine(url, connect_args={"options": f"-csearch_path={schema}"})
-        try:
-            with TcpProxy(target.host or "127.0.0.1", target.port or 5432) as proxy:
-                through = target.set(host="127.0.0.1", port=proxy.port).update_query_dict(
-                    {"options": f"-csearch_path={schema}"}
-                )
-                env = {**FAST, "SLUICE_DATABASE_URL": through.render_as_string(hide_password=False)}
-                with gateway_process(repo, tmp=tmp_path, env=env) as gw:
-                    yield gw, Outage(proxy.cut, proxy.restore, direct, "PostgreSQL cut off (TCP proxy resets)")
-        finally:
-            direct.dispose()
-            with admin.connect() as conn:
-                conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-            admin.dispose()
+        with postgres_behind_proxy(request.getfixturevalue("pg_url")) as pg:
+            env = {**FAST, "SLUICE_DATABASE_URL": pg.through.render_as_string(hide_password=False)}
+            with gateway_process(repo, tmp=tmp_path, env=env) as gw:
+                yield gw, Outage(pg.proxy.cut, pg.proxy.restore, pg.direct, "PostgreSQL cut off (TCP proxy resets)")
         return
     with gateway_process(repo, tmp=tmp_path, env=FAST, pipe_logs=True) as gw:
         engine = sa.create_engine(f"sqlite:///{tmp_path / 'state' / 'sluice.db'}")
@@ -123,16 +106,6 @@ def outage(request: pytest.FixtureRequest, repo: Path, tmp_path: Path) -> Iterat
             )
         finally:
             engine.dispose()
-
-
-def log_counts(gw: GatewayProcess) -> dict[str, float]:
-    text = gw.metrics()
-    counts = {
-        o: metric_value(text, "sluice_prediction_log_records_total", 0.0, outcome=o)
-        for o in ("written", "dropped", "failed")
-    }
-    counts["depth"] = metric_value(text, "sluice_prediction_log_queue_depth", 0.0)
-    return counts
 
 
 def analyses(admin: httpx.Client) -> list[datetime]:
@@ -168,8 +141,12 @@ def test_inference_goes_on_records_wait_then_drop_counted_admin_503_rollout_hold
         assert refused.status_code == 503, refused.text
         assert "state database" in refused.json()["error"], refused.text
         assert refused_in < 8.0, refused_in
-        # The log holds records, then drops new ones (counted); inference answers throughout.
-        wait_until(lambda: log_counts(gw)["dropped"] > 0, timeout=60, what="the prediction log to drop")
+        # The log holds records, then spools or drops new ones (counted); inference answers throughout.
+        wait_until(
+            lambda: log_counts(gw)["dropped"] + log_counts(gw)["spool_spooled"] > 0,
+            timeout=60,
+            what="the prediction log to spool or drop",
+        )
         wait_until(lambda: time.monotonic() - cut_at >= OUTAGE_S, timeout=OUTAGE_S + 1)
         during = [a for a in load.snapshot() if a.sent >= cut_at]
         assert httpx.get(f"{gw.http_url}/v2/health/ready", timeout=5).status_code == 200
@@ -186,7 +163,11 @@ def test_inference_goes_on_records_wait_then_drop_counted_admin_503_rollout_hold
             what="admin writes to work again",
         )
         writable_s = time.monotonic() - restored_at
-        wait_until(lambda: log_counts(gw)["depth"] < 500, timeout=30, what="the held records to be written")
+        wait_until(
+            lambda: log_counts(gw)["depth"] < 500 and log_counts(gw)["spool_usage"] == 0,
+            timeout=30,
+            what="the held and spooled records to be written",
+        )
         drained_s = time.monotonic() - restored_at
         wait_until(
             lambda: admin.get("/admin/models/lookup/rollout").json()["phase"] != "progressing",
@@ -207,7 +188,11 @@ def test_inference_goes_on_records_wait_then_drop_counted_admin_503_rollout_hold
     # Every request was answered; every answered one is stored or counted as dropped.
     statuses = load.statuses()
     assert set(statuses) == {200}, statuses
-    wait_until(lambda: log_counts(gw)["depth"] == 0, timeout=30, what="the log to drain")
+    wait_until(
+        lambda: log_counts(gw)["depth"] == 0 and log_counts(gw)["spool_usage"] == 0,
+        timeout=30,
+        what="the log to drain",
+    )
     counts = log_counts(gw)
     assert gw.terminate() == 0
     stored = stored_ids(db.engine, "lookup")
@@ -224,6 +209,7 @@ def test_inference_goes_on_records_wait_then_drop_counted_admin_503_rollout_hold
         requests_lost=0,
         requests_during_outage=len(during),
         p99_ms_during_outage=round(sorted(a.latency_s for a in during)[int(len(during) * 0.99)] * 1000, 1),
+        records_spooled=int(counts["spool_spooled"]),
         records_dropped_counted=int(counts["dropped"]),
         records_lost_uncounted=len(missing) - int(counts["dropped"]),
         admin_refused_in_s=round(refused_in, 2),

@@ -78,6 +78,10 @@ WEBHOOK_DELIVERIES = "sluice_webhook_deliveries"
 # Monitors: the prediction log.
 PREDICTION_LOG_RECORDS = "sluice_prediction_log_records"
 PREDICTION_LOG_QUEUE_DEPTH = "sluice_prediction_log_queue_depth"
+PREDICTION_SPOOL_RECORDS = "sluice_prediction_spool_records"
+PREDICTION_SPOOL_BYTES = "sluice_prediction_spool_bytes"
+PREDICTION_SPOOL_USAGE = "sluice_prediction_spool_usage_bytes"
+PREDICTION_SPOOL_CAPACITY = "sluice_prediction_spool_capacity_bytes"
 # Monitors: drift, accuracy, triggers.
 DRIFT_SHARE = "sluice_drift_share"
 DATASET_DRIFT = "sluice_dataset_drift"
@@ -130,6 +134,10 @@ METRIC_NAMES = (
     f"{WEBHOOK_DELIVERIES}_total",
     f"{PREDICTION_LOG_RECORDS}_total",
     PREDICTION_LOG_QUEUE_DEPTH,
+    f"{PREDICTION_SPOOL_RECORDS}_total",
+    f"{PREDICTION_SPOOL_BYTES}_total",
+    PREDICTION_SPOOL_USAGE,
+    PREDICTION_SPOOL_CAPACITY,
     DRIFT_SHARE,
     DATASET_DRIFT,
     FEATURE_DRIFT_SCORE,
@@ -193,7 +201,14 @@ def _forget_the_dead(directory: str) -> None:
 
 
 _RECORDS_HELP = "Prediction records by fate: written, dropped (queue full), failed (write error), sampled_out."
-_QUEUED_HELP = "Prediction records waiting to be written."
+_QUEUED_HELP = "Prediction records held in memory to be written (the batch being written included)."
+_SPOOL_RECORDS_HELP = (
+    "Prediction records through the local spool (the database away, memory full): spooled, replayed (read "
+    "back and written), dropped (memory and spool full, or the spool's disk failing)."
+)
+_SPOOL_BYTES_HELP = "Bytes through the local spool: spooled, replayed, dropped, corrupt (a torn tail skipped)."
+_SPOOL_USAGE_HELP = "Bytes on disk in the prediction log's local spool."
+_SPOOL_CAPACITY_HELP = "The prediction log's local spool's size cap (SLUICE_PREDICTION_SPOOL_BYTES)."
 
 ROLLOUT_PHASES = ("progressing", "paused", "promoted", "rolled_back", "aborted")
 
@@ -475,14 +490,39 @@ class GatewayMetrics:
             return
         records = Counter(PREDICTION_LOG_RECORDS, _RECORDS_HELP, ("outcome",), registry=None)
         queued = Gauge(PREDICTION_LOG_QUEUE_DEPTH, _QUEUED_HELP, registry=None, multiprocess_mode="livesum")
-        copied: dict[str, int] = {}
+        copy = _copier(records, counts)
 
         def sync() -> None:
-            for outcome, n in counts().items():
-                if n > copied.get(outcome, 0):
-                    records.labels(outcome).inc(n - copied.get(outcome, 0))
-                    copied[outcome] = n
+            copy()
             queued.set(depth())
+
+        self._synced.append(sync)
+
+    def watch_prediction_spool(
+        self,
+        records: Callable[[], Mapping[str, int]],
+        volume: Callable[[], Mapping[str, int]],
+        usage: Callable[[], int],
+        capacity: int,
+    ) -> None:
+        """Export the prediction log's spool, read at scrape time like the log's counters.
+
+        `records`: by outcome (spooled, replayed, dropped); `volume`: bytes by outcome (the same, and
+        corrupt); `usage`: bytes on disk now; `capacity`: its cap."""
+        if self.multiprocess_dir is None:
+            self.registry.register(_SpoolCollector(records, volume, usage, capacity))
+            return
+        counted = Counter(PREDICTION_SPOOL_RECORDS, _SPOOL_RECORDS_HELP, ("outcome",), registry=None)
+        weighed = Counter(PREDICTION_SPOOL_BYTES, _SPOOL_BYTES_HELP, ("outcome",), registry=None)
+        used = Gauge(PREDICTION_SPOOL_USAGE, _SPOOL_USAGE_HELP, registry=None, multiprocess_mode="livesum")
+        cap = Gauge(PREDICTION_SPOOL_CAPACITY, _SPOOL_CAPACITY_HELP, registry=None, multiprocess_mode="livesum")
+        copy_records, copy_bytes = _copier(counted, records), _copier(weighed, volume)
+
+        def sync() -> None:
+            copy_records()
+            copy_bytes()
+            used.set(usage())
+            cap.set(capacity)
 
         self._synced.append(sync)
 
@@ -679,6 +719,42 @@ class _Without(Collector):
 
     def collect(self) -> Iterator[Metric]:
         return (m for m in self._collector.collect() if not m.name.startswith(self._prefix))
+
+
+def _copier(counter: Counter, counts: Callable[[], Mapping[str, int]]) -> Callable[[], None]:
+    """Adds what plain ints counted by outcome since the last call to a shared (multiprocess) counter."""
+    copied: dict[str, int] = {}
+
+    def copy() -> None:
+        for outcome, n in counts().items():
+            if n > copied.get(outcome, 0):
+                counter.labels(outcome).inc(n - copied.get(outcome, 0))
+                copied[outcome] = n
+
+    return copy
+
+
+class _SpoolCollector(Collector):
+    def __init__(
+        self,
+        records: Callable[[], Mapping[str, int]],
+        volume: Callable[[], Mapping[str, int]],
+        usage: Callable[[], int],
+        capacity: int,
+    ) -> None:
+        self._records, self._volume, self._usage, self._capacity = records, volume, usage, capacity
+
+    def collect(self) -> Iterator[Metric]:
+        for name, help_text, counts in (
+            (PREDICTION_SPOOL_RECORDS, _SPOOL_RECORDS_HELP, self._records()),
+            (PREDICTION_SPOOL_BYTES, _SPOOL_BYTES_HELP, self._volume()),
+        ):
+            family = CounterMetricFamily(name, help_text, labels=("outcome",))
+            for outcome, n in counts.items():
+                family.add_metric((outcome,), n)
+            yield family
+        yield GaugeMetricFamily(PREDICTION_SPOOL_USAGE, _SPOOL_USAGE_HELP, value=self._usage())
+        yield GaugeMetricFamily(PREDICTION_SPOOL_CAPACITY, _SPOOL_CAPACITY_HELP, value=self._capacity)
 
 
 class _PredictionLogCollector(Collector):

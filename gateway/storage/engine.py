@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from sqlalchemy import (
     create_engine,
     event,
+    literal,
     select,
 )
 from sqlalchemy import exc as sa_exc
@@ -256,6 +257,12 @@ class Database:
                 f"this replica ({fence.holder}, epoch {fence.epoch}) no longer holds the control plane's "
                 f"lease: {holder} does; the change was refused"
             )
+
+    def ping(self) -> None:
+        """One round trip (`SELECT 1`), writing nothing: `StoreUnavailable` while the database cannot be
+        reached. What the prediction log probes with while the database is away, every fraction of a second."""
+        with self._read() as conn:
+            conn.execute(select(literal(1)))
 
     # --- schema ---------------------------------------------------------------------------------
 

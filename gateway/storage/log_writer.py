@@ -21,7 +21,8 @@ environment: it may hold a password. It ignores SIGINT and SIGTERM and runs in a
 so a gateway killed outright does not leave it behind. A child that dies or stops answering loses
 the batch it held; the next batch starts a new one. A database the child cannot reach or write (or
 open, when it starts) is not the batch's fault: that answer is `WriterUnavailable`, a `SinkUnavailable`,
-and the log holds the batch and tries again.
+and the log holds the batch, probes the database (`probe`: a `SELECT 1` from the child, no batch on the
+pipe) until it answers, and tries again.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import pickle
 import signal
 import struct
 import sys
+import time
 from collections.abc import Sequence
 from typing import IO, Any
 
@@ -45,6 +47,12 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 60.0
 """How long a new child may take to import the store and open the database."""
+START_AGAIN_S = 2.0
+"""After a child could not open an unreachable database, how long before another is started: the log
+probes every fraction of a second while the database is away, and a child's start costs a core for
+half a second."""
+PROBE = "probe"
+"""The frame that asks the child for a round trip to the database instead of a batch."""
 
 
 class WriterProcessError(RuntimeError):
@@ -75,6 +83,8 @@ class ProcessRowWriter:
         self._lock: asyncio.Lock | None = None
         self.starts = 0
         """Children started so far; each after the first replaced one that died or hung."""
+        self._no_start_until = 0.0
+        self._no_start_why = ""
 
     @property
     def restarts(self) -> int:
@@ -97,7 +107,14 @@ class ProcessRowWriter:
         """Send one batch and wait for the child to commit it; WriterProcessError if it cannot."""
         if not rows:
             return
-        payload = pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
+        await self._ask(pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL))
+
+    async def probe(self) -> None:
+        """A round trip from the child to the database (`SELECT 1`): `WriterUnavailable` while it cannot be
+        reached. Cheap: no batch crosses the pipe."""
+        await self._ask(_PROBE_FRAME)
+
+    async def _ask(self, payload: bytes) -> None:
         async with self._locked():
             child = await self._ensure_child()
             try:
@@ -127,6 +144,8 @@ class ProcessRowWriter:
             return child
         if child is not None:
             await self._stop_child(kill=True)
+        if time.monotonic() < self._no_start_until:
+            raise WriterUnavailable(self._no_start_why)
         if self.starts:
             log.warning("prediction log: starting a new writer process (restart %d)", self.starts)
         child = await asyncio.create_subprocess_exec(
@@ -149,8 +168,11 @@ class ProcessRowWriter:
             raise WriterProcessError(f"the log writer process did not start: {_describe(exc)}") from exc
         if status != "ready":
             await _end(child, kill=True)
-            error = WriterUnavailable if status == "unavailable" else WriterProcessError
-            raise error(f"the log writer process could not open the database: {detail}")
+            why = f"the log writer process could not open the database: {detail}"
+            if status == "unavailable":
+                self._no_start_until, self._no_start_why = time.monotonic() + START_AGAIN_S, why
+                raise WriterUnavailable(why)
+            raise WriterProcessError(why)
         self._child = child
         self.starts += 1
         return child
@@ -208,6 +230,7 @@ async def _end(child: asyncio.subprocess.Process, *, kill: bool, timeout_s: floa
 
 
 _LENGTH = struct.Struct("<Q")
+_PROBE_FRAME = pickle.dumps(PROBE)
 
 
 def _send(stream: IO[bytes], payload: bytes) -> None:
@@ -255,9 +278,13 @@ def main() -> None:
                 return  # the gateway closed the pipe, or is gone
             answer: tuple[str, Any]
             try:
-                rows: list[PredictionRow] = pickle.loads(payload)
-                store.write_prediction_rows(rows)
-                answer = ("ok", len(rows))
+                message: list[PredictionRow] | str = pickle.loads(payload)
+                if isinstance(message, str):  # PROBE
+                    store.ping()
+                    answer = ("ok", 0)
+                else:
+                    store.write_prediction_rows(message)
+                    answer = ("ok", len(message))
             except Exception as exc:
                 answer = (_status(exc), _describe(exc))
             try:
