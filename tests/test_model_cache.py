@@ -53,7 +53,7 @@ def test_a_short_transfer_or_a_wrong_digest_leaves_nothing_behind(tmp_path: Path
         cache.store(info(), chunks(BODY, cut=5000))
     folder = tmp_path / "m" / "1"
     assert list(folder.iterdir()) == []  # no half file, no temporary one
-    with pytest.raises(FetchRefused, match="SHA-256 .* differs"):
+    with pytest.raises(FetchRefused, match=r"SHA-256 .* differs"):
         cache.store(info(), chunks(BODY), expected_sha256="ab" * 32)
     assert list(folder.iterdir()) == []
     # a good copy already there survives a refused replacement
