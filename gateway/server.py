@@ -22,9 +22,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -42,7 +40,7 @@ from gateway.admin.repository_api import build_repository_router
 from gateway.control.leader import LeaderElection
 from gateway.control.monitor_service import MonitorService
 from gateway.control.plane import ControlPlane
-from gateway.control.repository_sync import LIVE, RepositorySync
+from gateway.control.repository_sync import RepositorySync
 from gateway.control.webhooks import WebhookSender
 from gateway.observability.gpu import register_gpu_collector
 from gateway.observability.metrics import GatewayMetrics
@@ -52,10 +50,11 @@ from gateway.serving.follower import PolicyFollower
 from gateway.serving.grpc_app import GrpcLimits, build_grpc_server
 from gateway.serving.http_app import HttpAdapter, build_api, inference_key_dependency
 from gateway.serving.http_guard import ConnectionGuard, ConnectionLimits
+from gateway.serving.model_supply import ModelSupply
 from gateway.serving.policy_view import PolicyView
 from gateway.serving.registry import ModelRegistry, RuntimeFactory
 from gateway.serving.repository import ModelSource, VersionSource
-from gateway.serving.repository_remote import ObjectStoreListing, open_repository
+from gateway.serving.repository_remote import open_repository
 from gateway.serving.runtime_loader import load_runtime
 from gateway.serving.shadow import ShadowDispatcher
 from gateway.serving.window_publisher import WindowPublisher
@@ -110,20 +109,23 @@ class Gateway:
         self._executor = ThreadPoolExecutor(max_workers=settings.runtime_threads, thread_name_prefix="runtime")
         tracer = get_tracer(self.tracer_provider)
         self.windows = WindowRecorder()
-        self.repository = open_repository(
-            settings.model_repo,
-            settings.cache_dir,
-            max_bytes=settings.model_cache_max_bytes,
-            on_fetch=lambda outcome: self.metrics.repository_fetches.labels(outcome).inc(),
+        self.supply = ModelSupply(
+            open_repository(
+                settings.model_repo,
+                settings.cache_dir,
+                max_bytes=settings.model_cache_max_bytes,
+                on_fetch=lambda outcome: self.metrics.repository_fetches.labels(outcome).inc(),
+            ),
+            self.metrics,
         )
         self.registry = ModelRegistry(
-            self.repository,
+            self.supply.listing,
             self.metrics,
-            self._fetching(runtime_factory or self._make_runtime),
+            self.supply.fetching(runtime_factory or self._make_runtime),
             tracer,
             on_batch=self.windows.record_batch,
         )
-        self.registry.on_unloaded = self._cache_changed
+        self.supply.attach(self.registry)
         url = settings.database_url.get_secret_value() if settings.database_url else None
         self.store = store = Store(url) if url else Store.for_state_dir(settings.state_dir)
         self.replica_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -146,7 +148,7 @@ class Gateway:
         )
         self.repository_sync = RepositorySync(
             self.control,
-            prefetch=self._materialize,
+            prefetch=self.supply.materialize,
             on_error=self.metrics.repository_sync_errors.inc,
             clock=clock,
         )
@@ -221,62 +223,14 @@ class Gateway:
     async def _make_runtime(self, source: ModelSource, version: VersionSource) -> ModelRuntime:
         return await load_runtime(source, version, self._executor)
 
-    def _fetching(self, factory: RuntimeFactory) -> RuntimeFactory:
-        """`factory` behind the model cache: a version from an object store is fetched (or found in the cache)
-        first and loaded from its local file."""
-
-        async def load(source: ModelSource, version: VersionSource) -> ModelRuntime:
-            if version.remote is not None:
-                path = await asyncio.to_thread(self._materialize, source, version)
-                version = replace(version, artifact=path)
-            return await factory(source, version)
-
-        return load
-
-    def _materialize(self, source: ModelSource, version: VersionSource) -> Path:
-        """Blocking: the version's file, fetched into the cache when it is remote (the cache's bound kept)."""
-        digests = source.config.runtime.sha256
-        expected = digests.get(int(version.version)) if version.version.isdigit() else None
-        try:
-            return self.repository.materialize(version, expected)
-        finally:
-            self._cache_changed()
-
-    def _cache_changed(self) -> None:
-        """Evict what the cache's bound asks, never a version this process serves; publish the cache's size."""
-        if not isinstance(self.repository, ObjectStoreListing):
-            return
-        keep = {
-            self.repository.cache.path(f"{name}/{version}/{served.config.runtime.filename}")
-            for name, model in self.registry.models.items()
-            for version, served in model.versions.items()
-            if served.state in LIVE
-        }
-        try:
-            self.repository.cache.evict(keep)
-            self.metrics.model_cache_bytes.set(self.repository.cache.usage())
-        except OSError as exc:
-            log.warning("model cache: %s", exc)
-
-    def repository_status(self) -> dict[str, Any]:
-        """The repository as /admin/repository shows it (a URL never carries credentials)."""
-        status: dict[str, Any] = {
-            "location": self.repository.describe(),
-            "poll_s": self.settings.repository_poll_s,
-            "cache": None,
-        }
-        if isinstance(self.repository, ObjectStoreListing):
-            cache = self.repository.cache
-            status["cache"] = {"dir": str(cache.root), "bytes": cache.usage(), "max_bytes": cache.max_bytes}
-        return status
-
     def _http_app(self, admin_auth: AdminAuth, inference_auth: InferenceAuth) -> HttpAdapter:
         """The HTTP application: V2, /metrics, the admin, monitor and feedback APIs and the web console (the
         admin API and the console are forwarded by a replica that does not lead to the one that does)."""
         ready = self.dataplane.ready
+        poll_s = self.settings.repository_poll_s
         routers = [
             build_admin_router(self.control, admin_auth, ready=ready),
-            build_repository_router(self.repository_sync, self.repository_status, admin_auth, ready=ready),
+            build_repository_router(self.repository_sync, lambda: self.supply.status(poll_s), admin_auth, ready=ready),
             build_monitor_router(self.monitor, admin_auth, ready=ready),
             build_console_router(self.control, self.monitor, admin_auth),
             build_feedback_router(self.registry, lambda: self.predictions, [inference_key_dependency(inference_auth)]),
@@ -335,7 +289,7 @@ class Gateway:
             self._loops.append(_loop(self._sync_metrics, 1.0, "metrics sync"))
         if s.repository_poll_s is not None:
             self._loops.append(_loop(self.repository_sync.poll, s.repository_poll_s, "repository sync"))
-        await asyncio.to_thread(self._cache_changed)
+        self.supply.cache_changed()
         if self._reuse_port:
             await self._serve_public(app, inference_auth)
         self.dataplane.started = True

@@ -199,13 +199,17 @@ def test_broken_uploads_are_refused_and_new_versions_sync_in_on_every_worker(s3:
         "repo/tab/config.yaml", f"version_policy:\n  all: true\nruntime:\n  sha256: {{4: {'ab' * 32}}}\n".encode()
     )
     env = {**s3_env(s3), "SLUICE_LEADER_RENEW_S": "0.5"}
-    with gateway_process("s3://sync/repo", "--workers", "2", tmp=tmp_path, env=env) as gw:
+    bound = 3 * len(good) + 50  # room for three whole versions: past it, versions not loaded are evicted
+    args = ("--workers", "2", "--model-cache-max-bytes", str(bound))
+    cache = tmp_path / "state" / "model-cache" / "s3" / "sync" / "repo" / "tab"
+    with gateway_process("s3://sync/repo", *args, tmp=tmp_path, env=env) as gw:
         shown = versions(gw, "tab")
         assert {v: s["state"] for v, s in shown.items()} == {"1": "READY", "2": "READY", "3": "FAILED", "4": "FAILED"}
         assert "s3://sync/repo/tab/4/model.onnx: SHA-256" in shown["4"]["error"]
         assert shown["3"]["error"]  # ONNX Runtime's reason for the half file
-        for version in ("1", "2"):
-            infer(gw, "tab", version)
+        expected = expected_answers(local)
+        for _ in range(4):  # fresh connections: both workers answer as the local files do
+            assert all(np.allclose(infer(gw, *k), v, rtol=1e-6) for k, v in expected.items())
         # version 5 uploaded, version 1 removed: a sync (the CLI) loads one and unloads the other on both workers
         bucket.put("repo/tab/5/model.onnx", (local / "tab" / "2" / "model.onnx").read_bytes())
         bucket.delete_prefix("repo/tab/1/")
@@ -222,6 +226,9 @@ def test_broken_uploads_are_refused_and_new_versions_sync_in_on_every_worker(s3:
         shown = versions(gw, "tab")
         assert (shown["5"]["state"], shown["1"]["state"]) == ("READY", "UNLOADED")
         assert "SHA-256" in shown["4"]["error"]
+        # version 1, unloaded, left the cache (it was over its bound); the versions served stay
+        assert not (cache / "1" / "model.onnx").exists()
+        assert (cache / "2" / "model.onnx").exists() and (cache / "5" / "model.onnx").exists()
 
         def every_worker_follows() -> bool:
             # fresh connections, so the kernel spreads them over both workers

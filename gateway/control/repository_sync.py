@@ -24,13 +24,13 @@ from typing import Any
 
 from gateway.control.plane import ControlPlane
 from gateway.errors import Conflict, ControlPlaneUnavailable, RepositoryUnavailable, SluiceError
+from gateway.serving.model_supply import LIVE
 from gateway.serving.registry import VersionState
 from gateway.serving.repository import ModelSource, VersionSource, scan_repository
 
 log = logging.getLogger(__name__)
 
 SYNC_ACTOR = "repository-sync"
-LIVE = (VersionState.READY, VersionState.LOADING, VersionState.UNRESPONSIVE)
 
 
 @dataclass(frozen=True)
