@@ -14,7 +14,7 @@ from gateway.serving.model_cache import FetchRefused, ModelCache, ObjectInfo, ba
 from gateway.serving.model_config import ModelConfig
 from gateway.serving.registry import VersionState
 from gateway.serving.repository import ModelSource, VersionSource
-from gateway.storage.object_store import RepositoryUrlError, describe, parse_repository_url, redact
+from gateway.storage.object_store import RepositoryUrlError, describe, open_store, parse_repository_url, redact
 
 BODY = b"onnx bytes " * 1000
 
@@ -141,3 +141,20 @@ def test_store_errors_are_one_line_with_secrets_masked(monkeypatch: pytest.Monke
     assert "\n" not in line and "Debug" not in line
     assert "AKIAEXAMPLEKEY" not in line and "wJalrXUtnFEMI" not in line and "abc123" not in line
     assert describe(OSError(raw)).startswith("OSError: Generic S3 error")
+
+
+def test_each_store_is_opened_from_the_environment_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No request is sent: obstore checks its configuration when the store is made."""
+    monkeypatch.delenv("AZURE_STORAGE_ACCOUNT_NAME", raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEY")  # the environment wins over ~/.aws
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    with pytest.raises(RepositoryUrlError, match=r"--model-repo s3://b/models: .*Missing SecretAccessKey") as caught:
+        open_store(parse_repository_url("s3://b/models"))
+    assert "AKIAEXAMPLEKEY" not in str(caught.value)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG")
+    assert type(open_store(parse_repository_url("s3://b/models"))).__name__ == "S3Store"
+    assert open_store(parse_repository_url("gs://b/models")).prefix == "models"
+    with pytest.raises(RepositoryUrlError, match=r"--model-repo az://c/models: .*AZURE_STORAGE_ACCOUNT_NAME"):
+        open_store(parse_repository_url("az://c/models"))
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_NAME", "account")
+    assert type(open_store(parse_repository_url("az://c/models"))).__name__ == "AzureStore"

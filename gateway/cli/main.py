@@ -194,12 +194,12 @@ def _scan_models(settings: GatewaySettings) -> dict[str, bool]:
 
 def _repository_problem(settings: GatewaySettings) -> str | None:
     """Why --model-repo cannot be served (naming it), or None."""
-    from gateway.storage.object_store import RepositoryUrlError, parse_repository_url
+    from gateway.storage.object_store import RepositoryUrlError, open_store, parse_repository_url
 
     if isinstance(settings.model_repo, Path):
         return None if settings.model_repo.is_dir() else f"model repository {settings.model_repo} is not a directory"
     try:
-        parse_repository_url(settings.model_repo)
+        open_store(parse_repository_url(settings.model_repo))  # its configuration is checked, nothing is sent
     except RepositoryUrlError as exc:
         return str(exc)
     return None

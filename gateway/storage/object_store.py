@@ -132,13 +132,23 @@ def open_store(url: RepositoryUrl, *, timeout_s: float = 60.0, connect_timeout_s
 
     obstore's own retries are kept short (one retry, bounded time): the caller retries whole fetches with
     backoff and counts them, so an outage is reported within seconds instead of after obstore's three minutes."""
-    from obstore.store import AzureStore, GCSStore, S3Store
-
     client: ClientConfig = {
         "timeout": timedelta(seconds=timeout_s),
         "connect_timeout": timedelta(seconds=connect_timeout_s),
     }
     retry: RetryConfig = {"max_retries": 1, "retry_timeout": timedelta(seconds=min(timeout_s, 10.0))}
+    try:
+        return _open(url, client, retry)
+    except RepositoryUrlError:
+        raise
+    except Exception as exc:  # obstore checks its configuration here, without a request
+        hint = " (set AZURE_STORAGE_ACCOUNT_NAME)" if url.scheme == "az" else ""
+        raise RepositoryUrlError(f"--model-repo {url}: {describe(exc)}{hint}") from None
+
+
+def _open(url: RepositoryUrl, client: ClientConfig, retry: RetryConfig) -> ObjectStore:
+    from obstore.store import AzureStore, GCSStore, S3Store
+
     prefix = url.prefix or None
     if url.scheme == "s3":
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
