@@ -158,3 +158,17 @@ def test_each_store_is_opened_from_the_environment_alone(monkeypatch: pytest.Mon
         open_store(parse_repository_url("az://c/models"))
     monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_NAME", "account")
     assert type(open_store(parse_repository_url("az://c/models"))).__name__ == "AzureStore"
+
+
+def test_serve_refuses_a_repository_url_with_credentials_without_echoing_them() -> None:
+    from typer.testing import CliRunner
+
+    from gateway.cli.main import app
+
+    result = CliRunner().invoke(app, ["serve", "--model-repo", "s3://AKIAXXXX:SuperSecret123@models/repo"])
+    assert result.exit_code == 2
+    assert "must not carry credentials" in result.output and "SuperSecret123" not in result.output
+    help_text = CliRunner().invoke(app, ["repo", "--help"], env={"COLUMNS": "200"}).output
+    assert "sync" in help_text and "show" in help_text
+    serve_help = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"}).output
+    assert "--repository-poll-s" in serve_help and "--model-cache-max-bytes" in serve_help
