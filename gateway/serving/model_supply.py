@@ -42,13 +42,17 @@ class ModelSupply:
         """`factory` behind the model cache."""
 
         async def load(source: ModelSource, version: VersionSource) -> ModelRuntime:
-            if version.remote is not None:
-                try:
-                    path = await asyncio.to_thread(self.materialize, source, version)
-                finally:
-                    self.cache_changed()
-                version = replace(version, artifact=path)
-            return await factory(source, version)
+            remote = version.remote
+            if remote is None:
+                return await factory(source, version)
+            try:
+                path = await asyncio.to_thread(self.materialize, source, version)
+            finally:
+                self.cache_changed()
+            try:
+                return await factory(source, replace(version, artifact=path))
+            except Exception as exc:  # name the object, not only its copy in the cache
+                raise RuntimeError(f"{self.listing.describe()}/{remote.key} (cached as {path}): {exc}") from exc
 
         return load
 
