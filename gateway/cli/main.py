@@ -17,6 +17,7 @@ from gateway.cli import admin as cli_admin
 from gateway.cli.labels import labels_app
 from gateway.cli.monitor import monitor_app
 from gateway.cli.repo import repo_app
+from gateway.errors import RepositoryUnavailable
 from gateway.observability.logs import configure_logging
 from gateway.settings import GatewaySettings
 
@@ -181,7 +182,6 @@ def _int_option(value: str, name: str) -> int:
 
 def _scan_models(settings: GatewaySettings) -> dict[str, bool]:
     """The repository's models and whether each has versions to serve (the supervisor loads none itself)."""
-    from gateway.errors import RepositoryUnavailable
     from gateway.serving.repository import scan_repository
     from gateway.serving.repository_remote import open_repository
 
@@ -325,6 +325,9 @@ def _start(
     except (AdminTokenError, QuotaError) as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
+    except RepositoryUnavailable as exc:  # an object store away at start, with no listing in the cache yet
+        console.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
     except OSError as exc:
         console.print(f"[red]error:[/] cannot listen on {settings.host}: {exc.strerror or exc}")
         raise typer.Exit(1) from None
