@@ -13,7 +13,7 @@ from obstore.store import MemoryStore, S3Store
 
 from gateway.errors import RepositoryUnavailable
 from gateway.serving.model_cache import FetchRefused, ModelCache
-from gateway.serving.repository import scan_repository
+from gateway.serving.repository import scan_model, scan_repository
 from gateway.serving.repository_remote import ObjectStoreListing
 from gateway.storage.object_store import RepositoryUrl
 from tests.models import build_tabular
@@ -100,3 +100,23 @@ def test_a_digest_that_differs_is_refused_at_once(tmp_path: Path) -> None:
         listing.materialize(source.versions[0], "ab" * 32)
     assert outcomes == ["refused"] and slept == []  # no retry: the same object would give the same bytes
     assert not (tmp_path / "c" / "tab" / "2" / "model.onnx").exists()
+
+
+def test_a_local_folder_is_scanned_in_place_by_the_same_code(tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    for version in (1, 2, 3):
+        build_tabular(repo / "tab" / str(version) / "model.onnx", seed=version)
+    (repo / "tab" / "config.yaml").write_text("version_policy:\n  latest: 2\n")
+    outside = build_tabular(tmp_path / "elsewhere.onnx")
+    (repo / "leak" / "1").mkdir(parents=True)
+    (repo / "leak" / "1" / "model.onnx").symlink_to(outside)
+    sources = {s.name: s for s in scan_repository(repo)}
+    tab = sources["tab"]
+    assert [(v.version, v.artifact, v.remote) for v in tab.versions] == [
+        ("2", (repo / "tab" / "2" / "model.onnx").resolve(), None),
+        ("3", (repo / "tab" / "3" / "model.onnx").resolve(), None),
+    ]  # the files where they are: nothing copied, nothing to fetch
+    assert sources["leak"].versions == [] and "resolves outside the model repository" in str(sources["leak"].error)
+    # a model folder as Ray's deployments name it, every version
+    assert [v.version for v in scan_model(repo, repo / "tab", every_version=True).versions] == ["1", "2", "3"]
+    assert "no such model folder" in str(scan_model(repo, "nope").error)
