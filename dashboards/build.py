@@ -276,6 +276,42 @@ def overview() -> Dashboard:
             ),
         ),
     )
+    repository = Row(
+        "Model repository",
+        (
+            Panel(
+                "Repository fetches",
+                "Version files from an object-store repository: downloaded, reused from the local cache, refused "
+                "(not the expected size or SHA-256) or failed (the store, after retries).",
+                "ops",
+                (
+                    Target(
+                        f"sum by (outcome) (rate(sluice_repository_fetches_total{{{JOB}}}[{RI}])) or on() vector(0)",
+                        "{{outcome}}",
+                    ),
+                ),
+                width=8,
+            ),
+            Panel(
+                "Repository sync errors",
+                "Syncs that could not read the repository (the versions serving keep serving); see /admin/repository.",
+                "short",
+                (
+                    Target(
+                        f"sum(increase(sluice_repository_sync_errors_total{{{JOB}}}[{RI}])) or on() vector(0)", "errors"
+                    ),
+                ),
+                width=8,
+            ),
+            Panel(
+                "Model cache",
+                "Bytes of version files in each gateway's local cache of an object-store repository.",
+                "bytes",
+                (Target(f"max by (instance) (sluice_model_cache_bytes{{{JOB}}}) or on() vector(0)", "{{instance}}"),),
+                width=8,
+            ),
+        ),
+    )
     process = Row(
         "Process",
         (
@@ -405,7 +441,7 @@ def overview() -> Dashboard:
         "Sluice / Overview",
         "Rate, errors and duration per model and version; batching, saturation, the process and its GPUs.",
         _vars(MODEL_VAR, VERSION_VAR),
-        (traffic, latency, batching, versions, process, protection, gpu),
+        (traffic, latency, batching, versions, repository, process, protection, gpu),
     )
 
 

@@ -76,6 +76,10 @@ class StoreUnavailable(ControlPlaneUnavailable, SinkUnavailable):
     For the prediction log it is a `SinkUnavailable`: the batch waits in the queue and is tried again."""
 
 
+class RepositoryUnavailable(SluiceError):
+    """The model repository cannot be read now (its object store is away): nothing was changed; retry."""
+
+
 class NotLeader(ControlPlaneUnavailable):
     """This replica lost the leader lease: its write was refused (fenced) so a stale leader changes nothing."""
 
@@ -104,6 +108,7 @@ ERRORS: tuple[tuple[type[BaseException], Mapping], ...] = (
     (InferenceFailed, INTERNAL),
     (Conflict, Mapping(409, "FAILED_PRECONDITION", "error")),
     (ControlPlaneUnavailable, Mapping(503, "UNAVAILABLE", "error")),
+    (RepositoryUnavailable, Mapping(503, "UNAVAILABLE", "error")),
     (Unauthorized, Mapping(401, "UNAUTHENTICATED", "error")),
     (Forbidden, Mapping(403, "PERMISSION_DENIED", "error")),
 )

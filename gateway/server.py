@@ -37,9 +37,11 @@ from gateway.admin.key_reload import KeyReloader
 from gateway.admin.monitor_api import build_monitor_router
 from gateway.admin.quotas import QuotaBook, parse_quotas
 from gateway.admin.repository import RepositoryControl, build_repository_router
+from gateway.admin.repository_api import build_repository_sync_router
 from gateway.control.leader import LeaderElection
 from gateway.control.monitor_service import MonitorService
 from gateway.control.plane import ControlPlane
+from gateway.control.repository_sync import RepositorySync
 from gateway.control.webhooks import WebhookSender
 from gateway.observability.gpu import register_gpu_collector
 from gateway.observability.metrics import GatewayMetrics
@@ -49,9 +51,11 @@ from gateway.serving.follower import PolicyFollower
 from gateway.serving.grpc_app import GrpcLimits, build_grpc_server
 from gateway.serving.http_app import HttpAdapter, build_api, inference_key_dependency
 from gateway.serving.http_guard import ConnectionGuard, ConnectionLimits
+from gateway.serving.model_supply import ModelSupply
 from gateway.serving.policy_view import PolicyView
 from gateway.serving.registry import ModelRegistry, RuntimeFactory
 from gateway.serving.repository import ModelSource, VersionSource
+from gateway.serving.repository_remote import open_repository
 from gateway.serving.runtime_loader import load_runtime
 from gateway.serving.shadow import ShadowDispatcher
 from gateway.serving.window_publisher import WindowPublisher
@@ -107,13 +111,23 @@ class Gateway:
         self._executor = ThreadPoolExecutor(max_workers=settings.runtime_threads, thread_name_prefix="runtime")
         tracer = get_tracer(self.tracer_provider)
         self.windows = WindowRecorder()
-        self.registry = ModelRegistry(
-            settings.model_repo,
+        self.supply = ModelSupply(
+            open_repository(
+                settings.model_repo,
+                settings.cache_dir,
+                max_bytes=settings.model_cache_max_bytes,
+                on_fetch=lambda outcome: self.metrics.repository_fetches.labels(outcome).inc(),
+            ),
             self.metrics,
-            runtime_factory or self._make_runtime,
+        )
+        self.registry = ModelRegistry(
+            self.supply.listing,
+            self.metrics,
+            self.supply.fetching(runtime_factory or self._make_runtime),
             tracer,
             on_batch=self.windows.record_batch,
         )
+        self.supply.attach(self.registry)
         url = settings.database_url.get_secret_value() if settings.database_url else None
         self.store = store = Store(url) if url else Store.for_state_dir(settings.state_dir)
         self.replica_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -133,6 +147,12 @@ class Gateway:
             clock=clock,
             tick_s=settings.rollout_tick_s,
             drain_timeout_s=settings.drain_timeout_s,
+        )
+        self.repository_sync = RepositorySync(
+            self.control,
+            prefetch=self.supply.materialize,
+            on_error=self.metrics.repository_sync_errors.inc,
+            clock=clock,
         )
         self.monitor = MonitorService(
             self.control,
@@ -216,9 +236,13 @@ class Gateway:
         admin API and the console are forwarded by a replica that does not lead to the one that does)."""
         ready = self.dataplane.ready
         self.repository = RepositoryControl(self.control, admin_auth, self.election, ready=ready)
+        poll_s = self.settings.repository_poll_s
         routers = [
             build_admin_router(self.control, admin_auth, ready=ready),
             build_repository_router(self.repository),
+            build_repository_sync_router(
+                self.repository_sync, lambda: self.supply.status(poll_s), admin_auth, ready=ready
+            ),
             build_monitor_router(self.monitor, admin_auth, ready=ready),
             build_console_router(self.control, self.monitor, admin_auth),
             build_feedback_router(self.registry, lambda: self.predictions, [inference_key_dependency(inference_auth)]),
@@ -276,6 +300,9 @@ class Gateway:
         ]
         if self.metrics.multiprocess_dir is not None:
             self._loops.append(_loop(self._sync_metrics, 1.0, "metrics sync"))
+        if s.repository_poll_s is not None:
+            self._loops.append(_loop(self.repository_sync.poll, s.repository_poll_s, "repository sync"))
+        self.supply.cache_changed()
         if self._reuse_port:
             await self._serve_public(app, inference_auth)
         self.dataplane.started = True

@@ -10,14 +10,47 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SLUICE_", extra="ignore")
 
-    model_repo: Path = Field(Path("models"), description="Model repository: <repo>/<model>/<version>/model.onnx.")
+    model_repo: Path | str = Field(
+        Path("models"),
+        description=(
+            "Model repository: <repo>/<model>/<version>/model.onnx, a local path or s3://bucket/prefix, "
+            "gs://bucket/prefix, az://container/prefix (credentials from the provider's environment and files)."
+        ),
+    )
+    model_cache_dir: Path | None = Field(
+        None, description="Where versions fetched from object storage are kept (default: <state_dir>/model-cache)."
+    )
+    model_cache_max_bytes: int | None = Field(
+        10 * 1024**3,
+        ge=0,
+        description="Bound of the model cache: past it, versions not loaded are evicted, least recently used first.",
+    )
+    repository_poll_s: float | None = Field(
+        None,
+        gt=0,
+        description="How often the control plane syncs the model repository (new and removed versions); None: only "
+        "on POST /admin/repository/sync or `sluice repo sync`.",
+    )
+
+    @field_validator("model_repo", mode="before")
+    @classmethod
+    def _repo_location(cls, value: object) -> object:
+        """A URL stays text (a Path would fold its '//'); anything else is a local path."""
+        if isinstance(value, str) and "://" not in value:
+            return Path(value)
+        return value
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.model_cache_dir or self.state_dir / "model-cache"
+
     host: str = Field("127.0.0.1", description="Address both servers bind to; 0.0.0.0 to listen on every interface.")
     http_port: int = Field(8000, description="HTTP port (V2 REST, /metrics); 0 picks a free port.")
     grpc_port: int = Field(

@@ -88,7 +88,7 @@ class GatewayProcess:
 
 @contextlib.contextmanager
 def gateway_process(
-    repo: Path,
+    repo: Path | str,
     *args: str,
     tmp: Path,
     env: dict[str, str] | None = None,

@@ -16,6 +16,8 @@ from gateway.admin.quotas import QuotaError, parse_quotas
 from gateway.cli import admin as cli_admin
 from gateway.cli.labels import labels_app
 from gateway.cli.monitor import monitor_app
+from gateway.cli.repo import repo_app
+from gateway.errors import RepositoryUnavailable
 from gateway.observability.logs import configure_logging
 from gateway.settings import GatewaySettings
 
@@ -29,7 +31,30 @@ app = typer.Typer(
 console = Console(stderr=True, soft_wrap=True)
 
 ModelRepo = Annotated[
-    Path, typer.Option("--model-repo", "-m", help="Model repository: <repo>/<model>/<version>/model.onnx.")
+    str,
+    typer.Option(
+        "--model-repo",
+        "-m",
+        help="Model repository: <repo>/<model>/<version>/model.onnx, a local path or s3://bucket/prefix, "
+        "gs://bucket/prefix, az://container/prefix (credentials from the provider's environment and files, "
+        "never in the URL; versions are cached under --state-dir).",
+    ),
+]
+CacheMaxBytes = Annotated[
+    int,
+    typer.Option(
+        "--model-cache-max-bytes",
+        help="Bound of the local cache of an object-store repository: past it, versions not loaded are evicted.",
+    ),
+]
+RepositoryPoll = Annotated[
+    float | None,
+    typer.Option(
+        "--repository-poll-s",
+        help="Sync the model repository every this many seconds (new and removed versions, as each "
+        "version_policy says); default: only on `sluice repo sync` or POST /admin/repository/sync.",
+        show_default=False,
+    ),
 ]
 Host = Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 listens on every interface.")]
 HttpPort = Annotated[int, typer.Option("--http-port", help="HTTP port (V2 REST and /metrics); 0 picks a free one.")]
@@ -158,8 +183,26 @@ def _int_option(value: str, name: str) -> int:
 def _scan_models(settings: GatewaySettings) -> dict[str, bool]:
     """The repository's models and whether each has versions to serve (the supervisor loads none itself)."""
     from gateway.serving.repository import scan_repository
+    from gateway.serving.repository_remote import open_repository
 
-    return {m.name: not m.error and bool(m.versions) for m in scan_repository(settings.model_repo)}
+    try:
+        sources = scan_repository(open_repository(settings.model_repo, settings.cache_dir))
+    except RepositoryUnavailable:
+        return {}
+    return {m.name: not m.error and bool(m.versions) for m in sources}
+
+
+def _repository_problem(settings: GatewaySettings) -> str | None:
+    """Why --model-repo cannot be served (naming it), or None."""
+    from gateway.storage.object_store import RepositoryUrlError, open_store, parse_repository_url
+
+    if isinstance(settings.model_repo, Path):
+        return None if settings.model_repo.is_dir() else f"model repository {settings.model_repo} is not a directory"
+    try:
+        open_store(parse_repository_url(settings.model_repo))  # its configuration is checked, nothing is sent
+    except RepositoryUrlError as exc:
+        return str(exc)
+    return None
 
 
 def _settings(**values: Any) -> GatewaySettings:
@@ -196,8 +239,8 @@ def _banner(
 
 def _start_ray(settings: GatewaySettings) -> None:
     configure_logging(settings.log_level, settings.log_format)
-    if not settings.model_repo.is_dir():
-        console.print(f"[red]error:[/] model repository {settings.model_repo} is not a directory")
+    if (problem := _repository_problem(settings)) is not None:
+        console.print(f"[red]error:[/] {escape(problem)}")
         raise typer.Exit(2)
     try:
         from gateway.ray.driver import RayModeError, check_settings, run_ray
@@ -247,8 +290,8 @@ def _start(
     from gateway.workers import Supervisor, WorkerStartFailed, worker_count
 
     configure_logging(settings.log_level, settings.log_format)
-    if not settings.model_repo.is_dir():
-        console.print(f"[red]error:[/] model repository {settings.model_repo} is not a directory")
+    if (problem := _repository_problem(settings)) is not None:
+        console.print(f"[red]error:[/] {escape(problem)}")
         raise typer.Exit(2)
     try:
         workers = worker_count(settings.workers)
@@ -282,6 +325,9 @@ def _start(
     except (AdminTokenError, QuotaError) as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
+    except RepositoryUnavailable as exc:  # an object store away at start, with no listing in the cache yet
+        console.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
     except OSError as exc:
         console.print(f"[red]error:[/] cannot listen on {settings.host}: {exc.strerror or exc}")
         raise typer.Exit(1) from None
@@ -289,7 +335,7 @@ def _start(
 
 @app.command()
 def serve(
-    model_repo: ModelRepo = _DEFAULTS.model_repo,
+    model_repo: ModelRepo = str(_DEFAULTS.model_repo),
     host: Host = _DEFAULTS.host,
     http_port: HttpPort = _DEFAULTS.http_port,
     grpc_port: GrpcPort = _DEFAULTS.grpc_port,
@@ -317,6 +363,8 @@ def serve(
     ray_address: RayAddress = _DEFAULTS.ray_address,
     ray_ingress_replicas: RayIngress = _DEFAULTS.ray_ingress_replicas,
     ray_num_cpus: RayCpus = _DEFAULTS.ray_num_cpus,
+    model_cache_max_bytes: CacheMaxBytes = _DEFAULTS.model_cache_max_bytes or 0,
+    repository_poll_s: RepositoryPoll = None,
 ) -> None:
     """Serve a model repository over V2 HTTP and gRPC until SIGTERM or Ctrl-C."""
     settings = _settings(
@@ -347,6 +395,8 @@ def serve(
         ray_address=ray_address,
         ray_ingress_replicas=ray_ingress_replicas,
         ray_num_cpus=ray_num_cpus,
+        model_cache_max_bytes=model_cache_max_bytes,
+        repository_poll_s=repository_poll_s,
     )
     if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
         console.print("[red]error:[/] --tls-cert and --tls-key go together")
@@ -429,6 +479,7 @@ app.command("load")(cli_admin.load)
 app.command("unload")(cli_admin.unload)
 app.command("audit")(cli_admin.audit)
 app.add_typer(cli_admin.db_app, name="db")
+app.add_typer(repo_app, name="repo")
 app.add_typer(labels_app, name="labels")
 app.add_typer(monitor_app, name="monitor")
 

@@ -75,6 +75,10 @@ SHADOW_AGREEMENT = "sluice_shadow_agreement_ratio"
 SHADOW_ABS_DIFF = "sluice_shadow_abs_diff"
 SHADOW_LATENCY = "sluice_shadow_latency_seconds"
 WEBHOOK_DELIVERIES = "sluice_webhook_deliveries"
+# Model repositories on object storage: fetches, syncs, the local cache.
+REPOSITORY_FETCHES = "sluice_repository_fetches"
+REPOSITORY_SYNC_ERRORS = "sluice_repository_sync_errors"
+MODEL_CACHE_BYTES = "sluice_model_cache_bytes"
 # Monitors: the prediction log.
 PREDICTION_LOG_RECORDS = "sluice_prediction_log_records"
 PREDICTION_LOG_QUEUE_DEPTH = "sluice_prediction_log_queue_depth"
@@ -132,6 +136,9 @@ METRIC_NAMES = (
     SHADOW_ABS_DIFF,
     SHADOW_LATENCY,
     f"{WEBHOOK_DELIVERIES}_total",
+    f"{REPOSITORY_FETCHES}_total",
+    f"{REPOSITORY_SYNC_ERRORS}_total",
+    MODEL_CACHE_BYTES,
     f"{PREDICTION_LOG_RECORDS}_total",
     PREDICTION_LOG_QUEUE_DEPTH,
     f"{PREDICTION_SPOOL_RECORDS}_total",
@@ -457,6 +464,22 @@ class GatewayMetrics:
         )
         self.statistics = StatisticsCounters()
         """Triton's per-version statistics: shared across workers like the metrics, but not exported."""
+        self.repository_fetches = Counter(
+            REPOSITORY_FETCHES,
+            "Fetches of version files from an object-store repository, by outcome (downloaded, cached: reused "
+            "from the local cache, refused: not the expected bytes, failed: the store, after retries).",
+            ("outcome",),
+            registry=r,
+        )
+        self.repository_sync_errors = Counter(
+            REPOSITORY_SYNC_ERRORS, "Repository syncs that could not read the repository.", registry=r
+        )
+        self.model_cache_bytes = Gauge(
+            MODEL_CACHE_BYTES,
+            "Bytes of version files in the local model cache (object-store repositories).",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self._versions: dict[tuple[str, str], VersionMetrics] = {}
         self.multiprocess_dir = os.environ.get(MULTIPROCESS_ENV) or None
         """Set (by the supervisor) when this process is one of several workers sharing a port."""

@@ -23,6 +23,7 @@ import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from gateway.settings import GatewaySettings
@@ -44,7 +45,15 @@ def check_settings(settings: GatewaySettings) -> str:
         )
     if settings.http_port == 0 or settings.grpc_port == 0:
         raise RayModeError("Ray mode needs fixed ports (every ingress replica binds the same ones): not 0")
+    local_model_repo(settings)
     return url
+
+
+def local_model_repo(settings: GatewaySettings) -> Path:
+    """Ray mode reads a local model repository (the same path on every node) for now."""
+    if not isinstance(settings.model_repo, Path):
+        raise RayModeError("Ray mode serves a local --model-repo for now, not an object-store URL")
+    return settings.model_repo
 
 
 def run_ray(
@@ -96,7 +105,7 @@ def run_ray(
         unloaded = {(r["model"], r["version"]) for r in store.versions() if r["desired"] == "unloaded"}
         wanted = [
             (source, v)
-            for source in scan_repository(settings.model_repo)
+            for source in scan_repository(local_model_repo(settings))
             if not source.error and source.config.runtime.kind == "onnx"
             for v in source.versions
             if (source.name, v.version) not in unloaded
@@ -108,9 +117,9 @@ def run_ray(
             log.warning("%s; waiting, in case the cluster adds nodes", problem)
         serve.start(proxy_location="Disabled")
         serve_started = True
-        applications = [(s, v, version_application(settings.model_repo, s, v)) for s, v in wanted]
+        applications = [(s, v, version_application(local_model_repo(settings), s, v)) for s, v in wanted]
         with ThreadPoolExecutor(4) as pool:  # each waits for its application to run
-            list(pool.map(lambda sva: deploy_version(settings.model_repo, *sva), applications))
+            list(pool.map(lambda sva: deploy_version(local_model_repo(settings), *sva), applications))
         ingress = ingress_application(settings, replicas=ingress_replicas, cpus=ingress_cpus)
         serve.run(ingress, name=INGRESS_APP, route_prefix=None)
         cluster = ray.get_runtime_context().gcs_address

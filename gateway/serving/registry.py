@@ -24,7 +24,14 @@ from gateway.serving.batch_policy import BatchingConfig
 from gateway.serving.batcher import Batcher, BatchObserver
 from gateway.serving.guards import InputGuards
 from gateway.serving.model_config import ModelConfig
-from gateway.serving.repository import ModelSource, VersionSource, scan_model, scan_repository
+from gateway.serving.repository import (
+    ModelSource,
+    RepositoryListing,
+    VersionSource,
+    as_listing,
+    scan_model,
+    scan_repository,
+)
 from gateway.serving.watchdog import RuntimeWatchdog
 from runtimes.base import ModelRuntime
 
@@ -111,14 +118,16 @@ def version_batcher(
 class ModelRegistry:
     def __init__(
         self,
-        repo: Path,
+        repo: Path | RepositoryListing,
         metrics: GatewayMetrics,
         factory: RuntimeFactory,
         tracer: Tracer | None = None,
         on_batch: Callable[[str, str, int], None] | None = None,
     ) -> None:
         """`on_batch(model, version, rows)`: told of every runtime call (the window statistics' batch sizes)."""
-        self.repo = repo
+        self.listing = as_listing(repo)
+        self.repo = self.listing.root
+        """The local folder of each model's own files (an object-store repository's: its cache)."""
         self._tracer = tracer
         self._on_batch = on_batch
         self._metrics = metrics
@@ -126,10 +135,12 @@ class ModelRegistry:
         self.models: dict[str, ServedModel] = {}
         self.on_state_change: Callable[[str], None] | None = None
         """Called with a model's name when one of its versions stops or starts answering (the weights follow)."""
+        self.on_unloaded: Callable[[], None] | None = None
+        """Called after a version is unloaded (the model cache may evict its file)."""
 
     async def load_all(self) -> None:
         """Scan the repository and load every selected version concurrently."""
-        sources = await asyncio.to_thread(scan_repository, self.repo)
+        sources = await asyncio.to_thread(scan_repository, self.listing)
         jobs = []
         for source in sources:
             model = ServedModel(source.name, source.config, error=source.error)
@@ -233,7 +244,7 @@ class ModelRegistry:
             return current
         if current is not None:
             await _release(current)
-        source = await asyncio.to_thread(scan_model, self.repo, self.repo / name, True)
+        source = await asyncio.to_thread(scan_model, self.listing, name, True)
         match = [v for v in source.versions if v.version == version]
         if source.error and not match:
             raise ModelNotFound(source.error)
@@ -256,6 +267,8 @@ class ModelRegistry:
         await _release(served)
         served.state = VersionState.UNLOADED
         log.info("model %s version %s unloaded", name, version)
+        if self.on_unloaded is not None:
+            self.on_unloaded()
         return served
 
     def sample_load(self) -> None:

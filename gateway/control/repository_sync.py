@@ -1,0 +1,168 @@
+"""Syncing the model repository: new versions loaded and removed ones unloaded, as each model's
+`version_policy` selects, local or on object storage.
+
+A sync is the leader's action (a poll every `repository_poll_s`, `POST /admin/repository/sync`, `sluice
+repo sync`): it reads the listing, decides (`plan_sync`, pure), fetches the new versions' files into the
+cache before it takes the control plane's lock (a download does not hold up rollouts), then loads and
+unloads through the control plane like an admin would, so each change is persisted and audited (actor
+`repository-sync`) and every replica follows it. What a version policy selects is loaded: a version
+unloaded by hand comes back at the next sync if its model's policy still selects it (narrow the policy,
+or remove its files, to keep it out). A version the policy or a rollout still uses, or a model's last
+ready version, is kept and the reason reported. A listing that cannot be read changes nothing: the
+versions serving keep serving, the error is counted, logged and shown until a sync succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.control.plane import ControlPlane
+from gateway.errors import Conflict, ControlPlaneUnavailable, RepositoryUnavailable, SluiceError
+from gateway.serving.model_supply import LIVE
+from gateway.serving.registry import VersionState
+from gateway.serving.repository import ModelSource, VersionSource, scan_repository
+
+log = logging.getLogger(__name__)
+
+SYNC_ACTOR = "repository-sync"
+
+
+@dataclass(frozen=True)
+class SyncPlan:
+    load: tuple[tuple[str, str], ...] = ()
+    """(model, version) the policy selects that are not loaded (new, failed before, or unloaded)."""
+    unload: tuple[tuple[str, str], ...] = ()
+    """(model, version) loaded that left the repository or the policy's selection."""
+    new_models: tuple[str, ...] = ()
+    """Models in the repository the gateway does not serve yet (they are served after a restart)."""
+
+
+def plan_sync(sources: list[ModelSource], served: Mapping[str, Mapping[str, VersionState]]) -> SyncPlan:
+    """What a sync does, from the scanned repository (versions already selected by each model's policy) and
+    the state of every version served now. A model whose scan failed is left as it is."""
+    load: list[tuple[str, str]] = []
+    unload: list[tuple[str, str]] = []
+    new_models: list[str] = []
+    scanned = {s.name: s for s in sources}
+    for source in sources:
+        states = served.get(source.name)
+        if states is None:
+            if not source.error:
+                new_models.append(source.name)
+            continue
+        if source.error and not source.versions:
+            continue
+        wanted = {v.version for v in source.versions}
+        load += [(source.name, v.version) for v in source.versions if states.get(v.version) not in LIVE]
+        unload += [(source.name, v) for v, state in sorted(states.items()) if v not in wanted and state in LIVE]
+    for model, states in served.items():
+        if model not in scanned:  # the whole model left the repository
+            unload += [(model, v) for v, state in sorted(states.items()) if state in LIVE]
+    return SyncPlan(tuple(load), tuple(unload), tuple(new_models))
+
+
+@dataclass
+class SyncReport:
+    at: float
+    loaded: list[str] = field(default_factory=list)
+    unloaded: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    kept: dict[str, str] = field(default_factory=dict)
+    new_models: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "at": self.at,
+            "ok": self.error is None,
+            "error": self.error,
+            "loaded": self.loaded,
+            "unloaded": self.unloaded,
+            "failed": self.failed,
+            "kept": self.kept,
+            "new_models": self.new_models,
+        }
+
+
+class RepositorySync:
+    def __init__(
+        self,
+        control: ControlPlane,
+        *,
+        prefetch: Callable[[ModelSource, VersionSource], Any] | None = None,
+        on_error: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """`prefetch(source, version)`: brings a version's file into the cache (blocking; run in a thread)."""
+        self.control = control
+        self._prefetch = prefetch
+        self._on_error = on_error
+        self._clock = clock
+        self._running = asyncio.Lock()
+        self.last: SyncReport | None = None
+
+    async def poll(self) -> None:
+        """The periodic sync: only where the control plane runs; an unreadable repository is reported, not raised."""
+        if not self.control.active:
+            return
+        with contextlib.suppress(RepositoryUnavailable, ControlPlaneUnavailable):  # counted and logged by run()
+            await self.run(SYNC_ACTOR)
+
+    async def run(self, actor: str) -> SyncReport:
+        if not self.control.active:
+            raise ControlPlaneUnavailable("this replica does not lead the control plane now; retry")
+        async with self._running:
+            report = SyncReport(at=self._clock())
+            registry = self.control.registry
+            try:
+                sources = await asyncio.to_thread(scan_repository, registry.listing)
+            except Exception as exc:
+                report.error = str(exc)
+                self.last = report
+                if self._on_error is not None:
+                    self._on_error()
+                log.error("repository sync: %s (nothing changed; the versions serving keep serving)", exc)
+                raise RepositoryUnavailable(f"repository sync: {exc}") from None
+            served = {m: {v: s.state for v, s in model.versions.items()} for m, model in registry.models.items()}
+            plan = plan_sync(sources, served)
+            report.new_models = list(plan.new_models)
+            by_name = {s.name: s for s in sources}
+            for model, version in plan.load:
+                await self._fetch(by_name[model], version)
+                try:
+                    await self.control.load_version(actor, model, version)
+                    report.loaded.append(f"{model}/{version}")
+                except SluiceError as exc:
+                    report.failed[f"{model}/{version}"] = str(exc)
+            for model, version in plan.unload:
+                try:
+                    await self.control.unload_version(actor, model, version)
+                    report.unloaded.append(f"{model}/{version}")
+                except Conflict as exc:
+                    report.kept[f"{model}/{version}"] = str(exc)
+                except SluiceError as exc:
+                    report.failed[f"{model}/{version}"] = str(exc)
+            for model in plan.new_models:
+                log.warning("repository sync: new model %s is served after a restart", model)
+            if report.loaded or report.unloaded or report.failed:
+                log.info("repository sync", extra=report.to_json())
+            self.last = report
+            return report
+
+    async def _fetch(self, source: ModelSource, version: str) -> None:
+        """Bring the version's file into the cache before the load takes the control plane's lock; a failure
+        here is left to the load, which retries and records it on the version."""
+        if self._prefetch is None:
+            return
+        for vs in source.versions:
+            if vs.version == version and vs.remote is not None:
+                try:
+                    await asyncio.to_thread(self._prefetch, source, vs)
+                except Exception as exc:
+                    log.debug("prefetch of %s/%s failed: %s", source.name, version, exc)
