@@ -12,7 +12,7 @@ The supervisor (this module) binds nothing it serves. It picks the ports when as
 for prometheus_client's multiprocess mode (so any worker's /metrics shows every worker's
 figures), starts the workers (spawned: fresh interpreters, never forks of a process with threads),
 restarts one that dies (with a backoff when one keeps dying at start), and on SIGTERM or SIGINT
-passes the signal on, waits for every worker to drain, and exits 0.
+passes the signal on, waits for every worker to drain, and exits 0 (130 after a SIGINT: a Ctrl-C).
 
 Readiness is shared: a worker answers ready only when every worker is ready, so a load balancer
 never sees the gateway as ready while part of it is still loading (or being restarted).
@@ -84,9 +84,10 @@ class Supervisor:
     _slots: list[_Slot] = field(default_factory=list)
     _reserved: list[socket.socket] = field(default_factory=list)
     _stopping: bool = False
+    _interrupted: bool = False
 
     def run(self) -> int:
-        """Serve until SIGTERM or SIGINT; the exit status (0 after a clean drain)."""
+        """Serve until SIGTERM or SIGINT; the exit status (0 after a clean drain, 130 after a Ctrl-C's)."""
         settings = self._resolve_ports(self.settings)
         metrics_dir = os.environ.get(MULTIPROCESS_ENV) or tempfile.mkdtemp(prefix="sluice-metrics-")
         owns_metrics_dir = MULTIPROCESS_ENV not in os.environ
@@ -109,7 +110,8 @@ class Supervisor:
                 if not announced and all(ready) and self.on_ready is not None:
                     announced = True
                     self.on_ready(settings)
-            return self._drain(metrics_dir)
+            status = self._drain(metrics_dir)
+            return status or (128 + signal.SIGINT if self._interrupted else 0)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -120,6 +122,7 @@ class Supervisor:
                 shutil.rmtree(metrics_dir, ignore_errors=True)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
+        self._interrupted = self._interrupted or (signum == signal.SIGINT and not self._stopping)
         self._stopping = True
 
     def _on_hangup(self, signum: int, _frame: Any) -> None:
