@@ -35,7 +35,7 @@ from gateway.admin.feedback_api import build_feedback_router
 from gateway.admin.forward import LeaderForwarder
 from gateway.admin.key_reload import KeyReloader
 from gateway.admin.monitor_api import build_monitor_router
-from gateway.admin.quotas import QuotaBook, parse_quotas
+from gateway.admin.quotas import QuotaBook, open_buckets, parse_quotas
 from gateway.control.leader import LeaderElection
 from gateway.control.monitor_service import MonitorService
 from gateway.control.plane import ControlPlane
@@ -191,8 +191,11 @@ class Gateway:
         self.control_url = ""
         """Where this replica takes admin requests forwarded by the others (its private listener)."""
         self._forwarder: LeaderForwarder | None = None
-        self.quotas = QuotaBook(parse_quotas(settings.inference_quotas), self.metrics.key_requests)
-        """Per inference key name; bad quota text stops start-up here, naming the entry."""
+        self.quotas = QuotaBook(
+            parse_quotas(settings.inference_quotas), self.metrics.key_requests, buckets=open_buckets()
+        )
+        """Per inference key name (buckets shared with the other workers under --workers); bad quota text stops
+        start-up here, naming the entry."""
         self.keys: KeyReloader | None = None
         self._http: list[tuple[_UvicornServer, asyncio.Task[None]]] = []
         self._grpc: Any = None
