@@ -61,9 +61,10 @@ def pool_context() -> multiprocessing.context.SpawnContext:
 def end_pool(pool: Executor) -> None:
     """Shut the pool down at once: cancel what is queued and end the workers (SIGTERM).
 
-    At shutdown a job is not worth waiting for (the next run, after a restart, computes it again), and a
-    worker still importing Evidently at idle priority on a busy machine held a Ctrl-C's exit up for most of a
-    minute. (Python 3.14's `terminate_workers` does the same; before it, the pool's processes are private.)
+    Called when the gateway stops or stops leading: a job then is not worth waiting for (its caller is gone or
+    fails; the next run, here or on the new leader, computes it again), and a worker still importing Evidently
+    at idle priority on a busy machine held a Ctrl-C's exit up for most of a minute. (Python 3.14's
+    `terminate_workers` does the same; before it, the pool's processes are private.)
     """
     workers = list((getattr(pool, "_processes", None) or {}).values())
     pool.shutdown(wait=False, cancel_futures=True)
@@ -86,7 +87,7 @@ def worker_init() -> None:
     jobs back to back on 2 cores, one BLAS thread gave the gateway 4% more req/s and an 8% lower
     p99 than a pool of two (`loadtests.ab --a drift --b drift`, the switch in a's environment).
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops on Ctrl-C and drains the pool
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops on Ctrl-C and ends the pool itself
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # one that came meanwhile is dropped now
     if not _all_threads_idle():
         with contextlib.suppress(OSError):
