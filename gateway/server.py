@@ -35,7 +35,7 @@ from gateway.admin.feedback_api import build_feedback_router
 from gateway.admin.forward import LeaderForwarder
 from gateway.admin.key_reload import KeyReloader
 from gateway.admin.monitor_api import build_monitor_router
-from gateway.admin.quotas import QuotaBook, parse_quotas
+from gateway.admin.quotas import QuotaBook, open_buckets, parse_quotas
 from gateway.admin.repository import RepositoryControl, build_repository_router
 from gateway.admin.repository_api import build_repository_sync_router
 from gateway.control.leader import LeaderElection
@@ -219,14 +219,19 @@ class Gateway:
         self._forwarder: LeaderForwarder | None = None
         self.repository: RepositoryControl | None = None
         """Triton's repository load and unload, for both adapters (built with the HTTP application)."""
-        self.quotas = QuotaBook(parse_quotas(settings.inference_quotas), self.metrics.key_requests)
-        """Per inference key name; bad quota text stops start-up here, naming the entry."""
+        self.quotas = QuotaBook(
+            parse_quotas(settings.inference_quotas), self.metrics.key_requests, buckets=open_buckets()
+        )
+        """Per inference key name (buckets shared with the other workers under --workers); bad quota text stops
+        start-up here, naming the entry."""
         self.keys: KeyReloader | None = None
         self._http: list[tuple[_UvicornServer, asyncio.Task[None]]] = []
         self._grpc: Any = None
         self._loops: list[asyncio.Task[None]] = []
         self._stopping: asyncio.Event | None = None
         self._stopped = False
+        self.stop_signal: int | None = None
+        """The signal that stopped this gateway (SIGINT: a Ctrl-C, which the command line answers with 130)."""
 
     async def _make_runtime(self, source: ModelSource, version: VersionSource) -> ModelRuntime:
         return await load_runtime(source, version, self._executor)
@@ -401,8 +406,12 @@ class Gateway:
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self.reload_keys)
+
+    def _on_stop_signal(self, sig: int) -> None:
+        self.stop_signal = self.stop_signal or sig
+        self.request_stop()
 
     def reload_keys(self) -> None:
         """SIGHUP: re-read the admin tokens and inference keys (their files and the environment's)."""
@@ -559,8 +568,8 @@ async def serve(
     *,
     reuse_port: bool = False,
     cohort_ready: Callable[[], bool] | None = None,
-) -> None:
-    """Run one gateway as this process: signals, start-up, GC tuning, drain on SIGTERM."""
+) -> int | None:
+    """Run one gateway as this process: signals, start-up, GC tuning, drain on SIGTERM; the signal that stopped it."""
     gateway = Gateway(settings, reuse_port=reuse_port, cohort_ready=cohort_ready)
     gateway.install_signal_handlers()
     await gateway.start()
@@ -568,6 +577,7 @@ async def serve(
     if on_ready is not None:
         on_ready(gateway)
     await gateway.wait_stopped()
+    return gateway.stop_signal
 
 
 def run_replica(
@@ -576,12 +586,11 @@ def run_replica(
     on_ready: Callable[[Gateway], None] | None = None,
     reuse_port: bool = False,
     cohort_ready: Callable[[], bool] | None = None,
-) -> None:
-    """`serve` on uvloop (uvicorn[standard] brings it on Linux), until SIGTERM or SIGINT."""
+) -> int | None:
+    """`serve` on uvloop (uvicorn[standard] brings it on Linux), until SIGTERM or SIGINT (returned)."""
     coro = serve(settings, on_ready, reuse_port=reuse_port, cohort_ready=cohort_ready)
     try:
         import uvloop
     except ImportError:  # pragma: no cover
-        asyncio.run(coro)
-        return
-    uvloop.run(coro)
+        return asyncio.run(coro)
+    return uvloop.run(coro)

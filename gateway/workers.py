@@ -10,9 +10,11 @@ works, as every worker opens the same file).
 The supervisor (this module) binds nothing it serves. It picks the ports when asked for free ones
 (holding a SO_REUSEPORT socket on each so nobody else takes them), gives the workers one directory
 for prometheus_client's multiprocess mode (so any worker's /metrics shows every worker's
-figures), starts the workers (spawned: fresh interpreters, never forks of a process with threads),
-restarts one that dies (with a backoff when one keeps dying at start), and on SIGTERM or SIGINT
-passes the signal on, waits for every worker to drain, and exits 0.
+figures) and, with quotas, one table of key buckets (gateway.admin.quota_table, so a key's quota
+holds for all the workers together), starts the workers (spawned: fresh interpreters, never forks
+of a process with threads), restarts one that dies (with a backoff when one keeps dying at start),
+and on SIGTERM or SIGINT passes the signal on, waits for every worker to drain, and exits 0 (130
+after a SIGINT: a Ctrl-C).
 
 Readiness is shared: a worker answers ready only when every worker is ready, so a load balancer
 never sees the gateway as ready while part of it is still loading (or being restarted).
@@ -37,6 +39,8 @@ from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from gateway.admin.quota_table import create_table, remove_table
+from gateway.admin.quotas import SHARED_ENV
 from gateway.cpus import usable_cpus
 from gateway.observability.metrics import MULTIPROCESS_ENV, SUPERVISOR_ENV
 from gateway.settings import GatewaySettings
@@ -90,14 +94,18 @@ class Supervisor:
     _slots: list[_Slot] = field(default_factory=list)
     _reserved: list[socket.socket] = field(default_factory=list)
     _stopping: bool = False
+    _interrupted: bool = False
 
     def run(self) -> int:
-        """Serve until SIGTERM or SIGINT; the exit status (0 after a clean drain)."""
+        """Serve until SIGTERM or SIGINT; the exit status (0 after a clean drain, 130 after a Ctrl-C's)."""
         settings = self._resolve_ports(self.settings)
         metrics_dir = os.environ.get(MULTIPROCESS_ENV) or tempfile.mkdtemp(prefix="sluice-metrics-")
         owns_metrics_dir = MULTIPROCESS_ENV not in os.environ
         os.environ[MULTIPROCESS_ENV] = metrics_dir
         os.environ[SUPERVISOR_ENV] = str(os.getpid())
+        quota_table = create_table() if settings.inference_quotas else None
+        if quota_table is not None:  # one bucket per key name for all the workers, not one in each
+            os.environ[SHARED_ENV] = quota_table
         ready = _SPAWN.Array("b", self.workers, lock=False)
         self._slots = [_Slot(i) for i in range(self.workers)]
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -115,7 +123,8 @@ class Supervisor:
                 if not announced and all(ready) and self.on_ready is not None:
                     announced = True
                     self.on_ready(settings)
-            return self._drain(metrics_dir)
+            status = self._drain(metrics_dir)
+            return status or (128 + signal.SIGINT if self._interrupted else 0)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -124,8 +133,12 @@ class Supervisor:
             if owns_metrics_dir:
                 os.environ.pop(MULTIPROCESS_ENV, None)
                 shutil.rmtree(metrics_dir, ignore_errors=True)
+            if quota_table is not None:
+                os.environ.pop(SHARED_ENV, None)
+                remove_table(quota_table)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
+        self._interrupted = self._interrupted or (signum == signal.SIGINT and not self._stopping)
         self._stopping = True
 
     def _on_hangup(self, signum: int, _frame: Any) -> None:

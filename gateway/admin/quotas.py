@@ -7,17 +7,21 @@ listed under, so a rotated key keeps its name's quota and nothing secret reaches
 
 A bucket holds up to `burst` tokens and refills at `rate` a second; a request takes one. An empty bucket
 refuses with `QuotaExceeded` carrying when the next token arrives (the Retry-After header, and gRPC's
-`retry-after` trailer). O(1) per request: one clock read and a little arithmetic. Buckets live in each
-process: with `--workers N` each worker enforces the full quota on the connections the kernel gave it.
+`retry-after` trailer). O(1) per request: one clock read and a little arithmetic (`refill_and_take`).
+
+With `--workers N` the workers of one machine share each name's bucket (`gateway.admin.quota_table`: a
+table in shared memory, a few microseconds a request), so a quota holds for the whole gateway, not for
+each worker. Elsewhere (one process, each Ray ingress replica) the buckets are the process's own.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.errors import QuotaExceeded
 
@@ -59,13 +63,60 @@ def parse_quotas(text: str | None) -> dict[str, Quota]:
     return quotas
 
 
-class _Bucket:
-    __slots__ = ("admitted", "at", "quota", "throttled", "tokens")
+def refill_and_take(quota: Quota, tokens: float, at: float, now: float) -> tuple[float, float]:
+    """The bucket arithmetic, the one copy of it: a bucket that held `tokens` at `at`, asked for one at `now`.
 
-    def __init__(self, quota: Quota, now: float, admitted: Any, throttled: Any) -> None:
+    Returns (tokens left, wait): wait 0 admits the request; otherwise it is the time until the next token
+    and nothing was taken. A `now` before `at` (another process's clock read a moment earlier) adds nothing.
+    """
+    tokens = min(quota.burst, tokens + max(0.0, now - at) * quota.rate)
+    if tokens < 1.0:
+        return tokens, (1.0 - tokens) / quota.rate
+    return tokens - 1.0, 0.0
+
+
+class BucketStore(Protocol):
+    """Where the buckets' state lives: this process (`LocalBuckets`), or every worker of this machine
+    (`gateway.admin.quota_table.SharedBuckets`). Both run `refill_and_take`, on the clock they are given."""
+
+    def take(self, name: str, quota: Quota, clock: Callable[[], float]) -> float:
+        """One request from `name`'s bucket: 0 when admitted, else the wait for the next token."""
+        ...
+
+
+class LocalBuckets:
+    """The buckets of one process: `sluice serve` with one worker, a Ray ingress replica, a test."""
+
+    def __init__(self) -> None:
+        self._state: dict[str, tuple[float, float]] = {}
+
+    def take(self, name: str, quota: Quota, clock: Callable[[], float]) -> float:
+        now = clock()
+        tokens, at = self._state.get(name) or (quota.burst, now)
+        tokens, wait = refill_and_take(quota, tokens, at, now)
+        self._state[name] = (tokens, max(at, now))
+        return wait
+
+
+SHARED_ENV = "SLUICE_QUOTA_TABLE"
+"""The file of the buckets shared by the workers of `--workers N` (set by the supervisor, gateway.workers)."""
+
+
+def open_buckets() -> BucketStore:
+    """The supervisor's shared table when this process is one of its workers, else buckets of its own."""
+    path = os.environ.get(SHARED_ENV)
+    if not path:
+        return LocalBuckets()
+    from gateway.admin.quota_table import SharedBuckets
+
+    return SharedBuckets(path)
+
+
+class _Counters:
+    __slots__ = ("admitted", "quota", "throttled")
+
+    def __init__(self, quota: Quota, admitted: Any, throttled: Any) -> None:
         self.quota = quota
-        self.tokens = quota.burst
-        self.at = now
         self.admitted = admitted
         self.throttled = throttled
 
@@ -76,36 +127,33 @@ class QuotaBook:
         quotas: dict[str, Quota],
         counter: Any,
         clock: Callable[[], float] = time.monotonic,
+        buckets: BucketStore | None = None,
     ) -> None:
-        """`counter`: the `sluice_inference_key_requests_total` family (labels key_name, outcome)."""
+        """`counter`: the `sluice_inference_key_requests_total` family (labels key_name, outcome). `buckets`:
+        where the buckets live (default: in this process)."""
         self._quotas = quotas
         self._counter = counter
         self._clock = clock
-        self._buckets: dict[str, _Bucket] = {}
+        self._buckets = buckets if buckets is not None else LocalBuckets()
+        self._names: dict[str, _Counters] = {}
 
     def admit(self, name: str) -> None:
         """Take one request from `name`'s bucket, or raise QuotaExceeded (with the wait for the next one)."""
-        now = self._clock()
-        bucket = self._buckets.get(name)
-        if bucket is None:
-            bucket = self._bucket(name, now)
-        quota = bucket.quota
+        entry = self._names.get(name) or self._entry(name)
+        quota = entry.quota
         if quota.rate != math.inf:
-            bucket.tokens = min(quota.burst, bucket.tokens + (now - bucket.at) * quota.rate)
-            bucket.at = now
-            if bucket.tokens < 1.0:
-                bucket.throttled.inc()
-                wait = (1.0 - bucket.tokens) / quota.rate
+            wait = self._buckets.take(name, quota, self._clock)
+            if wait > 0:
+                entry.throttled.inc()
                 raise QuotaExceeded(
                     f"inference key '{name}' is over its quota of {quota.rate:g} requests per second "
                     f"(burst {quota.burst:g}); retry in {wait:.2f} s",
                     retry_after_s=wait,
                 )
-            bucket.tokens -= 1.0
-        bucket.admitted.inc()
+        entry.admitted.inc()
 
-    def _bucket(self, name: str, now: float) -> _Bucket:
+    def _entry(self, name: str) -> _Counters:
         quota = self._quotas.get(name) or self._quotas.get(DEFAULT) or Quota(math.inf, math.inf)
-        bucket = _Bucket(quota, now, self._counter.labels(name, "admitted"), self._counter.labels(name, "throttled"))
-        self._buckets[name] = bucket
-        return bucket
+        entry = _Counters(quota, self._counter.labels(name, "admitted"), self._counter.labels(name, "throttled"))
+        self._names[name] = entry
+        return entry

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -279,13 +281,31 @@ def _start_ray(settings: GatewaySettings) -> None:
         raise typer.Exit(status)
 
 
+INTERRUPTED = 128 + signal.SIGINT
+"""The exit status after a Ctrl-C (and a clean drain)."""
+
+
+def _no_grpc_fork_handlers() -> None:
+    """Turn off gRPC's fork support (unless the environment sets it) before gRPC starts.
+
+    Its handlers (pthread_atfork) exist for a child that goes on using gRPC after a fork without exec. Sluice
+    never makes one: its workers and the monitor's pool are spawned, and the prediction log's writer is a new
+    interpreter, exec'd straight after the fork (uvloop's spawn forks). Left on, each such fork logs
+    `fork_posix.cc:71 Other threads are currently calling into gRPC, skipping fork() handlers` to the
+    terminal. The setting reaches the spawned workers through the environment.
+    """
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
+
 def _start(
     settings: GatewaySettings,
     banner: bool,
     notes: tuple[str, ...] = (),
     on_serving: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve until SIGTERM or Ctrl-C. `notes`: more banner lines; `on_serving(http_url)`: told once ready."""
+    """Serve until SIGTERM or Ctrl-C (then exit 130, as a shell expects of an interrupted command). `notes`: more
+    banner lines; `on_serving(http_url)`: told once ready."""
+    _no_grpc_fork_handlers()
     from gateway.server import Gateway, run_replica
     from gateway.workers import Supervisor, WorkerStartFailed, worker_count
 
@@ -312,7 +332,8 @@ def _start(
     try:
         parse_quotas(settings.inference_quotas)
         if workers == 1:
-            run_replica(settings, on_ready=on_ready)
+            if run_replica(settings, on_ready=on_ready) == signal.SIGINT:
+                raise typer.Exit(INTERRUPTED)
         else:
             AdminAuth.from_settings(settings)  # a bad token list stops start-up before any worker starts
             try:

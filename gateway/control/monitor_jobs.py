@@ -5,13 +5,22 @@ or the accuracy computation, writes the HTML report, and returns a small JSON-ab
 large crosses the process boundary and the serving process never holds the GIL for pandas or
 Evidently: that is why a drift job leaves the gateway's latency alone (loadtests/bench.py
 `--drift-during`). The worker lowers its own CPU priority and imports Evidently once, at start.
+
+The worker never takes a terminal's Ctrl-C (SIGINT to the whole foreground process group): it is started
+with SIGINT blocked (`pool_context`; the mask goes through fork and exec, so even the spawn bootstrap and
+the import of the parent's main module are covered), and `worker_init` ignores it before anything else.
+The serving process stops on that Ctrl-C and ends the pool (`end_pool`): no KeyboardInterrupt traceback
+from a worker waiting on its queue or importing Evidently.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing.context
 import os
+import signal
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -30,8 +39,42 @@ NO_DATA = "no_data"
 _stores: dict[str, Store] = {}
 
 
+class _NoInterruptProcess(multiprocessing.context.SpawnProcess):
+    def start(self) -> None:
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            super().start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+class _NoInterruptContext(multiprocessing.context.SpawnContext):
+    Process = _NoInterruptProcess
+
+
+def pool_context() -> multiprocessing.context.SpawnContext:
+    """Spawn (never fork: the serving process has threads a fork would copy mid-lock), SIGINT blocked in the
+    child from its start until `worker_init` ignores it."""
+    return _NoInterruptContext()
+
+
+def end_pool(pool: Executor) -> None:
+    """Shut the pool down at once: cancel what is queued and end the workers (SIGTERM).
+
+    Called when the gateway stops or stops leading: a job then is not worth waiting for (its caller is gone or
+    fails; the next run, here or on the new leader, computes it again), and a worker still importing Evidently
+    at idle priority on a busy machine held a Ctrl-C's exit up for most of a minute. (Python 3.14's
+    `terminate_workers` does the same; before it, the pool's processes are private.)
+    """
+    workers = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in workers:
+        if process.exitcode is None:
+            process.terminate()
+
+
 def worker_init() -> None:
-    """Start-up of a worker process: the lowest priority there is, then import Evidently.
+    """Start-up of a worker process: ignore Ctrl-C, the lowest priority there is, then import Evidently.
 
     SCHED_IDLE (Linux) runs the worker only on a core nothing else wants, and a waking serving
     thread (the event loop, a runtime thread, the log writer) preempts it at once; under plain
@@ -44,6 +87,8 @@ def worker_init() -> None:
     jobs back to back on 2 cores, one BLAS thread gave the gateway 4% more req/s and an 8% lower
     p99 than a pool of two (`loadtests.ab --a drift --b drift`, the switch in a's environment).
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops on Ctrl-C and ends the pool itself
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # one that came meanwhile is dropped now
     if not _all_threads_idle():
         with contextlib.suppress(OSError):
             os.nice(19)

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import multiprocessing
 import os
 import time
 from collections.abc import Callable
@@ -114,14 +113,13 @@ class MonitorService:
         self._senders.clear()
         self._rules = None  # read anew when leading again: another leader may have moved them meanwhile
         if self._executor is not None and self._owns_executor:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            monitor_jobs.end_pool(self._executor)
             self._executor = None
 
     def _pool(self) -> Executor:
         if self._executor is None:
-            # spawn, not fork: the serving process has threads (runtimes, the log writer) a fork would copy mid-lock.
             self._executor = ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=monitor_jobs.worker_init
+                max_workers=1, mp_context=monitor_jobs.pool_context(), initializer=monitor_jobs.worker_init
             )
         return self._executor
 
