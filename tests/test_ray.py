@@ -80,7 +80,7 @@ class RayGateway:
         return self.log.read_text(errors="replace")
 
 
-def _session_pids(sid: int) -> list[int]:
+def session_pids(sid: int) -> list[int]:
     """Processes still in the driver's session (the driver, Ray's processes, the replicas)."""
     out = subprocess.run(["ps", "-eo", "pid=,sid=,stat="], capture_output=True, text=True).stdout
     return [int(p) for p, s, stat in (line.split() for line in out.splitlines()) if int(s) == sid and "Z" not in stat]
@@ -128,7 +128,7 @@ def ray_gateway(ray_repo: Path, pg_schema_url: str, tmp_path_factory: pytest.Tem
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             raise
-        wait_until(lambda: not _session_pids(proc.pid), timeout=30, what="every Ray process to exit")
+        wait_until(lambda: not session_pids(proc.pid), timeout=30, what="every Ray process to exit")
         assert code == 0, gw.logs()[-3000:]
 
 
@@ -390,10 +390,10 @@ def test_deployments_that_cannot_fit_a_local_ray_are_refused_at_start_naming_wha
     try:
         out, _ = proc.communicate(timeout=120)
     except subprocess.TimeoutExpired:
-        for pid in _session_pids(proc.pid):  # the driver and the Ray it started, in their process groups
+        for pid in session_pids(proc.pid):  # the driver and the Ray it started, in their process groups
             os.kill(pid, signal.SIGKILL)
         raise AssertionError("the driver did not refuse deployments that cannot fit: it is waiting for them") from None
     text = " ".join(out.decode(errors="replace").split())
     assert proc.returncode == 2, text[-3000:]
     assert "ask for 3.25 CPUs at start (big/1 2 x 1.5, ingress 1 x 0.25) and the Ray cluster has 2" in text, text
-    wait_until(lambda: not _session_pids(proc.pid), timeout=30, what="every Ray process to exit")
+    wait_until(lambda: not session_pids(proc.pid), timeout=30, what="every Ray process to exit")
