@@ -1,9 +1,10 @@
 """`sluice serve --ray`: start (or join) Ray, deploy the gateway on Ray Serve, and remove it on SIGTERM.
 
 1. Refuse SQLite: every replica, on every node, shares the state, so it is PostgreSQL (SLUICE_DATABASE_URL).
-2. Start a local Ray (`--ray-num-cpus`, no dashboard, a small object store, on the gateway's host address),
-   or join a running cluster with `--ray-address`; Serve's own HTTP proxy stays off (clients reach the
-   ingress replicas' own servers).
+2. Start a local Ray of this process's own (`--ray-num-cpus`, no dashboard, a small object store, on the
+   gateway's host address), even where a `ray start` runs on the machine, or join a running cluster with
+   `--ray-address` (which refuses the options that size a local Ray); Serve's own HTTP proxy stays off (clients
+   reach the ingress replicas' own servers).
 3. Bring the schema up to date; refuse (a local Ray) or warn (a joined cluster) when the deployments' CPUs and
    GPUs at start exceed the cluster's (`capacity`: Serve would wait for ever); deploy each model version the
    repository selects (and that was not unloaded) as its own Serve application, with replicas, autoscaling,
@@ -44,6 +45,20 @@ def check_settings(settings: GatewaySettings) -> str:
         )
     if settings.http_port == 0 or settings.grpc_port == 0:
         raise RayModeError("Ray mode needs fixed ports (every ingress replica binds the same ones): not 0")
+    if settings.ray_address is not None:
+        refused = [
+            name
+            for name, given in (
+                ("--ray-num-cpus (SLUICE_RAY_NUM_CPUS)", settings.ray_num_cpus is not None),
+                ("SLUICE_RAY_OBJECT_STORE_MB", "ray_object_store_mb" in settings.model_fields_set),
+            )
+            if given
+        ]
+        if refused:
+            raise RayModeError(
+                f"--ray-address joins a running cluster ({settings.ray_address}), which refuses the options that size "
+                f"a new Ray: drop {' and '.join(refused)} (or drop --ray-address to start a Ray of this process's own)"
+            )
     return url
 
 
@@ -77,7 +92,12 @@ def run_ray(
 
     started_ray = address is None
     if started_ray:
+        # A Ray of this process's own, always: with no address, ray.init() would join the cluster a `ray start`
+        # recorded on this machine (or RAY_ADDRESS names), which refuses the options below, and which SIGTERM
+        # must not stop. "local" starts one whatever is recorded; RAY_ADDRESS goes, so nothing it starts joins.
+        os.environ.pop("RAY_ADDRESS", None)
         ray.init(
+            address="local",
             num_cpus=num_cpus,
             include_dashboard=False,
             object_store_memory=object_store_mb * 1024 * 1024,
@@ -86,7 +106,10 @@ def run_ray(
             log_to_driver=False,
         )
     else:
-        ray.init(address=address, namespace="sluice", log_to_driver=False)
+        try:
+            ray.init(address=address, namespace="sluice", log_to_driver=False)
+        except (ValueError, ConnectionError) as exc:  # a malformed address, or nothing answering there
+            raise RayModeError(f"cannot join the Ray cluster at --ray-address {address}: {exc}") from None
     # After ray.init: Ray's own failure handler would take SIGTERM and end the process with nothing cleaned up.
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     store = Store(url)
