@@ -12,14 +12,16 @@
 4. Deploy the ingress application: `--ray-ingress-replicas` gateway replicas on the given ports.
 5. Wait for SIGTERM or SIGINT. (The leader deploys a version loaded through the admin API before it records
    it as loaded, and removes the application of a version unloaded: `gateway.ray.ingress`.)
-6. On the signal: remove the ingress (its replicas drain, flush their logs and give the lease up), then the
-   versions; stop Serve and, if this process started Ray, Ray itself: nothing is left running.
+6. On the signal: remove the ingress (its replicas drain, flush their logs and give the lease up) and its
+   metrics directory, then the versions; stop Serve and, if this process started Ray, Ray itself: nothing is
+   left running, nor a metrics directory.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -79,6 +81,7 @@ def run_ray(
 
     from gateway.ray.app import ingress_application
     from gateway.ray.capacity import shortfall, starting_demand
+    from gateway.ray.metrics_dir import new_metrics_dir, remove_metrics_dir
     from gateway.ray.naming import INGRESS_APP, VERSION_APP_PREFIX, version_app
     from gateway.ray.runtime import deploy_version, version_application
     from gateway.serving.repository import scan_repository
@@ -114,6 +117,7 @@ def run_ray(
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     store = Store(url)
     serve_started = False
+    metrics_dir = new_metrics_dir()
     try:
         store.upgrade()
         unloaded = {(r["model"], r["version"]) for r in store.versions() if r["desired"] == "unloaded"}
@@ -134,7 +138,7 @@ def run_ray(
         applications = [(s, v, version_application(settings.model_repo, s, v)) for s, v in wanted]
         with ThreadPoolExecutor(4) as pool:  # each waits for its application to run
             list(pool.map(lambda sva: deploy_version(settings.model_repo, *sva), applications))
-        ingress = ingress_application(settings, replicas=ingress_replicas, cpus=ingress_cpus)
+        ingress = ingress_application(settings, replicas=ingress_replicas, cpus=ingress_cpus, metrics_dir=metrics_dir)
         serve.run(ingress, name=INGRESS_APP, route_prefix=None)
         cluster = ray.get_runtime_context().gcs_address
         log.info("serving on Ray", extra={"ray_address": cluster, "ingress_replicas": ingress_replicas})
@@ -145,6 +149,7 @@ def run_ray(
             time.sleep(0.5)
         log.info("stopping: removing the ingress (its replicas drain), then the versions")
         serve.delete(INGRESS_APP)
+        remove_metrics_dir(metrics_dir, every_node=not started_ray)
         if not started_ray:  # a cluster of someone else's: remove only what this run deployed
             versions = [app for app in serve.status().applications if app.startswith(VERSION_APP_PREFIX)]
             for app in versions:
@@ -158,5 +163,7 @@ def run_ray(
         if started_ray and serve_started:
             serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()
+        if started_ray:  # every replica has stopped, however the run ended
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
