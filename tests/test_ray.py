@@ -8,6 +8,7 @@ a CPU so that they all fit on the 2-core box.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
@@ -338,7 +339,7 @@ def test_a_version_scales_out_under_load_and_back_in(ray_gateway: RayGateway, cl
 
 
 def test_unloading_a_version_removes_its_deployment_and_loading_it_deploys_it_again(
-    ray_gateway: RayGateway, cluster: Any
+    ray_gateway: RayGateway, cluster: Any, ray_repo: Path
 ) -> None:
     gw = ray_gateway
     app = "sluice-version.lookup.3"
@@ -352,6 +353,12 @@ def test_unloading_a_version_removes_its_deployment_and_loading_it_deploys_it_ag
     loaded = gw.admin.post("/admin/models/lookup/versions/3/load")
     assert loaded.status_code == 200 and loaded.json()["state"] == "READY", loaded.text
     assert str(cluster.status().applications[app].status).endswith("RUNNING")
+    # Both audit events name the file by its digest, as in embedded mode (they had none under Ray).
+    digest = hashlib.sha256((ray_repo / "lookup" / "3" / "model.onnx").read_bytes()).hexdigest()
+    assert loaded.json()["sha256"] == digest
+    events = gw.admin.get("/admin/audit", params={"model": "lookup", "limit": 200}).json()["events"]
+    changes = {e["action"]: e["after"] for e in events if e["action"] in ("version.unload", "version.load")}
+    assert {a: after["sha256"] for a, after in changes.items()} == {"version.unload": digest, "version.load": digest}
     # Both ingress replicas follow: every request pinned to it is answered, whichever replica takes it.
     wait_until(
         lambda: all(

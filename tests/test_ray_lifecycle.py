@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -23,7 +24,6 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -141,27 +141,24 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repo
 
 
-@pytest.fixture(scope="module")
-def own_ray_gateway(
-    other_ray: OtherRay, temp_root: Path, repo: Path, pg_schema_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RayGateway]:
-    """`sluice serve --ray` with no `--ray-address`, its TMPDIR the one where the other Ray is recorded."""
+@contextlib.contextmanager
+def serving(args: list[str], env: dict[str, str], repo: Path, log: Path) -> Iterator[RayGateway]:
+    """`sluice serve --ray` with `args`, ready; stopped (and its session's processes killed) if a test did not."""
     http_port, grpc_port = free_port(), free_port()
-    log = tmp_path_factory.mktemp("ray-lifecycle-logs") / "driver.log"
     cmd = [
-        sys.executable, "-m", "gateway", "serve", "--ray", "--ray-num-cpus", "2", "--ray-ingress-replicas", "1",
+        sys.executable, "-m", "gateway", "serve", "--ray", *args, "--ray-ingress-replicas", "1",
         "--model-repo", str(repo), "--host", "127.0.0.1",
         "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--log-format", "text",
     ]  # fmt: skip
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=_driver_env(temp_root, pg_schema_url),
-            start_new_session=True,
-        )  # fmt: skip
-    gw = RayGateway(proc, http_port, grpc_port, log, pg_schema_url)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True)
+    gw = RayGateway(proc, http_port, grpc_port, log, env["SLUICE_DATABASE_URL"])
 
     def ready() -> bool:
-        return proc.poll() is not None or httpx.get(f"{gw.http_url}/v2/health/ready", timeout=2).status_code == 200
+        if proc.poll() is not None:
+            return True
+        up = httpx.get(f"{gw.http_url}/v2/health/ready", timeout=2).status_code == 200
+        return up and "\nRay cluster: " in gw.logs()  # printed once the driver's deployments all run
 
     try:
         wait_until(ready, timeout=240, interval=0.5, what="Sluice on Ray to be ready")
@@ -177,6 +174,16 @@ def own_ray_gateway(
             os.kill(pid, signal.SIGKILL)
 
 
+@pytest.fixture(scope="module")
+def own_ray_gateway(
+    other_ray: OtherRay, temp_root: Path, repo: Path, pg_schema_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RayGateway]:
+    """`sluice serve --ray` with no `--ray-address`, its TMPDIR the one where the other Ray is recorded."""
+    log = tmp_path_factory.mktemp("ray-lifecycle-logs") / "driver.log"
+    with serving(["--ray-num-cpus", "2"], _driver_env(temp_root, pg_schema_url), repo, log) as gw:
+        yield gw
+
+
 def test_artifact_digests_are_shown_and_audited_as_in_embedded_mode(own_ray_gateway: RayGateway, repo: Path) -> None:
     """The admin API and the audit log name each version's file by its SHA-256 under Ray too (the registry read
     `runtime.sha256`, which the Ray placement's runtime lacked: null everywhere, no `version.artifacts` event)."""
@@ -186,19 +193,10 @@ def test_artifact_digests_are_shown_and_audited_as_in_embedded_mode(own_ray_gate
     assert detail.status_code == 200, detail.text
     assert {v["version"]: v["sha256"] for v in detail.json()["versions"]} == files
 
-    def events() -> list[dict[str, Any]]:
-        return list(gw.admin.get("/admin/audit", params={"model": "lookup", "limit": 200}).json()["events"])
-
-    artifacts = [e["after"]["sha256"] for e in events() if e["action"] == "version.artifacts"]
+    events = gw.admin.get("/admin/audit", params={"model": "lookup", "limit": 200}).json()["events"]
+    artifacts = [e["after"]["sha256"] for e in events if e["action"] == "version.artifacts"]
     assert artifacts and all(a == files for a in artifacts), artifacts
-
-    assert gw.admin.post("/admin/models/lookup/versions/1/unload").status_code == 200
-    loaded = gw.admin.post("/admin/models/lookup/versions/1/load")
-    assert loaded.status_code == 200 and loaded.json()["state"] == "READY", loaded.text
-    assert loaded.json()["sha256"] == files["1"]
-    changes = {e["action"]: e["after"] for e in events() if e["action"] in ("version.unload", "version.load")}
-    assert changes.keys() == {"version.unload", "version.load"}, changes
-    assert {a: after["sha256"] for a, after in changes.items()} == {a: files["1"] for a in changes}
+    # The load and unload events carry it too: tests/test_ray.py, where a version is unloaded and loaded again.
 
 
 def test_without_ray_address_it_starts_a_ray_of_its_own_and_stops_only_that_leaving_no_metrics_dir(
@@ -258,3 +256,27 @@ def test_with_ray_address_an_option_a_joined_cluster_refuses_is_a_one_line_error
     assert proc.returncode == 2, lines
     assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0], lines
     assert "Traceback" not in out.decode(errors="replace")
+
+
+def test_joined_with_ray_address_it_serves_and_at_sigterm_removes_what_it_deployed_and_its_metrics_dir(
+    other_ray: OtherRay, temp_root: Path, repo: Path, pg_schema_url: str, tmp_path: Path
+) -> None:
+    """On a cluster of someone else's, a SIGTERM removes this run's applications and metrics directory (on every
+    node: a task pinned to each) and leaves the cluster, and Serve in it, running."""
+    env = _driver_env(temp_root, pg_schema_url)
+    env.pop("SLUICE_RAY_OBJECT_STORE_MB")
+    env["RAY_AUTH_MODE"] = "disabled"  # as the other Ray runs
+    before = other_ray.core()
+    with serving(["--ray-address", other_ray.address], env, repo, tmp_path / "driver.log") as gw:
+        assert f"Ray cluster: {other_ray.address}" in gw.logs()
+        body = {"inputs": [{"name": "idx", "shape": [1, 1], "datatype": "INT64", "data": [7]}]}
+        answer = httpx.post(f"{gw.http_url}/v2/models/lookup/infer", json=body, timeout=30)
+        assert answer.status_code == 200, answer.text
+        made = list(temp_root.glob("sluice-metrics-*"))
+        assert len(made) == 1, made
+        gw.proc.send_signal(signal.SIGTERM)
+        assert gw.proc.wait(120) == 0, gw.logs()[-3000:]
+    assert not made[0].exists(), gw.logs()[-3000:]
+    assert other_ray.core() == before and other_ray.answers()
+    deleted = re.findall(r"Deleting app \['([^']+)'\]", gw.logs())
+    assert sorted(deleted) == ["sluice-ingress", "sluice-version.lookup.1", "sluice-version.lookup.2"], deleted
