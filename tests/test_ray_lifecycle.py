@@ -238,24 +238,43 @@ def test_with_ray_address_an_option_a_joined_cluster_refuses_is_a_one_line_error
     driver_env = {**_driver_env(temp_root, pg_schema_url), **env}
     if not env:
         driver_env.pop("SLUICE_RAY_OBJECT_STORE_MB")
+    code, out, err = _refusal(["--ray-address", other_ray.address, *option], driver_env, repo)
+    lines = err.strip().splitlines()
+    assert code == 2, lines
+    assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0], lines
+    assert "Traceback" not in out
+
+
+def test_a_malformed_ray_address_is_a_one_line_error_not_a_traceback(
+    temp_root: Path, repo: Path, pg_schema_url: str
+) -> None:
+    """Ray's ValueError (or ConnectionError) for an address it cannot use ends the driver as a config error does."""
+    env = _driver_env(temp_root, pg_schema_url)
+    env.pop("SLUICE_RAY_OBJECT_STORE_MB")
+    code, out, err = _refusal(["--ray-address", "nohost:notaport"], env, repo)
+    assert code == 2, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: cannot join the Ray cluster at --ray-address nohost:notaport: "), last
+    assert "Traceback" not in out + err
+
+
+def _refusal(args: list[str], env: dict[str, str], repo: Path) -> tuple[int | None, str, str]:
+    """Run a driver expected to refuse at once: its exit code, stdout and stderr (an AssertionError if it served)."""
     cmd = [
-        sys.executable, "-m", "gateway", "serve", "--ray", "--ray-address", other_ray.address, *option,
+        sys.executable, "-m", "gateway", "serve", "--ray", *args,
         "--model-repo", str(repo), "--host", "127.0.0.1",
         "--http-port", str(free_port()), "--grpc-port", str(free_port()),
     ]  # fmt: skip
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=driver_env, start_new_session=True
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=env, start_new_session=True
     )
     try:
-        out, err = proc.communicate(timeout=90)
+        out, err = proc.communicate(timeout=120)
     except subprocess.TimeoutExpired:
         for pid in session_pids(proc.pid):
             os.kill(pid, signal.SIGKILL)
-        raise AssertionError(f"{named} with --ray-address was not refused: the driver joined and served") from None
-    lines = err.decode(errors="replace").strip().splitlines()
-    assert proc.returncode == 2, lines
-    assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0], lines
-    assert "Traceback" not in out.decode(errors="replace")
+        raise AssertionError(f"{args} were not refused: the driver joined and served") from None
+    return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
 
 def test_joined_with_ray_address_it_serves_and_at_sigterm_removes_what_it_deployed_and_its_metrics_dir(
