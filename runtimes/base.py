@@ -42,6 +42,10 @@ class RuntimeInfo:
     device: str = "cpu"
     """Where the computation runs: 'cpu', 'cuda:<ordinal>' (the CUDA device the session was placed on), or
     'remote'. Operators read it to see which versions share a GPU."""
+    sha256: str | None = None
+    """SHA-256 (hex) of the artifact file the runtime serves, wherever it is placed (None: no file of the
+    gateway's, as with a remote V2 server). The admin API and the audit log name each loaded version by it, so
+    a placement that hosts a runtime elsewhere passes its info on whole."""
 
 
 @dataclass(frozen=True)

@@ -75,8 +75,6 @@ class OnnxRuntime(ModelRuntime):
         self._session = session
         self._executor = executor
         self._run_options = import_onnxruntime().RunOptions
-        self.sha256 = sha256
-        """SHA-256 (hex) of the bytes the session was loaded from."""
         inputs = tuple(TensorSpec(i.name, DataType.from_onnx(i.type), _dims(i.shape)) for i in session.get_inputs())
         outputs = tuple(TensorSpec(o.name, DataType.from_onnx(o.type), _dims(o.shape)) for o in session.get_outputs())
         self._signature = ModelSignature(inputs, outputs)
@@ -86,6 +84,7 @@ class OnnxRuntime(ModelRuntime):
             execution_provider=provider,
             parameters={"execution_provider": provider, "artifact": path.name, "sha256": sha256},
             device=device_of(provider, session.get_provider_options()),
+            sha256=sha256 or None,
         )
 
     @classmethod

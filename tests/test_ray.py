@@ -8,6 +8,7 @@ a CPU so that they all fit on the 2-core box.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
@@ -80,7 +81,7 @@ class RayGateway:
         return self.log.read_text(errors="replace")
 
 
-def _session_pids(sid: int) -> list[int]:
+def session_pids(sid: int) -> list[int]:
     """Processes still in the driver's session (the driver, Ray's processes, the replicas)."""
     out = subprocess.run(["ps", "-eo", "pid=,sid=,stat="], capture_output=True, text=True).stdout
     return [int(p) for p, s, stat in (line.split() for line in out.splitlines()) if int(s) == sid and "Z" not in stat]
@@ -128,7 +129,7 @@ def ray_gateway(ray_repo: Path, pg_schema_url: str, tmp_path_factory: pytest.Tem
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             raise
-        wait_until(lambda: not _session_pids(proc.pid), timeout=30, what="every Ray process to exit")
+        wait_until(lambda: not session_pids(proc.pid), timeout=30, what="every Ray process to exit")
         assert code == 0, gw.logs()[-3000:]
 
 
@@ -338,7 +339,7 @@ def test_a_version_scales_out_under_load_and_back_in(ray_gateway: RayGateway, cl
 
 
 def test_unloading_a_version_removes_its_deployment_and_loading_it_deploys_it_again(
-    ray_gateway: RayGateway, cluster: Any
+    ray_gateway: RayGateway, cluster: Any, ray_repo: Path
 ) -> None:
     gw = ray_gateway
     app = "sluice-version.lookup.3"
@@ -352,6 +353,12 @@ def test_unloading_a_version_removes_its_deployment_and_loading_it_deploys_it_ag
     loaded = gw.admin.post("/admin/models/lookup/versions/3/load")
     assert loaded.status_code == 200 and loaded.json()["state"] == "READY", loaded.text
     assert str(cluster.status().applications[app].status).endswith("RUNNING")
+    # Both audit events name the file by its digest, as in embedded mode (they had none under Ray).
+    digest = hashlib.sha256((ray_repo / "lookup" / "3" / "model.onnx").read_bytes()).hexdigest()
+    assert loaded.json()["sha256"] == digest
+    events = gw.admin.get("/admin/audit", params={"model": "lookup", "limit": 200}).json()["events"]
+    changes = {e["action"]: e["after"] for e in events if e["action"] in ("version.unload", "version.load")}
+    assert {a: after["sha256"] for a, after in changes.items()} == {"version.unload": digest, "version.load": digest}
     # Both ingress replicas follow: every request pinned to it is answered, whichever replica takes it.
     wait_until(
         lambda: all(
@@ -390,10 +397,10 @@ def test_deployments_that_cannot_fit_a_local_ray_are_refused_at_start_naming_wha
     try:
         out, _ = proc.communicate(timeout=120)
     except subprocess.TimeoutExpired:
-        for pid in _session_pids(proc.pid):  # the driver and the Ray it started, in their process groups
+        for pid in session_pids(proc.pid):  # the driver and the Ray it started, in their process groups
             os.kill(pid, signal.SIGKILL)
         raise AssertionError("the driver did not refuse deployments that cannot fit: it is waiting for them") from None
     text = " ".join(out.decode(errors="replace").split())
     assert proc.returncode == 2, text[-3000:]
     assert "ask for 3.25 CPUs at start (big/1 2 x 1.5, ingress 1 x 0.25) and the Ray cluster has 2" in text, text
-    wait_until(lambda: not _session_pids(proc.pid), timeout=30, what="every Ray process to exit")
+    wait_until(lambda: not session_pids(proc.pid), timeout=30, what="every Ray process to exit")

@@ -8,9 +8,6 @@ the application needs nothing but the model repository, the ports and the Postgr
 
 from __future__ import annotations
 
-import tempfile
-import uuid
-from pathlib import Path
 from typing import Any
 
 from ray import serve
@@ -18,13 +15,13 @@ from ray import serve
 from gateway.observability.metrics import MULTIPROCESS_ENV
 from gateway.ray.driver import check_settings
 from gateway.ray.ingress import IngressServer
+from gateway.ray.metrics_dir import new_metrics_dir
 from gateway.settings import GatewaySettings
 
 
-def ingress_application(settings: GatewaySettings, *, replicas: int, cpus: float) -> Any:
-    """The bound ingress application. Its replicas on one node share the ports, and a metrics directory made for
-    this application (so one scrape shows them all, and nothing of an earlier run)."""
-    metrics_dir = str(Path(tempfile.gettempdir()) / f"sluice-metrics-{uuid.uuid4().hex[:12]}")
+def ingress_application(settings: GatewaySettings, *, replicas: int, cpus: float, metrics_dir: str) -> Any:
+    """The bound ingress application. Its replicas on one node share the ports, and `metrics_dir`, made for this
+    run (`gateway.ray.metrics_dir`: one scrape shows them all, and nothing of an earlier run)."""
     deployment = serve.deployment(
         name="ingress",
         num_replicas=replicas,
@@ -41,4 +38,6 @@ def build(args: dict[str, Any]) -> Any:
     over the SLUICE_* environment; refuses what Ray mode cannot run (SQLite, port 0)."""
     settings = GatewaySettings(**args)
     check_settings(settings)
-    return ingress_application(settings, replicas=settings.ray_ingress_replicas, cpus=settings.ray_ingress_cpus)
+    return ingress_application(
+        settings, replicas=settings.ray_ingress_replicas, cpus=settings.ray_ingress_cpus, metrics_dir=new_metrics_dir()
+    )

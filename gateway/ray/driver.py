@@ -1,9 +1,10 @@
 """`sluice serve --ray`: start (or join) Ray, deploy the gateway on Ray Serve, and remove it on SIGTERM.
 
 1. Refuse SQLite: every replica, on every node, shares the state, so it is PostgreSQL (SLUICE_DATABASE_URL).
-2. Start a local Ray (`--ray-num-cpus`, no dashboard, a small object store, on the gateway's host address),
-   or join a running cluster with `--ray-address`; Serve's own HTTP proxy stays off (clients reach the
-   ingress replicas' own servers).
+2. Start a local Ray of this process's own (`--ray-num-cpus`, no dashboard, a small object store, on the
+   gateway's host address), even where a `ray start` runs on the machine, or join a running cluster with
+   `--ray-address` (which refuses the options that size a local Ray); Serve's own HTTP proxy stays off (clients
+   reach the ingress replicas' own servers).
 3. Bring the schema up to date; refuse (a local Ray) or warn (a joined cluster) when the deployments' CPUs and
    GPUs at start exceed the cluster's (`capacity`: Serve would wait for ever); deploy each model version the
    repository selects (and that was not unloaded) as its own Serve application, with replicas, autoscaling,
@@ -11,14 +12,16 @@
 4. Deploy the ingress application: `--ray-ingress-replicas` gateway replicas on the given ports.
 5. Wait for SIGTERM or SIGINT. (The leader deploys a version loaded through the admin API before it records
    it as loaded, and removes the application of a version unloaded: `gateway.ray.ingress`.)
-6. On the signal: remove the ingress (its replicas drain, flush their logs and give the lease up), then the
-   versions; stop Serve and, if this process started Ray, Ray itself: nothing is left running.
+6. On the signal: remove the ingress (its replicas drain, flush their logs and give the lease up) and its
+   metrics directory, then the versions; stop Serve and, if this process started Ray, Ray itself: nothing is
+   left running, nor a metrics directory.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -46,6 +49,20 @@ def check_settings(settings: GatewaySettings) -> str:
     if settings.http_port == 0 or settings.grpc_port == 0:
         raise RayModeError("Ray mode needs fixed ports (every ingress replica binds the same ones): not 0")
     local_model_repo(settings)
+    if settings.ray_address is not None:
+        refused = [
+            name
+            for name, given in (
+                ("--ray-num-cpus (SLUICE_RAY_NUM_CPUS)", settings.ray_num_cpus is not None),
+                ("SLUICE_RAY_OBJECT_STORE_MB", "ray_object_store_mb" in settings.model_fields_set),
+            )
+            if given
+        ]
+        if refused:
+            raise RayModeError(
+                f"--ray-address joins a running cluster ({settings.ray_address}), which refuses the options that size "
+                f"a new Ray: drop {' and '.join(refused)} (or drop --ray-address to start a Ray of this process's own)"
+            )
     return url
 
 
@@ -73,6 +90,7 @@ def run_ray(
 
     from gateway.ray.app import ingress_application
     from gateway.ray.capacity import shortfall, starting_demand
+    from gateway.ray.metrics_dir import new_metrics_dir, remove_metrics_dir
     from gateway.ray.naming import INGRESS_APP, VERSION_APP_PREFIX, version_app
     from gateway.ray.runtime import deploy_version, version_application
     from gateway.serving.repository import scan_repository
@@ -86,7 +104,12 @@ def run_ray(
 
     started_ray = address is None
     if started_ray:
+        # A Ray of this process's own, always: with no address, ray.init() would join the cluster a `ray start`
+        # recorded on this machine (or RAY_ADDRESS names), which refuses the options below, and which SIGTERM
+        # must not stop. "local" starts one whatever is recorded; RAY_ADDRESS goes, so nothing it starts joins.
+        os.environ.pop("RAY_ADDRESS", None)
         ray.init(
+            address="local",
             num_cpus=num_cpus,
             include_dashboard=False,
             object_store_memory=object_store_mb * 1024 * 1024,
@@ -95,11 +118,15 @@ def run_ray(
             log_to_driver=False,
         )
     else:
-        ray.init(address=address, namespace="sluice", log_to_driver=False)
+        try:
+            ray.init(address=address, namespace="sluice", log_to_driver=False)
+        except (ValueError, ConnectionError) as exc:  # a malformed address, or nothing answering there
+            raise RayModeError(f"cannot join the Ray cluster at --ray-address {address}: {exc}") from None
     # After ray.init: Ray's own failure handler would take SIGTERM and end the process with nothing cleaned up.
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     store = Store(url)
     serve_started = False
+    metrics_dir = new_metrics_dir()
     try:
         store.upgrade()
         unloaded = {(r["model"], r["version"]) for r in store.versions() if r["desired"] == "unloaded"}
@@ -120,7 +147,7 @@ def run_ray(
         applications = [(s, v, version_application(local_model_repo(settings), s, v)) for s, v in wanted]
         with ThreadPoolExecutor(4) as pool:  # each waits for its application to run
             list(pool.map(lambda sva: deploy_version(local_model_repo(settings), *sva), applications))
-        ingress = ingress_application(settings, replicas=ingress_replicas, cpus=ingress_cpus)
+        ingress = ingress_application(settings, replicas=ingress_replicas, cpus=ingress_cpus, metrics_dir=metrics_dir)
         serve.run(ingress, name=INGRESS_APP, route_prefix=None)
         cluster = ray.get_runtime_context().gcs_address
         log.info("serving on Ray", extra={"ray_address": cluster, "ingress_replicas": ingress_replicas})
@@ -131,6 +158,7 @@ def run_ray(
             time.sleep(0.5)
         log.info("stopping: removing the ingress (its replicas drain), then the versions")
         serve.delete(INGRESS_APP)
+        remove_metrics_dir(metrics_dir, every_node=not started_ray)
         if not started_ray:  # a cluster of someone else's: remove only what this run deployed
             versions = [app for app in serve.status().applications if app.startswith(VERSION_APP_PREFIX)]
             for app in versions:
@@ -144,5 +172,7 @@ def run_ray(
         if started_ray and serve_started:
             serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()
+        if started_ray:  # every replica has stopped, however the run ended
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +42,7 @@ class RayVersionRuntime(ModelRuntime):
         self.app = app
         self._handle = handle
         self._signature = signature
-        self._info = RuntimeInfo(
-            info.platform, info.execution_provider, {**info.parameters, "placement": f"ray:{app}"}, info.device
-        )
+        self._info = replace(info, parameters={**info.parameters, "placement": f"ray:{app}"})  # the digest too
         self._timeout_s = timeout_s
         self.retried = 0
         """Batches sent a second time after their replica was lost."""

@@ -169,7 +169,7 @@ class ModelRegistry:
             log.error("model %s version %s failed to load: %s", served.model, served.version, exc)
             return
         served.runtime = runtime
-        served.sha256 = getattr(runtime, "sha256", None) or None
+        served.sha256 = runtime.info.sha256
         limit_ms = source.config.watchdog.call_timeout_ms
         if limit_ms is not None:
             served.watchdog = self._watchdog(served, runtime, limit_ms / 1000.0)
