@@ -38,6 +38,8 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from gateway.observability.metrics import MULTIPROCESS_ENV, SUPERVISOR_ENV
+from gateway.serving.device_hosts import DeviceHosts, plan
+from gateway.serving.placement import HOSTS_ENV
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,8 @@ class Supervisor:
     _slots: list[_Slot] = field(default_factory=list)
     _reserved: list[socket.socket] = field(default_factory=list)
     _stopping: bool = False
+    devices: DeviceHosts | None = None
+    """The device placement's runtime processes, started before the workers (`gateway.serving.device_hosts`)."""
 
     def run(self) -> int:
         """Serve until SIGTERM or SIGINT; the exit status (0 after a clean drain)."""
@@ -97,7 +101,12 @@ class Supervisor:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hangup)
         announced = False
+        self.devices = DeviceHosts(
+            plan(settings.model_repo, self.workers), self.workers, settings.log_level, settings.log_format
+        )
+        os.environ[HOSTS_ENV] = self.devices.hosts.to_env()  # the workers reach the runtime processes there
         try:
+            self.devices.start()
             for slot in self._slots:
                 self._start(slot, settings, ready)
             while not self._stopping:
@@ -106,6 +115,8 @@ class Supervisor:
                     slot.was_ready = slot.was_ready or bool(ready[slot.index])
                     if not self._stopping:
                         self._tend(slot, settings, ready, metrics_dir)
+                if not self._stopping:
+                    self.devices.tend()
                 if not announced and all(ready) and self.on_ready is not None:
                     announced = True
                     self.on_ready(settings)
@@ -115,6 +126,7 @@ class Supervisor:
                 signal.signal(sig, handler)
             for sock in self._reserved:
                 sock.close()
+            os.environ.pop(HOSTS_ENV, None)
             if owns_metrics_dir:
                 os.environ.pop(MULTIPROCESS_ENV, None)
                 shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -165,6 +177,8 @@ class Supervisor:
 
     def _wait(self, timeout: float) -> None:
         sentinels = [s.process.sentinel for s in self._slots if s.process is not None and s.process.is_alive()]
+        if self.devices is not None:
+            sentinels += self.devices.sentinels()
         if sentinels:
             multiprocessing.connection.wait(sentinels, timeout)
         else:
@@ -217,6 +231,8 @@ class Supervisor:
                 process.kill()
                 process.join(5)
             _mark_dead(process.pid, metrics_dir)
+        if self.devices is not None:
+            self.devices.stop()  # after the workers: their last batches ran there
         failed = [p.exitcode for p in live if p.exitcode not in (0, -signal.SIGTERM)]
         return 0 if not failed else 1
 
