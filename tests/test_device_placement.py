@@ -155,9 +155,21 @@ def device_pid(url: str, model: str = "mlp") -> int:
     return int(doc["parameters"]["device_pid"])
 
 
-def ready(gw: GatewayProcess, model: str = "mlp") -> bool:
-    urls = worker_urls(gw).values()
-    return all(httpx.get(f"{u}/v2/models/{model}/ready", timeout=5).status_code == 200 for u in urls)
+def ready(gw: GatewayProcess, model: str = "mlp", version: str | None = None) -> bool:
+    """Whether every worker (each through its private listener) has the model, or that version, ready."""
+    path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/ready"
+    return all(httpx.get(f"{u}{path}", timeout=5).status_code == 200 for u in worker_urls(gw).values())
+
+
+def console_status(gw: GatewayProcess, model: str) -> str:
+    """The console's versions panel of a model, after logging in with the admin token as a browser would."""
+    with httpx.Client(base_url=gw.http_url, timeout=30) as http:
+        http.get("/console/login")
+        nonce = http.cookies["sluice_console_login"]
+        http.post("/console/login", data={"nonce": nonce, "token": gw.admin_token})
+        panel = http.get(f"/console/models/{model}/panels/status", headers={"HX-Request": "true"})
+        assert panel.status_code == 200, panel.text
+        return panel.text
 
 
 @dataclass
@@ -230,6 +242,7 @@ def test_one_runtime_process_holds_the_model_and_merges_both_workers_batches(gat
     assert view["versions"][0]["placement"] == "device" and view["versions"][0]["device_pid"] == host
     plain = httpx.get(f"{gw.http_url}/admin/models/mlpw", headers=gw.admin_headers, timeout=10).json()
     assert plain["versions"][0]["placement"] == "worker" and plain["versions"][0]["device_pid"] is None
+    assert f"device cpu (runtime process {host})" in console_status(gw, "mlp")
 
     # Bit for bit the worker placement's answers: alone (a 64-row request too) and under load.
     expected = expected_answers(gw)
@@ -302,6 +315,8 @@ def test_a_version_loaded_and_one_unloaded_under_load_fail_no_request(gateway: G
         wait_until(lambda: load.count() >= 200, timeout=60, what="load before the switch")
         r = admin.post("/admin/models/mlp/versions/2/load")
         assert r.status_code == 200, r.text
+        # The other worker loads it when it follows the change: route to it once every worker has it.
+        wait_until(lambda: ready(gw, "mlp", "2"), timeout=60, what="version 2 ready on every worker")
         assert admin.put("/admin/models/mlp/traffic", json={"stable": "2"}).status_code == 200
         wait_until(lambda: all_serve(gw, "2"), timeout=30, what="every worker routing to version 2")
         assert admin.post("/admin/models/mlp/versions/1/unload").status_code == 200

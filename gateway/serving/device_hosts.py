@@ -11,6 +11,7 @@ and load their versions again); its metrics' live gauges and its shared memory s
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import logging
 import multiprocessing
 import os
@@ -45,13 +46,22 @@ def plan(model_repo: Path, workers: int) -> list[str]:
         return []
     if not wants_device(runtimes):
         return []
+    return devices_needed(runtimes, workers, _available_providers())
+
+
+def _available_providers() -> list[str]:
+    """ONNX Runtime's execution providers here; without onnxruntime-gpu installed, the CPU's alone, known without
+    importing ONNX Runtime into the supervisor (which runs no model)."""
+    try:
+        importlib.metadata.distribution("onnxruntime-gpu")
+    except importlib.metadata.PackageNotFoundError:
+        return ["CPUExecutionProvider"]
     from runtimes.onnx import import_onnxruntime
 
     try:
-        available = import_onnxruntime().get_available_providers()
-    except Exception:  # ONNX Runtime missing: nothing loads anyway, and the workers say so
-        return []
-    return devices_needed(runtimes, workers, available)
+        return list(import_onnxruntime().get_available_providers())
+    except Exception:  # ONNX Runtime broken: nothing loads anyway, and the workers say so
+        return ["CPUExecutionProvider"]
 
 
 @dataclass
