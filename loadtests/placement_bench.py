@@ -252,8 +252,8 @@ def markdown(results: dict[str, Any], facts: dict[str, Any], command: str) -> st
         f"Machine: {facts.get('cpu_model', '?')}, {facts.get('nproc', '?')} CPUs, GPU {facts.get('gpu') or 'none'}; "
         f"commit {facts.get('git_commit', '?')}.",
         "",
-        "| model | conns | placement | req/s | rows/s | p50 ms | p99 ms | rows/call | RSS MiB | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | conns | placement | req/s | rows/s | p50 ms | p99 ms | rows/call | RSS MiB | hop µs | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for model, by_placement in results.items():
         connections = sorted({c for runs in by_placement.values() for c in runs})
@@ -262,7 +262,8 @@ def markdown(results: dict[str, Any], facts: dict[str, Any], command: str) -> st
                 m = by_placement.get(placement, {}).get(c)
                 if m is None:
                     continue
-                cells = [m["rps"], m["rows_per_s"], m["p50_ms"], m["p99_ms"], m["mean_batch"], m["rss_mib"]]
+                keys = ("rps", "rows_per_s", "p50_ms", "p99_ms", "mean_batch", "rss_mib", "hop_us")
+                cells = [m[k] for k in keys]
                 shown = " | ".join("–" if v is None else f"{v:,.1f}" for v in cells)
                 lines.append(f"| {model} | {c} | {placement} | {shown} | {m['errors']:.0f} |")
     return "\n".join(lines) + "\n"
