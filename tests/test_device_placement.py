@@ -95,6 +95,28 @@ def test_bad_placement_settings_are_refused_naming_the_field(tmp_path: Path, yam
     assert names in str(caught.value) and str(path) in str(caught.value)
 
 
+def test_a_call_is_stuck_only_once_past_its_limit_and_the_terminate_grace() -> None:
+    from gateway.serving.device_host import STUCK_AFTER_GRACE_S, _StuckCalls
+    from runtimes.onnx import TERMINATE_GRACE_S
+
+    release = threading.Event()
+    calls = _StuckCalls(limit_s=1.0)
+    try:
+        started = time.monotonic()
+        future = calls.submit(release.wait)
+        wait_until(lambda: calls.stuck(started + 3600), timeout=10, what="the call to start")
+        assert not calls.stuck(started + 1.0 + TERMINATE_GRACE_S + STUCK_AFTER_GRACE_S - 0.5)
+        release.set()
+        future.result(10)
+        assert not calls.stuck(started + 3600), "a call that came back is not stuck"
+        unwatched = _StuckCalls(limit_s=None)  # no watchdog: a long call is the model's business
+        assert not unwatched.stuck(started + 3600)
+        unwatched.shutdown()
+    finally:
+        release.set()
+        calls.shutdown()
+
+
 # -- a real gateway with two workers -----------------------------------------------------------
 
 DEVICE_CONFIG = """\
@@ -363,3 +385,22 @@ def test_a_killed_runtime_process_fails_only_the_batches_in_flight_and_comes_bac
     assert set(worker_urls(gw)) == workers
     text = gw.metrics()
     assert metric_value(text, "sluice_device_host_restarts", device="cpu") >= 1
+
+
+@pytest.mark.slow
+def test_one_process_starts_its_own_runtime_process_which_ignores_sigint(tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    build_reference_mlp(repo / "mlp" / "1" / "model.onnx")
+    (repo / "mlp" / "config.yaml").write_text(DEVICE_CONFIG)
+    with gateway_process(repo, tmp=tmp_path) as gw:
+        host = device_pid(gw.http_url)
+        assert host in children(gw.proc.pid)
+        first = httpx.post(f"{gw.http_url}/v2/models/mlp/infer", json=body(0, 3), timeout=30)
+        assert first.status_code == 200
+        # Ctrl-C reaches every process of the terminal's group: the parent drains first, the child stays.
+        os.kill(host, signal.SIGINT)
+        again = httpx.post(f"{gw.http_url}/v2/models/mlp/infer", json=body(0, 3), timeout=30)
+        assert again.status_code == 200 and again.json()["outputs"] == first.json()["outputs"]
+        assert device_pid(gw.http_url) == host
+        assert gw.terminate() == 0
+    wait_until(lambda: not Path(f"/proc/{host}").exists(), timeout=30, what="the runtime process to stop with it")
