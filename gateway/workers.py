@@ -40,6 +40,7 @@ from typing import Any
 from gateway.observability.metrics import MULTIPROCESS_ENV, SUPERVISOR_ENV
 from gateway.serving.device_hosts import DeviceHosts, plan
 from gateway.serving.placement import HOSTS_ENV
+from gateway.serving.shm_transport import unlink_segments_of
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -238,9 +239,11 @@ class Supervisor:
 
 
 def _mark_dead(pid: int | None, metrics_dir: str) -> None:
-    """Drop a dead worker's live gauges (its counters stay: totals never go back)."""
+    """Drop a dead worker's live gauges (its counters stay: totals never go back), and the shared memory it
+    wrote batches into for a runtime process (a worker killed could not remove it)."""
     if pid is None:
         return
+    unlink_segments_of(pid)
     from prometheus_client import multiprocess
 
     with contextlib.suppress(OSError):
