@@ -17,6 +17,7 @@ first, then stops it with SIGTERM).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -120,7 +121,8 @@ class _Client:
     inputs: dict[int, Segment] = field(default_factory=dict)
     outputs: dict[int, Segment] = field(default_factory=dict)
     calls: dict[int, asyncio.Task[None]] = field(default_factory=dict)
-    keys: set[str] = field(default_factory=set)
+    keys: collections.Counter[str] = field(default_factory=collections.Counter)
+    """The versions this worker holds, each with how many of its runtimes hold it (a reload overlaps)."""
 
     def send(self, message: tuple[Any, ...]) -> None:
         if not self.writer.is_closing():
@@ -208,6 +210,7 @@ class DeviceHost:
             for task in list(client.calls.values()):
                 task.cancel()
             for key in list(client.keys):
+                client.keys[key] = 1
                 await self._release(client, key)
             client.close()
             writer.close()
@@ -246,7 +249,7 @@ class DeviceHost:
             client.send(("error", call, "load", str(exc)))
             return
         hosted.holders.add(client.id)
-        client.keys.add(key)
+        client.keys[key] += 1
         runtime = hosted.runtime
         client.send(("loaded", call, runtime.signature, runtime.info, os.getpid()))
 
@@ -270,7 +273,12 @@ class DeviceHost:
         return hosted
 
     async def _release(self, client: _Client, key: str, call: int | None = None) -> None:
-        client.keys.discard(key)
+        client.keys[key] -= 1
+        if client.keys[key] > 0:
+            if call is not None:
+                client.send(("released", call))
+            return
+        del client.keys[key]
         hosted = self._versions.get(key)
         if hosted is not None:
             hosted.holders.discard(client.id)
