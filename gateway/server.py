@@ -47,11 +47,14 @@ from gateway.observability.gpu import register_gpu_collector
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.tracing import RequestSpans, get_tracer, make_tracer_provider
 from gateway.serving.dataplane import DataPlane
+from gateway.serving.device_hosts import DeviceHosts, plan
+from gateway.serving.device_runtime import DevicePlacement
 from gateway.serving.follower import PolicyFollower
 from gateway.serving.grpc_app import GrpcLimits, build_grpc_server
 from gateway.serving.http_app import HttpAdapter, build_api, inference_key_dependency
 from gateway.serving.http_guard import ConnectionGuard, ConnectionLimits
 from gateway.serving.model_supply import ModelSupply
+from gateway.serving.placement import Hosts
 from gateway.serving.policy_view import PolicyView
 from gateway.serving.registry import ModelRegistry, RuntimeFactory
 from gateway.serving.repository import ModelSource, VersionSource
@@ -109,6 +112,11 @@ class Gateway:
             settings.service_name, sample_ratio=settings.trace_sample_ratio
         )
         self._executor = ThreadPoolExecutor(max_workers=settings.runtime_threads, thread_name_prefix="runtime")
+        self._own_factory = runtime_factory is None
+        self._placement: DevicePlacement | None = None
+        """Set at start when runtime processes run (`runtime.placement: device`): the versions placed there."""
+        self.device_hosts: DeviceHosts | None = None
+        """The runtime processes this gateway started itself (one process; with workers the supervisor does)."""
         tracer = get_tracer(self.tracer_provider)
         self.windows = WindowRecorder()
         self.supply = ModelSupply(
@@ -234,7 +242,33 @@ class Gateway:
         """The signal that stopped this gateway (SIGINT: a Ctrl-C, which the command line answers with 130)."""
 
     async def _make_runtime(self, source: ModelSource, version: VersionSource) -> ModelRuntime:
+        if self._placement is not None:
+            return await self._placement(source, version)
+        return await self._load_here(source, version)
+
+    async def _load_here(self, source: ModelSource, version: VersionSource) -> ModelRuntime:
         return await load_runtime(source, version, self._executor)
+
+    async def _start_placement(self) -> None:
+        """Reach the runtime processes of the device placement: the supervisor's (`--workers`), or with one
+        process those this gateway starts itself when a model asks for them."""
+        if not self._own_factory:
+            return
+        hosts = Hosts.from_env()
+        if hosts is None:
+            s = self.settings
+            devices = await asyncio.to_thread(plan, self.supply.listing, 1)
+            if not devices:
+                return
+            self.device_hosts = DeviceHosts(devices, 1, s.log_level, s.log_format)
+            self.device_hosts.start()
+            hosts = self.device_hosts.hosts
+        if hosts.sockets:
+            self._placement = DevicePlacement(hosts, self._load_here)
+
+    async def _tend_device_hosts(self) -> None:
+        if self.device_hosts is not None:
+            self.device_hosts.tend()
 
     def _http_app(self, admin_auth: AdminAuth, inference_auth: InferenceAuth) -> HttpAdapter:
         """The HTTP application: V2, /metrics, the admin, monitor and feedback APIs and the web console (the
@@ -288,6 +322,7 @@ class Gateway:
                 "'sluicegate[cpu]' (onnxruntime) or 'sluicegate[gpu]' (onnxruntime-gpu)"
             )
         await asyncio.to_thread(self.store.upgrade)  # every replica may race here: migrations serialise
+        await self._start_placement()
         await self.registry.load_all()
         await self.follower.sync()  # the policies in force and the versions' desired states
         await self.election.step()  # lead at once when nobody else does
@@ -308,6 +343,8 @@ class Gateway:
         if s.repository_poll_s is not None:
             self._loops.append(_loop(self.repository_sync.poll, s.repository_poll_s, "repository sync"))
         self.supply.cache_changed()
+        if self.device_hosts is not None:
+            self._loops.append(_loop(self._tend_device_hosts, 0.5, "runtime processes"))
         if self._reuse_port:
             await self._serve_public(app, inference_auth)
         self.dataplane.started = True
@@ -465,6 +502,10 @@ class Gateway:
         if self._forwarder is not None:
             await self._forwarder.aclose()
         await self.registry.close()
+        if self._placement is not None:
+            await self._placement.close()
+        if self.device_hosts is not None:
+            await asyncio.to_thread(self.device_hosts.stop)
         await self.connections.stop()
         if self.keys is not None:
             await self.keys.stop()

@@ -43,6 +43,10 @@ from gateway.admin.quota_table import create_table, remove_table
 from gateway.admin.quotas import SHARED_ENV
 from gateway.cpus import usable_cpus
 from gateway.observability.metrics import MULTIPROCESS_ENV, SUPERVISOR_ENV
+from gateway.serving.device_hosts import DeviceHosts, plan
+from gateway.serving.placement import HOSTS_ENV
+from gateway.serving.repository_remote import open_repository
+from gateway.serving.shm_transport import unlink_segments_of
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -95,6 +99,8 @@ class Supervisor:
     _reserved: list[socket.socket] = field(default_factory=list)
     _stopping: bool = False
     _interrupted: bool = False
+    devices: DeviceHosts | None = None
+    """The device placement's runtime processes, started before the workers (`gateway.serving.device_hosts`)."""
 
     def run(self) -> int:
         """Serve until SIGTERM or SIGINT; the exit status (0 after a clean drain, 130 after a Ctrl-C's)."""
@@ -111,7 +117,13 @@ class Supervisor:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hangup)
         announced = False
+        repository = open_repository(settings.model_repo, settings.cache_dir, max_bytes=settings.model_cache_max_bytes)
+        self.devices = DeviceHosts(
+            plan(repository, self.workers), self.workers, settings.log_level, settings.log_format
+        )
+        os.environ[HOSTS_ENV] = self.devices.hosts.to_env()  # the workers reach the runtime processes there
         try:
+            self.devices.start()
             for slot in self._slots:
                 self._start(slot, settings, ready)
             while not self._stopping:
@@ -120,6 +132,8 @@ class Supervisor:
                     slot.was_ready = slot.was_ready or bool(ready[slot.index])
                     if not self._stopping:
                         self._tend(slot, settings, ready, metrics_dir)
+                if not self._stopping:
+                    self.devices.tend()
                 if not announced and all(ready) and self.on_ready is not None:
                     announced = True
                     self.on_ready(settings)
@@ -130,6 +144,7 @@ class Supervisor:
                 signal.signal(sig, handler)
             for sock in self._reserved:
                 sock.close()
+            os.environ.pop(HOSTS_ENV, None)
             if owns_metrics_dir:
                 os.environ.pop(MULTIPROCESS_ENV, None)
                 shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -184,6 +199,8 @@ class Supervisor:
 
     def _wait(self, timeout: float) -> None:
         sentinels = [s.process.sentinel for s in self._slots if s.process is not None and s.process.is_alive()]
+        if self.devices is not None:
+            sentinels += self.devices.sentinels()
         if sentinels:
             multiprocessing.connection.wait(sentinels, timeout)
         else:
@@ -236,14 +253,18 @@ class Supervisor:
                 process.kill()
                 process.join(KILL_WAIT_S)
             _mark_dead(process.pid, metrics_dir)
+        if self.devices is not None:
+            self.devices.stop()  # after the workers: their last batches ran there
         failed = [p.exitcode for p in live if p.exitcode not in (0, -signal.SIGTERM)]
         return 0 if not failed else 1
 
 
 def _mark_dead(pid: int | None, metrics_dir: str) -> None:
-    """Drop a dead worker's live gauges (its counters stay: totals never go back)."""
+    """Drop a dead worker's live gauges (its counters stay: totals never go back), and the shared memory it
+    wrote batches into for a runtime process (a worker killed could not remove it)."""
     if pid is None:
         return
+    unlink_segments_of(pid)
     from prometheus_client import multiprocess
 
     with contextlib.suppress(OSError):

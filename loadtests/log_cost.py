@@ -60,6 +60,9 @@ class NullSink:
     def write_prediction_rows(self, rows: Sequence[PredictionRow]) -> None:
         pass
 
+    def ping(self) -> None:
+        pass
+
     def prune_predictions(self, *, older_than: datetime | None, keep_rows: int | None) -> int:
         return 0
 

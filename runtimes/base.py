@@ -26,6 +26,10 @@ class RuntimeTimeout(RuntimeError_):
     """The runtime (a remote server) did not answer in time: not the fault of any one request."""
 
 
+class RuntimeUnavailable(RuntimeError_):
+    """The process that runs the runtime is gone (restarting): not the fault of any one request (503)."""
+
+
 class RuntimeLoadError(Exception):
     """An artifact could not be loaded; the message names the file."""
 
@@ -80,6 +84,10 @@ class ModelRuntime(abc.ABC):
         a remote server does not). The gateway then runs small batches on its own thread instead of
         handing them over; None: every batch goes through `infer`."""
         return None
+
+    def on_availability(self, lost: Callable[[str], None], back: Callable[[], None]) -> None:  # noqa: B027
+        """A runtime whose process can go away and come back (the device placement) calls `lost(reason)` and
+        then `back()`; the registry makes the version not ready in between. The default never calls them."""
 
     async def warmup(self) -> None:  # noqa: B027 - optional hook
         """Run once before the version is marked ready; the default does nothing."""

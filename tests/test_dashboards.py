@@ -13,7 +13,12 @@ import pytest
 import yaml
 
 from dashboards import build
-from gateway.observability.metrics import GPU_METRIC_NAMES, METRIC_NAMES, STANDARD_METRIC_NAMES
+from gateway.observability.metrics import (
+    DEVICE_METRIC_NAMES,
+    GPU_METRIC_NAMES,
+    METRIC_NAMES,
+    STANDARD_METRIC_NAMES,
+)
 from tests.prometheus import require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,11 +47,12 @@ def metric_names(expr: str) -> set[str]:
 
 
 def _defined() -> set[str]:
-    histograms = {n for n in METRIC_NAMES if not n.endswith("_total")}
+    histograms = {n for n in (*METRIC_NAMES, *DEVICE_METRIC_NAMES) if not n.endswith("_total")}
     suffixed = {f"{n}{s}" for n in histograms for s in ("_bucket", "_sum", "_count")}
     rules = yaml.safe_load(ALERTS.read_text())
     recorded = {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
-    return {*METRIC_NAMES, *suffixed, *GPU_METRIC_NAMES, *STANDARD_METRIC_NAMES, "up", *recorded}
+    exported = (*METRIC_NAMES, *DEVICE_METRIC_NAMES, *GPU_METRIC_NAMES, *STANDARD_METRIC_NAMES)
+    return {*exported, *suffixed, "up", *recorded}
 
 
 def _rule_exprs() -> list[tuple[str, str]]:

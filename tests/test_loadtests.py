@@ -163,3 +163,40 @@ def test_the_stage_budget_charges_a_sample_to_the_innermost_frame_a_rule_knows()
     assert unknown == {"main (somewhere/else.py)": 20}
     us = per_request_us(per_stage, cpu_s=1.15, requests=1000)  # 115 samples over 1.15 CPU-s: 10 ms a sample
     assert us == pytest.approx({"decode": 400.0, "run": 500.0, "other": 200.0, "write": 50.0})
+
+
+def test_placement_bench_reads_each_placements_calls_and_the_hop_from_metrics() -> None:
+    from loadtests.placement_bench import hop_us, markdown, mean_batch
+
+    labels = 'model="mlp",version="1"'
+    device = f'device="cpu",{labels}'
+    before = "\n".join(
+        [
+            f"sluice_batch_size_sum{{{labels}}} 10.0",
+            f"sluice_batch_size_count{{{labels}}} 10.0",
+            f"sluice_compute_duration_seconds_sum{{{labels}}} 0.0",
+            f"sluice_compute_duration_seconds_count{{{labels}}} 0.0",
+        ]
+    )
+    after = "\n".join(
+        [
+            f"sluice_batch_size_sum{{{labels}}} 110.0",
+            f"sluice_batch_size_count{{{labels}}} 60.0",
+            f"sluice_device_batch_size_sum{{{device}}} 100.0",
+            f"sluice_device_batch_size_count{{{device}}} 20.0",
+            f"sluice_compute_duration_seconds_sum{{{labels}}} 0.05",
+            f"sluice_compute_duration_seconds_count{{{labels}}} 50.0",
+            f"sluice_device_queue_wait_seconds_sum{{{device}}} 0.01",
+            f"sluice_device_queue_wait_seconds_count{{{device}}} 50.0",
+            f"sluice_device_compute_duration_seconds_sum{{{device}}} 0.008",
+            f"sluice_device_compute_duration_seconds_count{{{device}}} 20.0",
+        ]
+    )
+    assert mean_batch(before, after, "worker") == 2.0  # 100 rows in 50 worker calls
+    assert mean_batch(before, after, "device") == 5.0  # the same rows in 20 calls of the runtime process
+    hop = hop_us(before, after)
+    assert hop is not None and abs(hop - (1000 - 200 - 400)) < 1e-6  # 1 ms a call, less 0.2 queued, 0.4 run
+    run = {"rps": 10.0, "rows_per_s": 10.0, "p50_ms": 1.0, "p99_ms": 2.0, "errors": 0, "rss_mib": 1.0}
+    results = {"reference": {"worker": {16: {**run, "mean_batch": 2.0, "hop_us": None}}}}
+    table = markdown(results, {}, "python -m loadtests.placement_bench")
+    assert "| reference | 16 | worker | 10.0 | 10.0 | 1.0 | 2.0 | 2.0 | 1.0 | – | 0 |" in table

@@ -46,6 +46,7 @@ from gateway.serving.traffic import TrafficPolicy
 from gateway.storage.control_state import AuditEvent
 from gateway.storage.store import Store
 from gateway.tasks import cancel_and_wait, tick_forever
+from runtimes.base import RuntimeInfo
 
 log = logging.getLogger(__name__)
 
@@ -544,6 +545,7 @@ class ControlPlane:
             "roles": roles,
             "weight": policy_weights(self._model(model), self.policy(model)).get(version, 0.0),
             "execution_provider": served.runtime.info.execution_provider if served.runtime else None,
+            **_placement(served.runtime.info if served.runtime else None),
             "sha256": served.sha256,
             "max_batch_size": served.batching.max_batch_size,
         }
@@ -600,3 +602,15 @@ class ControlPlane:
 
 def _num(version: str) -> tuple[int, str]:
     return (int(version), "") if version.isdigit() else (1 << 62, version)
+
+
+def _placement(info: RuntimeInfo | None) -> dict[str, Any]:
+    """Where a version's runtime runs: its placement (worker, device, or a Ray application), device and process."""
+    if info is None:
+        return {"placement": None, "device": None, "device_pid": None}
+    pid = info.parameters.get("device_pid")
+    return {
+        "placement": info.parameters.get("placement", "worker"),
+        "device": info.device,
+        "device_pid": int(pid) if pid else None,
+    }

@@ -157,6 +157,23 @@ METRIC_NAMES = (
     f"{TRIGGER_FIRINGS}_total",
 )
 
+# The device placement's runtime processes (gateway/serving/device_host.py), per device and version.
+DEVICE_BATCH_SIZE = "sluice_device_batch_size"
+DEVICE_BATCH_WORKERS = "sluice_device_batch_workers"
+DEVICE_QUEUE_WAIT = "sluice_device_queue_wait_seconds"
+DEVICE_COMPUTE = "sluice_device_compute_duration_seconds"
+DEVICE_HOST_MEMORY = "sluice_device_host_resident_memory_bytes"
+DEVICE_HOST_RESTARTS = "sluice_device_host_restarts"
+DEVICE_METRIC_NAMES = (
+    DEVICE_BATCH_SIZE,
+    DEVICE_BATCH_WORKERS,
+    DEVICE_QUEUE_WAIT,
+    DEVICE_COMPUTE,
+    DEVICE_HOST_MEMORY,
+    DEVICE_HOST_RESTARTS,
+)
+"""Exported only while a runtime process runs (`runtime.placement: device` with `--workers`)."""
+
 GPU_METRIC_NAMES = (GPU_UTILIZATION, GPU_MEMORY_USED, GPU_MEMORY_TOTAL, GPU_PROCESS_MEMORY)
 """Exported only where NVML finds a GPU, so kept apart from METRIC_NAMES (which every gateway exports)."""
 
@@ -791,3 +808,48 @@ class _PredictionLogCollector(Collector):
             records.add_metric((outcome,), n)
         yield records
         yield GaugeMetricFamily(PREDICTION_LOG_QUEUE_DEPTH, _QUEUED_HELP, value=self._depth())
+
+
+class DeviceMetrics:
+    """A runtime process's figures (`gateway.serving.device_host`): written into the supervisor's multiprocess
+    directory like a worker's, so any worker's /metrics shows them beside the workers' own. Outside `--workers`
+    (one process, no such directory) they stay in a registry nobody scrapes."""
+
+    def __init__(self, device: str) -> None:
+        r = None if os.environ.get(MULTIPROCESS_ENV) else CollectorRegistry()
+        dmv = ("device", "model", "version")
+        self.device = device
+        self.batch_size = Histogram(
+            DEVICE_BATCH_SIZE, "Rows in one runtime call of a runtime process.", dmv, buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.batch_workers = Histogram(
+            DEVICE_BATCH_WORKERS,
+            "Workers whose batches were merged into one runtime call of a runtime process.",
+            dmv,
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64),
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            DEVICE_QUEUE_WAIT,
+            "Time a worker's batch waited in the runtime process's queue (batches from every worker).",
+            dmv,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.compute = Histogram(
+            DEVICE_COMPUTE, "Runtime time for one call of a runtime process.", dmv, buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.memory = Gauge(
+            DEVICE_HOST_MEMORY,
+            "Resident memory of the device's runtime process.",
+            ("device",),
+            registry=r,
+            multiprocess_mode="livesum",
+        ).labels(device)
+        self.restarts = Gauge(
+            DEVICE_HOST_RESTARTS,
+            "Times the device's runtime process was restarted after it died.",
+            ("device",),
+            registry=r,
+            multiprocess_mode="max",
+        ).labels(device)

@@ -24,10 +24,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from gateway.errors import DeadlineExceeded, InferenceFailed, Overloaded, ShuttingDown
+from gateway.errors import DeadlineExceeded, InferenceFailed, ModelNotReady, Overloaded, ShuttingDown
 from gateway.serving.batch_policy import BatchingConfig, InlineGate, decide, take_rows
 from gateway.tasks import cancel_and_wait
-from runtimes.base import RuntimeTimeout, SyncCall
+from runtimes.base import RuntimeTimeout, RuntimeUnavailable, SyncCall
 
 log = logging.getLogger(__name__)
 
@@ -338,6 +338,10 @@ class Batcher:
             return
         try:
             await self._run_once(items)
+        except RuntimeUnavailable as exc:
+            # The runtime's process is gone: no half would fare better.
+            for item in items:
+                _fail(item, ModelNotReady(f"{self._name}: {exc}"))
         except RuntimeTimeout as exc:
             # Slowness is not any one request's fault: retrying halves would only multiply the wait.
             for item in items:

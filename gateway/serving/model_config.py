@@ -20,6 +20,10 @@ runtime:
   protocol: grpc            # or http
   remote_model: name        # default: this model's name
   sha256: {1: 9f86d08...}   # expected digest of each version's file: a file that differs is refused
+  placement: auto           # worker: a session in every worker; device: one runtime process per device that
+                            # every worker sends its batches to; auto: device on a GPU with several workers
+  instances: 1              # sessions per device (placement device; only 1 for now)
+  devices: [0]              # CUDA ordinals for placement device, or all (only one device for now)
 watchdog:                   # a runtime call that never returns (gateway/serving/watchdog.py)
   call_timeout_ms: 60000    # a call running longer is cancelled (ONNX Runtime's terminate flag) and counted;
                             # default null: none (a watched version never runs inline on the event loop)
@@ -131,6 +135,13 @@ class RuntimeSection(_Strict):
     """remote only: versions to serve when there are no version folders."""
     sha256: dict[int, str] = Field(default_factory=dict)
     """Expected SHA-256 (hex) of each version's file: a file that differs is refused at load."""
+    placement: Literal["worker", "device", "auto"] = "auto"
+    """Where the session runs with `--workers` (`gateway.serving.placement`): in every worker, or in one runtime
+    process per device fed by every worker over shared memory; auto picks device on a GPU with several workers."""
+    instances: int = Field(1, ge=1, le=64)
+    """Sessions per device in the device placement (Triton's instance count). Only 1 is served for now."""
+    devices: list[int] | Literal["all"] = Field(default_factory=lambda: [0])
+    """CUDA ordinals the device placement spreads a version over, or all. Only one device is served for now."""
 
     @field_validator("sha256")
     @classmethod
@@ -140,10 +151,28 @@ class RuntimeSection(_Strict):
                 raise ValueError(f"version {version}: expected 64 hexadecimal digits, got {digest!r}")
         return {v: d.lower() for v, d in digests.items()}
 
+    @field_validator("devices")
+    @classmethod
+    def _ordinals(cls, devices: list[int] | str) -> list[int] | str:
+        if isinstance(devices, list):
+            if not devices:
+                raise ValueError("runtime.devices needs at least one CUDA ordinal (or all)")
+            if any(d < 0 for d in devices) or len(set(devices)) != len(devices):
+                raise ValueError(f"runtime.devices must be distinct CUDA ordinals >= 0, got {devices}")
+        return devices
+
     @model_validator(mode="after")
     def _remote_needs_url(self) -> RuntimeSection:
         if self.kind == "remote" and not self.url:
             raise ValueError("runtime.kind 'remote' needs runtime.url")
+        if self.kind == "remote" and self.placement == "device":
+            raise ValueError("runtime.placement 'device' hosts ONNX sessions: runtime.kind 'remote' takes worker")
+        if self.instances != 1:
+            raise ValueError(f"runtime.instances {self.instances}: not yet; one session per device is served for now")
+        if self.devices == "all" or len(self.devices) > 1:
+            raise ValueError(
+                f"runtime.devices {self.devices}: not yet; one device per version is served for now (e.g. [1])"
+            )
         if "/" in self.filename or self.filename.startswith(".") or not self.filename.endswith(".onnx"):
             raise ValueError("runtime.filename must be a plain *.onnx file name")
         return self

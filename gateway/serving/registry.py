@@ -181,6 +181,7 @@ class ModelRegistry:
             served.watchdog,
         )
         served.batching = batching = served.batcher.config
+        runtime.on_availability(lambda reason: self._unresponsive(served, reason), lambda: self._recovered(served))
         served.metrics.set_provider(runtime.info.execution_provider)
         served.metrics.set_placement(runtime.info.device, batching.queue_capacity)
         served.metrics.set_ready(True)
@@ -196,23 +197,6 @@ class ModelRegistry:
     def _watchdog(self, served: ServedVersion, runtime: ModelRuntime, limit_s: float) -> RuntimeWatchdog:
         options = served.config.watchdog
         hangs = self._metrics.runtime_hangs.labels(served.model, served.version)
-
-        def unresponsive(reason: str) -> None:
-            if served.state is not VersionState.READY:
-                return
-            served.state, served.error = VersionState.UNRESPONSIVE, reason
-            served.metrics.set_ready(False)
-            if served.batcher is not None:
-                served.batcher.fail_queued(ModelNotReady(served.not_ready_reason()))
-            self._state_changed(served.model)
-
-        def recovered() -> None:
-            if served.state is not VersionState.UNRESPONSIVE:
-                return
-            served.state, served.error = VersionState.READY, None
-            served.metrics.set_ready(True)
-            self._state_changed(served.model)
-
         return RuntimeWatchdog(
             runtime,
             limit_s,
@@ -220,9 +204,26 @@ class ModelRegistry:
             probe_interval_s=options.probe_interval_s,
             name=f"{served.model}/{served.version}",
             on_hang=hangs.inc,
-            on_unresponsive=unresponsive,
-            on_recovered=recovered,
+            on_unresponsive=lambda reason: self._unresponsive(served, reason),
+            on_recovered=lambda: self._recovered(served),
         )
+
+    def _unresponsive(self, served: ServedVersion, reason: str) -> None:
+        """Its calls hang, or its runtime's process is gone: not ready, and what is queued is refused at once."""
+        if served.state is not VersionState.READY:
+            return
+        served.state, served.error = VersionState.UNRESPONSIVE, reason
+        served.metrics.set_ready(False)
+        if served.batcher is not None:
+            served.batcher.fail_queued(ModelNotReady(served.not_ready_reason()))
+        self._state_changed(served.model)
+
+    def _recovered(self, served: ServedVersion) -> None:
+        if served.state is not VersionState.UNRESPONSIVE:
+            return
+        served.state, served.error = VersionState.READY, None
+        served.metrics.set_ready(True)
+        self._state_changed(served.model)
 
     def _state_changed(self, model: str) -> None:
         if self.on_state_change is not None:

@@ -1,0 +1,356 @@
+"""The worker's side of the device placement: a version whose session lives in its device's runtime process.
+
+To the worker's registry and batcher a `DeviceRuntime` is a runtime like any other: it answers a batch. The
+batch goes whole to the runtime process (`gateway.serving.device_host`) through shared memory, with one small
+message on the worker's connection to that process (`gateway.serving.shm_transport`); the connection is read by
+the worker's event loop like any socket, so waiting for an answer blocks nothing.
+
+When the runtime process dies, every batch in flight fails at once with `RuntimeUnavailable` (503 /
+UNAVAILABLE: none of them is any request's fault), the versions it hosted turn not ready, and the connection
+is made again as soon as the supervisor has restarted the process; each version is then loaded again and is
+ready once it answers. No worker dies with it.
+
+`DevicePlacement` is the registry's runtime factory: it resolves each model's placement
+(`gateway.serving.placement`) and hands `worker` versions to the ordinary loader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import itertools
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gateway.serving.placement import Hosts, resolve
+from gateway.serving.registry import RuntimeFactory
+from gateway.serving.repository import ModelSource, VersionSource
+from gateway.serving.shm_transport import Segment, frame, needed_bytes, read_message
+from runtimes.base import (
+    ModelRuntime,
+    RuntimeError_,
+    RuntimeInfo,
+    RuntimeLoadError,
+    RuntimeTimeout,
+    RuntimeUnavailable,
+)
+from runtimes.tensors import ModelSignature
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 120.0
+"""How long a worker waits for its runtime process to listen at start (it imports ONNX Runtime first)."""
+RECONNECT_EVERY_S = 0.2
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One batch's place in shared memory: the input segment (ours) and the last output segment (the host's)."""
+
+    index: int
+    inputs: Segment
+    outputs: Segment | None = None
+
+    def output(self, name: str) -> Segment:
+        if self.outputs is None or self.outputs.name != name:
+            if self.outputs is not None:
+                self.outputs.close()
+            self.outputs = Segment.attach(name)
+        return self.outputs
+
+    def close(self) -> None:
+        self.inputs.close()
+        if self.outputs is not None:
+            self.outputs.close()
+
+
+_Pending = tuple["asyncio.Future[tuple[Any, ...]]", _Slot | None]
+
+
+class HostClient:
+    """This worker's connection to one device's runtime process, and the shared memory slots it writes into."""
+
+    def __init__(self, device: str, path: str) -> None:
+        self.device = device
+        self.path = path
+        self.host_pid = 0
+        self.connected = asyncio.Event()
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._pending: dict[int, _Pending] = {}
+        self._ids = itertools.count(1)
+        self._slot_ids = itertools.count()
+        self._free: list[_Slot] = []
+        self._slots: list[_Slot] = []
+        self.runtimes: set[DeviceRuntime] = set()
+        self._closed = False
+
+    async def connect(self, timeout_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            try:
+                reader, writer = await asyncio.open_unix_connection(self.path)
+                break
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                if loop.time() >= deadline:
+                    raise RuntimeLoadError(
+                        f"the runtime process for {self.device} does not listen at {self.path}: {exc}"
+                    ) from None
+                await asyncio.sleep(RECONNECT_EVERY_S)
+        self._writer = writer
+        self._reader_task = loop.create_task(self._read(reader), name=f"device:{self.device}")
+        self.connected.set()
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                self._answer(await read_message(reader))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        self._lost()
+
+    def _answer(self, message: tuple[Any, ...]) -> None:
+        entry = self._pending.pop(message[1], None)
+        if entry is None:
+            return
+        future, slot = entry
+        if future.done():  # the caller gave up (cancelled): the slot is free now that the host is done with it
+            if slot is not None:
+                self._free.append(slot)
+        else:
+            future.set_result(message)
+
+    def _lost(self) -> None:
+        """The runtime process went away: fail what was in flight, make its versions not ready, reconnect."""
+        self.connected.clear()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        reason = f"the runtime process for {self.device} (pid {self.host_pid}) exited; waiting for its restart"
+        pending, self._pending = self._pending, {}
+        for future, slot in pending.values():
+            if not future.done():
+                future.set_exception(RuntimeUnavailable(reason))
+            if slot is not None:
+                self._free.append(slot)
+        if self._closed:
+            return
+        log.error(reason)
+        for runtime in list(self.runtimes):
+            runtime.lost(reason)
+        self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect(), name="device-reconnect")
+
+    async def _reconnect(self) -> None:
+        while not self._closed:
+            try:
+                await self.connect(CONNECT_TIMEOUT_S)
+                break
+            except RuntimeLoadError as exc:
+                log.error("%s", exc)
+        for runtime in list(self.runtimes):
+            try:
+                await runtime.reload()
+            except Exception as exc:  # the version stays not ready and says why
+                log.error("%s: reload on the restarted runtime process failed: %s", runtime.key, exc)
+
+    def send(self, kind: str, *args: Any, slot: _Slot | None = None) -> tuple[int, asyncio.Future[tuple[Any, ...]]]:
+        writer = self._writer
+        if writer is None or not self.connected.is_set():
+            raise RuntimeUnavailable(f"the runtime process for {self.device} is restarting")
+        call = next(self._ids)
+        future: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
+        self._pending[call] = (future, slot)
+        writer.write(frame((kind, call, *args)))
+        return call, future
+
+    async def request(self, kind: str, *args: Any) -> tuple[Any, ...]:
+        _, future = self.send(kind, *args)
+        return await future
+
+    def _acquire(self, size: int) -> _Slot:
+        for i, slot in enumerate(self._free):
+            if slot.inputs.size >= size:
+                return self._free.pop(i)
+        if self._free:
+            slot = self._free.pop()
+            slot.inputs.close()
+            slot.inputs = Segment.create(size * 2, "w")
+            return slot
+        slot = _Slot(next(self._slot_ids), Segment.create(max(size * 2, 1 << 16), "w"))
+        self._slots.append(slot)
+        return slot
+
+    async def infer(
+        self, key: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None
+    ) -> dict[str, np.ndarray]:
+        slot = self._acquire(needed_bytes(inputs))
+        try:
+            layout = slot.inputs.write(inputs)
+            wanted = list(outputs) if outputs is not None else None
+            call, future = self.send("infer", key, slot.index, slot.inputs.name, layout, wanted, slot=slot)
+        except BaseException:
+            self._free.append(slot)
+            raise
+        try:
+            reply = await future
+        except asyncio.CancelledError:
+            if call in self._pending and self._writer is not None:
+                self._writer.write(frame(("cancel", call)))  # the watchdog's cancel, passed on to the session
+            raise
+        try:
+            if reply[0] == "ok":
+                return slot.output(reply[2]).copies(reply[3])
+            raise _error(self.device, reply)
+        finally:
+            self._free.append(slot)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in (self._reconnect_task, self._reader_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        for slot in self._slots:
+            slot.close()
+        self._slots.clear()
+        self._free.clear()
+
+
+def _error(device: str, reply: tuple[Any, ...]) -> Exception:
+    kind, message = reply[2], reply[3]
+    if kind == "timeout":
+        return RuntimeTimeout(message)
+    if kind == "unavailable":
+        return RuntimeUnavailable(f"{device}: {message}")
+    return RuntimeError_(message)
+
+
+class DeviceRuntime(ModelRuntime):
+    def __init__(self, client: HostClient, key: str, source: ModelSource, version: VersionSource) -> None:
+        self.client = client
+        self.key = key
+        self._source = source
+        self._version = version
+        self._signature: ModelSignature | None = None
+        self._info: RuntimeInfo | None = None
+        self._loaded = False
+        self._on_lost: Callable[[str], None] = lambda _reason: None
+        self._on_back: Callable[[], None] = lambda: None
+
+    async def reload(self) -> None:
+        """Ask the runtime process to load the version (it loads it once for every worker that asks)."""
+        reply = await self.client.request("load", self.key, self._source, self._version)
+        if reply[0] != "loaded":
+            raise RuntimeLoadError(f"{self._source.name}/{self._version.version} on {self.client.device}: {reply[3]}")
+        _, _, signature, info, pid = reply
+        again = self._info is not None and not self._loaded
+        self.client.host_pid = pid
+        self._signature = signature
+        where = {"placement": "device", "device": self.client.device, "device_pid": str(pid)}
+        self._info = dataclasses.replace(info, parameters={**info.parameters, **where})  # the digest comes along
+        self._loaded = True
+        if again:
+            self._on_back()
+
+    def lost(self, reason: str) -> None:
+        self._loaded = False
+        self._on_lost(reason)
+
+    def on_availability(self, lost: Callable[[str], None], back: Callable[[], None]) -> None:
+        self._on_lost, self._on_back = lost, back
+
+    @property
+    def signature(self) -> ModelSignature:
+        assert self._signature is not None
+        return self._signature
+
+    @property
+    def info(self) -> RuntimeInfo:
+        assert self._info is not None
+        return self._info
+
+    async def infer(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        if not self._loaded:
+            raise RuntimeUnavailable(f"the runtime process for {self.client.device} is restarting")
+        return await self.client.infer(self.key, inputs, outputs)
+
+    async def warmup(self) -> None:
+        """A row of zeros through the hop: the first real request pays for nothing (and the watchdog's probe)."""
+        feed = {}
+        for spec in self.signature.inputs:
+            shape = tuple(1 if d < 0 else d for d in spec.shape)
+            feed[spec.name] = np.zeros(shape, dtype=spec.datatype.numpy)
+        await self.infer(feed)
+
+    async def close(self) -> None:
+        self.client.runtimes.discard(self)
+        if self.client.connected.is_set():
+            with contextlib.suppress(RuntimeUnavailable):
+                await self.client.request("release", self.key)
+
+
+def version_key(source: ModelSource, version: VersionSource) -> str:
+    """The name a version is hosted under: a reload with a changed config.yaml gets a session of its own."""
+    digest = hashlib.sha256(f"{source.config.model_dump_json()}|{version.artifact}".encode()).hexdigest()[:12]
+    return f"{source.name}/{version.version}@{digest}"
+
+
+class DevicePlacement:
+    """The registry's runtime factory where runtime processes run: `device` versions through them, the rest
+    through `fallback` (the worker's own loader)."""
+
+    def __init__(self, hosts: Hosts, fallback: RuntimeFactory) -> None:
+        self.hosts = hosts
+        self._fallback = fallback
+        self._clients: dict[str, HostClient] = {}
+        self._available: list[str] | None = None
+
+    def _providers(self) -> list[str]:
+        if self._available is None:
+            from runtimes.onnx import import_onnxruntime
+
+            self._available = list(import_onnxruntime().get_available_providers())
+        return self._available
+
+    async def __call__(self, source: ModelSource, version: VersionSource) -> ModelRuntime:
+        choice = resolve(source.config.runtime, self.hosts.workers, self._providers())
+        if choice.placement == "worker":
+            return await self._fallback(source, version)
+        path = (self.hosts.sockets or {}).get(choice.device)
+        if path is None:
+            raise RuntimeLoadError(
+                f"model '{source.name}': placement device on {choice.device}, but no runtime process runs for "
+                f"{choice.device} (the devices are chosen from config.yaml when the gateway starts: restart it)"
+            )
+        client = self._clients.get(choice.device)
+        if client is None or client.closed:
+            client = self._clients[choice.device] = HostClient(choice.device, path)
+            await client.connect(CONNECT_TIMEOUT_S)
+        await client.connected.wait()
+        runtime = DeviceRuntime(client, version_key(source, version), source, version)
+        await runtime.reload()
+        client.runtimes.add(runtime)
+        return runtime
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
