@@ -14,6 +14,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from html import unescape
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,59 @@ def screenshot(driver: Any, path: Path, height: int = 1900) -> None:
 
 def csp_violations(driver: Any) -> list[str]:
     return [e["message"] for e in driver.get_log("browser") if "Content Security Policy" in e["message"]]
+
+
+@contextmanager
+def console_client(gw: GatewayProcess, token: str | None = None) -> Iterator[httpx.Client]:
+    """An HTTP client logged in to the console as a browser is: the login form's nonce, then the token."""
+    with httpx.Client(base_url=gw.http_url, timeout=30) as http:
+        form = http.get("/console/login")
+        nonce = re.search(r'name="nonce" value="([^"]+)"', form.text)
+        assert nonce, form.text
+        answer = http.post("/console/login", data={"nonce": nonce.group(1), "token": token or gw.admin_token})
+        assert answer.status_code == 303 and answer.headers["location"] == "/console/", answer.text
+        assert http.cookies.get("sluice_console")
+        yield http
+
+
+def row_cells(html: str, version: str) -> list[str]:
+    """The text of each cell of a version's row in a versions table (the first such table in `html`)."""
+    row = html.split(f'<tr class="version" data-version="{version}">', 1)[1].split("</tr>", 1)[0]
+    return [re.sub(r"<[^>]+>", "", unescape(cell)).strip() for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+
+
+class Paced:
+    """Requests to one model at exactly `rate` a second, on a monotonic schedule (a late one is sent at once,
+    so the count over any long span is exact), until stopped."""
+
+    def __init__(self, url: str, model: str, body: dict[str, Any], rate: float) -> None:
+        self.url, self.model, self.body, self.rate = url, model, body, rate
+        self.stop = threading.Event()
+        self.sent = 0
+        self.failed = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        with httpx.Client(base_url=self.url, timeout=10) as http:
+            while not self.stop.is_set() and time.monotonic() - start < 600:
+                due = start + self.sent / self.rate
+                if (wait := due - time.monotonic()) > 0 and self.stop.wait(wait):
+                    return
+                try:
+                    ok = http.post(f"/v2/models/{self.model}/infer", json=self.body).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                self.sent += 1
+                self.failed += not ok
+
+    def __enter__(self) -> Paced:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(15)
 
 
 # -- login and what is shown without a session ----------------------------------------------------------
@@ -430,3 +484,28 @@ def test_a_drift_run_started_from_the_page_shows_its_figures_and_opens_its_repor
     )
     assert report.status_code == 200 and report.headers["content-security-policy"].startswith("sandbox allow-scripts")
     assert unescape(report.text).count("tenure") > 0
+
+
+# -- live figures ------------------------------------------------------------------------------------------
+
+
+def test_live_req_s_reads_the_rate_a_client_sends(gw: GatewayProcess) -> None:
+    """A client sending exactly 10 req/s to `fixed` (nobody else does) reads 10 on both pages, on average
+    over many readings (it read about 11: the partial newest bucket was counted)."""
+    body = {"inputs": [{"name": "x", "shape": [3, 4], "datatype": "FP32", "data": [1.0] * 12}]}
+    readings: dict[str, list[float]] = {"models": [], "model": []}
+    with console_client(gw) as http, Paced(gw.http_url, "fixed", body, 10.0) as paced:
+        # Both pages' live figures cover the last complete ten seconds: wait until they hold only paced traffic.
+        wait_until(lambda: paced.sent >= 250, timeout=120, interval=0.5, what="25 s of paced requests")
+        for _ in range(16):
+            models = http.get("/console/fragments/models")
+            card = models.text.split('data-model="fixed"', 1)[1]
+            readings["models"].append(float(row_cells(card, "1")[4]))
+            status = http.get("/console/models/fixed/panels/status")
+            readings["model"].append(float(row_cells(status.text, "1")[4]))
+            time.sleep(1.0)
+        assert paced.failed == 0
+    for page, values in readings.items():
+        mean = sum(values) / len(values)
+        assert 9.6 <= mean <= 10.4, (page, values)
+

@@ -115,12 +115,17 @@ def _from_first_data(edges: list[float], by_version: dict[str, dict[float, Windo
 
 def live_figures(series: Series, *, now: float, bucket_s: float) -> dict[str, dict[str, float | None]]:
     """Per version: req/s, error ratio, p99 (ms), mean batch size and shadow agreement over the newest
-    whole buckets that cover at least LIVE_S seconds."""
+    whole buckets that cover at least LIVE_S seconds.
+
+    `series` is bucketed from `aligned_since(now, ...)`, so its newest complete bucket ends a second before
+    `now`; the bucket after it is still filling and is left out (counted, it added a tenth to req/s)."""
     span = max(LIVE_S, bucket_s)
-    start = now - 1.0 - span - 1e-6
+    end = now - 1.0 + 1e-6
+    start = end - span - 2e-6
     merged: dict[str, WindowSummary] = {}
     for at, version, summary in series:
-        if at.timestamp() >= start:
+        edge = at.timestamp()
+        if edge >= start and edge + bucket_s <= end:
             merged.setdefault(version, WindowSummary()).merge(summary)
     return {
         version: {
