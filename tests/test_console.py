@@ -509,3 +509,30 @@ def test_live_req_s_reads_the_rate_a_client_sends(gw: GatewayProcess) -> None:
         mean = sum(values) / len(values)
         assert 9.6 <= mean <= 10.4, (page, values)
 
+
+
+# -- the audit log ------------------------------------------------------------------------------------------
+
+
+def test_the_audit_log_says_what_each_event_holds_in_plain_text(
+    gw: GatewayProcess, browser: Any, admin: httpx.Client
+) -> None:
+    sticky = "<b>user</b>&id"
+    assert admin.patch("/admin/models/classifier/traffic", json={"sticky_parameter": sticky}).status_code == 200
+    try:
+        browser.get(f"{gw.http_url}/console/models/classifier")
+        rows = wait_for(browser, lambda d: all_css(d, '#audit-log tr[data-action="policy.set"]'), 15, "the audit log")
+        # Only the sticky parameter changed, and the line says so; the values read as the text they are.
+        assert rows[0].find_elements("css selector", "td")[3].text.splitlines()[0] == f"sticky parameter none → {sticky}"
+        after = rows[0].find_elements("css selector", "pre")[1].get_attribute("textContent")
+        assert f'"sticky_parameter": "{sticky}"' in after and "\\u003c" not in after
+        assert not all_css(browser, "#audit-log b")
+        # The start-up event lists each version's artifact digest (it read "version None: None").
+        digests = admin.get("/admin/models/classifier").json()["versions"]
+        artifacts = by_css(browser, '#audit-log tr[data-action="version.artifacts"] td:nth-child(4)').text
+        first = artifacts.splitlines()[0]
+        expected = ", ".join(f"v{v['version']} sha256 {v['sha256'][:12]}…" for v in digests)
+        assert first == f"artifacts at start: {expected}", first
+        assert all("None" not in e.text.splitlines()[0] for e in all_css(browser, "#audit-log td:nth-child(4)"))
+    finally:
+        admin.patch("/admin/models/classifier/traffic", json={"sticky_parameter": None})

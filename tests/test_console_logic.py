@@ -5,11 +5,17 @@ Time is injected (`now`); nothing sleeps.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
 
 from gateway.admin.console import figures
+from gateway.admin.console.audit_summary import KNOWN_ACTIONS, summary
+from gateway.admin.console.pages import render
 from gateway.admin.console.views import OVERVIEW, RANGES
 from gateway.serving.window_stats import WindowSummary
+from gateway.storage.control_state import AuditEvent
 
 
 def _published_every_second(now: float, rate: int, seconds: int) -> figures.Series:
@@ -40,3 +46,89 @@ def test_live_req_s_counts_complete_buckets_only() -> None:
             series = _bucketed(_published_every_second(now, 10, 120), since, bucket_s)
             live = figures.live_figures(series, now=now, bucket_s=bucket_s)
             assert live["1"]["rate"] == 10.0, (bucket_s, offset, live)
+
+
+# -- audit summaries -----------------------------------------------------------------------------------
+
+POLICY = {
+    "stable": "1",
+    "canary": None,
+    "canary_weight": 0.0,
+    "shadows": [],
+    "shadow_sample_rate": 1.0,
+    "sticky_header": None,
+    "sticky_parameter": None,
+}
+DIGEST_1 = "1a2b3c4d5e6f" + "0" * 52
+DIGEST_2 = "abcdef012345" + "f" * 52
+
+
+def event(action: str, before: Any, after: Any, actor: str = "ci") -> AuditEvent:
+    return AuditEvent(1, datetime(2026, 1, 1, tzinfo=timezone.utc), actor, action, "mlp", before, after)
+
+
+def test_every_kind_of_audit_event_is_summarised_by_what_it_holds() -> None:
+    artifacts = event("version.artifacts", None, {"sha256": {"1": DIGEST_1, "2": DIGEST_2}}, "control-plane")
+    assert summary(artifacts) == "artifacts at start: v1 sha256 1a2b3c4d5e6f…, v2 sha256 abcdef012345…"
+    load = event("version.load", None, {"version": "2", "state": "READY", "sha256": DIGEST_2})
+    assert summary(load) == "version 2 loaded: READY, sha256 abcdef012345…"
+    unload = event("version.unload", None, {"version": "2", "state": "UNLOADED", "sha256": None})
+    assert summary(unload) == "version 2 unloaded: UNLOADED"
+
+    sticky = event("policy.set", POLICY, {**POLICY, "sticky_parameter": "user"})
+    assert summary(sticky) == "sticky parameter none → user"
+    traffic = event("policy.set", POLICY, {**POLICY, "canary": "2", "canary_weight": 10.0})
+    assert summary(traffic) == "canary none → 2, canary weight 0% → 10%"
+    shadows = event("policy.set", POLICY, {**POLICY, "shadows": ["2", "3"], "shadow_sample_rate": 0.5})
+    assert summary(shadows) == "shadows none → 2, 3, shadow sample rate 1 → 0.5"
+    newest = event("policy.set", POLICY, {**POLICY, "stable": None})
+    assert summary(newest) == "stable 1 → newest ready"
+    assert summary(event("policy.set", POLICY, POLICY)) == "no change"
+    with_canary = {**POLICY, "canary": "2", "canary_weight": 30.0}
+    promote = event("policy.promote", with_canary, {**POLICY, "stable": "2"})
+    assert summary(promote) == "canary 2 promoted: stable 1 → 2, canary 2 → none, canary weight 30% → 0%"
+    rollback = event("policy.rollback", with_canary, POLICY)
+    assert summary(rollback) == "canary 2 rolled back: canary 2 → none, canary weight 30% → 0%"
+
+    rollout = {"spec": {"canary": "2"}, "phase": "progressing", "weight": 10.0, "reason": None}
+    start = event("rollout.start", {"rollout": None, "policy": POLICY}, {"rollout": rollout, "policy": POLICY})
+    assert summary(start) == "v2 progressing at 10%"
+    rolled = {**rollout, "phase": "rolled_back", "weight": 0.0, "reason": "error_ratio failed twice"}
+    moves = [{"kind": "hold", "detail": "held"}, {"kind": "rollback", "detail": "rolled back at 10%"}]
+    analysis = event("rollout.analysis", {"rollout": rollout}, {"rollout": rolled, "transitions": moves}, "rollouts")
+    assert summary(analysis) == "v2 rolled_back at 0%: rolled back at 10%; error_ratio failed twice"
+
+    trigger = {"rule": "drift_high", "version": "2", "role": "canary", "reason": "drift 0.6 > 0.3", "action": "rollback"}
+    fired = event("monitor.trigger", None, trigger, "monitor:drift_high")
+    assert summary(fired) == "rule drift_high on v2 (canary): drift 0.6 > 0.3; rollback"
+
+    # A kind this code does not know yet still says which fields it changed.
+    assert summary(event("model.renamed", {"name": "a"}, {"name": "b", "by": "x"})) == "changed: by, name"
+
+
+def test_every_audit_action_the_code_writes_has_its_own_summary() -> None:
+    """Each action string the gateway passes to `store.audit` (read from its source) is one `summary` knows."""
+    root = Path(__file__).resolve().parent.parent / "gateway"
+    written: set[str] = set()
+    for path in root.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        if "store.audit" in text:
+            written |= set(re.findall(r'"((?:rollout|policy|version|monitor)\.[a-z_]+)"', text))
+    written.discard("monitor.retrain")  # a webhook's event name, not an audit action
+    assert {"version.artifacts", "policy.set", "rollout.analysis", "monitor.trigger"} <= written
+    assert written <= KNOWN_ACTIONS, written - KNOWN_ACTIONS
+
+
+def test_audit_before_and_after_show_the_text_escaped_once() -> None:
+    """The values read as the text they hold (it showed JSON escapes: `\\u003c`), and markup in them stays text."""
+    hostile = "<img src=x onerror=alert(1)> & 'quoted' é"
+    row = {
+        **event("policy.set", {"sticky_header": None}, {"sticky_header": hostile}).to_json(),
+        "at": datetime(2026, 1, 1, tzinfo=timezone.utc),
+        "summary": "s",
+    }
+    html = render("_audit.html", audit=[row]).body.decode()
+    assert "\\u003c" not in html and "\\u0026" not in html and "\\u0027" not in html
+    assert "&lt;img src=x onerror=alert(1)&gt; &amp; &#39;quoted&#39; é" in html
+    assert "<img" not in html and "&amp;lt;" not in html
+    assert "&#34;sticky_header&#34;: null" in html

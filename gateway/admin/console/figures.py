@@ -258,34 +258,6 @@ def analysis_windows(rollout: dict[str, Any], events: Iterable[Any]) -> list[dic
     return windows
 
 
-def audit_summary(event: Any) -> str:
-    """One line saying what an audit event changed."""
-    after = event.after if isinstance(event.after, dict) else {}
-    if event.action.startswith("rollout."):
-        r = after.get("rollout") or {}
-        text = f"v{r.get('spec', {}).get('canary')} {r.get('phase')} at {_pct(r.get('weight'))}"
-        moves = [t.get("detail", "") for t in after.get("transitions", []) if t.get("kind") != "hold"]
-        if r.get("reason") and r.get("phase") in ("rolled_back", "aborted", "promoted"):
-            moves.append(str(r["reason"]))
-        return text + (": " + "; ".join(m for m in moves if m) if moves else "")
-    if event.action.startswith("policy."):
-        parts = [f"stable {after.get('stable') or 'newest'}"]
-        if after.get("canary"):
-            parts.append(f"canary {after['canary']} at {_pct(after.get('canary_weight'))}")
-        if after.get("shadows"):
-            parts.append(f"shadows {', '.join(map(str, after['shadows']))} at {after.get('shadow_sample_rate')}")
-        return ", ".join(parts)
-    if event.action.startswith("version."):
-        return f"version {after.get('version')}: {after.get('state')}"
-    if event.action == "monitor.trigger":
-        return f"rule {after.get('rule')} on v{after.get('version')} ({after.get('role')}): {after.get('reason')}"
-    return ""
-
-
-def _pct(value: Any) -> str:
-    return f"{float(value):g}%" if isinstance(value, int | float) else "?"
-
-
 def _round(value: float | None, digits: int = 4) -> float | None:
     if value is None or not math.isfinite(value):
         return None

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from gateway.admin.console import figures
+from gateway.admin.console.audit_summary import summary
 from gateway.control.monitor_service import MonitorService
 from gateway.control.plane import ControlPlane
 
@@ -128,7 +129,7 @@ class ConsoleViews:
     async def audit(self, model: str) -> list[dict[str, Any]]:
         self.control.registry.get_model(model)
         events = await self.control.audit_events(model, 50, None)
-        return [{**e.to_json(), "at": e.at, "summary": figures.audit_summary(e)} for e in events]
+        return [{**e.to_json(), "at": e.at, "summary": summary(e)} for e in events]
 
     async def run(self, model: str, run_id: int) -> dict[str, Any] | None:
         self.control.registry.get_model(model)
