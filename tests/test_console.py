@@ -223,6 +223,22 @@ def test_without_a_session_only_the_login_page_is_shown(gw: GatewayProcess) -> N
         assert "<script>" not in login.text and " style=" not in login.text
 
 
+def test_every_page_has_a_favicon_and_the_token_field_says_what_it_holds(gw: GatewayProcess) -> None:
+    """/favicon.ico answered 404 on every page; a password manager could not tell the token field's purpose."""
+    with httpx.Client(base_url=gw.http_url, timeout=30) as http:
+        icon = http.get("/favicon.ico")
+        assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+        assert icon.content.lstrip().startswith(b"<svg")
+        login = http.get("/console/login").text
+        link = re.search(r'<link rel="icon" type="image/svg\+xml" href="([^"]+)">', login)
+        assert link and http.get(unescape(link.group(1))).content == icon.content
+        field = re.search(r"<input [^>]*id=\"token\"[^>]*>", login)
+        assert field and 'autocomplete="current-password"' in field.group(0) and 'type="password"' in field.group(0)
+    with console_client(gw) as http:
+        for page in ("/console/", "/console/models/mlp"):
+            assert link.group(0) in http.get(page).text, page
+
+
 def test_a_wrong_token_is_refused_and_the_right_one_gives_a_strict_httponly_session(gw: GatewayProcess) -> None:
     with chromium() as browser:
         check_login(gw, browser)

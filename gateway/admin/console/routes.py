@@ -54,6 +54,18 @@ async def _form(request: Request) -> dict[str, list[str]]:
 
 
 def build_console_router(control: ControlPlane, monitor: MonitorService, auth: AdminAuth) -> APIRouter:
+    """The console under /console, and /favicon.ico (browsers ask for it on every page of the origin)."""
+    outer = APIRouter(include_in_schema=False)
+
+    @outer.get("/favicon.ico")
+    async def favicon() -> Response:
+        return asset_response("favicon.svg")
+
+    outer.include_router(_console_router(control, monitor, auth))
+    return outer
+
+
+def _console_router(control: ControlPlane, monitor: MonitorService, auth: AdminAuth) -> APIRouter:
     router = APIRouter(prefix="/console", include_in_schema=False)
     sessions = Sessions(auth)
     views = ConsoleViews(control, monitor)
