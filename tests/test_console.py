@@ -260,6 +260,26 @@ def check_login(gw: GatewayProcess, browser: Any) -> None:
     assert not csp_violations(browser)
 
 
+def test_logging_out_ends_the_session_on_the_server(gw: GatewayProcess) -> None:
+    """A copy of the cookie taken before the logout is refused after it (it worked until its expiry)."""
+    with chromium() as driver, console_client(gw) as other:
+        log_in(driver, gw, gw.admin_token)
+        wait_for(driver, lambda d: by_css(d, "#actor").text == "ci", 15, "the models page")
+        copied = {"sluice_console": driver.get_cookie("sluice_console")["value"]}
+        with httpx.Client(base_url=gw.http_url, cookies=copied, timeout=30) as http:
+            assert http.get("/console/").status_code == 200
+            by_css(driver, ".logout button").click()
+            wait_for(driver, lambda d: d.current_url.endswith("/console/login"), 15, "the login page")
+            assert driver.get_cookie("sluice_console") is None
+            answer = http.get("/console/")
+            assert answer.status_code == 303 and answer.headers["location"] == "/console/login"
+            panel = http.get("/console/models/mlp/panels/status", headers={"HX-Request": "true"})
+            assert panel.status_code == 401
+            assert http.post("/console/logout").status_code == 303  # logging out again changes nothing
+        # The same token's other sessions go on.
+        assert other.get("/console/").status_code == 200
+
+
 def test_an_action_needs_the_sessions_csrf_token(gw: GatewayProcess, browser: Any, admin: httpx.Client) -> None:
     session = {"sluice_console": browser.get_cookie("sluice_console")["value"]}
     before = admin.get("/admin/audit", params={"model": "mlp"}).json()["events"]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import datetime, timezone
 
 from gateway.admin.auth import AdminAuth
 from gateway.admin.console import figures
 from gateway.admin.console.session import Sessions
 from gateway.serving.window_stats import WindowSummary
+from tests.databases import Backend
 
 TOKENS = [("alice", "alice-token-0123456789abcdef"), ("bob", "bob-token-0123456789abcdef")]
 
@@ -72,3 +75,38 @@ def test_a_rollouts_timeline_marks_where_a_rollback_stopped_it() -> None:
     assert [s["state"] for s in figures.timeline(rollout)] == ["done", "failed", "pending"]
     rollout = {"spec": {"steps": [10, 50, 100]}, "phase": "promoted", "step": 2}
     assert [s["state"] for s in figures.timeline(rollout)] == ["done", "done", "done"]
+
+
+# -- logging out: revoked on every replica ------------------------------------------------------------
+
+
+def test_a_logged_out_session_is_refused_by_every_replica_on_the_same_database(backend: Backend) -> None:
+    """Two replicas (two stores on one SQLite file or one PostgreSQL schema): a logout on one ends the session
+    on the other too; the same token's other sessions go on."""
+    clock = Clock()
+    first, second = backend.open(), backend.open()
+    first.upgrade()
+    here = Sessions(AdminAuth(TOKENS), first, ttl_s=60, clock=clock)
+    there = Sessions(AdminAuth(TOKENS), second, ttl_s=60, clock=clock)
+    cookie, session = here.issue("alice")
+    other_cookie, other = here.issue("alice")
+    assert asyncio.run(there.check(cookie)) == session  # the signature alone holds on any replica
+
+    asyncio.run(here.revoke(session))
+    assert asyncio.run(here.check(cookie)) is None
+    assert asyncio.run(there.check(cookie)) is None
+    assert asyncio.run(there.check(other_cookie)) == other
+    assert asyncio.run(Sessions(AdminAuth(TOKENS), backend.open(), ttl_s=60, clock=clock).check(cookie)) is None
+    asyncio.run(there.revoke(session))  # twice is no error
+
+
+def test_revocations_are_kept_until_their_session_would_have_expired(backend: Backend) -> None:
+    store = backend.open()
+    store.upgrade()
+    now = time.time()
+    store.revoke_console_session("gone", now - 1.0)
+    assert store.console_session_revoked("gone")
+    store.revoke_console_session("live", now + 3600.0)  # each revocation prunes those already expired
+    assert not store.console_session_revoked("gone")
+    assert store.console_session_revoked("live")
+    assert not store.console_session_revoked("never")

@@ -287,6 +287,20 @@ def _migration_6(conn: Connection) -> None:
     add_column(conn, "traffic_policies", "revision", BigInteger(), nullable=False, server_default="0")
 
 
+def _migration_7(conn: Connection) -> None:
+    """Console sessions ended before their expiry (a logout), so every replica refuses them (a frozen copy)."""
+    md = MetaData()
+    revoked = Table(
+        "console_revocations",
+        md,
+        Column("sid", String(64), primary_key=True),
+        Column("expires_at", Float, nullable=False),
+        Column("revoked_at", UTCDateTime, nullable=False),
+    )
+    Index("ix_console_revocations_expires_at", revoked.c.expires_at)
+    md.create_all(conn, checkfirst=False)
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "traffic policies, rollouts, versions, audit log", _migration_1),
     Migration(2, "prediction log and labels", _migration_2),
@@ -294,6 +308,7 @@ MIGRATIONS: list[Migration] = [
     Migration(4, "drift and accuracy runs", _migration_4),
     Migration(5, "trigger rules' state", _migration_5),
     Migration(6, "leader lease, control revision, policy revisions, window summaries", _migration_6),
+    Migration(7, "console sessions revoked before their expiry", _migration_7),
 ]
 """Ordered, append-only. A new step: `Migration(6, "...", fn)`, where fn uses e.g. `add_column`."""
 

@@ -238,6 +238,18 @@ requests. Rollout analysis takes a version's untaken rows since its window's rev
 taken; the console reads them over time. Old rows are pruned by age."""
 
 
+console_revocations_table = Table(
+    "console_revocations",
+    metadata,
+    Column("sid", String(64), primary_key=True),
+    Column("expires_at", Float, nullable=False),
+    Column("revoked_at", UTCDateTime, nullable=False),
+)
+"""Console sessions ended before their expiry (logged out): a session is a signed cookie every replica can
+verify alone, so ending one early needs this shared list. `expires_at` (epoch seconds) is the session's
+own expiry: after it the cookie is refused anyway and the row is pruned."""
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 

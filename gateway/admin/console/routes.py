@@ -67,11 +67,11 @@ def build_console_router(control: ControlPlane, monitor: MonitorService, auth: A
 
 def _console_router(control: ControlPlane, monitor: MonitorService, auth: AdminAuth) -> APIRouter:
     router = APIRouter(prefix="/console", include_in_schema=False)
-    sessions = Sessions(auth)
+    sessions = Sessions(auth, control.store)
     views = ConsoleViews(control, monitor)
 
-    def session_of(request: Request) -> Session | None:
-        return sessions.verify(request.cookies.get(COOKIE))
+    async def session_of(request: Request) -> Session | None:
+        return await sessions.check(request.cookies.get(COOKIE))
 
     def unauthenticated(request: Request) -> Response:
         if request.headers.get("hx-request") or request.method != "GET":
@@ -95,7 +95,7 @@ def _console_router(control: ControlPlane, monitor: MonitorService, auth: AdminA
 
     @router.get("/login")
     async def login_form(request: Request) -> Response:
-        if session_of(request) is not None:
+        if await session_of(request) is not None:
             return RedirectResponse("/console/", status_code=303, headers=SECURITY_HEADERS)
         return login_page(request)
 
@@ -121,6 +121,8 @@ def _console_router(control: ControlPlane, monitor: MonitorService, auth: AdminA
 
     @router.post("/logout")
     async def logout(request: Request) -> Response:
+        if (session := await session_of(request)) is not None:
+            await sessions.revoke(session)  # on every replica: a copy of the cookie is refused too
         response = RedirectResponse(LOGIN, status_code=303, headers=SECURITY_HEADERS)
         response.delete_cookie(COOKIE, path=COOKIE_PATH)
         return response
@@ -137,19 +139,19 @@ def _console_router(control: ControlPlane, monitor: MonitorService, auth: AdminA
 
     @router.get("/")
     async def models_page(request: Request) -> Response:
-        if (session := session_of(request)) is None:
+        if (session := await session_of(request)) is None:
             return unauthenticated(request)
         return page(request, "models.html", session, models=await views.models())
 
     @router.get("/fragments/models")
     async def models_fragment(request: Request) -> Response:
-        if (session := session_of(request)) is None:
+        if (session := await session_of(request)) is None:
             return unauthenticated(request)
         return page(request, "_models.html", session, models=await views.models())
 
     @router.get("/models/{model}")
     async def model_page(request: Request, model: str, range: str = DEFAULT_RANGE) -> Response:
-        if (session := session_of(request)) is None:
+        if (session := await session_of(request)) is None:
             return unauthenticated(request)
         range_name = range if range in RANGES else DEFAULT_RANGE
         try:
@@ -183,7 +185,7 @@ def _console_router(control: ControlPlane, monitor: MonitorService, auth: AdminA
 
     @router.get("/models/{model}/panels/{panel}")
     async def panel(request: Request, model: str, panel: str, range: str = DEFAULT_RANGE) -> Response:
-        if (session := session_of(request)) is None:
+        if (session := await session_of(request)) is None:
             return unauthenticated(request)
         if panel not in panels:
             return Response("no such panel", status_code=404, headers=SECURITY_HEADERS)
@@ -197,7 +199,7 @@ def _console_router(control: ControlPlane, monitor: MonitorService, auth: AdminA
 
     @router.get("/models/{model}/runs/{run_id}")
     async def run_page(request: Request, model: str, run_id: int) -> Response:
-        if (session := session_of(request)) is None:
+        if (session := await session_of(request)) is None:
             return unauthenticated(request)
         try:
             run = await views.run(model, run_id)
@@ -210,7 +212,7 @@ def _console_router(control: ControlPlane, monitor: MonitorService, auth: AdminA
 
     @router.get("/models/{model}/runs/{run_id}/report")
     async def report(request: Request, model: str, run_id: int) -> Response:
-        if session_of(request) is None:
+        if await session_of(request) is None:
             return unauthenticated(request)
         try:
             path: Path | None = monitor.report_file(model, run_id)
@@ -225,7 +227,7 @@ def _console_router(control: ControlPlane, monitor: MonitorService, auth: AdminA
 
     @router.post("/models/{model}/actions/{action}")
     async def act(request: Request, model: str, action: str) -> Response:
-        if (session := session_of(request)) is None:
+        if (session := await session_of(request)) is None:
             return unauthenticated(request)
         form = await _form(request)
         presented = request.headers.get("x-csrf-token") or next(iter(form.get("csrf", [])[-1:]), None)
