@@ -152,12 +152,13 @@ def csp_violations(driver: Any) -> list[str]:
 
 
 @contextmanager
-def console_client(gw: GatewayProcess, token: str | None = None) -> Iterator[httpx.Client]:
-    """An HTTP client logged in to the console as a browser is: the login form's nonce, then the token."""
-    with httpx.Client(base_url=gw.http_url, timeout=30) as http:
+def console_client(gw: GatewayProcess, token: str | None = None, url: str | None = None) -> Iterator[httpx.Client]:
+    """An HTTP client logged in to the console as a browser is: the login form's nonce, then the token
+    (at `url`: the gateway's, or one worker's own listener)."""
+    with httpx.Client(base_url=url or gw.http_url, timeout=30) as http:
         form = http.get("/console/login")
         nonce = re.search(r'name="nonce" value="([^"]+)"', form.text)
-        assert nonce, form.text
+        assert nonce, (form.status_code, form.headers, form.text)
         answer = http.post("/console/login", data={"nonce": nonce.group(1), "token": token or gw.admin_token})
         assert answer.status_code == 303 and answer.headers["location"] == "/console/", answer.text
         assert http.cookies.get("sluice_console")
