@@ -6,14 +6,21 @@ Time is injected (`now`); nothing sleeps.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from gateway.admin.console import figures
 from gateway.admin.console.audit_summary import KNOWN_ACTIONS, summary
 from gateway.admin.console.pages import render
 from gateway.admin.console.views import OVERVIEW, RANGES
+from gateway.control import rollout_engine
+from gateway.control.rollout_model import Phase, RolloutSpec, RolloutState
+from gateway.errors import Conflict
 from gateway.serving.window_stats import WindowSummary
 from gateway.storage.control_state import AuditEvent
 
@@ -132,3 +139,34 @@ def test_audit_before_and_after_show_the_text_escaped_once() -> None:
     assert "&lt;img src=x onerror=alert(1)&gt; &amp; &#39;quoted&#39; é" in html
     assert "<img" not in html and "&amp;lt;" not in html
     assert "&#34;sticky_header&#34;: null" in html
+
+
+# -- which actions a phase allows ----------------------------------------------------------------------
+
+
+def test_each_phase_allows_exactly_the_actions_the_rollout_engine_takes() -> None:
+    """The console enables a button where `allowed_actions` says so; the engine's own 409s come from the same
+    function, so a button is enabled exactly where pressing it is not refused."""
+    state = rollout_engine.start("m", "1", RolloutSpec(canary="2"), 0.0)
+    ops: dict[str, Callable[[RolloutState], RolloutState]] = {
+        "pause": rollout_engine.pause,
+        "resume": lambda s: rollout_engine.resume(s, 1.0),
+        "abort": lambda s: rollout_engine.abort(s, "aborted by ci"),
+        "promote": rollout_engine.manual_promote,
+        "rollback": lambda s: rollout_engine.manual_rollback(s, "rolled back by ci"),
+    }
+    assert set(ops) == set(rollout_engine.ROLLOUT_ACTIONS)
+    for phase in Phase:
+        at_phase = replace(state, phase=phase)
+        allowed = rollout_engine.allowed_actions(phase, has_canary=True)
+        for name, op in ops.items():
+            if name in allowed:
+                op(at_phase)
+            else:
+                with pytest.raises(Conflict):
+                    op(at_phase)
+    assert rollout_engine.allowed_actions(Phase.PROGRESSING, has_canary=True) == {"pause", "abort", "promote", "rollback"}
+    assert rollout_engine.allowed_actions(Phase.PAUSED, has_canary=True) == {"resume", "abort", "promote", "rollback"}
+    # No rollout under way (none yet, or it ended): promote and roll back act on the policy's canary, if any.
+    assert rollout_engine.allowed_actions(None, has_canary=True) == {"promote", "rollback"}
+    assert rollout_engine.allowed_actions(None, has_canary=False) == frozenset()
