@@ -573,3 +573,69 @@ def test_the_audit_log_says_what_each_event_holds_in_plain_text(
         assert all("None" not in e.text.splitlines()[0] for e in all_css(browser, "#audit-log td:nth-child(4)"))
     finally:
         admin.patch("/admin/models/classifier/traffic", json={"sticky_parameter": None})
+
+
+# -- the action buttons and the policy forms follow the model's state ---------------------------------------
+
+BUTTONS = ("pause", "resume", "promote", "abort", "rollback")
+
+
+def enabled_buttons(driver: Any) -> set[str]:
+    return {name for name in BUTTONS if by_css(driver, f"#do-{name}").is_enabled()}
+
+
+def test_the_buttons_and_the_policy_forms_follow_the_rollout_without_a_reload(
+    gw: GatewayProcess, browser: Any, admin: httpx.Client
+) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    assert admin.put("/admin/models/classifier/traffic", json={"stable": "1"}).status_code == 200
+    browser.get(f"{gw.http_url}/console/models/classifier")
+    browser.execute_script("window.sluiceNoReload = 'still here';")
+    for summary in all_css(browser, "#actions details:not([open]) > summary"):
+        summary.click()
+    # No rollout and no canary: nothing to pause, resume, promote, abort or roll back.
+    wait_for(browser, lambda d: enabled_buttons(d) == set(), 15, "every rollout button disabled")
+
+    spec = {"canary": "2", "steps": [10, 50], "interval_s": 600}
+    assert admin.post("/admin/models/classifier/rollout", json=spec).status_code == 201
+    try:
+        wait_for(browser, lambda d: enabled_buttons(d) == {"pause", "promote", "abort", "rollback"}, 15, "progressing")
+        # The traffic form shows what the rollout set, as the policy line does.
+        wait_for(
+            browser,
+            lambda d: (
+                Select(by_css(d, "#traffic-form select[name=canary]")).first_selected_option.get_attribute("value")
+                == "2"
+                and by_css(d, "#traffic-form input[name=canary_weight]").get_attribute("value") == "10.0"
+            ),
+            15,
+            "the traffic form at the rollout's first step",
+        )
+        assert admin.post("/admin/models/classifier/rollout/pause").status_code == 200
+        wait_for(browser, lambda d: enabled_buttons(d) == {"resume", "promote", "abort", "rollback"}, 15, "paused")
+
+        # A form being edited is left alone; the other one follows the policy.
+        weight = by_css(browser, "#traffic-form input[name=canary_weight]")
+        weight.clear()
+        weight.send_keys("33")
+        assert admin.patch("/admin/models/classifier/traffic", json={"shadow_sample_rate": 0.5}).status_code == 200
+        wait_for(
+            browser,
+            lambda d: by_css(d, "#shadow-form input[name=sample_rate]").get_attribute("value") == "0.5",
+            15,
+            "the shadows form's new sample rate",
+        )
+        assert by_css(browser, "#traffic-form input[name=canary_weight]").get_attribute("value") == "33"
+
+        by_css(browser, "#do-abort").click()
+        confirm(browser)
+        assert flash(browser) == "rollout aborted: all traffic on the stable version"
+        # After the abort there is no canary: promote and roll back no longer apply either.
+        wait_for(browser, lambda d: enabled_buttons(d) == set(), 15, "every rollout button disabled again")
+        assert admin.post("/admin/models/classifier/promote").status_code == 409
+        assert admin.post("/admin/models/classifier/rollback").status_code == 409
+        assert browser.execute_script("return window.sluiceNoReload;") == "still here"
+    finally:
+        admin.post("/admin/models/classifier/rollout/abort")
+        admin.put("/admin/models/classifier/traffic", json={"stable": "1"})

@@ -160,6 +160,7 @@ def _console_router(control: ControlPlane, monitor: MonitorService, auth: AdminA
                 "traffic": await views.traffic(model, range_name),
                 "monitor": await views.monitor_panel(model),
                 "audit": await views.audit(model),
+                "controls": await views.controls(model),
             }
         except SluiceError as exc:
             return not_found(request, session, exc)
@@ -176,26 +177,34 @@ def _console_router(control: ControlPlane, monitor: MonitorService, auth: AdminA
             **context,
         )
 
-    panels: dict[str, tuple[str, Callable[..., Any]]] = {
-        "status": ("_status.html", lambda m, r: views.status(m)),
-        "traffic": ("_traffic.html", lambda m, r: views.traffic(m, r)),
-        "monitor": ("_monitor.html", lambda m, r: views.monitor_panel(m)),
-        "audit": ("_audit.html", lambda m, r: views.audit(m)),
+    panels: dict[str, tuple[str, str, Callable[..., Any]]] = {
+        "status": ("_status.html", "status", lambda m, r: views.status(m)),
+        "traffic": ("_traffic.html", "traffic", lambda m, r: views.traffic(m, r)),
+        "monitor": ("_monitor.html", "monitor", lambda m, r: views.monitor_panel(m)),
+        "audit": ("_audit.html", "audit", lambda m, r: views.audit(m)),
+        "actions": ("_actions.html", "controls", lambda m, r: views.controls(m)),
+        "traffic_form": ("_traffic_form.html", "controls", lambda m, r: views.controls(m)),
+        "shadow_form": ("_shadow_form.html", "controls", lambda m, r: views.controls(m)),
     }
+    """Each panel: its template, the name its data has there, and how it is read."""
 
     @router.get("/models/{model}/panels/{panel}")
-    async def panel(request: Request, model: str, panel: str, range: str = DEFAULT_RANGE) -> Response:
+    async def panel(
+        request: Request, model: str, panel: str, range: str = DEFAULT_RANGE, key: str | None = None
+    ) -> Response:
         if (session := await session_of(request)) is None:
             return unauthenticated(request)
         if panel not in panels:
             return Response("no such panel", status_code=404, headers=SECURITY_HEADERS)
-        template, read = panels[panel]
+        template, name, read = panels[panel]
         range_name = range if range in RANGES else DEFAULT_RANGE
         try:
             data = await read(model, range_name)
         except SluiceError as exc:
             return render("_flash.html", mapping_of(exc).http, ok=False, message=str(exc))
-        return page(request, template, session, model=model, range=range_name, **{panel: data})
+        if key is not None and isinstance(data, dict) and data.get("key") == key:
+            return Response(status_code=204, headers=SECURITY_HEADERS)  # a form unchanged: htmx leaves it be
+        return page(request, template, session, model=model, range=range_name, **{name: data})
 
     @router.get("/models/{model}/runs/{run_id}")
     async def run_page(request: Request, model: str, run_id: int) -> Response:

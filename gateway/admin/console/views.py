@@ -8,6 +8,8 @@ here are the ones in force.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -15,6 +17,8 @@ from typing import Any
 from gateway.admin.console import figures
 from gateway.admin.console.audit_summary import summary
 from gateway.control.monitor_service import MonitorService
+from gateway.control.rollout_engine import allowed_actions
+from gateway.control.rollout_model import Phase
 from gateway.control.plane import ControlPlane
 
 RANGES: dict[str, tuple[float, float]] = {
@@ -98,6 +102,23 @@ class ConsoleViews:
         view["rollout"] = rollout
         view["history"] = [h.to_json() for h in history]
         return view
+
+    async def controls(self, model: str) -> dict[str, Any]:
+        """What the action buttons and the policy forms show: the versions, the policy, the actions that apply
+        now, and a key that changes when what the forms show does (a form is redrawn only then)."""
+        view = self.control.model_view(model)
+        versions = [v["version"] for v in view["versions"]]
+        rollout = view["rollout"]
+        phase = Phase(rollout["phase"]) if rollout is not None else None
+        actions = allowed_actions(phase, has_canary=view["policy"]["canary"] is not None)
+        shown = json.dumps({"versions": versions, "policy": view["policy"]}, sort_keys=True, default=str)
+        return {
+            "versions": versions,
+            "policy": view["policy"],
+            "phase": phase.value if phase is not None else None,
+            "actions": sorted(actions),
+            "key": hashlib.sha256(shown.encode()).hexdigest()[:16],
+        }
 
     async def traffic(self, model: str, range_name: str) -> dict[str, Any]:
         """Traffic, errors, latency, batch size and shadow agreement per version over the chosen range."""
