@@ -547,7 +547,6 @@ def test_live_req_s_reads_the_rate_a_client_sends(gw: GatewayProcess) -> None:
         assert 9.6 <= mean <= 10.4, (page, values)
 
 
-
 # -- the audit log ------------------------------------------------------------------------------------------
 
 
@@ -560,7 +559,8 @@ def test_the_audit_log_says_what_each_event_holds_in_plain_text(
         browser.get(f"{gw.http_url}/console/models/classifier")
         rows = wait_for(browser, lambda d: all_css(d, '#audit-log tr[data-action="policy.set"]'), 15, "the audit log")
         # Only the sticky parameter changed, and the line says so; the values read as the text they are.
-        assert rows[0].find_elements("css selector", "td")[3].text.splitlines()[0] == f"sticky parameter none → {sticky}"
+        line = rows[0].find_elements("css selector", "td")[3].text.splitlines()[0]
+        assert line == f"sticky parameter none → {sticky}"
         after = rows[0].find_elements("css selector", "pre")[1].get_attribute("textContent")
         assert f'"sticky_parameter": "{sticky}"' in after and "\\u003c" not in after
         assert not all_css(browser, "#audit-log b")

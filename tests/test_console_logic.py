@@ -37,9 +37,9 @@ def _published_every_second(now: float, rate: int, seconds: int) -> figures.Seri
 def _bucketed(series: figures.Series, since: float, bucket_s: float) -> figures.Series:
     """`Store.window_series`'s bucketing of the raw publishes (by `since` and `bucket_s`)."""
     merged: dict[float, WindowSummary] = {}
-    for at, _version, summary in series:
+    for at, _version, published in series:
         edge = since + ((at.timestamp() - since) // bucket_s) * bucket_s
-        merged.setdefault(edge, WindowSummary()).merge(summary)
+        merged.setdefault(edge, WindowSummary()).merge(published)
     return [(datetime.fromtimestamp(e, timezone.utc), "1", s) for e, s in sorted(merged.items())]
 
 
@@ -105,7 +105,13 @@ def test_every_kind_of_audit_event_is_summarised_by_what_it_holds() -> None:
     analysis = event("rollout.analysis", {"rollout": rollout}, {"rollout": rolled, "transitions": moves}, "rollouts")
     assert summary(analysis) == "v2 rolled_back at 0%: rolled back at 10%; error_ratio failed twice"
 
-    trigger = {"rule": "drift_high", "version": "2", "role": "canary", "reason": "drift 0.6 > 0.3", "action": "rollback"}
+    trigger = {
+        "rule": "drift_high",
+        "version": "2",
+        "role": "canary",
+        "reason": "drift 0.6 > 0.3",
+        "action": "rollback",
+    }
     fired = event("monitor.trigger", None, trigger, "monitor:drift_high")
     assert summary(fired) == "rule drift_high on v2 (canary): drift 0.6 > 0.3; rollback"
 
@@ -165,8 +171,9 @@ def test_each_phase_allows_exactly_the_actions_the_rollout_engine_takes() -> Non
             else:
                 with pytest.raises(Conflict):
                     op(at_phase)
-    assert rollout_engine.allowed_actions(Phase.PROGRESSING, has_canary=True) == {"pause", "abort", "promote", "rollback"}
-    assert rollout_engine.allowed_actions(Phase.PAUSED, has_canary=True) == {"resume", "abort", "promote", "rollback"}
+    both = {"abort", "promote", "rollback"}
+    assert rollout_engine.allowed_actions(Phase.PROGRESSING, has_canary=True) == {"pause", *both}
+    assert rollout_engine.allowed_actions(Phase.PAUSED, has_canary=True) == {"resume", *both}
     # No rollout under way (none yet, or it ended): promote and roll back act on the policy's canary, if any.
     assert rollout_engine.allowed_actions(None, has_canary=True) == {"promote", "rollback"}
     assert rollout_engine.allowed_actions(None, has_canary=False) == frozenset()

@@ -3,9 +3,9 @@
 The control plane runs in one replica (the lease holder, `control.leader`), and only it takes changes.
 A load balancer, or the kernel spreading connections over the workers of one machine, sends an
 admin request to any replica; this ASGI wrapper passes it on, as it came (method, path, query,
-body, the caller's credentials, and no others: it keeps no cookies), to the address the leader published
-in its lease, and streams the leader's answer back. So every replica answers the admin API (and the console) the same, and the
-token is checked, and the change audited, by the leader as for any caller.
+body, the caller's credentials; it keeps no cookies of its own), to the address the leader
+published in its lease, and streams the leader's answer back. So every replica answers the admin API
+(and the console) the same, and the token is checked, and the change audited, by the leader as for any caller.
 
 While there is no leader (a handover is under way) the request waits up to `wait_s` for one, then
 gets 503; when the state database is what keeps anyone from leading, it gets 503 at once, saying so.

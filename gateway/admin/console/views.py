@@ -17,9 +17,9 @@ from typing import Any
 from gateway.admin.console import figures
 from gateway.admin.console.audit_summary import summary
 from gateway.control.monitor_service import MonitorService
+from gateway.control.plane import ControlPlane
 from gateway.control.rollout_engine import allowed_actions
 from gateway.control.rollout_model import Phase
-from gateway.control.plane import ControlPlane
 
 RANGES: dict[str, tuple[float, float]] = {
     "15m": (900.0, 5.0),
