@@ -133,6 +133,11 @@ def confirm(driver: Any) -> None:
     alert.accept()
 
 
+def press(driver: Any, selector: str) -> None:
+    """Click a button of a panel that htmx may redraw meanwhile (then the new one is clicked)."""
+    wait_for(driver, lambda d: by_css(d, selector).click() is None, 15, f"a click on {selector}")
+
+
 def flash(driver: Any, previous: str = "") -> str:
     """The action's answer in the page (a new one, different from `previous`)."""
     return str(wait_for(driver, lambda d: (t := by_css(d, "#flash").text) and t != previous and t, 60, "an answer"))
@@ -413,7 +418,7 @@ def test_a_canary_started_from_the_form_advances_live_and_rolls_back_with_the_bu
     screenshot(browser, shots_dir(tmp_path) / "console-model-rollout.png")
     models_page_screenshot(gw, browser, shots_dir(tmp_path) / "console-models.png")
 
-    by_css(browser, "#do-rollback").click()
+    press(browser, "#do-rollback")
     confirm(browser)
     assert flash(browser, started) == "rolled back: all traffic on the stable version"
     wait_for(browser, lambda d: step_of(d)[0] == "rolled_back", 15, "the rolled-back rollout")
@@ -628,7 +633,7 @@ def test_the_buttons_and_the_policy_forms_follow_the_rollout_without_a_reload(
         )
         assert by_css(browser, "#traffic-form input[name=canary_weight]").get_attribute("value") == "33"
 
-        by_css(browser, "#do-abort").click()
+        press(browser, "#do-abort")
         confirm(browser)
         assert flash(browser) == "rollout aborted: all traffic on the stable version"
         # After the abort there is no canary: promote and roll back no longer apply either.

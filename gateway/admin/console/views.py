@@ -105,13 +105,15 @@ class ConsoleViews:
 
     async def controls(self, model: str) -> dict[str, Any]:
         """What the action buttons and the policy forms show: the versions, the policy, the actions that apply
-        now, and a key that changes when what the forms show does (a form is redrawn only then)."""
+        now, and a key that changes when any of them does (a form or the buttons are redrawn only then)."""
         view = self.control.model_view(model)
         versions = [v["version"] for v in view["versions"]]
         rollout = view["rollout"]
         phase = Phase(rollout["phase"]) if rollout is not None else None
         actions = allowed_actions(phase, has_canary=view["policy"]["canary"] is not None)
-        shown = json.dumps({"versions": versions, "policy": view["policy"]}, sort_keys=True, default=str)
+        shown = json.dumps(
+            {"versions": versions, "policy": view["policy"], "actions": sorted(actions)}, sort_keys=True, default=str
+        )
         return {
             "versions": versions,
             "policy": view["policy"],
