@@ -307,12 +307,23 @@ def test_an_action_needs_the_sessions_csrf_token(gw: GatewayProcess, browser: An
 
 def test_the_models_page_lists_every_demo_model_and_version_with_its_state(gw: GatewayProcess, browser: Any) -> None:
     browser.get(f"{gw.http_url}/console/")
+
+    def states(d: Any) -> dict[str, dict[str, str]]:
+        """Each model's versions and their states, read in one go (the page redraws its cards every 3 s)."""
+        cards = all_css(d, "section.model-card[data-model]")
+        return {
+            card.get_attribute("data-model"): {
+                row.get_attribute("data-version"): row.find_element("css selector", ".state").text
+                for row in card.find_elements("css selector", "tr.version")
+            }
+            for card in cards
+        }
+
+    shown = wait_for(browser, states, 15, "the models page's cards")
     for model, versions in DEMO_VERSIONS.items():
-        card = by_css(browser, f'section.model-card[data-model="{model}"]')
-        rows = {r.get_attribute("data-version"): r for r in card.find_elements("css selector", "tr.version")}
-        assert sorted(rows) == versions, model
-        for version, row in rows.items():
-            assert row.find_element("css selector", ".state").text.startswith("READY"), (model, version)
+        assert sorted(shown[model]) == versions, model
+        for version, state in shown[model].items():
+            assert state.startswith("READY"), (model, version)
     # Live figures arrive without a reload: the traffic thread's mlp requests show as req/s.
     wait_for(
         browser,
@@ -400,7 +411,7 @@ def test_a_canary_started_from_the_form_advances_live_and_rolls_back_with_the_bu
     api = admin.post("/admin/models/mlp/rollout", json={"canary": "2", "steps": ["50", "10"], "checks": []})
     assert refused == f"422: {api.json()['error']}"
 
-    fill(browser, "#steps", "10, 20, 30, 40, 50, 60")
+    fill(browser, "#steps", "10, 20, 30, 40, 50, 60, 70, 80, 90")  # 18 s at least: time to press Roll back
     fill(browser, "#interval", "2")
     fill(browser, "#failure-threshold", "3")
     set_checks(browser, {"error_ratio": ("1.5", "3")})
@@ -431,7 +442,7 @@ def test_a_canary_started_from_the_form_advances_live_and_rolls_back_with_the_bu
         15,
         "all traffic on the stable in the page",
     )
-    assert "rolled back by ci" in by_css(browser, "#rollout-reason").text
+    wait_for(browser, lambda d: "rolled back by ci" in by_css(d, "#rollout-reason").text, 15, "the rollback's reason")
     wait_for(browser, lambda d: any(e.text == "ci" for e in all_css(d, "#audit-log .actor")), 15, "the audit log")
     assert browser.execute_script("return window.sluiceNoReload;") == "still here"
 
