@@ -14,6 +14,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from html import unescape
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,11 @@ def confirm(driver: Any) -> None:
     alert.accept()
 
 
+def press(driver: Any, selector: str) -> None:
+    """Click a button of a panel that htmx may redraw meanwhile (then the new one is clicked)."""
+    wait_for(driver, lambda d: by_css(d, selector).click() is None, 15, f"a click on {selector}")
+
+
 def flash(driver: Any, previous: str = "") -> str:
     """The action's answer in the page (a new one, different from `previous`)."""
     return str(wait_for(driver, lambda d: (t := by_css(d, "#flash").text) and t != previous and t, 60, "an answer"))
@@ -148,6 +154,60 @@ def screenshot(driver: Any, path: Path, height: int = 1900) -> None:
 
 def csp_violations(driver: Any) -> list[str]:
     return [e["message"] for e in driver.get_log("browser") if "Content Security Policy" in e["message"]]
+
+
+@contextmanager
+def console_client(gw: GatewayProcess, token: str | None = None, url: str | None = None) -> Iterator[httpx.Client]:
+    """An HTTP client logged in to the console as a browser is: the login form's nonce, then the token
+    (at `url`: the gateway's, or one worker's own listener)."""
+    with httpx.Client(base_url=url or gw.http_url, timeout=30) as http:
+        form = http.get("/console/login")
+        nonce = re.search(r'name="nonce" value="([^"]+)"', form.text)
+        assert nonce, (form.status_code, form.headers, form.text)
+        answer = http.post("/console/login", data={"nonce": nonce.group(1), "token": token or gw.admin_token})
+        assert answer.status_code == 303 and answer.headers["location"] == "/console/", answer.text
+        assert http.cookies.get("sluice_console")
+        yield http
+
+
+def row_cells(html: str, version: str) -> list[str]:
+    """The text of each cell of a version's row in a versions table (the first such table in `html`)."""
+    row = html.split(f'<tr class="version" data-version="{version}">', 1)[1].split("</tr>", 1)[0]
+    return [re.sub(r"<[^>]+>", "", unescape(cell)).strip() for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+
+
+class Paced:
+    """Requests to one model at exactly `rate` a second, on a monotonic schedule (a late one is sent at once,
+    so the count over any long span is exact), until stopped."""
+
+    def __init__(self, url: str, model: str, body: dict[str, Any], rate: float) -> None:
+        self.url, self.model, self.body, self.rate = url, model, body, rate
+        self.stop = threading.Event()
+        self.sent = 0
+        self.failed = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        with httpx.Client(base_url=self.url, timeout=10) as http:
+            while not self.stop.is_set() and time.monotonic() - start < 600:
+                due = start + self.sent / self.rate
+                if (wait := due - time.monotonic()) > 0 and self.stop.wait(wait):
+                    return
+                try:
+                    ok = http.post(f"/v2/models/{self.model}/infer", json=self.body).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                self.sent += 1
+                self.failed += not ok
+
+    def __enter__(self) -> Paced:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(15)
 
 
 # -- login and what is shown without a session ----------------------------------------------------------
@@ -167,6 +227,22 @@ def test_without_a_session_only_the_login_page_is_shown(gw: GatewayProcess) -> N
         csp = login.headers["content-security-policy"]
         assert "script-src 'self'" in csp and "unsafe-inline" not in csp
         assert "<script>" not in login.text and " style=" not in login.text
+
+
+def test_every_page_has_a_favicon_and_the_token_field_says_what_it_holds(gw: GatewayProcess) -> None:
+    """/favicon.ico answered 404 on every page; a password manager could not tell the token field's purpose."""
+    with httpx.Client(base_url=gw.http_url, timeout=30) as http:
+        icon = http.get("/favicon.ico")
+        assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+        assert icon.content.lstrip().startswith(b"<svg")
+        login = http.get("/console/login").text
+        link = re.search(r'<link rel="icon" type="image/svg\+xml" href="([^"]+)">', login)
+        assert link and http.get(unescape(link.group(1))).content == icon.content
+        field = re.search(r"<input [^>]*id=\"token\"[^>]*>", login)
+        assert field and 'autocomplete="current-password"' in field.group(0) and 'type="password"' in field.group(0)
+    with console_client(gw) as http:
+        for page in ("/console/", "/console/models/mlp"):
+            assert link.group(0) in http.get(page).text, page
 
 
 def test_a_wrong_token_is_refused_and_the_right_one_gives_a_strict_httponly_session(gw: GatewayProcess) -> None:
@@ -190,6 +266,26 @@ def check_login(gw: GatewayProcess, browser: Any) -> None:
     assert not csp_violations(browser)
 
 
+def test_logging_out_ends_the_session_on_the_server(gw: GatewayProcess) -> None:
+    """A copy of the cookie taken before the logout is refused after it (it worked until its expiry)."""
+    with chromium() as driver, console_client(gw) as other:
+        log_in(driver, gw, gw.admin_token)
+        wait_for(driver, lambda d: by_css(d, "#actor").text == "ci", 15, "the models page")
+        copied = {"sluice_console": driver.get_cookie("sluice_console")["value"]}
+        with httpx.Client(base_url=gw.http_url, cookies=copied, timeout=30) as http:
+            assert http.get("/console/").status_code == 200
+            by_css(driver, ".logout button").click()
+            wait_for(driver, lambda d: d.current_url.endswith("/console/login"), 15, "the login page")
+            assert driver.get_cookie("sluice_console") is None
+            answer = http.get("/console/")
+            assert answer.status_code == 303 and answer.headers["location"] == "/console/login"
+            panel = http.get("/console/models/mlp/panels/status", headers={"HX-Request": "true"})
+            assert panel.status_code == 401
+            assert http.post("/console/logout").status_code == 303  # logging out again changes nothing
+        # The same token's other sessions go on.
+        assert other.get("/console/").status_code == 200
+
+
 def test_an_action_needs_the_sessions_csrf_token(gw: GatewayProcess, browser: Any, admin: httpx.Client) -> None:
     session = {"sluice_console": browser.get_cookie("sluice_console")["value"]}
     before = admin.get("/admin/audit", params={"model": "mlp"}).json()["events"]
@@ -211,12 +307,23 @@ def test_an_action_needs_the_sessions_csrf_token(gw: GatewayProcess, browser: An
 
 def test_the_models_page_lists_every_demo_model_and_version_with_its_state(gw: GatewayProcess, browser: Any) -> None:
     browser.get(f"{gw.http_url}/console/")
+
+    def states(d: Any) -> dict[str, dict[str, str]]:
+        """Each model's versions and their states, read in one go (the page redraws its cards every 3 s)."""
+        cards = all_css(d, "section.model-card[data-model]")
+        return {
+            card.get_attribute("data-model"): {
+                row.get_attribute("data-version"): row.find_element("css selector", ".state").text
+                for row in card.find_elements("css selector", "tr.version")
+            }
+            for card in cards
+        }
+
+    shown = wait_for(browser, states, 15, "the models page's cards")
     for model, versions in DEMO_VERSIONS.items():
-        card = by_css(browser, f'section.model-card[data-model="{model}"]')
-        rows = {r.get_attribute("data-version"): r for r in card.find_elements("css selector", "tr.version")}
-        assert sorted(rows) == versions, model
-        for version, row in rows.items():
-            assert row.find_element("css selector", ".state").text.startswith("READY"), (model, version)
+        assert sorted(shown[model]) == versions, model
+        for version, state in shown[model].items():
+            assert state.startswith("READY"), (model, version)
     # Live figures arrive without a reload: the traffic thread's mlp requests show as req/s.
     wait_for(
         browser,
@@ -304,7 +411,7 @@ def test_a_canary_started_from_the_form_advances_live_and_rolls_back_with_the_bu
     api = admin.post("/admin/models/mlp/rollout", json={"canary": "2", "steps": ["50", "10"], "checks": []})
     assert refused == f"422: {api.json()['error']}"
 
-    fill(browser, "#steps", "10, 20, 30, 40, 50, 60")
+    fill(browser, "#steps", "10, 20, 30, 40, 50, 60, 70, 80, 90")  # 18 s at least: time to press Roll back
     fill(browser, "#interval", "2")
     fill(browser, "#failure-threshold", "3")
     set_checks(browser, {"error_ratio": ("1.5", "3")})
@@ -322,7 +429,7 @@ def test_a_canary_started_from_the_form_advances_live_and_rolls_back_with_the_bu
     screenshot(browser, shots_dir(tmp_path) / "console-model-rollout.png")
     models_page_screenshot(gw, browser, shots_dir(tmp_path) / "console-models.png")
 
-    by_css(browser, "#do-rollback").click()
+    press(browser, "#do-rollback")
     confirm(browser)
     assert flash(browser, started) == "rolled back: all traffic on the stable version"
     wait_for(browser, lambda d: step_of(d)[0] == "rolled_back", 15, "the rolled-back rollout")
@@ -335,7 +442,7 @@ def test_a_canary_started_from_the_form_advances_live_and_rolls_back_with_the_bu
         15,
         "all traffic on the stable in the page",
     )
-    assert "rolled back by ci" in by_css(browser, "#rollout-reason").text
+    wait_for(browser, lambda d: "rolled back by ci" in by_css(d, "#rollout-reason").text, 15, "the rollback's reason")
     wait_for(browser, lambda d: any(e.text == "ci" for e in all_css(d, "#audit-log .actor")), 15, "the audit log")
     assert browser.execute_script("return window.sluiceNoReload;") == "still here"
 
@@ -430,3 +537,121 @@ def test_a_drift_run_started_from_the_page_shows_its_figures_and_opens_its_repor
     )
     assert report.status_code == 200 and report.headers["content-security-policy"].startswith("sandbox allow-scripts")
     assert unescape(report.text).count("tenure") > 0
+
+
+# -- live figures ------------------------------------------------------------------------------------------
+
+
+def test_live_req_s_reads_the_rate_a_client_sends(gw: GatewayProcess) -> None:
+    """A client sending exactly 10 req/s to `fixed` (nobody else does) reads 10 on both pages, on average
+    over many readings (it read about 11: the partial newest bucket was counted)."""
+    body = {"inputs": [{"name": "x", "shape": [3, 4], "datatype": "FP32", "data": [1.0] * 12}]}
+    readings: dict[str, list[float]] = {"models": [], "model": []}
+    with console_client(gw) as http, Paced(gw.http_url, "fixed", body, 10.0) as paced:
+        # Both pages' live figures cover the last complete ten seconds: wait until they hold only paced traffic.
+        wait_until(lambda: paced.sent >= 250, timeout=120, interval=0.5, what="25 s of paced requests")
+        for _ in range(16):
+            models = http.get("/console/fragments/models")
+            card = models.text.split('data-model="fixed"', 1)[1]
+            readings["models"].append(float(row_cells(card, "1")[4]))
+            status = http.get("/console/models/fixed/panels/status")
+            readings["model"].append(float(row_cells(status.text, "1")[4]))
+            time.sleep(1.0)
+        assert paced.failed == 0
+    for page, values in readings.items():
+        mean = sum(values) / len(values)
+        assert 9.6 <= mean <= 10.4, (page, values)
+
+
+# -- the audit log ------------------------------------------------------------------------------------------
+
+
+def test_the_audit_log_says_what_each_event_holds_in_plain_text(
+    gw: GatewayProcess, browser: Any, admin: httpx.Client
+) -> None:
+    sticky = "<b>user</b>&id"
+    assert admin.patch("/admin/models/classifier/traffic", json={"sticky_parameter": sticky}).status_code == 200
+    try:
+        browser.get(f"{gw.http_url}/console/models/classifier")
+        rows = wait_for(browser, lambda d: all_css(d, '#audit-log tr[data-action="policy.set"]'), 15, "the audit log")
+        # Only the sticky parameter changed, and the line says so; the values read as the text they are.
+        line = rows[0].find_elements("css selector", "td")[3].text.splitlines()[0]
+        assert line == f"sticky parameter none → {sticky}"
+        after = rows[0].find_elements("css selector", "pre")[1].get_attribute("textContent")
+        assert f'"sticky_parameter": "{sticky}"' in after and "\\u003c" not in after
+        assert not all_css(browser, "#audit-log b")
+        # The start-up event lists each version's artifact digest (it read "version None: None").
+        digests = admin.get("/admin/models/classifier").json()["versions"]
+        artifacts = by_css(browser, '#audit-log tr[data-action="version.artifacts"] td:nth-child(4)').text
+        first = artifacts.splitlines()[0]
+        expected = ", ".join(f"v{v['version']} sha256 {v['sha256'][:12]}…" for v in digests)
+        assert first == f"artifacts at start: {expected}", first
+        assert all("None" not in e.text.splitlines()[0] for e in all_css(browser, "#audit-log td:nth-child(4)"))
+    finally:
+        admin.patch("/admin/models/classifier/traffic", json={"sticky_parameter": None})
+
+
+# -- the action buttons and the policy forms follow the model's state ---------------------------------------
+
+BUTTONS = ("pause", "resume", "promote", "abort", "rollback")
+
+
+def enabled_buttons(driver: Any) -> set[str]:
+    return {name for name in BUTTONS if by_css(driver, f"#do-{name}").is_enabled()}
+
+
+def test_the_buttons_and_the_policy_forms_follow_the_rollout_without_a_reload(
+    gw: GatewayProcess, browser: Any, admin: httpx.Client
+) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    assert admin.put("/admin/models/classifier/traffic", json={"stable": "1"}).status_code == 200
+    browser.get(f"{gw.http_url}/console/models/classifier")
+    browser.execute_script("window.sluiceNoReload = 'still here';")
+    for summary in all_css(browser, "#actions details:not([open]) > summary"):
+        summary.click()
+    # No rollout and no canary: nothing to pause, resume, promote, abort or roll back.
+    wait_for(browser, lambda d: enabled_buttons(d) == set(), 15, "every rollout button disabled")
+
+    spec = {"canary": "2", "steps": [10, 50], "interval_s": 600}
+    assert admin.post("/admin/models/classifier/rollout", json=spec).status_code == 201
+    try:
+        wait_for(browser, lambda d: enabled_buttons(d) == {"pause", "promote", "abort", "rollback"}, 15, "progressing")
+        # The traffic form shows what the rollout set, as the policy line does.
+        wait_for(
+            browser,
+            lambda d: (
+                Select(by_css(d, "#traffic-form select[name=canary]")).first_selected_option.get_attribute("value")
+                == "2"
+                and by_css(d, "#traffic-form input[name=canary_weight]").get_attribute("value") == "10.0"
+            ),
+            15,
+            "the traffic form at the rollout's first step",
+        )
+        assert admin.post("/admin/models/classifier/rollout/pause").status_code == 200
+        wait_for(browser, lambda d: enabled_buttons(d) == {"resume", "promote", "abort", "rollback"}, 15, "paused")
+
+        # A form being edited is left alone; the other one follows the policy.
+        weight = by_css(browser, "#traffic-form input[name=canary_weight]")
+        weight.clear()
+        weight.send_keys("33")
+        assert admin.patch("/admin/models/classifier/traffic", json={"shadow_sample_rate": 0.5}).status_code == 200
+        wait_for(
+            browser,
+            lambda d: by_css(d, "#shadow-form input[name=sample_rate]").get_attribute("value") == "0.5",
+            15,
+            "the shadows form's new sample rate",
+        )
+        assert by_css(browser, "#traffic-form input[name=canary_weight]").get_attribute("value") == "33"
+
+        press(browser, "#do-abort")
+        confirm(browser)
+        assert flash(browser) == "rollout aborted: all traffic on the stable version"
+        # After the abort there is no canary: promote and roll back no longer apply either.
+        wait_for(browser, lambda d: enabled_buttons(d) == set(), 15, "every rollout button disabled again")
+        assert admin.post("/admin/models/classifier/promote").status_code == 409
+        assert admin.post("/admin/models/classifier/rollback").status_code == 409
+        assert browser.execute_script("return window.sluiceNoReload;") == "still here"
+    finally:
+        admin.post("/admin/models/classifier/rollout/abort")
+        admin.put("/admin/models/classifier/traffic", json={"stable": "1"})

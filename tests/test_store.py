@@ -54,11 +54,6 @@ def _columns(s: Store, table: str) -> set[str]:
         return {c["name"] for c in sa.inspect(conn).get_columns(table)}
 
 
-def _version_rows(s: Store) -> list[int]:
-    with s.engine.connect() as conn:
-        return list(conn.execute(sa.text("select version from schema_version order by version")).scalars())
-
-
 def test_for_state_dir_makes_a_wal_sqlite_file(tmp_path: Path) -> None:
     s = Store.for_state_dir(tmp_path / "a" / "b")
     try:

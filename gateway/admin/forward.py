@@ -3,9 +3,9 @@
 The control plane runs in one replica (the lease holder, `control.leader`), and only it takes changes.
 A load balancer, or the kernel spreading connections over the workers of one machine, sends an
 admin request to any replica; this ASGI wrapper passes it on, as it came (method, path, query,
-body, the caller's credentials), to the address the leader published in its lease, and streams the
-leader's answer back. So every replica answers the admin API (and the console) the same, and the
-token is checked, and the change audited, by the leader as for any caller.
+body, the caller's credentials; it keeps no cookies of its own), to the address the leader
+published in its lease, and streams the leader's answer back. So every replica answers the admin API
+(and the console) the same, and the token is checked, and the change audited, by the leader as for any caller.
 
 While there is no leader (a handover is under way) the request waits up to `wait_s` for one, then
 gets 503; when the state database is what keeps anyone from leading, it gets 503 at once, saying so.
@@ -20,6 +20,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
 import orjson
@@ -49,7 +50,12 @@ class LeaderForwarder:
         self.election = election
         self.prefixes = tuple(prefixes)
         self.wait_s = wait_s
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None), follow_redirects=False)
+        # No cookie jar: the client is shared by every caller, so a Set-Cookie it kept (a console login's
+        # session) would go with the next caller's requests and log them in as someone else.
+        no_cookies = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(10.0, read=None), follow_redirects=False, cookies=no_cookies
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or self.election.is_leader or not scope["path"].startswith(self.prefixes):

@@ -117,40 +117,62 @@ def _who(state: RolloutState) -> str:
     return f"rollout of {state.spec.canary!r} on model {state.model!r}"
 
 
-def _require_unfinished(state: RolloutState, action: str) -> None:
+ROLLOUT_ACTIONS = ("pause", "resume", "promote", "abort", "rollback")
+"""What an operator can do to a rollout (the admin API's and the console's buttons)."""
+
+
+def allowed_actions(phase: Phase | None, *, has_canary: bool) -> frozenset[str]:
+    """The actions that apply to a model whose active rollout is in `phase` (None: no rollout under way).
+
+    The one rule behind the 409s below and the console's enabled buttons. With no rollout under way,
+    promote and roll back act on the policy's canary, so they apply only when there is one (after an
+    abort there is none); a finished rollout takes nothing.
+    """
+    if phase is Phase.PROGRESSING:
+        return frozenset({"pause", "abort", "promote", "rollback"})
+    if phase is Phase.PAUSED:
+        return frozenset({"resume", "abort", "promote", "rollback"})
+    if phase is None and has_canary:
+        return frozenset({"promote", "rollback"})
+    return frozenset()
+
+
+def _require(state: RolloutState, action: str, verb: str) -> None:
+    """Conflict, saying why, unless `allowed_actions` lets `action` apply to the rollout."""
+    if action in allowed_actions(state.phase, has_canary=True):
+        return
     if state.phase.finished:
-        raise Conflict(f"cannot {action} the {_who(state)}: it is already {state.phase.value}")
+        raise Conflict(f"cannot {verb} the {_who(state)}: it is already {state.phase.value}")
+    if action == "pause":
+        raise Conflict(f"the {_who(state)} is already paused")
+    raise Conflict(f"cannot {verb} the {_who(state)}: it is not paused")
 
 
 def pause(state: RolloutState) -> RolloutState:
     """Stop judging windows; the canary keeps its current weight until resumed."""
-    _require_unfinished(state, "pause")
-    if state.phase is Phase.PAUSED:
-        raise Conflict(f"the {_who(state)} is already paused")
+    _require(state, "pause", "pause")
     return replace(state, phase=Phase.PAUSED)
 
 
 def resume(state: RolloutState, now: float) -> RolloutState:
     """Judge windows again; the next window starts now, so paused time is never judged."""
-    _require_unfinished(state, "resume")
-    if state.phase is not Phase.PAUSED:
-        raise Conflict(f"cannot resume the {_who(state)}: it is not paused")
+    _require(state, "resume", "resume")
     return replace(state, phase=Phase.PROGRESSING, window_started_at=now)
 
 
 def abort(state: RolloutState, reason: str) -> RolloutState:
     """Stop the rollout and send all traffic back to the stable (weight 0)."""
-    _require_unfinished(state, "abort")
+    _require(state, "abort", "abort")
     return replace(state, phase=Phase.ABORTED, reason=reason)
 
 
 def manual_promote(state: RolloutState) -> RolloutState:
     """Skip the remaining steps: the canary becomes the new stable."""
-    _require_unfinished(state, "promote")
+    _require(state, "promote", "promote")
     return replace(state, phase=Phase.PROMOTED, reason="promoted by hand")
 
 
 def manual_rollback(state: RolloutState, reason: str) -> RolloutState:
     """Judge the canary bad by hand: weight 0, counted as a rollback."""
-    _require_unfinished(state, "roll back")
+    _require(state, "rollback", "roll back")
     return replace(state, phase=Phase.ROLLED_BACK, reason=reason)

@@ -255,6 +255,19 @@ Index(
 Index("ix_window_summaries_model_at", window_summaries_table.c.model, window_summaries_table.c.at)
 
 
+console_revocations_table = Table(
+    "console_revocations",
+    metadata,
+    Column("sid", String(64), primary_key=True),
+    Column("expires_at", Float, nullable=False),
+    Column("revoked_at", UTCDateTime, nullable=False),
+)
+"""Console sessions ended before their expiry (logged out): a session is a signed cookie every replica can
+verify alone, so ending one early needs this shared list. `expires_at` (epoch seconds) is the session's
+own expiry: after it the cookie is refused anyway and the row is pruned."""
+Index("ix_console_revocations_expires_at", console_revocations_table.c.expires_at)
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 

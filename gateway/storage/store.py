@@ -8,9 +8,10 @@
 
 `Store` is the sum of one class per job over one engine: `control_state` (policies, rollouts,
 versions, the audit log, the leader lease and the revision replicas follow), `windows` (replicas'
-per-version window summaries), `predictions` (the prediction log and its labels) and `monitor_state`
-(drift and accuracy runs, trigger states). `engine` has the connection discipline they share,
-`schema` the live tables, `migrations` the frozen history of schema changes.
+per-version window summaries), `predictions` (the prediction log and its labels), `monitor_state`
+(drift and accuracy runs, trigger states) and `console_sessions` (console sessions ended by a logout).
+`engine` has the connection discipline they share, `schema` the live tables, `migrations` the frozen
+history of schema changes.
 
 The API is synchronous: the caller runs it in a thread; it is never on the request hot path.
 """
@@ -20,18 +21,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from gateway.storage.console_sessions import ConsoleSessionState
 from gateway.storage.control_state import ControlState
 from gateway.storage.monitor_state import MonitorState
 from gateway.storage.predictions import PredictionData
 from gateway.storage.windows import WindowData
 
 
-class Store(ControlState, WindowData, PredictionData, MonitorState):
+class Store(ControlState, WindowData, PredictionData, MonitorState, ConsoleSessionState):
     """Synchronous and thread-safe (one pooled engine); every method is one short transaction.
 
     One class per job, each over the same engine (`gateway.storage.engine.Database`): the control
     plane's state, the replicas' window summaries, the prediction log and its labels, the monitors'
-    runs and rule states.
+    runs and rule states, the console's revoked sessions.
     """
 
 

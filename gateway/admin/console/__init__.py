@@ -8,8 +8,8 @@ action goes through the admin API's request models and the same control-plane ca
 validated and audited as an admin API call under the token's name.
 
 Modules: `session` (signed cookie, CSRF), `routes` (the router), `views` (what each panel shows),
-`figures` (charts and figures from stored data, pure), `actions` (forms to admin API calls), `pages`
-(rendering, static files, security headers).
+`figures` (charts and figures from stored data, pure), `audit_summary` (a line per audit event, pure),
+`actions` (forms to admin API calls), `pages` (rendering, static files, security headers).
 """
 
 from gateway.admin.console.routes import build_console_router

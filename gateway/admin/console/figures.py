@@ -115,12 +115,17 @@ def _from_first_data(edges: list[float], by_version: dict[str, dict[float, Windo
 
 def live_figures(series: Series, *, now: float, bucket_s: float) -> dict[str, dict[str, float | None]]:
     """Per version: req/s, error ratio, p99 (ms), mean batch size and shadow agreement over the newest
-    whole buckets that cover at least LIVE_S seconds."""
+    whole buckets that cover at least LIVE_S seconds.
+
+    `series` is bucketed from `aligned_since(now, ...)`, so its newest complete bucket ends a second before
+    `now`; the bucket after it is still filling and is left out (counted, it added a tenth to req/s)."""
     span = max(LIVE_S, bucket_s)
-    start = now - 1.0 - span - 1e-6
+    end = now - 1.0 + 1e-6
+    start = end - span - 2e-6
     merged: dict[str, WindowSummary] = {}
     for at, version, summary in series:
-        if at.timestamp() >= start:
+        edge = at.timestamp()
+        if edge >= start and edge + bucket_s <= end:
             merged.setdefault(version, WindowSummary()).merge(summary)
     return {
         version: {
@@ -251,34 +256,6 @@ def analysis_windows(rollout: dict[str, Any], events: Iterable[Any]) -> list[dic
         )
     windows.sort(key=lambda w: w["at"])
     return windows
-
-
-def audit_summary(event: Any) -> str:
-    """One line saying what an audit event changed."""
-    after = event.after if isinstance(event.after, dict) else {}
-    if event.action.startswith("rollout."):
-        r = after.get("rollout") or {}
-        text = f"v{r.get('spec', {}).get('canary')} {r.get('phase')} at {_pct(r.get('weight'))}"
-        moves = [t.get("detail", "") for t in after.get("transitions", []) if t.get("kind") != "hold"]
-        if r.get("reason") and r.get("phase") in ("rolled_back", "aborted", "promoted"):
-            moves.append(str(r["reason"]))
-        return text + (": " + "; ".join(m for m in moves if m) if moves else "")
-    if event.action.startswith("policy."):
-        parts = [f"stable {after.get('stable') or 'newest'}"]
-        if after.get("canary"):
-            parts.append(f"canary {after['canary']} at {_pct(after.get('canary_weight'))}")
-        if after.get("shadows"):
-            parts.append(f"shadows {', '.join(map(str, after['shadows']))} at {after.get('shadow_sample_rate')}")
-        return ", ".join(parts)
-    if event.action.startswith("version."):
-        return f"version {after.get('version')}: {after.get('state')}"
-    if event.action == "monitor.trigger":
-        return f"rule {after.get('rule')} on v{after.get('version')} ({after.get('role')}): {after.get('reason')}"
-    return ""
-
-
-def _pct(value: Any) -> str:
-    return f"{float(value):g}%" if isinstance(value, int | float) else "?"
 
 
 def _round(value: float | None, digits: int = 4) -> float | None:

@@ -9,6 +9,7 @@ the scripts (htmx, uPlot, console.js) are files of this package, so the console 
 from __future__ import annotations
 
 import hashlib
+import json
 import mimetypes
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -112,13 +113,20 @@ def _pct(value: Any) -> str:
     return "–" if value is None or isinstance(value, Undefined) else f"{float(value) * 100:.1f}%"
 
 
+def _json_text(value: Any) -> str:
+    """A value as indented JSON text for reading, not markup: plain characters (Jinja2's `tojson` writes
+    `<` as `\\u003c`, right for a script or an attribute, unreadable as text); autoescaping then escapes
+    it once as HTML."""
+    return json.dumps(value, indent=1, ensure_ascii=False, default=str)
+
+
 env = Environment(
     loader=FileSystemLoader(HERE / "templates"),
     autoescape=select_autoescape(["html"], default_for_string=True, default=True),
     trim_blocks=True,
     lstrip_blocks=True,
 )
-env.filters.update(path=_path, ago=_ago, time=_time, num=_num, pct=_pct)
+env.filters.update(path=_path, ago=_ago, time=_time, num=_num, pct=_pct, json_text=_json_text)
 env.globals.update(static_url=static_url)
 
 

@@ -54,12 +54,24 @@ async def _form(request: Request) -> dict[str, list[str]]:
 
 
 def build_console_router(control: ControlPlane, monitor: MonitorService, auth: AdminAuth) -> APIRouter:
+    """The console under /console, and /favicon.ico (browsers ask for it on every page of the origin)."""
+    outer = APIRouter(include_in_schema=False)
+
+    @outer.get("/favicon.ico")
+    async def favicon() -> Response:
+        return asset_response("favicon.svg")
+
+    outer.include_router(_console_router(control, monitor, auth))
+    return outer
+
+
+def _console_router(control: ControlPlane, monitor: MonitorService, auth: AdminAuth) -> APIRouter:
     router = APIRouter(prefix="/console", include_in_schema=False)
-    sessions = Sessions(auth)
+    sessions = Sessions(auth, control.store)
     views = ConsoleViews(control, monitor)
 
-    def session_of(request: Request) -> Session | None:
-        return sessions.verify(request.cookies.get(COOKIE))
+    async def session_of(request: Request) -> Session | None:
+        return await sessions.check(request.cookies.get(COOKIE))
 
     def unauthenticated(request: Request) -> Response:
         if request.headers.get("hx-request") or request.method != "GET":
@@ -83,7 +95,7 @@ def build_console_router(control: ControlPlane, monitor: MonitorService, auth: A
 
     @router.get("/login")
     async def login_form(request: Request) -> Response:
-        if session_of(request) is not None:
+        if await session_of(request) is not None:
             return RedirectResponse("/console/", status_code=303, headers=SECURITY_HEADERS)
         return login_page(request)
 
@@ -109,6 +121,8 @@ def build_console_router(control: ControlPlane, monitor: MonitorService, auth: A
 
     @router.post("/logout")
     async def logout(request: Request) -> Response:
+        if (session := await session_of(request)) is not None:
+            await sessions.revoke(session)  # on every replica: a copy of the cookie is refused too
         response = RedirectResponse(LOGIN, status_code=303, headers=SECURITY_HEADERS)
         response.delete_cookie(COOKIE, path=COOKIE_PATH)
         return response
@@ -125,19 +139,19 @@ def build_console_router(control: ControlPlane, monitor: MonitorService, auth: A
 
     @router.get("/")
     async def models_page(request: Request) -> Response:
-        if (session := session_of(request)) is None:
+        if (session := await session_of(request)) is None:
             return unauthenticated(request)
         return page(request, "models.html", session, models=await views.models())
 
     @router.get("/fragments/models")
     async def models_fragment(request: Request) -> Response:
-        if (session := session_of(request)) is None:
+        if (session := await session_of(request)) is None:
             return unauthenticated(request)
         return page(request, "_models.html", session, models=await views.models())
 
     @router.get("/models/{model}")
     async def model_page(request: Request, model: str, range: str = DEFAULT_RANGE) -> Response:
-        if (session := session_of(request)) is None:
+        if (session := await session_of(request)) is None:
             return unauthenticated(request)
         range_name = range if range in RANGES else DEFAULT_RANGE
         try:
@@ -146,6 +160,7 @@ def build_console_router(control: ControlPlane, monitor: MonitorService, auth: A
                 "traffic": await views.traffic(model, range_name),
                 "monitor": await views.monitor_panel(model),
                 "audit": await views.audit(model),
+                "controls": await views.controls(model),
             }
         except SluiceError as exc:
             return not_found(request, session, exc)
@@ -162,30 +177,38 @@ def build_console_router(control: ControlPlane, monitor: MonitorService, auth: A
             **context,
         )
 
-    panels: dict[str, tuple[str, Callable[..., Any]]] = {
-        "status": ("_status.html", lambda m, r: views.status(m)),
-        "traffic": ("_traffic.html", lambda m, r: views.traffic(m, r)),
-        "monitor": ("_monitor.html", lambda m, r: views.monitor_panel(m)),
-        "audit": ("_audit.html", lambda m, r: views.audit(m)),
+    panels: dict[str, tuple[str, str, Callable[..., Any]]] = {
+        "status": ("_status.html", "status", lambda m, r: views.status(m)),
+        "traffic": ("_traffic.html", "traffic", lambda m, r: views.traffic(m, r)),
+        "monitor": ("_monitor.html", "monitor", lambda m, r: views.monitor_panel(m)),
+        "audit": ("_audit.html", "audit", lambda m, r: views.audit(m)),
+        "actions": ("_actions.html", "controls", lambda m, r: views.controls(m)),
+        "traffic_form": ("_traffic_form.html", "controls", lambda m, r: views.controls(m)),
+        "shadow_form": ("_shadow_form.html", "controls", lambda m, r: views.controls(m)),
     }
+    """Each panel: its template, the name its data has there, and how it is read."""
 
     @router.get("/models/{model}/panels/{panel}")
-    async def panel(request: Request, model: str, panel: str, range: str = DEFAULT_RANGE) -> Response:
-        if (session := session_of(request)) is None:
+    async def panel(
+        request: Request, model: str, panel: str, range: str = DEFAULT_RANGE, key: str | None = None
+    ) -> Response:
+        if (session := await session_of(request)) is None:
             return unauthenticated(request)
         if panel not in panels:
             return Response("no such panel", status_code=404, headers=SECURITY_HEADERS)
-        template, read = panels[panel]
+        template, name, read = panels[panel]
         range_name = range if range in RANGES else DEFAULT_RANGE
         try:
             data = await read(model, range_name)
         except SluiceError as exc:
             return render("_flash.html", mapping_of(exc).http, ok=False, message=str(exc))
-        return page(request, template, session, model=model, range=range_name, **{panel: data})
+        if key is not None and isinstance(data, dict) and data.get("key") == key:
+            return Response(status_code=204, headers=SECURITY_HEADERS)  # a form unchanged: htmx leaves it be
+        return page(request, template, session, model=model, range=range_name, **{name: data})
 
     @router.get("/models/{model}/runs/{run_id}")
     async def run_page(request: Request, model: str, run_id: int) -> Response:
-        if (session := session_of(request)) is None:
+        if (session := await session_of(request)) is None:
             return unauthenticated(request)
         try:
             run = await views.run(model, run_id)
@@ -198,7 +221,7 @@ def build_console_router(control: ControlPlane, monitor: MonitorService, auth: A
 
     @router.get("/models/{model}/runs/{run_id}/report")
     async def report(request: Request, model: str, run_id: int) -> Response:
-        if session_of(request) is None:
+        if await session_of(request) is None:
             return unauthenticated(request)
         try:
             path: Path | None = monitor.report_file(model, run_id)
@@ -213,7 +236,7 @@ def build_console_router(control: ControlPlane, monitor: MonitorService, auth: A
 
     @router.post("/models/{model}/actions/{action}")
     async def act(request: Request, model: str, action: str) -> Response:
-        if (session := session_of(request)) is None:
+        if (session := await session_of(request)) is None:
             return unauthenticated(request)
         form = await _form(request)
         presented = request.headers.get("x-csrf-token") or next(iter(form.get("csrf", [])[-1:]), None)

@@ -8,6 +8,11 @@ expiry and a random session id. The MAC key is derived from that one token (`Adm
 - replacing or removing a token ends its sessions at once, on every replica;
 - the cookie carries no token, and the token cannot be recovered from it.
 
+A logout ends the session on every replica before its expiry: its id goes into the state database's
+revocations (`Store.revoke_console_session`), which each request's `check` reads (a revoked id is
+then remembered in the process). The cookie alone would stay valid until it expires, and a copy of
+it would keep working.
+
 The CSRF token is an HMAC of the session id under the same key: nothing to store, valid exactly as
 long as its session. Actions must send it (header `X-CSRF-Token`, or form field `csrf`); with the
 cookie's SameSite=Strict that makes a cross-site request forgery fail twice over. The login form,
@@ -17,6 +22,7 @@ the form, so another site cannot log a browser in under its own token.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
@@ -25,6 +31,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from gateway.admin.auth import AdminAuth
 
@@ -53,13 +60,31 @@ class Session:
     csrf: str
 
 
-class Sessions:
-    """Issues and verifies console sessions for the tokens `auth` knows."""
+class Revocations(Protocol):
+    """Where ended sessions are kept for every replica to see (the state store)."""
 
-    def __init__(self, auth: AdminAuth, *, ttl_s: int = TTL_S, clock: Callable[[], float] = time.time) -> None:
+    def revoke_console_session(self, sid: str, expires_at: float) -> None: ...
+
+    def console_session_revoked(self, sid: str) -> bool: ...
+
+
+class Sessions:
+    """Issues and verifies console sessions for the tokens `auth` knows; ends them in `revocations`."""
+
+    def __init__(
+        self,
+        auth: AdminAuth,
+        revocations: Revocations | None = None,
+        *,
+        ttl_s: int = TTL_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.auth = auth
+        self.revocations = revocations
         self.ttl_s = ttl_s
         self.clock = clock
+        self._revoked: dict[str, int] = {}
+        """Session ids seen revoked, with their expiry: a revocation is for good, so it need not be read again."""
 
     def issue(self, actor: str) -> tuple[str, Session]:
         """A new session for a token name that `auth.authenticate` has just accepted: (cookie value, session)."""
@@ -94,6 +119,30 @@ class Sessions:
         if not hmac.compare_digest(presented, expected) or expires_at <= self.clock():
             return None
         return Session(actor, expires_at, sid, _csrf(key, sid))
+
+    async def check(self, cookie: str | None) -> Session | None:
+        """`verify`, and the session must not have been ended by a logout (on any replica)."""
+        session = self.verify(cookie)
+        if session is None or self.revocations is None:
+            return session
+        if session.sid in self._revoked:
+            return None
+        if await asyncio.to_thread(self.revocations.console_session_revoked, session.sid):
+            self._remember(session)
+            return None
+        return session
+
+    async def revoke(self, session: Session) -> None:
+        """End `session` now, on every replica (its cookie, even a copy of it, is refused from now on)."""
+        if self.revocations is not None:
+            await asyncio.to_thread(self.revocations.revoke_console_session, session.sid, session.expires_at)
+        self._remember(session)
+
+    def _remember(self, session: Session) -> None:
+        now = self.clock()
+        for sid in [sid for sid, expires_at in self._revoked.items() if expires_at <= now]:
+            del self._revoked[sid]
+        self._revoked[session.sid] = session.expires_at
 
     @staticmethod
     def csrf_ok(session: Session, presented: str | None) -> bool:

@@ -8,13 +8,18 @@ here are the ones in force.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import time
 from datetime import datetime, timezone
 from typing import Any
 
 from gateway.admin.console import figures
+from gateway.admin.console.audit_summary import summary
 from gateway.control.monitor_service import MonitorService
 from gateway.control.plane import ControlPlane
+from gateway.control.rollout_engine import allowed_actions
+from gateway.control.rollout_model import Phase
 
 RANGES: dict[str, tuple[float, float]] = {
     "15m": (900.0, 5.0),
@@ -98,6 +103,25 @@ class ConsoleViews:
         view["history"] = [h.to_json() for h in history]
         return view
 
+    async def controls(self, model: str) -> dict[str, Any]:
+        """What the action buttons and the policy forms show: the versions, the policy, the actions that apply
+        now, and a key that changes when any of them does (a form or the buttons are redrawn only then)."""
+        view = self.control.model_view(model)
+        versions = [v["version"] for v in view["versions"]]
+        rollout = view["rollout"]
+        phase = Phase(rollout["phase"]) if rollout is not None else None
+        actions = allowed_actions(phase, has_canary=view["policy"]["canary"] is not None)
+        shown = json.dumps(
+            {"versions": versions, "policy": view["policy"], "actions": sorted(actions)}, sort_keys=True, default=str
+        )
+        return {
+            "versions": versions,
+            "policy": view["policy"],
+            "phase": phase.value if phase is not None else None,
+            "actions": sorted(actions),
+            "key": hashlib.sha256(shown.encode()).hexdigest()[:16],
+        }
+
     async def traffic(self, model: str, range_name: str) -> dict[str, Any]:
         """Traffic, errors, latency, batch size and shadow agreement per version over the chosen range."""
         range_s, bucket_s = RANGES.get(range_name, RANGES[DEFAULT_RANGE])
@@ -128,7 +152,7 @@ class ConsoleViews:
     async def audit(self, model: str) -> list[dict[str, Any]]:
         self.control.registry.get_model(model)
         events = await self.control.audit_events(model, 50, None)
-        return [{**e.to_json(), "at": e.at, "summary": figures.audit_summary(e)} for e in events]
+        return [{**e.to_json(), "at": e.at, "summary": summary(e)} for e in events]
 
     async def run(self, model: str, run_id: int) -> dict[str, Any] | None:
         self.control.registry.get_model(model)

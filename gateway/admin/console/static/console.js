@@ -1,6 +1,6 @@
 // Sluice console: draws the charts the server describes in data-chart attributes, with uPlot.
 // No inline scripts anywhere (the Content-Security-Policy forbids them): htmx swaps the live panels,
-// and this file draws the charts of every panel it swaps in.
+// and this file draws the charts of every panel it swaps in, and keeps a form being edited from being redrawn.
 (function () {
   "use strict";
 
@@ -74,6 +74,32 @@
     Array.prototype.forEach.call(charts, draw);
     if (root.matches && root.matches(".chart[data-chart]")) draw(root);
   }
+
+  // The policy forms are redrawn when the policy changes (the server answers 204 while it has not), but never
+  // under the user's hands: not while a field of theirs has the focus, nor once they changed a field and have
+  // not yet submitted it successfully.
+  function policyForm(el) {
+    return el && el.closest ? el.closest("[data-policy-form]") : null;
+  }
+
+  function markEdited(event) {
+    var panel = policyForm(event.target);
+    if (panel) panel.dataset.edited = "1";
+  }
+
+  document.addEventListener("input", markEdited, true);
+  document.addEventListener("change", markEdited, true);
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    var elt = event.detail.elt;
+    if (!elt.matches || !elt.matches("[data-policy-form]")) return;
+    var active = document.activeElement;
+    var typing = active && elt.contains(active) && active.matches("input, select, textarea");
+    if (elt.dataset.edited || typing) event.preventDefault();
+  });
+  document.addEventListener("htmx:afterRequest", function (event) {
+    var panel = event.detail.elt.matches && event.detail.elt.matches("form") ? policyForm(event.detail.elt) : null;
+    if (panel && event.detail.successful) delete panel.dataset.edited;
+  });
 
   document.addEventListener("DOMContentLoaded", function () { drawAll(document); });
   document.addEventListener("htmx:load", function (event) { drawAll(event.detail.elt); });
