@@ -326,6 +326,7 @@ class Gateway:
         await self.registry.load_all()
         await self.follower.sync()  # the policies in force and the versions' desired states
         await self.election.step()  # lead at once when nobody else does
+        await self.election.wait_started()
         if self._log_writer is not None:
             try:
                 await self._log_writer.start()

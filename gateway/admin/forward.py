@@ -11,6 +11,8 @@ While there is no leader (a handover is under way) the request waits up to `wait
 gets 503; when the state database is what keeps anyone from leading, it gets 503 at once, saying so.
 A forwarded request that reaches a replica which does not lead (it lost the lease in the
 meantime) is refused with 503 rather than passed on again, so requests never go round in circles.
+A request that reaches the lease holder while its control plane is still starting waits for the start
+(up to `wait_s`) and is then served there.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
 import orjson
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.control.leader import LeaderElection
 from gateway.errors import ControlPlaneUnavailable, StoreUnavailable
@@ -32,6 +34,8 @@ from gateway.errors import ControlPlaneUnavailable, StoreUnavailable
 log = logging.getLogger(__name__)
 
 FORWARDED = "x-sluice-forwarded"
+HERE = "this replica"
+"""`_leader_address`'s answer when this replica leads: serve the request here."""
 _HOP_BY_HOP = frozenset(
     (b"host", b"content-length", b"connection", b"keep-alive", b"transfer-encoding", b"te", b"upgrade")
 )
@@ -61,7 +65,7 @@ class LeaderForwarder:
         if scope["type"] != "http" or self.election.is_leader or not scope["path"].startswith(self.prefixes):
             await self.app(scope, receive, send)
             return
-        if any(key == FORWARDED.encode() for key, _ in scope["headers"]):
+        if not self.election.holds_lease and any(key == FORWARDED.encode() for key, _ in scope["headers"]):
             await _error(send, 503, "this replica no longer leads the control plane; retry")
             return
         body = await _body(receive)
@@ -72,15 +76,24 @@ class LeaderForwarder:
             return
         if address is None:
             await _error(send, 503, f"no control-plane leader is reachable after {self.wait_s:g} s; retry")
-            return
-        await self._forward(scope, body, address, send)
+        elif address is HERE:
+            await self.app(scope, _replay(body, receive), send)
+        else:
+            await self._forward(scope, body, address, send)
 
     async def _leader_address(self) -> str | None:
+        """The leader's address, HERE once this replica leads (its control plane started), or None when no
+        leader turned up within `wait_s`."""
         deadline = time.monotonic() + self.wait_s
         refresh = False
         while True:
             if self.election.is_leader:
-                return None
+                return HERE
+            if self.election.holds_lease:  # elected, the control plane still starting
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.election.wait_started(), max(0.0, deadline - time.monotonic()))
+                if self.election.is_leader:
+                    return HERE
             lease = await self.election.current_leader(refresh=refresh)
             if lease is not None and lease.address and lease.holder != self.election.holder:
                 return lease.address
@@ -127,7 +140,7 @@ class LeaderForwarder:
         if self.election.is_leader:
             raise ControlPlaneUnavailable("this replica leads the control plane: apply the change here")
         address = await self._leader_address()
-        if address is None:
+        if address is None or address is HERE:  # HERE: elected meanwhile; the caller's check comes first
             raise ControlPlaneUnavailable(f"no control-plane leader is reachable after {self.wait_s:g} s; retry")
         headers = {FORWARDED: self.election.holder, "content-type": "application/json"}
         if authorization is not None:
@@ -159,6 +172,16 @@ async def _body(receive: Receive) -> bytes:
         if not message.get("more_body", False):
             break
     return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """The request's body once more (it was read to be forwarded), then the connection's own messages."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replay() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replay
 
 
 async def _error(send: Send, status: int, message: str) -> None:

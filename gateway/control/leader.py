@@ -10,6 +10,11 @@ releases the lease, so the next replica takes over at its next attempt instead o
 
 Killing the leader hands over within `ttl_s + renew_s`; the new leader reads the policies and
 rollouts back from the store, so a rollout resumes at the step where it stood.
+
+Starting the control plane (`on_elected`: policies, rollouts, the monitors' state, the artifacts' digests)
+runs beside the loop, not inside it: under load it can take longer than the lease lives, and a lease not
+renewed meanwhile would pass to another replica while this one still believed it led. The replica
+leads (`is_leader`: takes changes) only once that start has finished.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Protocol
 from gateway.errors import StoreUnavailable
 from gateway.storage.control_state import Lease
 from gateway.storage.engine import Fence
+from gateway.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +78,9 @@ class LeaderElection:
         self.leader: Lease | None = None
         """The lease as last seen: ours or another replica's (its address is where admin requests go)."""
         self._lock = asyncio.Lock()
+        self._starting: asyncio.Task[None] | None = None
+        """The control plane's start, while it runs (beside the renewals)."""
+        self._started = False
         self.unavailable: StoreUnavailable | None = None
         """Why the last round could not reach the state database (None when it could): while it cannot,
         nobody can lead, and an admin request is told so at once instead of waiting for a leader."""
@@ -80,7 +89,19 @@ class LeaderElection:
 
     @property
     def is_leader(self) -> bool:
+        """Holding the lease with the control plane started: this replica takes changes."""
+        return self._lease is not None and self._started
+
+    @property
+    def holds_lease(self) -> bool:
+        """Holding the lease, the control plane perhaps still starting (`wait_started`)."""
         return self._lease is not None
+
+    async def wait_started(self) -> None:
+        """Until the control plane's start (if one is under way) has finished or failed."""
+        task = self._starting
+        if task is not None:
+            await asyncio.wait([task])  # never raises: a failed or cancelled start has been dealt with
 
     async def step(self) -> None:
         """One round: renew while leading (stepping down if that fails), else try to take the lease."""
@@ -130,17 +151,35 @@ class LeaderElection:
             return
         self._lease = self.leader = lease
         self._valid_until = started + self.ttl_s - self.renew_s
-        self._store.fence = Fence(LEASE, self.holder, lease.epoch)
+        self._store.fence = fence = Fence(LEASE, self.holder, lease.epoch)
         log.info("leading the control plane", extra={"holder": self.holder, "epoch": lease.epoch})
+        self._starting = asyncio.get_running_loop().create_task(self._start(lease, fence), name="control-plane-start")
+
+    async def _start(self, lease: Lease, fence: Fence) -> None:
         try:
-            await self._on_elected(self._store.fence)
+            await self._on_elected(fence)
+        except asyncio.CancelledError:
+            raise  # deposed while starting: `_depose` stops what had started
         except Exception:
             log.exception("the control plane failed to start: giving the lease up")
-            await self._depose("the control plane failed to start")
-            await self._release(lease)
+            async with self._lock:
+                if self._holds(lease):
+                    self._starting = None  # this task: not to be cancelled by the depose below
+                    await self._depose("the control plane failed to start")
+                    await self._release(lease)
+            return
+        if self._holds(lease):
+            self._started = True
+
+    def _holds(self, lease: Lease) -> bool:
+        return self._lease is not None and self._lease.epoch == lease.epoch
 
     async def _depose(self, why: str) -> None:
         self._lease = None
+        self._started = False
+        starting, self._starting = self._starting, None
+        if starting is not None and starting is not asyncio.current_task():
+            await cancel_and_wait(starting)
         log.warning("no longer leading the control plane: %s", why, extra={"holder": self.holder})
         try:
             await self._on_deposed()
