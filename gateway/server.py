@@ -102,7 +102,10 @@ class Gateway:
         run_controller: bool = True,
         reuse_port: bool = False,
         cohort_ready: Callable[[], bool] | None = None,
+        fetch_artifacts: bool = True,
     ) -> None:
+        """`fetch_artifacts` False: `runtime_factory` loads versions elsewhere and fetches their files there
+        (Ray's version replicas, each on its own node), so this process keeps only the listing."""
         self._run_controller = run_controller
         self._reuse_port = reuse_port
         self.settings = settings
@@ -119,6 +122,7 @@ class Gateway:
         """The runtime processes this gateway started itself (one process; with workers the supervisor does)."""
         tracer = get_tracer(self.tracer_provider)
         self.windows = WindowRecorder()
+        factory = runtime_factory or self._make_runtime
         self.supply = ModelSupply(
             open_repository(
                 settings.model_repo,
@@ -131,7 +135,7 @@ class Gateway:
         self.registry = ModelRegistry(
             self.supply.listing,
             self.metrics,
-            self.supply.fetching(runtime_factory or self._make_runtime),
+            self.supply.fetching(factory) if fetch_artifacts else factory,
             tracer,
             on_batch=self.windows.record_batch,
         )

@@ -16,6 +16,7 @@ import tomllib
 import yaml
 
 from gateway.settings import GatewaySettings
+from gateway.storage.object_store import parse_repository_url
 from tests.helpers import ROOT
 
 pytest.importorskip("ray")
@@ -69,9 +70,14 @@ def test_every_setting_the_manifest_names_is_a_setting() -> None:
     fields = set(GatewaySettings.model_fields)
     (app,) = serve_config()["applications"]
     assert set(app["args"]) <= fields, set(app["args"]) - fields
-    names = {env["name"] for c in containers() for env in c.get("env", [])}
-    assert names and all(n.startswith("SLUICE_") for n in names)
-    assert {n.removeprefix("SLUICE_").lower() for n in names} <= fields
+    envs = [env for c in containers() for env in c.get("env", [])]
+    names = {env["name"] for env in envs if env["name"].startswith("SLUICE_")}
+    assert names and {n.removeprefix("SLUICE_").lower() for n in names} <= fields
+    # The object store's credentials: its SDK's standard variables, each from the Secret, none written here.
+    provider = [env for env in envs if not env["name"].startswith("SLUICE_")]
+    assert provider and all(env["name"].startswith("AWS_") for env in provider)
+    assert all(env["valueFrom"]["secretKeyRef"]["name"] == "sluice-model-store" for env in provider)
+    assert not any("value" in env for env in provider)
     dockerfile_env = set(re.findall(r"\b(SLUICE_[A-Z_]+)=", DOCKERFILE.read_text()))
     assert {n.removeprefix("SLUICE_").lower() for n in dockerfile_env} <= fields
 
@@ -88,11 +94,14 @@ def test_ports_paths_image_and_versions_agree() -> None:
         (container,) = group["template"]["spec"]["containers"]
         assert {p["containerPort"] for p in container["ports"]} == {args["http_port"], args["grpc_port"]}
         assert container["readinessProbe"]["httpGet"]["port"] == args["http_port"]
+    # The repository is a bucket every pod reads (no shared volume); each pod fetches into its own cache.
+    url = parse_repository_url(args["model_repo"])
+    assert url.scheme == "s3" and url.bucket
     for container in containers():
         mounts = {m["mountPath"] for m in container["volumeMounts"]}
-        assert args["model_repo"] in mounts
+        (cache,) = [env["value"] for env in container["env"] if env["name"] == "SLUICE_MODEL_CACHE_DIR"]
+        assert cache in mounts
     dockerfile = DOCKERFILE.read_text()
-    assert f"SLUICE_MODEL_REPO={args['model_repo']}" in dockerfile
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     tag = re.search(r"-t (\S+) ", dockerfile)

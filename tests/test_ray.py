@@ -1,4 +1,6 @@
-"""`sluice serve --ray` on a real local Ray (2 CPUs) with the real PostgreSQL: one driver for the session.
+"""`sluice serve --ray` on a real local Ray (2 CPUs) with the real PostgreSQL: one driver for the session, serving
+its model repository from a bucket of a real S3-protocol server on 127.0.0.1 (moto's), so every version replica
+fetches its file into a cache of its own, and the answers are compared with embedded mode on the local files.
 
 The driver runs as `sluice serve --ray` would (its own process group, SIGTERM at the end); the tests talk to
 the ingress replicas' own HTTP and gRPC servers with tritonclient, and join the cluster as a second Ray
@@ -27,10 +29,12 @@ import pytest
 import sqlalchemy as sa
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from moto.server import ThreadedMotoServer
 
 from gateway.cli.demo import build_demo_repository
 from tests.helpers import ROOT, Load, ThreadedGateway, free_port, settings_for, wait_until
 from tests.models import build_slow
+from tests.test_object_repository import ACCESS_KEY, SECRET_KEY, Bucket, s3_env
 from tests.test_rollouts import build_lookup
 
 ray = pytest.importorskip("ray") if os.environ.get("CI") != "true" else __import__("ray")
@@ -60,6 +64,17 @@ def ray_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def ray_bucket(ray_repo: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """The repository uploaded to a bucket: its URL, and the provider's environment that reaches it."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    port = server.get_host_and_port()[1]
+    Bucket(port, "ray-models").upload(ray_repo, "repo")
+    yield "s3://ray-models/repo", s3_env(port)
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def pg_schema_url(pg_url: str) -> Iterator[str]:
     schema = f"ray_{uuid.uuid4().hex[:10]}"
     admin = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
@@ -72,8 +87,18 @@ def pg_schema_url(pg_url: str) -> Iterator[str]:
 
 
 class RayGateway:
-    def __init__(self, proc: subprocess.Popen[bytes], http_port: int, grpc_port: int, log: Path, db: str) -> None:
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        http_port: int,
+        grpc_port: int,
+        log: Path,
+        db: str,
+        cache: Path | None = None,
+    ) -> None:
         self.proc, self.http_port, self.grpc_port, self.log, self.db = proc, http_port, grpc_port, log, db
+        self.cache = cache
+        """SLUICE_MODEL_CACHE_DIR: where the replicas keep what they fetched from the bucket."""
         self.http_url = f"http://127.0.0.1:{http_port}"
         self.admin = httpx.Client(base_url=self.http_url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
 
@@ -88,11 +113,17 @@ def session_pids(sid: int) -> list[int]:
 
 
 @pytest.fixture(scope="session")
-def ray_gateway(ray_repo: Path, pg_schema_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayGateway]:
+def ray_gateway(
+    ray_bucket: tuple[str, dict[str, str]], pg_schema_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RayGateway]:
     http_port, grpc_port = free_port(), free_port()
     log = tmp_path_factory.mktemp("ray-logs") / "driver.log"
+    url, provider_env = ray_bucket
+    cache = tmp_path_factory.mktemp("ray-model-cache")
     env = {
         **os.environ,
+        **provider_env,
+        "SLUICE_MODEL_CACHE_DIR": str(cache),
         "RAY_USAGE_STATS_ENABLED": "0",
         "SLUICE_DATABASE_URL": pg_schema_url,
         "SLUICE_ADMIN_TOKENS": f"ci:{TOKEN}",
@@ -105,12 +136,12 @@ def ray_gateway(ray_repo: Path, pg_schema_url: str, tmp_path_factory: pytest.Tem
     }
     cmd = [
         sys.executable, "-m", "gateway", "serve", "--ray", "--ray-num-cpus", "2", "--ray-ingress-replicas", "2",
-        "--model-repo", str(ray_repo), "--host", "127.0.0.1",
+        "--model-repo", url, "--host", "127.0.0.1",
         "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--log-format", "text",
     ]  # fmt: skip
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True)
-    gw = RayGateway(proc, http_port, grpc_port, log, pg_schema_url)
+    gw = RayGateway(proc, http_port, grpc_port, log, pg_schema_url, cache)
 
     def ready() -> bool:
         if proc.poll() is not None:
@@ -210,6 +241,14 @@ def test_tritonclient_over_http_and_grpc_gets_the_answers_of_embedded_mode(
                         np.testing.assert_array_equal(got[name], expected[name], err_msg=f"{model}/{version} {name}")
                     compared += 1
     assert compared >= 20
+    # Each version replica fetched its file from the bucket into the cache: the local file's very bytes.
+    for model in ("mlp", "classifier", "multi_io", "dtypes", "fixed", "churn"):
+        for local_file in (ray_repo / model).glob("*/model.onnx"):
+            assert ray_gateway.cache is not None
+            cached = list(ray_gateway.cache.rglob(f"{model}/{local_file.parent.name}/model.onnx"))
+            assert len(cached) == 1, f"{model}/{local_file.parent.name} not in the cache: {cached}"
+            assert cached[0].read_bytes() == local_file.read_bytes()
+    assert SECRET_KEY not in ray_gateway.logs() and ACCESS_KEY not in ray_gateway.logs()
 
 
 def _replicas(cluster: Any) -> dict[int, dict[str, Any]]:

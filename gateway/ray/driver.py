@@ -26,7 +26,6 @@ import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from gateway.settings import GatewaySettings
@@ -48,7 +47,6 @@ def check_settings(settings: GatewaySettings) -> str:
         )
     if settings.http_port == 0 or settings.grpc_port == 0:
         raise RayModeError("Ray mode needs fixed ports (every ingress replica binds the same ones): not 0")
-    local_model_repo(settings)
     if settings.ray_address is not None:
         refused = [
             name
@@ -64,13 +62,6 @@ def check_settings(settings: GatewaySettings) -> str:
                 f"a new Ray: drop {' and '.join(refused)} (or drop --ray-address to start a Ray of this process's own)"
             )
     return url
-
-
-def local_model_repo(settings: GatewaySettings) -> Path:
-    """Ray mode reads a local model repository (the same path on every node) for now."""
-    if not isinstance(settings.model_repo, Path):
-        raise RayModeError("Ray mode serves a local --model-repo for now, not an object-store URL")
-    return settings.model_repo
 
 
 def run_ray(
@@ -92,6 +83,7 @@ def run_ray(
     from gateway.ray.capacity import shortfall, starting_demand
     from gateway.ray.metrics_dir import new_metrics_dir, remove_metrics_dir
     from gateway.ray.naming import INGRESS_APP, VERSION_APP_PREFIX, version_app
+    from gateway.ray.repository import RepositoryRef
     from gateway.ray.runtime import deploy_version, version_application
     from gateway.serving.repository import scan_repository
     from gateway.storage.store import Store
@@ -130,9 +122,12 @@ def run_ray(
     try:
         store.upgrade()
         unloaded = {(r["model"], r["version"]) for r in store.versions() if r["desired"] == "unloaded"}
+        repository = RepositoryRef.of(settings)
+        listing = repository.open()
+        listing.refresh()  # RepositoryUnavailable: an object store away, with no listing in the cache
         wanted = [
             (source, v)
-            for source in scan_repository(local_model_repo(settings))
+            for source in scan_repository(listing)
             if not source.error and source.config.runtime.kind == "onnx"
             for v in source.versions
             if (source.name, v.version) not in unloaded
@@ -144,9 +139,9 @@ def run_ray(
             log.warning("%s; waiting, in case the cluster adds nodes", problem)
         serve.start(proxy_location="Disabled")
         serve_started = True
-        applications = [(s, v, version_application(local_model_repo(settings), s, v)) for s, v in wanted]
+        applications = [(s, v, version_application(repository, s, v)) for s, v in wanted]
         with ThreadPoolExecutor(4) as pool:  # each waits for its application to run
-            list(pool.map(lambda sva: deploy_version(local_model_repo(settings), *sva), applications))
+            list(pool.map(lambda sva: deploy_version(repository, *sva), applications))
         ingress = ingress_application(settings, replicas=ingress_replicas, cpus=ingress_cpus, metrics_dir=metrics_dir)
         serve.run(ingress, name=INGRESS_APP, route_prefix=None)
         cluster = ray.get_runtime_context().gcs_address

@@ -20,8 +20,8 @@ from ray import serve
 
 from gateway.observability.logs import configure_logging
 from gateway.observability.metrics import MULTIPROCESS_ENV
-from gateway.ray.driver import local_model_repo
 from gateway.ray.naming import version_app
+from gateway.ray.repository import RepositoryRef
 from gateway.ray.runtime import RayPlacement, running
 from gateway.server import Gateway, tune_gc
 from gateway.serving.registry import VersionState
@@ -41,7 +41,9 @@ class IngressServer:
 
             node = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
             settings = settings.model_copy(update={"advertise_host": node})
-        self.gateway = Gateway(settings, runtime_factory=RayPlacement(local_model_repo(settings)), reuse_port=True)
+        self.gateway = Gateway(
+            settings, runtime_factory=RayPlacement(RepositoryRef.of(settings)), reuse_port=True, fetch_artifacts=False
+        )
         await self.gateway.start()
         self._reaper = asyncio.get_running_loop().create_task(
             tick_forever(self._remove_unloaded, 2.0, "removing unloaded versions"), name="version-reaper"

@@ -19,7 +19,6 @@ import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +26,7 @@ import ray.exceptions
 from ray import serve
 
 from gateway.ray.naming import version_app, version_options
+from gateway.ray.repository import RepositoryRef
 from gateway.ray.version import VersionServer
 from gateway.serving.repository import ModelSource, VersionSource
 from runtimes.base import ModelRuntime, RuntimeError_, RuntimeInfo, RuntimeTimeout
@@ -85,8 +85,8 @@ class RayPlacement:
     of an application deployed again, even unchanged.
     """
 
-    def __init__(self, model_repo: Path) -> None:
-        self.model_repo = model_repo
+    def __init__(self, repository: RepositoryRef) -> None:
+        self.repository = repository
 
     async def __call__(self, source: ModelSource, version: VersionSource) -> ModelRuntime:
         if source.config.runtime.kind != "onnx":
@@ -95,7 +95,7 @@ class RayPlacement:
         for attempt in range(3):  # an application removed between its check and its first call is deployed again
             if not await asyncio.to_thread(running, app):
                 deployer = Deployer.options(name=DEPLOYER, get_if_exists=True, namespace=NAMESPACE).remote()  # type: ignore[attr-defined]
-                await deployer.ensure.remote(str(self.model_repo), source.name, version.version)
+                await deployer.ensure.remote(self.repository, source.name, version.version)
             handle = serve.get_app_handle(app)
             try:
                 signature, info, _ = await asyncio.wait_for(handle.metadata.remote(), 60.0)
@@ -115,19 +115,13 @@ DEPLOYER = "sluice-deployer"
 class Deployer:
     """Deploys versions' applications, one at a time for the whole cluster."""
 
-    def ensure(self, model_repo: str, model: str, version: str) -> None:
-        from gateway.serving.repository import scan_model
-
+    def ensure(self, repository: RepositoryRef, model: str, version: str) -> None:
         app = version_app(model, version)
         if running(app):
             return
-        repo = Path(model_repo)
-        source = scan_model(repo, repo / model, every_version=True)
-        match = [v for v in source.versions if v.version == version]
-        if not match:
-            raise RuntimeError(source.error or f"model '{model}' has no version '{version}' in {repo}")
+        _, source, found = repository.find(model, version)
         log.info("deploying %s", app)
-        deploy_version(repo, source, match[0])
+        deploy_version(repository, source, found)
 
 
 def running(app: str) -> bool:
@@ -135,14 +129,16 @@ def running(app: str) -> bool:
     return status is not None and str(status.status) in ("RUNNING", "ApplicationStatus.RUNNING")
 
 
-def version_application(model_repo: Path, source: ModelSource, version: VersionSource) -> Any:
+def version_application(repository: RepositoryRef, source: ModelSource, version: VersionSource) -> Any:
     """One version's Serve application. (Build these in one thread: Ray's deployment options are not
     thread-safe to construct.)"""
     deployment = serve.deployment(name="version", **version_options(source.config))(VersionServer)
-    return deployment.bind(str(model_repo.resolve()), source.name, version.version)
+    return deployment.bind(repository, source.name, version.version)
 
 
-def deploy_version(model_repo: Path, source: ModelSource, version: VersionSource, application: Any = None) -> None:
+def deploy_version(
+    repository: RepositoryRef, source: ModelSource, version: VersionSource, application: Any = None
+) -> None:
     """Deploy (or redeploy) one version's application and wait until it runs."""
-    app = application if application is not None else version_application(model_repo, source, version)
+    app = application if application is not None else version_application(repository, source, version)
     serve.run(app, name=version_app(source.name, version.version), route_prefix=None)

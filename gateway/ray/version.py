@@ -7,30 +7,27 @@ splits a failing one as the gateway's does, so one bad batch never fails another
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 
+from gateway.ray.repository import RepositoryRef
 from gateway.serving.batcher import Batcher
 from gateway.serving.registry import version_batcher
-from gateway.serving.repository import scan_model
 from gateway.serving.runtime_loader import load_runtime
 from runtimes.base import ModelRuntime, RuntimeInfo
 from runtimes.tensors import ModelSignature
 
 
 class VersionServer:
-    async def __init__(self, model_repo: str, model: str, version: str) -> None:  # type: ignore[misc] # Serve awaits it
-        repo = Path(model_repo)
-        source = scan_model(repo, repo / model, every_version=True)
-        match = [v for v in source.versions if v.version == version]
-        if not match:
-            raise RuntimeError(source.error or f"model '{model}' has no version '{version}' in {repo}")
+    async def __init__(self, repository: RepositoryRef, model: str, version: str) -> None:  # type: ignore[misc] # Serve awaits it
+        # An object-store version is fetched into this node's cache (verified, never a half file) before it loads.
+        source, found = await asyncio.to_thread(repository.fetch, model, version)
         self._executor = ThreadPoolExecutor(max_workers=max(1, len(os.sched_getaffinity(0))), thread_name_prefix="rt")
-        self.runtime: ModelRuntime = await load_runtime(source, match[0], self._executor)
+        self.runtime: ModelRuntime = await load_runtime(source, found, self._executor)
         await self.runtime.warmup()
         self.batcher: Batcher = version_batcher(self.runtime, source.config, f"{model}/{version}", None)
 

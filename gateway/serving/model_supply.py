@@ -57,11 +57,8 @@ class ModelSupply:
         return load
 
     def materialize(self, source: ModelSource, version: VersionSource) -> Path:
-        """Blocking: the version's file, fetched into the cache when it is remote (checked against the digest
-        config.yaml gives for it)."""
-        digests = source.config.runtime.sha256
-        expected = digests.get(int(version.version)) if version.version.isdigit() else None
-        return self.listing.materialize(version, expected)
+        """Blocking: the version's file, fetched into the cache when it is remote."""
+        return materialize(self.listing, source, version)
 
     def cache_changed(self) -> None:
         """Evict what the cache's bound asks, never a version this process serves; publish the cache's size.
@@ -88,3 +85,11 @@ class ModelSupply:
             cache = self.listing.cache
             status["cache"] = {"dir": str(cache.root), "bytes": cache.usage(), "max_bytes": cache.max_bytes}
         return status
+
+
+def materialize(listing: RepositoryListing, source: ModelSource, version: VersionSource) -> Path:
+    """Blocking: the version's file on local disk, fetched into the listing's cache when it is remote (checked
+    against the digest config.yaml gives for it)."""
+    digests = source.config.runtime.sha256
+    expected = digests.get(int(version.version)) if version.version.isdigit() else None
+    return listing.materialize(version, expected)
