@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from tritonclient.grpc import service_pb2 as pb
@@ -37,6 +38,8 @@ from gateway.serving.dataplane import DataPlane
 from gateway.serving.triton_index import RepositoryActions
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def grpc_status(exc: BaseException) -> grpc.StatusCode:
@@ -72,12 +75,17 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return pb.ServerReadyResponse(ready=self.dataplane.ready())
 
-    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def _read(self, context: grpc.aio.ServicerContext, read: Callable[[], T]) -> T:
+        """A read behind the inference keys: a SluiceError aborts the call with its status and message."""
         try:
             self._check(context)
-            ready = self.dataplane.model_ready(request.name, request.version or None)
+            return read()
         except SluiceError as exc:
             await context.abort(grpc_status(exc), str(exc))
+            raise  # abort raises; this line is for the type checker
+
+    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        ready = await self._read(context, lambda: self.dataplane.model_ready(request.name, request.version or None))
         return pb.ModelReadyResponse(ready=ready)
 
     async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -85,37 +93,23 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         return pb.ServerMetadataResponse(name=meta["name"], version=meta["version"], extensions=meta["extensions"])
 
     async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            self._check(context)
-            meta = self.dataplane.model_metadata(request.name, request.version or None)
-        except SluiceError as exc:
-            await context.abort(grpc_status(exc), str(exc))
+        meta = await self._read(context, lambda: self.dataplane.model_metadata(request.name, request.version or None))
         return metadata_response(meta)
 
     # -- Triton's extensions: model configuration, statistics, model repository ----------------
 
     async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            self._check(context)
-            config = self.dataplane.model_config(request.name, request.version or None)
-        except SluiceError as exc:
-            await context.abort(grpc_status(exc), str(exc))
+        config = await self._read(context, lambda: self.dataplane.model_config(request.name, request.version or None))
         return config_response(config)
 
     async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            self._check(context)
-            stats = self.dataplane.model_statistics(request.name or None, request.version or None)
-        except SluiceError as exc:
-            await context.abort(grpc_status(exc), str(exc))
+        stats = await self._read(
+            context, lambda: self.dataplane.model_statistics(request.name or None, request.version or None)
+        )
         return statistics_response(stats)
 
     async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            self._check(context)
-            index = self.dataplane.repository_index(request.ready)
-        except SluiceError as exc:
-            await context.abort(grpc_status(exc), str(exc))
+        index = await self._read(context, lambda: self.dataplane.repository_index(request.ready))
         return index_response(index)
 
     async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

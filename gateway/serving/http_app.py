@@ -21,6 +21,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -371,45 +372,35 @@ def build_api(
     async def all_statistics() -> dict[str, Any]:
         return dataplane.model_statistics(None, None)
 
-    @api.get(
-        "/v2/models/{model}/stats",
-        tags=["statistics"],
-        dependencies=guarded,
-        response_model=StatisticsBody,
-        responses=model_errors,
-    )
-    async def model_statistics(model: str) -> dict[str, Any]:
-        return dataplane.model_statistics(model, None)
+    def of_model_and_version(
+        suffix: str, tag: str, body: type[BaseModel], read: Callable[[str, str | None], dict[str, Any]], name: str
+    ) -> None:
+        """One read, at /v2/models/{model}<suffix> (the version the policy serves) and at
+        /v2/models/{model}/versions/{version}<suffix>."""
 
-    @api.get(
-        "/v2/models/{model}/versions/{version}/stats",
-        tags=["statistics"],
-        dependencies=guarded,
-        response_model=StatisticsBody,
-        responses=model_errors,
-    )
-    async def version_statistics(model: str, version: str) -> dict[str, Any]:
-        return dataplane.model_statistics(model, version)
+        async def of_model(model: str) -> dict[str, Any]:
+            return read(model, None)
 
-    @api.get(
-        "/v2/models/{model}/config",
-        tags=["metadata"],
-        dependencies=guarded,
-        response_model=ModelConfigBody,
-        responses=model_errors,
-    )
-    async def model_config(model: str) -> dict[str, Any]:
-        return dataplane.model_config(model, None)
+        async def of_version(model: str, version: str) -> dict[str, Any]:
+            return read(model, version)
 
-    @api.get(
-        "/v2/models/{model}/versions/{version}/config",
-        tags=["metadata"],
-        dependencies=guarded,
-        response_model=ModelConfigBody,
-        responses=model_errors,
-    )
-    async def version_config(model: str, version: str) -> dict[str, Any]:
-        return dataplane.model_config(model, version)
+        for path, endpoint, prefix in (
+            (f"/v2/models/{{model}}{suffix}", of_model, "model"),
+            (f"/v2/models/{{model}}/versions/{{version}}{suffix}", of_version, "version"),
+        ):
+            api.add_api_route(
+                path,
+                endpoint,
+                methods=["GET"],
+                name=f"{prefix}_{name}",
+                tags=[tag],
+                dependencies=guarded,
+                response_model=body,
+                responses=model_errors,
+            )
+
+    of_model_and_version("/stats", "statistics", StatisticsBody, dataplane.model_statistics, "statistics")
+    of_model_and_version("/config", "metadata", ModelConfigBody, dataplane.model_config, "config")
 
     @api.post(
         "/v2/repository/index",
@@ -422,25 +413,8 @@ def build_api(
     async def repository_index(request: Request) -> list[dict[str, str]]:
         return dataplane.repository_index(index_ready_only(await request.body()))
 
-    @api.get(
-        "/v2/models/{model}",
-        tags=["metadata"],
-        dependencies=guarded,
-        response_model=ModelMetadataBody,
-        responses=model_errors,
-    )
-    async def model_metadata(model: str) -> dict[str, Any]:
-        return dataplane.model_metadata(model, None)
-
-    @api.get(
-        "/v2/models/{model}/versions/{version}",
-        tags=["metadata"],
-        dependencies=guarded,
-        response_model=ModelMetadataBody,
-        responses=model_errors,
-    )
-    async def version_metadata(model: str, version: str) -> dict[str, Any]:
-        return dataplane.model_metadata(model, version)
+    # After the statistics and config routes: "{model}" would take "stats" and "{version}" "config" otherwise.
+    of_model_and_version("", "metadata", ModelMetadataBody, dataplane.model_metadata, "metadata")
 
     not_ready = {**model_errors, 503: {"model": ModelReadyBody, "description": "Known, but not ready."}}
 
