@@ -118,6 +118,11 @@ class Batcher:
         return len(self._queue)
 
     @property
+    def queued_rows(self) -> int:
+        """Rows waiting in the queue (a shadow's copies are dropped while a full batch of them waits)."""
+        return self._queued_rows
+
+    @property
     def in_flight(self) -> int:
         """Batches running now."""
         return self._in_flight

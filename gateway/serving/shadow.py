@@ -1,11 +1,19 @@
 """Shadow traffic: a copy of a request to other versions, compared with the primary's answer.
 
-The copy is sent after the primary answered, as a task of its own: it never changes the
-response and never holds it up. Shadows use spare capacity only: a copy is dropped (and
-counted) when the shadow already has a full batch waiting, or too many copies are in flight.
-Under saturation the shadow is sampled down instead of taking CPU from real callers.
-Observers never break requests: every error is caught and counted. Each shadow answer (or
-failure) goes to the prediction log with route "shadow" and the request's prediction id.
+The copy is sent after the primary answered: it never changes the response and never holds it up.
+Copies are sent by the batch, not by the request: the requests of one primary batch answer in one turn
+of the event loop, so `dispatch` only queues each copy, and one callback scheduled for the end of that
+turn concatenates what was queued for each shadow into one request to the shadow's batcher (one runtime
+call for what the primary ran in one), then compares every request's rows at once
+(`compare_batch`) and counts the verdicts with one metrics update per batch. Copies that cannot be
+concatenated (other shapes, a model without a batch dimension) go in batches of their own, and a batch
+the shadow fails is sent again in halves, so one bad copy is the only one counted as failed.
+
+Shadows use spare capacity only: copies are dropped (and counted) when the shadow already has a full
+batch's rows waiting, or too many shadow batches are in flight. Under saturation the shadow is sampled
+down instead of taking CPU from real callers. Observers never break requests: every error is caught
+and counted. Each shadow answer (or failure) goes to the prediction log with route "shadow" and the
+request's prediction id.
 """
 
 from __future__ import annotations
@@ -13,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -23,11 +32,33 @@ from gateway.serving.request import InferRequest
 from gateway.serving.validation import validate
 from gateway.serving.window_stats import WindowRecorder
 from monitors.prediction_log import ROUTE_SHADOW, PredictionLog
-from monitors.shadow_compare import OutputRule, compare_outputs
+from monitors.shadow_compare import Comparison, OutputRule, compare_batch, compare_outputs
 
 log = logging.getLogger(__name__)
 
 RulesFor = Callable[[ServedVersion], Mapping[str, OutputRule]]
+Arrays = Mapping[str, np.ndarray]
+
+
+@dataclass(slots=True)
+class _Copy:
+    request: InferRequest
+    primary: Arrays
+    prediction_id: str
+    revision: int
+    queued: float
+
+
+def _layout(copy: _Copy) -> tuple[object, ...]:
+    """What copies must share to be concatenated: every input's and output's name, dtype and trailing shape."""
+    return tuple(
+        (name, a.dtype, a.shape[1:]) for arrays in (copy.request.inputs, copy.primary) for name, a in arrays.items()
+    )
+
+
+def _rows(arrays: Arrays) -> int:
+    first = next(iter(arrays.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else 0
 
 
 class ShadowDispatcher:
@@ -38,98 +69,173 @@ class ShadowDispatcher:
         rules_for: RulesFor | None = None,
         max_in_flight: int = 64,
         predictions: PredictionLog | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._metrics = metrics
         self._predictions = predictions
         self._windows = windows
         self._rules_for = rules_for or (lambda _: {})
         self._max_in_flight = max_in_flight
+        self._clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
         self._agreement: dict[tuple[str, str], list[int]] = {}
+        self._pending: dict[tuple[str, str], tuple[ServedVersion, list[_Copy]]] = {}
+        self._flush_scheduled = False
 
     def dispatch(
         self,
         request: InferRequest,
-        primary: Mapping[str, np.ndarray],
+        primary: Arrays,
         shadows: tuple[ServedVersion, ...],
         prediction_id: str = "",
         revision: int = 0,
     ) -> None:
-        """Copy the request to each shadow with room for it; `prediction_id` (the primary's response id)
-        names the shadow's record in the prediction log ("": not logged); `revision` is the routing policy's."""
+        """Queue a copy of the request for each shadow, sent with the rest of this turn's copies; `prediction_id`
+        (the primary's response id) names the shadow's record in the prediction log ("": not logged); `revision`
+        is the routing policy's."""
+        copy = _Copy(request, primary, prediction_id, revision, self._clock())
         for shadow in shadows:
-            batcher = shadow.batcher
-            busy = batcher is None or batcher.queue_depth >= max(1, batcher.config.max_batch_size)
-            if busy or len(self._tasks) >= self._max_in_flight:
-                self._metrics.shadow_dropped.labels(shadow.model, shadow.version).inc()
-                continue
-            task = asyncio.get_running_loop().create_task(
-                self._shadow(request, primary, shadow, prediction_id, revision)
-            )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            key = (shadow.model, shadow.version)
+            entry = self._pending.get(key)
+            if entry is None:
+                self._pending[key] = entry = (shadow, [])
+            entry[1].append(copy)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
-    async def _shadow(
-        self,
-        request: InferRequest,
-        primary: Mapping[str, np.ndarray],
-        shadow: ServedVersion,
-        prediction_id: str,
-        revision: int,
-    ) -> None:
-        labels = (shadow.model, shadow.version)
-        started = time.perf_counter()
+    def _flush(self) -> None:
+        """End of the loop's turn: send each shadow what was queued for it, a batch at a time."""
+        self._flush_scheduled = False
+        pending, self._pending = self._pending, {}
+        for shadow, copies in pending.values():
+            for batch in self._batches(shadow, copies):
+                batcher = shadow.batcher
+                busy = batcher is None or batcher.queued_rows >= max(1, batcher.config.max_batch_size)
+                if busy or len(self._tasks) >= self._max_in_flight:
+                    self._metrics.shadow_dropped.labels(shadow.model, shadow.version).inc(len(batch))
+                    continue
+                task = asyncio.get_running_loop().create_task(self._shadow(shadow, batch))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    def _batches(shadow: ServedVersion, copies: list[_Copy]) -> list[list[_Copy]]:
+        """The copies in batches of one layout and at most the shadow's max_batch_size rows (one copy each when
+        the shadow does not batch)."""
+        limit = shadow.batching.max_batch_size
+        runtime = shadow.runtime
+        if len(copies) == 1 or limit <= 0 or runtime is None or not runtime.signature.batchable:
+            return [[c] for c in copies]
+        batches: list[list[_Copy]] = []
+        open_: dict[tuple[object, ...], tuple[list[_Copy], int]] = {}
+        for copy in copies:
+            layout, rows = _layout(copy), _rows(copy.request.inputs)
+            batch, filled = open_.get(layout, ([], 0))
+            if batch and filled + rows > limit:
+                batches.append(batch)
+                batch, filled = [], 0
+            batch.append(copy)
+            open_[layout] = (batch, filled + rows)
+        batches.extend(batch for batch, _ in open_.values())
+        return batches
+
+    async def _shadow(self, shadow: ServedVersion, batch: list[_Copy]) -> None:
+        """Send the batch; when it fails, send its halves, until each failing copy stands alone (as the batcher
+        isolates a failing request), so one bad copy is the only one counted as failed."""
         try:
-            runtime, batcher = shadow.runtime, shadow.batcher
-            if runtime is None or batcher is None:
-                raise RuntimeError(shadow.not_ready_reason())
-            rows = validate(request, runtime.signature, shadow.batching.max_batch_size)
-            outputs, _ = await batcher.submit(request.inputs, rows, None, request.timeout_s)
+            await self._run(shadow, batch)
         except Exception as exc:
-            self._metrics.shadow_requests.labels(*labels, "error").inc()
-            self._windows.record_shadow(shadow.model, shadow.version, revision, agreed=False)
-            log.info("shadow %s/%s failed: %s", shadow.model, shadow.version, exc)
-            self._log(request, shadow, prediction_id, {}, time.perf_counter() - started, "error")
-            return
-        elapsed = time.perf_counter() - started
-        self._metrics.shadow_latency.labels(*labels).observe(elapsed)
-        result = compare_outputs(primary, outputs, self._rules_for(shadow))
-        self._metrics.shadow_requests.labels(*labels, "agreed" if result.agreed else "disagreed").inc()
-        if result.mean_abs_diff is not None:
-            self._metrics.shadow_abs_diff.labels(*labels).observe(result.mean_abs_diff)
-        counts = self._agreement.setdefault(labels, [0, 0])
-        counts[0] += int(result.agreed)
-        counts[1] += 1
-        self._metrics.shadow_agreement.labels(*labels).set(counts[0] / counts[1])
-        self._windows.record_shadow(shadow.model, shadow.version, revision, agreed=result.agreed)
-        self._log(request, shadow, prediction_id, outputs, elapsed, "ok")
+            if len(batch) == 1:
+                self._failed(shadow, batch[0], exc)
+                return
+            mid = len(batch) // 2
+            await self._shadow(shadow, batch[:mid])
+            await self._shadow(shadow, batch[mid:])
 
-    def _log(
+    async def _run(self, shadow: ServedVersion, batch: list[_Copy]) -> None:
+        runtime, batcher = shadow.runtime, shadow.batcher
+        if runtime is None or batcher is None:
+            raise RuntimeError(shadow.not_ready_reason())
+        if len(batch) == 1:
+            request = batch[0].request
+            primary = batch[0].primary
+        else:
+            first = batch[0].request
+            inputs = {n: np.concatenate([c.request.inputs[n] for c in batch]) for n in first.inputs}
+            request = InferRequest(model=first.model, version=first.version, inputs=inputs)
+            primary = {n: np.concatenate([c.primary[n] for c in batch]) for n in batch[0].primary}
+        rows = validate(request, runtime.signature, shadow.batching.max_batch_size)
+        outputs, _ = await batcher.submit(request.inputs, rows, None, batch[0].request.timeout_s)
+        rules = self._rules_for(shadow)
+        if len(batch) == 1:  # as it is (a model without a batch dimension included)
+            self._compared(shadow, batch, outputs, [compare_outputs(primary, outputs, rules)], [rows])
+        else:
+            counts = [_rows(c.request.inputs) for c in batch]
+            self._compared(shadow, batch, outputs, compare_batch(primary, outputs, counts, rules), counts)
+
+    def _compared(
         self,
-        request: InferRequest,
         shadow: ServedVersion,
-        prediction_id: str,
-        outputs: dict[str, np.ndarray],
-        elapsed: float,
-        outcome: str,
+        batch: list[_Copy],
+        outputs: Arrays,
+        verdicts: Sequence[Comparison],
+        counts: Sequence[int],
     ) -> None:
-        if self._predictions is not None and prediction_id:
+        labels = _key(shadow)
+        now = self._clock()
+        metrics = self._metrics
+        agreed = sum(v.agreed for v in verdicts)
+        if agreed:
+            metrics.shadow_requests.labels(*labels, "agreed").inc(agreed)
+        if agreed < len(verdicts):
+            metrics.shadow_requests.labels(*labels, "disagreed").inc(len(verdicts) - agreed)
+        latency, abs_diff = metrics.shadow_latency.labels(*labels), metrics.shadow_abs_diff.labels(*labels)
+        totals = self._agreement.setdefault(labels, [0, 0])
+        totals[0] += agreed
+        totals[1] += len(verdicts)
+        metrics.shadow_agreement.labels(*labels).set(totals[0] / totals[1])
+        offset = 0
+        for copy, verdict, rows in zip(batch, verdicts, counts, strict=True):
+            elapsed = now - copy.queued
+            latency.observe(elapsed)
+            if verdict.mean_abs_diff is not None:
+                abs_diff.observe(verdict.mean_abs_diff)
+            self._windows.record_shadow(shadow.model, shadow.version, copy.revision, agreed=verdict.agreed)
+            mine = outputs if len(batch) == 1 else {n: a[offset : offset + rows] for n, a in outputs.items()}
+            offset += rows
+            self._log(copy, shadow, mine, elapsed, "ok")
+
+    def _failed(self, shadow: ServedVersion, copy: _Copy, exc: Exception) -> None:
+        self._metrics.shadow_requests.labels(*_key(shadow), "error").inc()
+        self._windows.record_shadow(shadow.model, shadow.version, copy.revision, agreed=False)
+        log.info("shadow %s/%s failed: %s", shadow.model, shadow.version, exc)
+        self._log(copy, shadow, {}, self._clock() - copy.queued, "error")
+
+    def _log(self, copy: _Copy, shadow: ServedVersion, outputs: Arrays, elapsed: float, outcome: str) -> None:
+        if self._predictions is not None and copy.prediction_id:
             self._predictions.record(
-                prediction_id,
+                copy.prediction_id,
                 shadow.model,
                 shadow.version,
                 ROUTE_SHADOW,
-                request.inputs,
-                outputs,
+                copy.request.inputs,
+                dict(outputs),
                 elapsed,
                 outcome,
                 shadow.config.logging.rate,
             )
 
     async def wait_idle(self, timeout_s: float = 5.0) -> None:
-        """Wait (bounded) for the shadow copies in flight; used on shutdown and by tests."""
+        """Wait (bounded) for the shadow copies queued and in flight; used on shutdown and by tests."""
+        if self._flush_scheduled:
+            await asyncio.sleep(0)  # the copies queued this turn become batches
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout_s)
 
     async def aclose(self, timeout_s: float = 5.0) -> None:
         await self.wait_idle(timeout_s)
+
+
+def _key(shadow: ServedVersion) -> tuple[str, str]:
+    return shadow.model, shadow.version
