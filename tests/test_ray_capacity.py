@@ -45,3 +45,30 @@ def test_gpus_are_checked_too_and_a_cluster_without_any_has_none() -> None:
         "SLUICE_RAY_INGRESS_CPUS), or give Ray more GPUs"
     )
     assert shortfall(demand, {"CPU": 16.0, "GPU": 2.0}) is None
+
+
+def test_custom_resources_are_checked_too_and_spread_options_reach_the_deployment() -> None:
+    from gateway.ray.naming import version_options
+
+    big = _config(num_cpus=0.0, num_replicas=2, resources={"big_memory": 1}, max_replicas_per_node=1)
+    demand = starting_demand([("lm", "1", big)], 1, 0.25)
+    problem = shortfall(demand, {"CPU": 4.0, "big_memory": 1.0})
+    assert problem is not None and problem.startswith(
+        "the deployments ask for 2 big_memorys at start (lm/1 2 x 1) and the Ray cluster has 1"
+    )
+    assert "ray start --resources" in problem
+    assert shortfall(demand, {"CPU": 4.0, "big_memory": 2.0}) is None
+    options = version_options(big)
+    assert options["ray_actor_options"]["resources"] == {"big_memory": 1.0}
+    assert options["max_replicas_per_node"] == 1
+    assert "resources" not in version_options(_config())["ray_actor_options"]
+
+
+def test_resources_that_are_not_custom_are_refused_naming_the_key() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="ray.resources.CPU: custom resources only"):
+        _config(resources={"CPU": 1})
+    with pytest.raises(ValidationError, match="ray.resources.fast: custom resources only"):
+        _config(resources={"fast": 0})

@@ -142,7 +142,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @contextlib.contextmanager
-def serving(args: list[str], env: dict[str, str], repo: Path, log: Path) -> Iterator[RayGateway]:
+def serving(args: list[str], env: dict[str, str], repo: Path | str, log: Path) -> Iterator[RayGateway]:
     """`sluice serve --ray` with `args`, ready; stopped (and its session's processes killed) if a test did not."""
     http_port, grpc_port = free_port(), free_port()
     cmd = [

@@ -19,11 +19,15 @@ def version_app(model: str, version: str) -> str:
 
 
 def version_options(config: ModelConfig) -> dict[str, Any]:
-    """`Deployment.options` for a version from its config.yaml: replicas or autoscaling, CPUs, GPUs, and
+    """`Deployment.options` for a version from its config.yaml: replicas or autoscaling, CPUs, GPUs, custom
+    resources, the spread over nodes, and
     `max_ongoing_requests` from the batching config (Serve's default of 5 would cap the batches merged)."""
     ray = config.ray
+    actor: dict[str, Any] = {"num_cpus": ray.num_cpus, "num_gpus": ray.num_gpus}
+    if ray.resources:
+        actor["resources"] = dict(ray.resources)
     options: dict[str, Any] = {
-        "ray_actor_options": {"num_cpus": ray.num_cpus, "num_gpus": ray.num_gpus},
+        "ray_actor_options": actor,
         "max_ongoing_requests": max(8, config.batching.queue_capacity),
         "health_check_period_s": 2.0,
         "graceful_shutdown_timeout_s": max(5.0, (config.timeout_ms or 30_000) / 1000.0),
@@ -40,4 +44,6 @@ def version_options(config: ModelConfig) -> dict[str, Any]:
         }
     else:
         options["num_replicas"] = ray.num_replicas
+    if ray.max_replicas_per_node is not None:
+        options["max_replicas_per_node"] = ray.max_replicas_per_node
     return options

@@ -8,6 +8,7 @@ those from its provider's standard environment and files, as the gateway does.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from gateway.serving.model_supply import materialize
 from gateway.serving.repository import ModelSource, RepositoryListing, VersionSource, scan_model
 from gateway.serving.repository_remote import open_repository
 from gateway.settings import GatewaySettings
+
+CACHE_DIR_ENV = "SLUICE_MODEL_CACHE_DIR"
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,10 @@ class RepositoryRef:
         return cls(location, str(settings.cache_dir.resolve()), settings.model_cache_max_bytes)
 
     def open(self) -> RepositoryListing:
-        return open_repository(self.location, Path(self.cache_dir), max_bytes=self.max_bytes)
+        """The listing, its cache where this node's own SLUICE_MODEL_CACHE_DIR says (a node started with one of
+        its own), else where the gateway's settings said."""
+        cache_dir = os.environ.get(CACHE_DIR_ENV) or self.cache_dir
+        return open_repository(self.location, Path(cache_dir), max_bytes=self.max_bytes)
 
     def find(self, model: str, version: str) -> tuple[RepositoryListing, ModelSource, VersionSource]:
         """The model as the repository has it now, and one of its versions (RuntimeError naming what is missing)."""

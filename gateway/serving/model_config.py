@@ -346,6 +346,22 @@ class RaySection(_Strict):
     autoscaling: AutoscalingSection | None = None
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
+    resources: dict[str, float] = Field(default_factory=dict)
+    """Custom Ray resources each replica reserves: a node given `--resources '{"big_memory": 1}'` at `ray start`
+    hosts the versions that ask for some of it."""
+    max_replicas_per_node: int | None = Field(None, ge=1)
+    """Spread the replicas: at most this many on one node (1: each on a node of its own)."""
+
+    @field_validator("resources")
+    @classmethod
+    def _custom(cls, resources: dict[str, float]) -> dict[str, float]:
+        for name, amount in resources.items():
+            if name in ("CPU", "GPU", "memory", "object_store_memory") or amount <= 0:
+                raise ValueError(
+                    f"ray.resources.{name}: custom resources only, each a positive amount (CPUs and GPUs are "
+                    "ray.num_cpus and ray.num_gpus)"
+                )
+        return resources
 
 
 class ModelConfig(_Strict):
