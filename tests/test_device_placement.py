@@ -25,7 +25,7 @@ import pytest
 
 from gateway.cli.demo import build_reference_mlp
 from gateway.serving.model_config import ConfigError, RuntimeSection, load_model_config
-from gateway.serving.placement import Choice, devices_needed, resolve
+from gateway.serving.placement import Choice, count_visible, devices_needed, resolve
 from tests.faults import row_body
 from tests.helpers import GatewayProcess, gateway_process, metric_value, wait_until
 from tests.models import build_hang
@@ -42,14 +42,14 @@ GPU = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 @pytest.mark.parametrize(
     ("placement", "providers", "available", "workers", "expected"),
     [
-        ("auto", ["cuda", "cpu"], CPU, 16, Choice("worker", "cpu")),  # no GPU here: every worker its own
-        ("auto", ["cuda", "cpu"], GPU, 1, Choice("worker", "cuda:0")),  # one worker: no hop to pay for
-        ("auto", ["cuda", "cpu"], GPU, 2, Choice("device", "cuda:0")),
-        ("auto", ["cpu", "cuda"], GPU, 2, Choice("worker", "cpu")),  # the CPU asked for first
-        ("device", ["cpu"], CPU, 1, Choice("device", "cpu")),  # the CPU when asked
-        ("device", ["cuda", "cpu"], CPU, 4, Choice("device", "cpu")),  # CUDA missing: ONNX Runtime runs the CPU
-        ("worker", ["cuda", "cpu"], GPU, 16, Choice("worker", "cuda:0")),
-        ("auto", ["tensorrt", "cuda"], ["TensorrtExecutionProvider"], 2, Choice("device", "cuda:0")),
+        ("auto", ["cuda", "cpu"], CPU, 16, Choice("worker", ("cpu",))),  # no GPU here: every worker its own
+        ("auto", ["cuda", "cpu"], GPU, 1, Choice("worker", ("cuda:0",))),  # one worker: no hop to pay for
+        ("auto", ["cuda", "cpu"], GPU, 2, Choice("device", ("cuda:0",))),
+        ("auto", ["cpu", "cuda"], GPU, 2, Choice("worker", ("cpu",))),  # the CPU asked for first
+        ("device", ["cpu"], CPU, 1, Choice("device", ("cpu",))),  # the CPU when asked
+        ("device", ["cuda", "cpu"], CPU, 4, Choice("device", ("cpu",))),  # CUDA missing: ONNX Runtime runs the CPU
+        ("worker", ["cuda", "cpu"], GPU, 16, Choice("worker", ("cuda:0",))),
+        ("auto", ["tensorrt", "cuda"], ["TensorrtExecutionProvider"], 2, Choice("device", ("cuda:0",))),
     ],
 )
 def test_placement_resolves_per_machine_and_worker_count(
@@ -60,9 +60,9 @@ def test_placement_resolves_per_machine_and_worker_count(
 
 
 def test_the_device_is_the_configured_ordinal_and_remote_versions_stay_in_the_workers() -> None:
-    assert resolve(RuntimeSection(placement="device", devices=[1]), 2, GPU) == Choice("device", "cuda:1")
+    assert resolve(RuntimeSection(placement="device", devices=[1]), 2, GPU) == Choice("device", ("cuda:1",))
     remote = RuntimeSection(kind="remote", url="127.0.0.1:8001")
-    assert resolve(remote, 8, GPU) == Choice("worker", "remote")
+    assert resolve(remote, 8, GPU) == Choice("worker", ("remote",))
     sections = [
         RuntimeSection(placement="device", execution_providers=["cpu"]),
         RuntimeSection(),
@@ -75,13 +75,59 @@ def test_the_device_is_the_configured_ordinal_and_remote_versions_stay_in_the_wo
 
 
 @pytest.mark.parametrize(
+    ("devices", "available", "gpus", "expected"),
+    [
+        ([0, 1], GPU, 1, ("cuda:0", "cuda:1")),  # one runtime process per listed GPU, whatever NVML counts
+        ([1, 0], GPU, 2, ("cuda:1", "cuda:0")),  # in the order given: the first is the metadata's device
+        ("all", GPU, 3, ("cuda:0", "cuda:1", "cuda:2")),  # every visible GPU
+        ("all", CPU, 3, ("cpu",)),  # no GPU provider: all is the one CPU process
+        ([0, 1], CPU, 1, ("cpu", "cpu:1")),  # on the CPU each ordinal is a process of its own
+        ([2], CPU, 1, ("cpu:2",)),
+    ],
+)
+def test_devices_name_one_runtime_process_each(
+    devices: list[int] | str, available: list[str], gpus: int, expected: tuple[str, ...]
+) -> None:
+    runtime = RuntimeSection(placement="device", devices=devices)  # type: ignore[arg-type]
+    assert resolve(runtime, 2, available, gpus) == Choice("device", expected)
+    # The worker placement runs on the first of them (each worker its own session).
+    worker = RuntimeSection(placement="worker", devices=devices)  # type: ignore[arg-type]
+    assert resolve(worker, 2, available, gpus) == Choice("worker", expected[:1])
+
+
+def test_every_device_of_every_device_model_gets_one_process_in_ordinal_order() -> None:
+    sections = [
+        RuntimeSection(placement="device", devices=[0, 1], execution_providers=["cpu"]),
+        RuntimeSection(placement="device", devices=[10, 2]),
+        RuntimeSection(placement="device", devices="all"),
+    ]
+    assert devices_needed(sections, 2, GPU, gpus=3) == ["cpu", "cpu:1", "cuda:0", "cuda:1", "cuda:2", "cuda:10"]
+
+
+@pytest.mark.parametrize(
+    ("cuda_visible_devices", "nvml_count", "expected"),
+    [
+        ("2,3", 8, 2),  # CUDA numbers only what is visible: ordinals 0 and 1
+        ("GPU-aaaa", None, 1),
+        ("", 8, 0),  # an empty list hides every GPU
+        (None, 4, 4),
+        (None, None, 1),  # a GPU provider without NVML: the one CUDA always has
+    ],
+)
+def test_visible_gpus_follow_cuda_visible_devices_then_nvml(
+    cuda_visible_devices: str | None, nvml_count: int | None, expected: int
+) -> None:
+    assert count_visible(cuda_visible_devices, nvml_count) == expected
+
+
+@pytest.mark.parametrize(
     ("yaml", "names"),
     [
         ("runtime: {placement: gpu}", "runtime.placement"),
         ("runtime: {instances: 0}", "runtime.instances"),
-        ("runtime: {instances: 2}", "runtime.instances 2: not yet"),
-        ("runtime: {devices: [0, 1]}", "runtime.devices [0, 1]: not yet"),
-        ("runtime: {devices: all}", "runtime.devices all: not yet"),
+        ("runtime: {instances: 65}", "runtime.instances"),
+        ("runtime: {devices: [0, 0]}", "distinct CUDA ordinals"),
+        ("runtime: {devices: some}", "runtime.devices"),
         ("runtime: {devices: []}", "runtime.devices needs at least one"),
         ("runtime: {devices: [-1]}", "distinct CUDA ordinals"),
         ("runtime: {kind: remote, url: 'h:1', placement: device}", "runtime.kind 'remote' takes worker"),
