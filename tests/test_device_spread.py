@@ -19,10 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from dashboards import build
 from gateway.cli.demo import build_reference_mlp
 from tests.faults import row_body
 from tests.helpers import GatewayProcess, gateway_process, metric_value, wait_until
 from tests.models import build_hang
+from tests.test_dashboards import metric_names
 from tests.test_device_placement import WORKER_CONFIG, Clients, children, expected_answers, ready
 from tests.test_workers import worker_urls
 
@@ -90,6 +92,11 @@ def test_two_cpu_runtime_processes_hold_two_sessions_each_and_share_the_load(gat
     text = gw.metrics()
     for device in ("cpu", "cpu:1"):
         assert metric_value(text, "sluice_device_instances", device=device, model="mlp", version="1") == 2
+    # Every series the overview's device placement row reads is exported here (its live test has one process).
+    panels = [p for make in build.DASHBOARDS for p in make().panels if p.needs_device]
+    named = {n for p in panels for t in p.targets for n in metric_names(t.expr)}
+    assert len(panels) == 3 and named
+    assert all(f"\n{n}{{" in text for n in named), sorted(n for n in named if f"\n{n}{{" not in text)
     # Triton's model configuration reports the instance count per device.
     config = httpx.get(f"{gw.http_url}/v2/models/mlp/config", timeout=10).json()
     assert config["instance_group"][0]["count"] == 2, config["instance_group"]
