@@ -25,7 +25,14 @@ from tests.faults import row_body
 from tests.helpers import GatewayProcess, gateway_process, metric_value, wait_until
 from tests.models import build_hang
 from tests.test_dashboards import metric_names
-from tests.test_device_placement import WORKER_CONFIG, Clients, children, expected_answers, ready
+from tests.test_device_placement import (
+    WORKER_CONFIG,
+    Clients,
+    children,
+    console_status,
+    expected_answers,
+    ready,
+)
 from tests.test_workers import worker_urls
 
 SPREAD_CONFIG = """\
@@ -97,6 +104,11 @@ def test_two_cpu_runtime_processes_hold_two_sessions_each_and_share_the_load(gat
     named = {n for p in panels for t in p.targets for n in metric_names(t.expr)}
     assert len(panels) == 3 and named
     assert all(f"\n{n}{{" in text for n in named), sorted(n for n in named if f"\n{n}{{" not in text)
+    view = httpx.get(f"{gw.http_url}/admin/models/mlp", headers=gw.admin_headers, timeout=10).json()["versions"][0]
+    assert view["devices"] == [{"device": "cpu", "pid": pids[0]}, {"device": "cpu:1", "pid": pids[1]}], view
+    assert view["instances"] == 2 and view["placement"] == "device"
+    status = console_status(gw, "mlp")
+    assert f"cpu (runtime process {pids[0]}), cpu:1 (runtime process {pids[1]}), 2 instances each" in status
     # Triton's model configuration reports the instance count per device.
     config = httpx.get(f"{gw.http_url}/v2/models/mlp/config", timeout=10).json()
     assert config["instance_group"][0]["count"] == 2, config["instance_group"]
