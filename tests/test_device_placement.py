@@ -88,10 +88,10 @@ def test_the_device_is_the_configured_ordinal_and_remote_versions_stay_in_the_wo
 def test_devices_name_one_runtime_process_each(
     devices: list[int] | str, available: list[str], gpus: int, expected: tuple[str, ...]
 ) -> None:
-    runtime = RuntimeSection(placement="device", devices=devices)  # type: ignore[arg-type]
+    runtime = RuntimeSection(placement="device", devices=devices)
     assert resolve(runtime, 2, available, gpus) == Choice("device", expected)
     # The worker placement runs on the first of them (each worker its own session).
-    worker = RuntimeSection(placement="worker", devices=devices)  # type: ignore[arg-type]
+    worker = RuntimeSection(placement="worker", devices=devices)
     assert resolve(worker, 2, available, gpus) == Choice("worker", expected[:1])
 
 
@@ -178,15 +178,20 @@ MODEL_DIRS: dict[int, Path] = {}
 DEVICE_HANG_CONFIG = HANG_CONFIG.replace("runtime: {", "runtime: {placement: device, ")
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    tmp = tmp_path_factory.mktemp("device")
-    repo = tmp / "models"
+def write_mlp_pair(repo: Path, config: str) -> Path:
+    """The reference MLP as `mlp` with `config`, and the same file as `mlpw` in the worker placement."""
     build_reference_mlp(repo / "mlp" / "1" / "model.onnx")
-    (repo / "mlp" / "config.yaml").write_text(DEVICE_CONFIG)
+    (repo / "mlp" / "config.yaml").write_text(config)
     (repo / "mlpw" / "1").mkdir(parents=True)
     shutil.copy(repo / "mlp" / "1" / "model.onnx", repo / "mlpw" / "1" / "model.onnx")
     (repo / "mlpw" / "config.yaml").write_text(WORKER_CONFIG)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    tmp = tmp_path_factory.mktemp("device")
+    repo = write_mlp_pair(tmp / "models", DEVICE_CONFIG)
     build_hang(repo / "hang" / "1" / "model.onnx")
     (repo / "hang" / "config.yaml").write_text(DEVICE_HANG_CONFIG)
     env = {"SLUICE_LEADER_LEASE_S": "3", "SLUICE_LEADER_RENEW_S": "0.5", "SLUICE_SYNC_INTERVAL_S": "0.5"}
@@ -292,6 +297,15 @@ def expected_answers(gw: GatewayProcess) -> dict[int, str]:
         return {row: str(client.post("/v2/models/mlpw/infer", json=body(row)).json()["outputs"]) for row in range(64)}
 
 
+def answered_as_the_worker_placement(gw: GatewayProcess, expected: dict[int, str], answers: int) -> None:
+    """Under load from 16 connections (both workers) `mlp` answers without a failure, bit for bit as `mlpw`."""
+    with Clients(gw.http_url, n=16) as load:
+        wait_until(lambda: load.count() >= answers, timeout=120, interval=0.2, what=f"{answers} answers under load")
+    assert not load.failures(), Counter(s for _, s, _ in load.failures())
+    mismatched = [row for row, _, text in load.answers if text != expected[row]]
+    assert not mismatched, f"{len(mismatched)} answers differ from the worker placement's"
+
+
 @pytest.mark.slow
 def test_one_runtime_process_holds_the_model_and_merges_both_workers_batches(gateway: GatewayProcess) -> None:
     gw = gateway
@@ -323,11 +337,7 @@ def test_one_runtime_process_holds_the_model_and_merges_both_workers_batches(gat
         alone = client.post("/v2/models/mlpw/infer", json=body(0, 64)).json()["outputs"]
         assert whole == alone
     before = gw.metrics()
-    with Clients(gw.http_url, n=16) as load:
-        wait_until(lambda: load.count() >= 3000, timeout=120, interval=0.2, what="3000 answers under load")
-    assert not load.failures(), Counter(s for _, s, _ in load.failures())
-    mismatched = [row for row, _, text in load.answers if text != expected[row]]
-    assert not mismatched, f"{len(mismatched)} answers differ from the worker placement's"
+    answered_as_the_worker_placement(gw, expected, 3000)
 
     # Both workers served; the runtime process merged their batches: calls with rows of two workers, and
     # larger calls than either worker made.
@@ -407,6 +417,15 @@ def all_serve(gw: GatewayProcess, version: str) -> bool:
     )
 
 
+def failed_only_in_flight(load: Clients, clients: int) -> None:
+    """Each client had one request in flight at most: the failures are bounded by them, and each is a 503 that
+    names the runtime process (not a 500 that blames the request)."""
+    failures = load.failures()
+    assert 0 < len(failures) <= clients, len(failures)
+    assert {status for _, status, _ in failures} == {503}, failures
+    assert all("runtime process" in text for _, _, text in failures), failures
+
+
 @pytest.mark.slow
 def test_a_killed_runtime_process_fails_only_the_batches_in_flight_and_comes_back(gateway: GatewayProcess) -> None:
     gw = gateway
@@ -421,12 +440,7 @@ def test_a_killed_runtime_process_fails_only_the_batches_in_flight_and_comes_bac
         wait_until(lambda: device_pid(gw.http_url) != host and ready(gw), timeout=120, what="a new runtime process")
         seen = load.count()
         wait_until(lambda: load.count() >= seen + 500, timeout=60, what="load after the restart")
-    failures = load.failures()
-    # Each client had one request in flight at most: the failures are bounded by them, and each is a 503
-    # that names the runtime process (not a 500 that blames the request).
-    assert 0 < len(failures) <= clients, len(failures)
-    assert {status for _, status, _ in failures} == {503}, failures
-    assert all("runtime process" in text for _, _, text in failures), failures
+    failed_only_in_flight(load, clients)
     # Restarted by the supervisor; no worker died with it.
     new_host = device_pid(gw.http_url)
     assert new_host in children(gw.proc.pid)
