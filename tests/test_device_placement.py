@@ -25,7 +25,7 @@ import pytest
 
 from gateway.cli.demo import build_reference_mlp
 from gateway.serving.model_config import ConfigError, RuntimeSection, load_model_config
-from gateway.serving.placement import Choice, count_visible, devices_needed, resolve
+from gateway.serving.placement import Choice, count_visible, devices_needed, resolve, visible_gpus
 from tests.faults import row_body
 from tests.helpers import GatewayProcess, gateway_process, metric_value, wait_until
 from tests.models import build_hang
@@ -118,6 +118,13 @@ def test_visible_gpus_follow_cuda_visible_devices_then_nvml(
     cuda_visible_devices: str | None, nvml_count: int | None, expected: int
 ) -> None:
     assert count_visible(cuda_visible_devices, nvml_count) == expected
+
+
+def test_visible_gpus_reads_cuda_visible_devices_before_asking_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert visible_gpus() == 2
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert visible_gpus() >= 1  # NVML's count where a driver answers; here none does: one
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,8 @@ each worker spreads its batches over them (`gateway.serving.spread`). On the CPU
 process of its own: `cpu` for 0 (the one every CPU version shares by default), `cpu:<n>` for the others.
 
 Pure: the available execution providers, the worker count and the visible GPUs come in as arguments, so the
-rule is tested without a GPU (`visible_gpus` is the one function here that looks at the machine). `HOSTS_ENV` is how a
-supervisor tells its workers where the runtime processes listen.
+rule is tested without a GPU (`visible_gpus` is the one function here that looks at the machine).
+`HOSTS_ENV` is how a supervisor tells its workers where the runtime processes listen.
 """
 
 from __future__ import annotations
@@ -67,6 +67,9 @@ def count_visible(cuda_visible_devices: str | None, nvml_count: int | None) -> i
 
 def visible_gpus() -> int:
     """The GPUs `devices: all` spreads over on this machine (see `count_visible`)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return count_visible(visible, None)
     nvml_count = None
     try:
         import pynvml
@@ -75,7 +78,7 @@ def visible_gpus() -> int:
         nvml_count = int(pynvml.nvmlDeviceGetCount())
     except Exception:  # no package, no driver: CUDA_VISIBLE_DEVICES or one
         nvml_count = None
-    return count_visible(os.environ.get("CUDA_VISIBLE_DEVICES"), nvml_count)
+    return count_visible(None, nvml_count)
 
 
 def first_provider(requested: Iterable[str], available: Collection[str]) -> str:
