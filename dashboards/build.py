@@ -9,7 +9,8 @@ Conventions, which tests/test_dashboards.py checks: every panel has a unit; ever
 `$__rate_interval`; every query is scoped by `$job` and `$instance`, and by `$model` (and `$version`)
 where the metric has them; the datasource is the `$datasource` variable. A panel about a rare event
 (a rollback, a dropped shadow copy) shows its counter or ends in `or on() vector(0)`, so a healthy
-gateway fills every panel. GPU panels stay empty where there is no GPU: they are marked `needs_gpu`.
+gateway fills every panel. GPU panels stay empty where there is no GPU: they are marked `needs_gpu`; the
+device placement's panels stay empty unless a version runs in a runtime process: `needs_device`.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class Panel:
     height: int = 8
     needs_gpu: bool = False
     """Empty unless NVML finds a GPU (the GPU collector exports nothing without one)."""
+    needs_device: bool = False
+    """Empty unless a version runs in a runtime process of the device placement (with `--workers`)."""
     stack: bool = False
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -420,9 +423,15 @@ def overview() -> Dashboard:
             ),
             Panel(
                 "GPU memory held by this gateway",
-                "What the gateway process itself holds on each GPU; the rest of 'used' is other tenants.",
+                "What the gateway's processes hold on each GPU, by placement: the workers' own sessions, or the "
+                "device placement's runtime processes (one copy per GPU); the rest of 'used' is other tenants.",
                 "bytes",
-                (Target(f"sum by (instance, gpu) (sluice_gpu_process_memory_bytes{{{JOB}}})", "GPU {{gpu}}"),),
+                (
+                    Target(
+                        f"sum by (instance, gpu, placement) (sluice_gpu_process_memory_bytes{{{JOB}}})",
+                        "GPU {{gpu}} {{placement}}",
+                    ),
+                ),
                 width=8,
                 needs_gpu=True,
             ),
@@ -436,12 +445,58 @@ def overview() -> Dashboard:
             ),
         ),
     )
+    device_sel = f"{JOB}, {VERSION}"
+    device = Row(
+        "Device placement",
+        (
+            Panel(
+                "Rows per runtime call, by device",
+                "Mean rows in one call of each runtime process (runtime.placement: device): the batches of every "
+                "worker merged. Larger than sluice_batch_size's mean when the merge pays.",
+                "short",
+                (Target(mean("sluice_device_batch_size", device_sel, f"device, {MV}"), f"{{{{device}}}} {LV}"),),
+                width=8,
+                needs_device=True,
+            ),
+            Panel(
+                "Sessions busy, by device",
+                "Batches running in each runtime process against its sessions (runtime.instances): near the line, "
+                "every instance is busy and more instances or devices may pay.",
+                "short",
+                (
+                    Target(
+                        f"sum by (device, {MV}) (sluice_device_batches_running{{{device_sel}}})",
+                        f"running {{{{device}}}} {LV}",
+                    ),
+                    Target(
+                        f"sum by (device, {MV}) (sluice_device_instances{{{device_sel}}})",
+                        f"instances {{{{device}}}} {LV}",
+                    ),
+                ),
+                width=8,
+                needs_device=True,
+            ),
+            Panel(
+                "Runtime processes: memory and restarts",
+                "Resident memory of each device's runtime process, and how often it was restarted after dying.",
+                "bytes",
+                (
+                    Target(
+                        f"max by (instance, device) (sluice_device_host_resident_memory_bytes{{{JOB}}})",
+                        "memory {{device}}",
+                    ),
+                ),
+                width=8,
+                needs_device=True,
+            ),
+        ),
+    )
     return Dashboard(
         "sluice-overview",
         "Sluice / Overview",
         "Rate, errors and duration per model and version; batching, saturation, the process and its GPUs.",
         _vars(MODEL_VAR, VERSION_VAR),
-        (traffic, latency, batching, versions, repository, process, protection, gpu),
+        (traffic, latency, batching, versions, repository, process, protection, device, gpu),
     )
 
 

@@ -110,7 +110,10 @@ class Gateway:
         self._reuse_port = reuse_port
         self.settings = settings
         self.metrics = GatewayMetrics()
-        register_gpu_collector(self.metrics.register_machine_collector)  # no GPU or NVML: registers nothing
+        register_gpu_collector(  # no GPU or NVML: registers nothing
+            self.metrics.register_machine_collector,
+            lambda: self._placement.host_pids() if self._placement is not None else set(),
+        )
         self.tracer_provider = tracer_provider or make_tracer_provider(
             settings.service_name, sample_ratio=settings.trace_sample_ratio
         )
@@ -261,10 +264,10 @@ class Gateway:
         hosts = Hosts.from_env()
         if hosts is None:
             s = self.settings
-            devices = await asyncio.to_thread(plan, self.supply.listing, 1)
-            if not devices:
+            planned = await asyncio.to_thread(plan, self.supply.listing, 1)
+            if not planned.devices:
                 return
-            self.device_hosts = DeviceHosts(devices, 1, s.log_level, s.log_format)
+            self.device_hosts = DeviceHosts(planned.devices, 1, s.log_level, s.log_format, planned.gpus)
             self.device_hosts.start()
             hosts = self.device_hosts.hosts
         if hosts.sockets:

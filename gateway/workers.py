@@ -118,9 +118,8 @@ class Supervisor:
         previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hangup)
         announced = False
         repository = open_repository(settings.model_repo, settings.cache_dir, max_bytes=settings.model_cache_max_bytes)
-        self.devices = DeviceHosts(
-            plan(repository, self.workers), self.workers, settings.log_level, settings.log_format
-        )
+        planned = plan(repository, self.workers)
+        self.devices = DeviceHosts(planned.devices, self.workers, settings.log_level, settings.log_format, planned.gpus)
         os.environ[HOSTS_ENV] = self.devices.hosts.to_env()  # the workers reach the runtime processes there
         try:
             self.devices.start()

@@ -85,6 +85,12 @@ class ModelRuntime(abc.ABC):
         handing them over; None: every batch goes through `infer`."""
         return None
 
+    @property
+    def concurrency(self) -> int:
+        """Batches the runtime can run at once (several sessions, several runtime processes): the batcher in
+        front of it runs at least this many (`max_concurrent_batches` may ask for more)."""
+        return 1
+
     def on_availability(self, lost: Callable[[str], None], back: Callable[[], None]) -> None:  # noqa: B027
         """A runtime whose process can go away and come back (the device placement) calls `lost(reason)` and
         then `back()`; the registry makes the version not ready in between. The default never calls them."""

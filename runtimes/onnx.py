@@ -95,10 +95,12 @@ class OnnxRuntime(ModelRuntime):
         providers: Sequence[str] = DEFAULT_PROVIDERS,
         intra_op_threads: int = 1,
         executor: Executor | None = None,
+        device_id: int = 0,
         expected_sha256: str | None = None,
     ) -> OnnxRuntime:
-        """Create the session (blocking; call it off the event loop). `expected_sha256`: refuse a file whose
-        digest differs (a tampered or swapped artifact), naming both digests."""
+        """Create the session (blocking; call it off the event loop). `device_id`: the CUDA ordinal for a GPU
+        provider (0: the provider's default). `expected_sha256`: refuse a file whose digest differs (a tampered
+        or swapped artifact), naming both digests."""
         ort = import_onnxruntime()
         try:
             data = path.read_bytes()
@@ -122,8 +124,11 @@ class OnnxRuntime(ModelRuntime):
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 4  # a failed run reaches its callers (and the log) as an exception, once
+        chosen: list[Any] = [
+            (p, {"device_id": str(device_id)}) if device_id and p in _GPU_PROVIDERS else p for p in wanted
+        ]
         try:
-            session = ort.InferenceSession(data, sess_options=options, providers=wanted)
+            session = ort.InferenceSession(data, sess_options=options, providers=chosen)
         except Exception as exc:
             raise RuntimeLoadError(f"{path}: cannot load ONNX model: {exc}") from exc
         runtime = cls(session, path, executor, digest)

@@ -270,7 +270,7 @@ def _finite(result: list[dict[str, Any]]) -> bool:
 def test_every_panel_and_variable_returns_data(scenario: Scenario) -> None:
     prom, start, end = scenario.prom, scenario.start, scenario.end
     gpu_present = bool(prom.query("sluice_gpu_memory_total_bytes"))
-    proven, gpu_parsed, failures = 0, 0, []
+    proven, gpu_parsed, device_parsed, failures = 0, 0, 0, []
     for make in build.DASHBOARDS:
         d = make()
         for v in d.variables:
@@ -290,12 +290,19 @@ def test_every_panel_and_variable_returns_data(scenario: Scenario) -> None:
                 if panel.needs_gpu and not gpu_present:
                     gpu_parsed += 1
                     continue
+                if panel.needs_device:  # one process here: a runtime process's figures are scraped with --workers
+                    device_parsed += 1
+                    continue
                 if not _finite(result):
                     failures.append(f"{d.uid} / {panel.title}: no data for {expr}")
                 proven += 1
-    print(f"\n{proven} variable and panel queries returned data; {gpu_parsed} GPU queries parsed (no GPU here)")
+    print(
+        f"\n{proven} variable and panel queries returned data; {gpu_parsed} GPU queries parsed (no GPU here), "
+        f"{device_parsed} device placement queries parsed (checked in tests/test_device_spread.py)"
+    )
     assert not failures, "\n".join(failures)
     assert gpu_present or gpu_parsed == 4  # the GPU row's four NVML targets; its placement table has data
+    assert device_parsed == 4
 
 
 def test_every_rule_evaluates_on_real_data(scenario: Scenario) -> None:

@@ -25,7 +25,7 @@ import pytest
 
 from gateway.cli.demo import build_reference_mlp
 from gateway.serving.model_config import ConfigError, RuntimeSection, load_model_config
-from gateway.serving.placement import Choice, devices_needed, resolve
+from gateway.serving.placement import Choice, count_visible, devices_needed, resolve, visible_gpus
 from tests.faults import row_body
 from tests.helpers import GatewayProcess, gateway_process, metric_value, wait_until
 from tests.models import build_hang
@@ -42,14 +42,14 @@ GPU = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 @pytest.mark.parametrize(
     ("placement", "providers", "available", "workers", "expected"),
     [
-        ("auto", ["cuda", "cpu"], CPU, 16, Choice("worker", "cpu")),  # no GPU here: every worker its own
-        ("auto", ["cuda", "cpu"], GPU, 1, Choice("worker", "cuda:0")),  # one worker: no hop to pay for
-        ("auto", ["cuda", "cpu"], GPU, 2, Choice("device", "cuda:0")),
-        ("auto", ["cpu", "cuda"], GPU, 2, Choice("worker", "cpu")),  # the CPU asked for first
-        ("device", ["cpu"], CPU, 1, Choice("device", "cpu")),  # the CPU when asked
-        ("device", ["cuda", "cpu"], CPU, 4, Choice("device", "cpu")),  # CUDA missing: ONNX Runtime runs the CPU
-        ("worker", ["cuda", "cpu"], GPU, 16, Choice("worker", "cuda:0")),
-        ("auto", ["tensorrt", "cuda"], ["TensorrtExecutionProvider"], 2, Choice("device", "cuda:0")),
+        ("auto", ["cuda", "cpu"], CPU, 16, Choice("worker", ("cpu",))),  # no GPU here: every worker its own
+        ("auto", ["cuda", "cpu"], GPU, 1, Choice("worker", ("cuda:0",))),  # one worker: no hop to pay for
+        ("auto", ["cuda", "cpu"], GPU, 2, Choice("device", ("cuda:0",))),
+        ("auto", ["cpu", "cuda"], GPU, 2, Choice("worker", ("cpu",))),  # the CPU asked for first
+        ("device", ["cpu"], CPU, 1, Choice("device", ("cpu",))),  # the CPU when asked
+        ("device", ["cuda", "cpu"], CPU, 4, Choice("device", ("cpu",))),  # CUDA missing: ONNX Runtime runs the CPU
+        ("worker", ["cuda", "cpu"], GPU, 16, Choice("worker", ("cuda:0",))),
+        ("auto", ["tensorrt", "cuda"], ["TensorrtExecutionProvider"], 2, Choice("device", ("cuda:0",))),
     ],
 )
 def test_placement_resolves_per_machine_and_worker_count(
@@ -60,9 +60,9 @@ def test_placement_resolves_per_machine_and_worker_count(
 
 
 def test_the_device_is_the_configured_ordinal_and_remote_versions_stay_in_the_workers() -> None:
-    assert resolve(RuntimeSection(placement="device", devices=[1]), 2, GPU) == Choice("device", "cuda:1")
+    assert resolve(RuntimeSection(placement="device", devices=[1]), 2, GPU) == Choice("device", ("cuda:1",))
     remote = RuntimeSection(kind="remote", url="127.0.0.1:8001")
-    assert resolve(remote, 8, GPU) == Choice("worker", "remote")
+    assert resolve(remote, 8, GPU) == Choice("worker", ("remote",))
     sections = [
         RuntimeSection(placement="device", execution_providers=["cpu"]),
         RuntimeSection(),
@@ -75,13 +75,66 @@ def test_the_device_is_the_configured_ordinal_and_remote_versions_stay_in_the_wo
 
 
 @pytest.mark.parametrize(
+    ("devices", "available", "gpus", "expected"),
+    [
+        ([0, 1], GPU, 1, ("cuda:0", "cuda:1")),  # one runtime process per listed GPU, whatever NVML counts
+        ([1, 0], GPU, 2, ("cuda:1", "cuda:0")),  # in the order given: the first is the metadata's device
+        ("all", GPU, 3, ("cuda:0", "cuda:1", "cuda:2")),  # every visible GPU
+        ("all", CPU, 3, ("cpu",)),  # no GPU provider: all is the one CPU process
+        ([0, 1], CPU, 1, ("cpu", "cpu:1")),  # on the CPU each ordinal is a process of its own
+        ([2], CPU, 1, ("cpu:2",)),
+    ],
+)
+def test_devices_name_one_runtime_process_each(
+    devices: list[int] | str, available: list[str], gpus: int, expected: tuple[str, ...]
+) -> None:
+    runtime = RuntimeSection(placement="device", devices=devices)
+    assert resolve(runtime, 2, available, gpus) == Choice("device", expected)
+    # The worker placement runs on the first of them (each worker its own session).
+    worker = RuntimeSection(placement="worker", devices=devices)
+    assert resolve(worker, 2, available, gpus) == Choice("worker", expected[:1])
+
+
+def test_every_device_of_every_device_model_gets_one_process_in_ordinal_order() -> None:
+    sections = [
+        RuntimeSection(placement="device", devices=[0, 1], execution_providers=["cpu"]),
+        RuntimeSection(placement="device", devices=[10, 2]),
+        RuntimeSection(placement="device", devices="all"),
+    ]
+    assert devices_needed(sections, 2, GPU, gpus=3) == ["cpu", "cpu:1", "cuda:0", "cuda:1", "cuda:2", "cuda:10"]
+
+
+@pytest.mark.parametrize(
+    ("cuda_visible_devices", "nvml_count", "expected"),
+    [
+        ("2,3", 8, 2),  # CUDA numbers only what is visible: ordinals 0 and 1
+        ("GPU-aaaa", None, 1),
+        ("", 8, 0),  # an empty list hides every GPU
+        (None, 4, 4),
+        (None, None, 1),  # a GPU provider without NVML: the one CUDA always has
+    ],
+)
+def test_visible_gpus_follow_cuda_visible_devices_then_nvml(
+    cuda_visible_devices: str | None, nvml_count: int | None, expected: int
+) -> None:
+    assert count_visible(cuda_visible_devices, nvml_count) == expected
+
+
+def test_visible_gpus_reads_cuda_visible_devices_before_asking_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert visible_gpus() == 2
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert visible_gpus() >= 1  # NVML's count where a driver answers; here none does: one
+
+
+@pytest.mark.parametrize(
     ("yaml", "names"),
     [
         ("runtime: {placement: gpu}", "runtime.placement"),
         ("runtime: {instances: 0}", "runtime.instances"),
-        ("runtime: {instances: 2}", "runtime.instances 2: not yet"),
-        ("runtime: {devices: [0, 1]}", "runtime.devices [0, 1]: not yet"),
-        ("runtime: {devices: all}", "runtime.devices all: not yet"),
+        ("runtime: {instances: 65}", "runtime.instances"),
+        ("runtime: {devices: [0, 0]}", "distinct CUDA ordinals"),
+        ("runtime: {devices: some}", "runtime.devices"),
         ("runtime: {devices: []}", "runtime.devices needs at least one"),
         ("runtime: {devices: [-1]}", "distinct CUDA ordinals"),
         ("runtime: {kind: remote, url: 'h:1', placement: device}", "runtime.kind 'remote' takes worker"),
@@ -132,15 +185,20 @@ MODEL_DIRS: dict[int, Path] = {}
 DEVICE_HANG_CONFIG = HANG_CONFIG.replace("runtime: {", "runtime: {placement: device, ")
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    tmp = tmp_path_factory.mktemp("device")
-    repo = tmp / "models"
+def write_mlp_pair(repo: Path, config: str) -> Path:
+    """The reference MLP as `mlp` with `config`, and the same file as `mlpw` in the worker placement."""
     build_reference_mlp(repo / "mlp" / "1" / "model.onnx")
-    (repo / "mlp" / "config.yaml").write_text(DEVICE_CONFIG)
+    (repo / "mlp" / "config.yaml").write_text(config)
     (repo / "mlpw" / "1").mkdir(parents=True)
     shutil.copy(repo / "mlp" / "1" / "model.onnx", repo / "mlpw" / "1" / "model.onnx")
     (repo / "mlpw" / "config.yaml").write_text(WORKER_CONFIG)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    tmp = tmp_path_factory.mktemp("device")
+    repo = write_mlp_pair(tmp / "models", DEVICE_CONFIG)
     build_hang(repo / "hang" / "1" / "model.onnx")
     (repo / "hang" / "config.yaml").write_text(DEVICE_HANG_CONFIG)
     env = {"SLUICE_LEADER_LEASE_S": "3", "SLUICE_LEADER_RENEW_S": "0.5", "SLUICE_SYNC_INTERVAL_S": "0.5"}
@@ -246,6 +304,15 @@ def expected_answers(gw: GatewayProcess) -> dict[int, str]:
         return {row: str(client.post("/v2/models/mlpw/infer", json=body(row)).json()["outputs"]) for row in range(64)}
 
 
+def answered_as_the_worker_placement(gw: GatewayProcess, expected: dict[int, str], answers: int) -> None:
+    """Under load from 16 connections (both workers) `mlp` answers without a failure, bit for bit as `mlpw`."""
+    with Clients(gw.http_url, n=16) as load:
+        wait_until(lambda: load.count() >= answers, timeout=120, interval=0.2, what=f"{answers} answers under load")
+    assert not load.failures(), Counter(s for _, s, _ in load.failures())
+    mismatched = [row for row, _, text in load.answers if text != expected[row]]
+    assert not mismatched, f"{len(mismatched)} answers differ from the worker placement's"
+
+
 @pytest.mark.slow
 def test_one_runtime_process_holds_the_model_and_merges_both_workers_batches(gateway: GatewayProcess) -> None:
     gw = gateway
@@ -277,11 +344,7 @@ def test_one_runtime_process_holds_the_model_and_merges_both_workers_batches(gat
         alone = client.post("/v2/models/mlpw/infer", json=body(0, 64)).json()["outputs"]
         assert whole == alone
     before = gw.metrics()
-    with Clients(gw.http_url, n=16) as load:
-        wait_until(lambda: load.count() >= 3000, timeout=120, interval=0.2, what="3000 answers under load")
-    assert not load.failures(), Counter(s for _, s, _ in load.failures())
-    mismatched = [row for row, _, text in load.answers if text != expected[row]]
-    assert not mismatched, f"{len(mismatched)} answers differ from the worker placement's"
+    answered_as_the_worker_placement(gw, expected, 3000)
 
     # Both workers served; the runtime process merged their batches: calls with rows of two workers, and
     # larger calls than either worker made.
@@ -361,6 +424,15 @@ def all_serve(gw: GatewayProcess, version: str) -> bool:
     )
 
 
+def failed_only_in_flight(load: Clients, clients: int) -> None:
+    """Each client had one request in flight at most: the failures are bounded by them, and each is a 503 that
+    names the runtime process (not a 500 that blames the request)."""
+    failures = load.failures()
+    assert 0 < len(failures) <= clients, len(failures)
+    assert {status for _, status, _ in failures} == {503}, failures
+    assert all("runtime process" in text for _, _, text in failures), failures
+
+
 @pytest.mark.slow
 def test_a_killed_runtime_process_fails_only_the_batches_in_flight_and_comes_back(gateway: GatewayProcess) -> None:
     gw = gateway
@@ -375,12 +447,7 @@ def test_a_killed_runtime_process_fails_only_the_batches_in_flight_and_comes_bac
         wait_until(lambda: device_pid(gw.http_url) != host and ready(gw), timeout=120, what="a new runtime process")
         seen = load.count()
         wait_until(lambda: load.count() >= seen + 500, timeout=60, what="load after the restart")
-    failures = load.failures()
-    # Each client had one request in flight at most: the failures are bounded by them, and each is a 503
-    # that names the runtime process (not a 500 that blames the request).
-    assert 0 < len(failures) <= clients, len(failures)
-    assert {status for _, status, _ in failures} == {503}, failures
-    assert all("runtime process" in text for _, _, text in failures), failures
+    failed_only_in_flight(load, clients)
     # Restarted by the supervisor; no worker died with it.
     new_host = device_pid(gw.http_url)
     assert new_host in children(gw.proc.pid)

@@ -1,4 +1,5 @@
-"""GPU metrics: present through NVML where a GPU is, absent (and harmless) where none is; placement labels.
+"""GPU metrics: present through NVML where a GPU is, absent (and harmless) where none is; placement labels
+(which device a version runs on; the gateway's GPU memory split into workers' and runtime processes').
 
 This machine has no GPU, so what runs here is the absent path with the real `nvidia-ml-py` installed (no
 driver: nvmlInit fails), the absent path without the package, and the pure shaping of readings. Where NVML
@@ -64,6 +65,8 @@ def test_readings_shape_into_labelled_gauges_in_base_units() -> None:
     readings = [
         GpuReading(0, "GPU-aaaa", "NVIDIA H200", 0.42, 10 * 2**30, 141 * 2**30, 3 * 2**30),
         GpuReading(1, "GPU-bbbb", "NVIDIA H200", None, 2**30, 141 * 2**30, None),  # MIG: no utilisation
+        # The device placement: the runtime process holds the weights, the workers hold (almost) nothing.
+        GpuReading(2, "GPU-cccc", "NVIDIA H200", 0.9, 5 * 2**30, 141 * 2**30, 5 * 2**30, {"device": 5 * 2**30}),
     ]
     registry = CollectorRegistry()
 
@@ -79,6 +82,12 @@ def test_readings_shape_into_labelled_gauges_in_base_units() -> None:
     assert metric_value(text, "sluice_gpu_memory_total_bytes", gpu="0") == 141 * 2**30
     assert metric_value(text, "sluice_gpu_process_memory_bytes", gpu="0") == 3 * 2**30
     assert metric_value(text, "sluice_gpu_process_memory_bytes", gpu="1") == 0
+    # Split by placement: both series for every GPU (two values, not one per process).
+    assert metric_value(text, "sluice_gpu_process_memory_bytes", gpu="0", placement="worker") == 3 * 2**30
+    assert metric_value(text, "sluice_gpu_process_memory_bytes", gpu="0", placement="device") == 0
+    assert metric_value(text, "sluice_gpu_process_memory_bytes", gpu="2", placement="device") == 5 * 2**30
+    assert metric_value(text, "sluice_gpu_process_memory_bytes", gpu="2", placement="worker") == 0
+    assert text.count("sluice_gpu_process_memory_bytes{") == 2 * len(readings)
     declared = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
     assert declared == set(GPU_METRIC_NAMES)
     assert families([]) == []  # no device, no families (not empty ones)

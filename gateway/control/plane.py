@@ -605,12 +605,27 @@ def _num(version: str) -> tuple[int, str]:
 
 
 def _placement(info: RuntimeInfo | None) -> dict[str, Any]:
-    """Where a version's runtime runs: its placement (worker, device, or a Ray application), device and process."""
+    """Where a version's runtime runs: its placement (worker, device, or a Ray application), device and process;
+    with the device placement every runtime process (device and pid) and the sessions each holds."""
     if info is None:
-        return {"placement": None, "device": None, "device_pid": None}
+        return {"placement": None, "device": None, "device_pid": None, "devices": [], "instances": None}
     pid = info.parameters.get("device_pid")
+    instances = info.parameters.get("instances", "")
     return {
         "placement": info.parameters.get("placement", "worker"),
         "device": info.device,
         "device_pid": int(pid) if pid else None,
+        "devices": _devices(info),
+        "instances": int(instances) if instances.isdigit() else None,
     }
+
+
+def _devices(info: RuntimeInfo) -> list[dict[str, Any]]:
+    """Each runtime process a version of the device placement runs in (several with `runtime.devices`)."""
+    names = info.parameters.get("devices", info.parameters.get("device", "")).split(",")
+    pids = info.parameters.get("device_pids", info.parameters.get("device_pid", "")).split(",")
+    return [
+        {"device": name, "pid": int(pid) if pid.isdigit() else None}
+        for name, pid in zip(names, pids, strict=False)
+        if name and info.parameters.get("placement") == "device"
+    ]

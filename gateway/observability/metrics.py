@@ -164,6 +164,8 @@ DEVICE_QUEUE_WAIT = "sluice_device_queue_wait_seconds"
 DEVICE_COMPUTE = "sluice_device_compute_duration_seconds"
 DEVICE_HOST_MEMORY = "sluice_device_host_resident_memory_bytes"
 DEVICE_HOST_RESTARTS = "sluice_device_host_restarts"
+DEVICE_INSTANCES = "sluice_device_instances"
+DEVICE_RUNNING = "sluice_device_batches_running"
 DEVICE_METRIC_NAMES = (
     DEVICE_BATCH_SIZE,
     DEVICE_BATCH_WORKERS,
@@ -171,6 +173,8 @@ DEVICE_METRIC_NAMES = (
     DEVICE_COMPUTE,
     DEVICE_HOST_MEMORY,
     DEVICE_HOST_RESTARTS,
+    DEVICE_INSTANCES,
+    DEVICE_RUNNING,
 )
 """Exported only while a runtime process runs (`runtime.placement: device` with `--workers`)."""
 
@@ -838,6 +842,21 @@ class DeviceMetrics:
         )
         self.compute = Histogram(
             DEVICE_COMPUTE, "Runtime time for one call of a runtime process.", dmv, buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.instances = Gauge(
+            DEVICE_INSTANCES,
+            "Sessions of a version in the device's runtime process (runtime.instances): batches it runs at once.",
+            dmv,
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.running = Gauge(
+            DEVICE_RUNNING,
+            "Batches of a version running in the device's runtime process now (sampled each second): against "
+            "sluice_device_instances, how busy its sessions are.",
+            dmv,
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.memory = Gauge(
             DEVICE_HOST_MEMORY,

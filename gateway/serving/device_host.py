@@ -3,10 +3,13 @@
 Started by the supervisor (`gateway.serving.device_hosts`) before the workers load their models; every worker
 connects to its unix socket and sends whole batches (`gateway.serving.device_runtime`). A version is loaded
 here once, through the same `load_runtime` as every placement, when the first worker asks for it, and closed
-when the last worker that holds it lets it go (or goes away). Each version runs behind its own `Batcher`, the
-same code as in a worker and in a Ray version replica: the batches of several workers that arrive together
-become one runtime call up to `max_batch_size`, and a failing call is split until the failing worker batch
-stands alone, so it never fails another worker's rows.
+when the last worker that holds it lets it go (or goes away). With `runtime.instances: N` it is loaded N times
+into a `RuntimePool`, and its one batcher runs up to N batches at once, each on a session of its own. On a GPU
+the sessions are placed on this process's CUDA ordinal (`cuda:1` is `device_id` 1).
+
+Each version runs behind its own `Batcher`, the same code as in a worker and in a Ray version replica: the
+batches of several workers that arrive together become one runtime call up to `max_batch_size`, and a failing
+call is split until the failing worker batch stands alone, so it never fails another worker's rows.
 
 A version with a watchdog gets one here too, so a hung call is stopped in this process where the session runs
 (ONNX Runtime's terminate flag); a call that does not come back even then makes the process exit, and the
@@ -35,6 +38,7 @@ from typing import Any
 from gateway.errors import DeadlineExceeded, Overloaded, ShuttingDown
 from gateway.observability.metrics import DeviceMetrics
 from gateway.serving.batcher import Batcher
+from gateway.serving.placement import ordinal_of
 from gateway.serving.registry import version_batcher
 from gateway.serving.repository import ModelSource, VersionSource
 from gateway.serving.runtime_loader import load_runtime
@@ -42,6 +46,7 @@ from gateway.serving.shm_transport import Layout, Segment, frame, needed_bytes, 
 from gateway.serving.watchdog import RuntimeWatchdog
 from runtimes.base import ModelRuntime
 from runtimes.onnx import TERMINATE_GRACE_S
+from runtimes.pool import RuntimePool
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +58,8 @@ _NEVER = 10**9
 class _StuckCalls(ThreadPoolExecutor):
     """A version's runtime threads, watched: `stuck()` says whether a call has outlived any chance of stopping."""
 
-    def __init__(self, limit_s: float | None) -> None:
-        super().__init__(max_workers=max(1, len(os.sched_getaffinity(0))), thread_name_prefix="rt")
+    def __init__(self, limit_s: float | None, instances: int = 1) -> None:
+        super().__init__(max_workers=max(instances, len(os.sched_getaffinity(0))), thread_name_prefix="rt")
         self.limit_s = limit_s
         self._started: dict[int, float] = {}
         self._ids = itertools.count()
@@ -91,6 +96,18 @@ class _Observer:
         self._workers = metrics.batch_workers.labels(*labels)
         self._compute = metrics.compute.labels(*labels)
         self.queue_wait = metrics.queue_wait.labels(*labels)
+        self.labels = labels
+        self._gauges = (metrics.instances, metrics.running)
+
+    def publish(self, instances: int, running: int = 0) -> None:
+        self._gauges[0].labels(*self.labels).set(instances)
+        self._gauges[1].labels(*self.labels).set(running)
+
+    def close(self) -> None:
+        """The version left this process: its gauges go (the histograms keep their counts)."""
+        for gauge in self._gauges:
+            with contextlib.suppress(KeyError):
+                gauge.remove(*self.labels)
 
     def batch_done(
         self, rows: int, requests: int, compute_s: float, ok: bool, phases_ns: tuple[int, int, int] | None = None
@@ -184,13 +201,15 @@ class DeviceHost:
                 os.unlink(self.socket_path)
 
     async def _watch(self) -> None:
-        """Once a second: this process's memory; and exit when a call will never come back (the supervisor
-        restarts the process: the only way to get a device back from a session stuck in native code)."""
+        """Once a second: this process's memory, each version's batches running; and exit when a call will never
+        come back (the supervisor restarts the process: the only way to get a device back from a session stuck in
+        native code)."""
         while True:
             with contextlib.suppress(OSError, ValueError, IndexError):
                 self.metrics.memory.set(resident_bytes())  # /proc: no disk behind it
             now = time.monotonic()
             for hosted in self._versions.values():
+                hosted.observer.publish(hosted.runtime.concurrency, hosted.batcher.in_flight)
                 if hosted.executor.stuck(now):
                     log.critical(
                         "%s: a runtime call did not stop after its terminate flag: restarting the runtime process",
@@ -257,11 +276,17 @@ class DeviceHost:
 
     async def _open(self, key: str, source: ModelSource, version: VersionSource) -> _Hosted:
         limit_ms = source.config.watchdog.call_timeout_ms
-        executor = _StuckCalls(None if limit_ms is None else limit_ms / 1000.0)
+        instances = source.config.runtime.instances
+        executor = _StuckCalls(None if limit_ms is None else limit_ms / 1000.0, instances)
+        sessions: list[ModelRuntime] = []
         try:
-            runtime = await load_runtime(source, version, executor)
+            for _ in range(instances):  # one at a time: one load's peak memory, not N
+                sessions.append(await load_runtime(source, version, executor, ordinal_of(self.device)))
+            runtime = sessions[0] if instances == 1 else RuntimePool(sessions)
             await runtime.warmup()
         except BaseException:
+            for session in sessions:
+                await session.close()
             executor.shutdown(wait=False, cancel_futures=True)
             raise
         watchdog = None
@@ -269,9 +294,17 @@ class DeviceHost:
             # Stops the session here; the workers' watchdogs count the hang and decide readiness.
             watchdog = RuntimeWatchdog(runtime, executor.limit_s, unresponsive_after=_NEVER, name=key)
         observer = _Observer(self.metrics, source.name, version.version)
+        observer.publish(instances)
         batcher = version_batcher(runtime, source.config, key, observer, watchdog)
         hosted = self._versions[key] = _Hosted(key, runtime, batcher, executor, observer, watchdog)
-        log.info("%s loaded on %s (%s)", key, self.device, runtime.info.execution_provider)
+        log.info(
+            "%s loaded on %s (%s, %d instance%s)",
+            key,
+            self.device,
+            runtime.info.execution_provider,
+            instances,
+            "" if instances == 1 else "s",
+        )
         return hosted
 
     async def _release(self, client: _Client, key: str, call: int | None = None) -> None:
@@ -297,6 +330,10 @@ class DeviceHost:
         if hosted.watchdog is not None:
             await hosted.watchdog.close()
         await hosted.runtime.close()
+        hosted.observer.close()
+        for other in self._versions.values():  # a reload of the same version (another config) still here
+            if other.observer.labels == hosted.observer.labels:
+                other.observer.publish(other.runtime.concurrency)
         hosted.executor.shutdown(wait=False, cancel_futures=True)
         log.info("%s unloaded from %s", hosted.key, self.device)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from gateway.observability.metrics import MULTIPROCESS_ENV
 from gateway.serving.model_config import RuntimeSection
-from gateway.serving.placement import Hosts, devices_needed, wants_device
+from gateway.serving.placement import Hosts, devices_needed, visible_gpus, wants_all, wants_device
 from gateway.serving.repository import RepositoryListing, scan_repository
 from gateway.serving.shm_transport import unlink_segments_of
 
@@ -38,17 +38,26 @@ _RESTART_PAUSE_S = (0.0, 0.5, 1.0, 2.0, 5.0)
 _FAST_DEATH_S = 10.0
 
 
-def plan(repository: Path | RepositoryListing, workers: int) -> list[str]:
+@dataclass(frozen=True)
+class Plan:
+    devices: list[str]
+    """The runtime processes to start, by device name (`placement.device_name`)."""
+    gpus: int = 1
+    """The GPUs `devices: all` meant (`placement.visible_gpus`), passed on to the workers with the sockets."""
+
+
+def plan(repository: Path | RepositoryListing, workers: int) -> Plan:
     """The devices whose runtime process this gateway needs, from the repository's config.yaml files (a local
     folder, or an object store's listing: its config files are in the model cache once listed)."""
     try:
         runtimes: list[RuntimeSection] = [s.config.runtime for s in scan_repository(repository)]
     except Exception as exc:  # the repository unreadable now: the workers report it per model, as at any start
         log.warning("cannot read the model repository to place runtimes on devices: %s", exc)
-        return []
+        return Plan([])
     if not wants_device(runtimes):
-        return []
-    return devices_needed(runtimes, workers, _available_providers())
+        return Plan([])
+    gpus = visible_gpus() if wants_all(runtimes) else 1
+    return Plan(devices_needed(runtimes, workers, _available_providers(), gpus), gpus)
 
 
 def _available_providers() -> list[str]:
@@ -78,15 +87,18 @@ class _Host:
 
 
 class DeviceHosts:
-    def __init__(self, devices: Iterable[str], workers: int, log_level: str = "info", log_format: str = "json") -> None:
+    def __init__(
+        self, devices: Iterable[str], workers: int, log_level: str = "info", log_format: str = "json", gpus: int = 1
+    ) -> None:
         self.workers = workers
+        self.gpus = gpus
         self._dir = tempfile.mkdtemp(prefix="sluice-devices-")
         self._hosts = [_Host(d, os.path.join(self._dir, f"{d.replace(':', '')}.sock")) for d in devices]
         self._log = (log_level, log_format)
 
     @property
     def hosts(self) -> Hosts:
-        return Hosts(self.workers, {h.device: h.socket for h in self._hosts})
+        return Hosts(self.workers, {h.device: h.socket for h in self._hosts}, self.gpus)
 
     def __bool__(self) -> bool:
         return bool(self._hosts)

@@ -11,7 +11,8 @@ is made again as soon as the supervisor has restarted the process; each version 
 ready once it answers. No worker dies with it.
 
 `DevicePlacement` is the registry's runtime factory: it resolves each model's placement
-(`gateway.serving.placement`) and hands `worker` versions to the ordinary loader.
+(`gateway.serving.placement`) and hands `worker` versions to the ordinary loader. A version on several devices
+is a `SpreadRuntime` over one `DeviceRuntime` per runtime process, each batch sent to the least loaded.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from gateway.serving.placement import Hosts, resolve
 from gateway.serving.registry import RuntimeFactory
 from gateway.serving.repository import ModelSource, VersionSource
 from gateway.serving.shm_transport import Segment, frame, needed_bytes, read_message
+from gateway.serving.spread import Spread
 from runtimes.base import (
     ModelRuntime,
     RuntimeError_,
@@ -276,6 +278,11 @@ class DeviceRuntime(ModelRuntime):
         self._on_lost, self._on_back = lost, back
 
     @property
+    def loaded(self) -> bool:
+        """Whether the runtime process holds the version now (not while it restarts)."""
+        return self._loaded
+
+    @property
     def signature(self) -> ModelSignature:
         assert self._signature is not None
         return self._signature
@@ -284,6 +291,12 @@ class DeviceRuntime(ModelRuntime):
     def info(self) -> RuntimeInfo:
         assert self._info is not None
         return self._info
+
+    @property
+    def concurrency(self) -> int:
+        """The sessions the runtime process holds (`runtime.instances`): this worker keeps each one busy."""
+        count = self.info.parameters.get("instances", "1")
+        return int(count) if count.isdigit() else 1
 
     async def infer(
         self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
@@ -305,6 +318,79 @@ class DeviceRuntime(ModelRuntime):
         if self.client.connected.is_set():
             with contextlib.suppress(RuntimeUnavailable):
                 await self.client.request("release", self.key)
+
+
+class SpreadRuntime(ModelRuntime):
+    """A version on several runtime processes (`runtime.devices: [0, 1]` or `all`): each batch goes to the least
+    loaded of them as this worker sees it (`gateway.serving.spread`). The version is ready while any of them
+    holds it: a process that dies fails its own batches in flight (503) and takes no new ones until it is back,
+    while the others go on serving."""
+
+    def __init__(self, members: Sequence[DeviceRuntime]) -> None:
+        self.members = list(members)
+        self._spread = Spread(len(self.members))
+        self._on_lost: Callable[[str], None] = lambda _reason: None
+        self._on_back: Callable[[], None] = lambda: None
+        self._down = False
+        for member in self.members:
+            member.on_availability(self._member_lost, self._member_back)
+        first = self.members[0].info
+        where = {
+            "devices": ",".join(m.client.device for m in self.members),
+            "device_pids": ",".join(m.info.parameters.get("device_pid", "") for m in self.members),
+        }
+        self._info = dataclasses.replace(first, parameters={**first.parameters, **where})
+
+    def _member_lost(self, reason: str) -> None:
+        if not self._down and not any(m.loaded for m in self.members):
+            self._down = True
+            self._on_lost(reason)
+
+    def _member_back(self) -> None:
+        if self._down:
+            self._down = False
+            self._on_back()
+
+    def on_availability(self, lost: Callable[[str], None], back: Callable[[], None]) -> None:
+        self._on_lost, self._on_back = lost, back
+
+    @property
+    def signature(self) -> ModelSignature:
+        return self.members[0].signature
+
+    @property
+    def info(self) -> RuntimeInfo:
+        pids = ",".join(m.info.parameters.get("device_pid", "") for m in self.members)
+        if self._info.parameters.get("device_pids") != pids:  # a member restarted: name its new process
+            self._info = dataclasses.replace(self._info, parameters={**self._info.parameters, "device_pids": pids})
+        return self._info
+
+    @property
+    def concurrency(self) -> int:
+        return sum(m.concurrency for m in self.members)
+
+    async def infer(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        member = self._spread.choose([m.loaded for m in self.members])
+        if member is None:
+            raise RuntimeUnavailable("every runtime process of this version is restarting")
+        first = next(iter(inputs.values()), None)
+        rows = int(first.shape[0]) if first is not None and first.ndim else 1
+        self._spread.started(member, rows)
+        try:
+            return await self.members[member].infer(inputs, outputs)
+        finally:
+            self._spread.finished(member, rows)
+
+    async def warmup(self) -> None:
+        """Through every runtime process: the first real batch on any of them pays for nothing."""
+        for member in self.members:
+            await member.warmup()
+
+    async def close(self) -> None:
+        for member in self.members:
+            await member.close()
 
 
 def version_key(source: ModelSource, version: VersionSource) -> str:
@@ -331,24 +417,40 @@ class DevicePlacement:
         return self._available
 
     async def __call__(self, source: ModelSource, version: VersionSource) -> ModelRuntime:
-        choice = resolve(source.config.runtime, self.hosts.workers, self._providers())
+        choice = resolve(source.config.runtime, self.hosts.workers, self._providers(), self.hosts.gpus)
         if choice.placement == "worker":
             return await self._fallback(source, version)
-        path = (self.hosts.sockets or {}).get(choice.device)
+        members: list[DeviceRuntime] = []
+        try:
+            for device in choice.devices:
+                members.append(await self._on(device, source, version))
+        except BaseException:
+            for member in members:
+                await member.close()
+            raise
+        return members[0] if len(members) == 1 else SpreadRuntime(members)
+
+    async def _on(self, device: str, source: ModelSource, version: VersionSource) -> DeviceRuntime:
+        """The version loaded in `device`'s runtime process (connecting to it first if this worker has not)."""
+        path = (self.hosts.sockets or {}).get(device)
         if path is None:
             raise RuntimeLoadError(
-                f"model '{source.name}': placement device on {choice.device}, but no runtime process runs for "
-                f"{choice.device} (the devices are chosen from config.yaml when the gateway starts: restart it)"
+                f"model '{source.name}': placement device on {device}, but no runtime process runs for "
+                f"{device} (the devices are chosen from config.yaml when the gateway starts: restart it)"
             )
-        client = self._clients.get(choice.device)
+        client = self._clients.get(device)
         if client is None or client.closed:
-            client = self._clients[choice.device] = HostClient(choice.device, path)
+            client = self._clients[device] = HostClient(device, path)
             await client.connect(CONNECT_TIMEOUT_S)
         await client.connected.wait()
         runtime = DeviceRuntime(client, version_key(source, version), source, version)
         await runtime.reload()
         client.runtimes.add(runtime)
         return runtime
+
+    def host_pids(self) -> set[int]:
+        """The runtime processes this worker is connected to now (the GPU metrics' `placement` label)."""
+        return {c.host_pid for c in self._clients.values() if c.host_pid and c.connected.is_set()}
 
     async def close(self) -> None:
         for client in self._clients.values():

@@ -22,8 +22,11 @@ runtime:
   sha256: {1: 9f86d08...}   # expected digest of each version's file: a file that differs is refused
   placement: auto           # worker: a session in every worker; device: one runtime process per device that
                             # every worker sends its batches to; auto: device on a GPU with several workers
-  instances: 1              # sessions per device (placement device; only 1 for now)
-  devices: [0]              # CUDA ordinals for placement device, or all (only one device for now)
+  instances: 1              # placement device: sessions of each version per runtime process, each running
+                            # one batch at a time (Triton's instance count: concurrent streams on one GPU)
+  devices: [0]              # placement device: CUDA ordinals, one runtime process each, or all (every visible
+                            # GPU); batches go to the least loaded. On the CPU each ordinal is a CPU runtime
+                            # process of its own (0 is `cpu`, 1 is `cpu:1`), and all is the one `cpu`
 watchdog:                   # a runtime call that never returns (gateway/serving/watchdog.py)
   call_timeout_ms: 60000    # a call running longer is cancelled (ONNX Runtime's terminate flag) and counted;
                             # default null: none (a watched version never runs inline on the event loop)
@@ -139,9 +142,13 @@ class RuntimeSection(_Strict):
     """Where the session runs with `--workers` (`gateway.serving.placement`): in every worker, or in one runtime
     process per device fed by every worker over shared memory; auto picks device on a GPU with several workers."""
     instances: int = Field(1, ge=1, le=64)
-    """Sessions per device in the device placement (Triton's instance count). Only 1 is served for now."""
+    """Sessions of each version in its runtime process (the device placement; Triton's instance count): the
+    version's one batcher runs up to this many batches at once, each on a session of its own. The worker
+    placement ignores it (every worker holds one session)."""
     devices: list[int] | Literal["all"] = Field(default_factory=lambda: [0])
-    """CUDA ordinals the device placement spreads a version over, or all. Only one device is served for now."""
+    """The device placement's runtime processes for the version: CUDA ordinals (one process per GPU), or all
+    (every visible GPU; the one CPU process on the CPU). Each worker sends each batch to the least loaded of
+    them (`gateway.serving.spread`). On the CPU each ordinal is a CPU runtime process of its own."""
 
     @field_validator("sha256")
     @classmethod
@@ -167,12 +174,6 @@ class RuntimeSection(_Strict):
             raise ValueError("runtime.kind 'remote' needs runtime.url")
         if self.kind == "remote" and self.placement == "device":
             raise ValueError("runtime.placement 'device' hosts ONNX sessions: runtime.kind 'remote' takes worker")
-        if self.instances != 1:
-            raise ValueError(f"runtime.instances {self.instances}: not yet; one session per device is served for now")
-        if self.devices == "all" or len(self.devices) > 1:
-            raise ValueError(
-                f"runtime.devices {self.devices}: not yet; one device per version is served for now (e.g. [1])"
-            )
         if "/" in self.filename or self.filename.startswith(".") or not self.filename.endswith(".onnx"):
             raise ValueError("runtime.filename must be a plain *.onnx file name")
         return self

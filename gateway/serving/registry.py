@@ -96,13 +96,16 @@ def version_batcher(
     watchdog: RuntimeWatchdog | None = None,
 ) -> Batcher:
     """The started batcher for one version's runtime, from its config (a model with no batch dimension is served
-    one request at a time): the same in the gateway's process and in a Ray Serve version replica.
+    one request at a time): the same in the gateway's process and in a Ray Serve version replica. It runs at
+    least as many batches at once as the runtime can (`ModelRuntime.concurrency`: `runtime.instances`, devices).
 
     With a `watchdog` every batch goes through it (a runtime thread that ONNX Runtime's terminate flag reaches),
     never inline on the event loop nor on a thread the watchdog cannot reach."""
     batching = config.batching_config()
     if not runtime.signature.batchable and batching.max_batch_size > 0:
         batching = BatchingConfig(**{**batching.__dict__, "max_batch_size": 0})
+    if runtime.concurrency > batching.max_concurrent_batches:  # every session (or runtime process) kept busy
+        batching = BatchingConfig(**{**batching.__dict__, "max_concurrent_batches": runtime.concurrency})
     batcher = Batcher(
         runtime.infer if watchdog is None else watchdog.call,
         batching,

@@ -14,7 +14,10 @@ from runtimes.base import ModelRuntime
 from runtimes.onnx import OnnxRuntime
 
 
-async def load_runtime(source: ModelSource, version: VersionSource, executor: Executor | None) -> ModelRuntime:
+async def load_runtime(
+    source: ModelSource, version: VersionSource, executor: Executor | None, device_id: int = 0
+) -> ModelRuntime:
+    """`device_id`: the CUDA ordinal a GPU provider places the session on (a runtime process's own GPU)."""
     rt = source.config.runtime
     if rt.kind == "remote":
         from runtimes.remote import RemoteV2Runtime
@@ -34,5 +37,6 @@ async def load_runtime(source: ModelSource, version: VersionSource, executor: Ex
         providers=rt.execution_providers,
         intra_op_threads=rt.intra_op_threads,
         executor=executor,
+        device_id=device_id,
         expected_sha256=rt.sha256.get(int(version.version)) if version.version.isdigit() else None,
     )

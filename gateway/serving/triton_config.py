@@ -76,7 +76,7 @@ def _version_policy(served: ServedVersion) -> dict[str, Any]:
 
 def _instance_group(served: ServedVersion) -> dict[str, Any]:
     """Triton's instances are the model's concurrent executions: Sluice's `max_concurrent_batches` (or the
-    instances a placement reports); the kind is where the runtime really runs."""
+    instances a placement reports, per device); the kind is where the runtime really runs, on which GPUs."""
     assert served.runtime is not None
     info = served.runtime.info
     count = info.parameters.get("instances")
@@ -86,9 +86,10 @@ def _instance_group(served: ServedVersion) -> dict[str, Any]:
     }
     if info.device.startswith("cuda"):
         group["kind"] = "KIND_GPU"
-        ordinal = info.device.partition(":")[2]
-        if ordinal.isdigit():
-            group["gpus"] = [int(ordinal)]
+        devices = info.parameters.get("devices", info.device).split(",")  # several: `runtime.devices`
+        ordinals = [d.partition(":")[2] for d in devices]
+        if all(o.isdigit() for o in ordinals):
+            group["gpus"] = [int(o) for o in ordinals]
     elif info.device == "remote":
         group["kind"] = "KIND_MODEL"  # the remote server decides where it runs
     else:
