@@ -68,7 +68,7 @@ def test_resources_that_are_not_custom_are_refused_naming_the_key() -> None:
     import pytest
     from pydantic import ValidationError
 
-    with pytest.raises(ValidationError, match="ray.resources.CPU: custom resources only"):
+    with pytest.raises(ValidationError, match=r"ray\.resources\.CPU: custom resources only"):
         _config(resources={"CPU": 1})
-    with pytest.raises(ValidationError, match="ray.resources.fast: custom resources only"):
+    with pytest.raises(ValidationError, match=r"ray\.resources\.fast: custom resources only"):
         _config(resources={"fast": 0})
