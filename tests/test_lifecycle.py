@@ -1,9 +1,14 @@
-"""Start-up and SIGTERM: readiness follows loading, and a drain loses no accepted request."""
+"""Start-up and SIGTERM: readiness follows loading, and a drain loses no accepted request.
+
+The tests that neither stop nor reconfigure the gateway share one for the module (`idle_gateway`): the
+readiness test sends no inference, so the disconnect test's counts are its own whichever runs first.
+"""
 
 from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,7 +17,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from tests.helpers import gateway_process, metric_value, wait_until
+from tests.helpers import GatewayProcess, gateway_process, metric_value, wait_until
 from tests.models import build_slow
 
 SLOW_CONFIG = """\
@@ -25,12 +30,19 @@ runtime:
 """
 
 
-@pytest.fixture
-def slow_repo(tmp_path: Path) -> Path:
-    repo = tmp_path / "models"
+@pytest.fixture(scope="module")
+def slow_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("lifecycle") / "models"
     build_slow(repo / "slow" / "1" / "model.onnx", matmuls=16, n=1024)  # about 0.3 s a call
     (repo / "slow" / "config.yaml").write_text(SLOW_CONFIG)
     return repo
+
+
+@pytest.fixture(scope="module")
+def idle_gateway(slow_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """One gateway on the slow model for the tests that leave it running as they found it."""
+    with gateway_process(slow_repo, tmp=tmp_path_factory.mktemp("lifecycle-logs")) as gw:
+        yield gw
 
 
 def _http_infer(url: str, value: float) -> tuple[int, list[float]]:
@@ -79,19 +91,19 @@ def test_sigterm_drains_in_flight_and_queued_requests_then_exits_zero(slow_repo:
     assert "draining" in messages and messages[-1] == "stopped"
 
 
-def test_ready_only_after_models_load(slow_repo: Path, tmp_path: Path) -> None:
+def test_ready_only_after_models_load(idle_gateway: GatewayProcess) -> None:
     """Live at once, ready once loaded; readiness and liveness are separate probes."""
-    with gateway_process(slow_repo, tmp=tmp_path) as gw:
-        assert httpx.get(f"{gw.http_url}/v2/health/live").json() == {"live": True}
-        assert httpx.get(f"{gw.http_url}/v2/health/ready").status_code == 200
-        assert httpx.get(f"{gw.http_url}/v2/models/slow/ready").status_code == 200
-        text = gw.metrics()
-        assert metric_value(text, "sluice_model_ready", model="slow", version="1") == 1
-        logs = [json.loads(line) for line in gw.logs().splitlines() if line.startswith("{")]
-        listening = next(e for e in logs if e["msg"] == "listening")
-        ready = next(e for e in logs if e["msg"] == "ready")
-        assert logs.index(listening) < logs.index(ready)
-        assert ready["models"] == ["slow"]
+    gw = idle_gateway
+    assert httpx.get(f"{gw.http_url}/v2/health/live").json() == {"live": True}
+    assert httpx.get(f"{gw.http_url}/v2/health/ready").status_code == 200
+    assert httpx.get(f"{gw.http_url}/v2/models/slow/ready").status_code == 200
+    text = gw.metrics()
+    assert metric_value(text, "sluice_model_ready", model="slow", version="1") == 1
+    logs = [json.loads(line) for line in gw.logs().splitlines() if line.startswith("{")]
+    listening = next(e for e in logs if e["msg"] == "listening")
+    ready = next(e for e in logs if e["msg"] == "ready")
+    assert logs.index(listening) < logs.index(ready)
+    assert ready["models"] == ["slow"]
 
 
 def test_port_in_use_is_a_clear_error(slow_repo: Path, tmp_path: Path) -> None:
@@ -123,9 +135,10 @@ def test_port_in_use_is_a_clear_error(slow_repo: Path, tmp_path: Path) -> None:
     assert "cannot listen" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_client_that_disconnects_gives_up_its_batch_slot(slow_repo: Path, tmp_path: Path) -> None:
+def test_client_that_disconnects_gives_up_its_batch_slot(idle_gateway: GatewayProcess) -> None:
     """A request whose HTTP client went away while queued is never run."""
-    with gateway_process(slow_repo, tmp=tmp_path) as gw, ThreadPoolExecutor(2) as pool:
+    gw = idle_gateway
+    with ThreadPoolExecutor(2) as pool:
         first = pool.submit(_http_infer, gw.http_url, 1.0)  # occupies the only runtime slot
         wait_until(lambda: metric_value(gw.metrics(), "sluice_inflight_requests", model="slow") == 1)
 

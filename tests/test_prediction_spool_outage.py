@@ -6,8 +6,11 @@ box). The log's memory is lowered to 1,000 records (two batches) so the outage o
 seconds. Every request answered 200 must end up stored, exactly: no record dropped, none failed, none
 stored twice or out of thin air.
 
-- A 60 s cut under load: the log spills to the spool, writes it back when the database answers again, and
-  `pytest -s` prints the figures the README's bound comes from (bytes a record takes in the spool).
+- A cut of 30 s under load, and at least until the log has spilled: the log spills to the spool, writes it
+  back when the database answers again, and `pytest -s` prints the figures the README's bound comes from
+  (bytes a record takes in the spool). It used to cut 60 s; half that still spools most of the outage at
+  CI's rate (about 100 req/s fill the memory in 10 s), and the cut lasts until the spool has taken records
+  however slow the box.
 - A 10 s cut across a restart: SIGTERM during the cut spools what the gateway holds (it used to drop it
   after the shutdown timeout), and the next start writes it. The gateway cannot start while the database is
   away (it checks the schema first), so the second start comes after the restore.
@@ -42,8 +45,8 @@ def _drained(gw: GatewayProcess) -> bool:
 
 
 @pytest.mark.slow
-def test_a_minute_without_postgresql_under_load_loses_no_record(pg_url: str, repo: Path, tmp_path: Path) -> None:
-    cut_s = 60.0
+def test_half_a_minute_without_postgresql_under_load_loses_no_record(pg_url: str, repo: Path, tmp_path: Path) -> None:
+    cut_s = 30.0
     with postgres_behind_proxy(pg_url) as pg:
         env = {
             "SLUICE_PREDICTION_LOG_CAPACITY": CAPACITY,
@@ -54,11 +57,12 @@ def test_a_minute_without_postgresql_under_load_loses_no_record(pg_url: str, rep
                 wait_until(lambda: log_counts(gw)["written"] > 0, timeout=30, what="the first records written")
                 pg.proxy.cut()
                 cut_at = time.monotonic()
-                wait_until(lambda: log_counts(gw)["spool_spooled"] > 0, timeout=cut_s, what="the log to spool")
+                wait_until(lambda: log_counts(gw)["spool_spooled"] > 0, timeout=180, what="the log to spool")
                 wait_until(lambda: time.monotonic() - cut_at >= cut_s, timeout=cut_s + 5, interval=0.5)
                 during = log_counts(gw)
                 pg.proxy.restore()
                 restored_at = time.monotonic()
+                cut_lasted_s = restored_at - cut_at
                 wait_until(
                     lambda: log_counts(gw)["written"] > during["written"],
                     timeout=30,
@@ -79,7 +83,8 @@ def test_a_minute_without_postgresql_under_load_loses_no_record(pg_url: str, rep
     assert during["spool_spooled"] > 0 and counts["spool_replayed"] == counts["spool_spooled"], counts
     assert len(stored) == len(answered) and set(stored) == answered
     report(
-        "PostgreSQL cut off for 60 s, memory 1,000 records, spool on (test_prediction_spool_outage.py)",
+        f"PostgreSQL cut off for {cut_lasted_s:.0f} s, memory 1,000 records, spool on "
+        "(test_prediction_spool_outage.py)",
         load=f"{load.rate():.0f} req/s, 1 client",
         requests=len(answered),
         records_stored=len(stored),
