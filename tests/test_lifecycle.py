@@ -126,6 +126,8 @@ def test_port_in_use_is_a_clear_error(slow_repo: Path, tmp_path: Path) -> None:
                 str(port),
                 "--grpc-port",
                 "-1",
+                "--state-dir",
+                str(tmp_path / "state"),  # not the checkout's .sluice
             ],
             capture_output=True,
             text=True,
