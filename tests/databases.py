@@ -7,8 +7,11 @@ Unreachable: skipped locally, a failure when CI=true.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,3 +66,19 @@ class Backend:
             .update_query_dict({"options": self.connect_args["options"]})
             .render_as_string(hide_password=False)
         )
+
+
+@contextlib.contextmanager
+def pg_schema(pg_url: str, prefix: str) -> Iterator[str]:
+    """A schema of its own on the real PostgreSQL, for a gateway process (given as a URL whose search_path is that
+    schema), dropped afterwards with all it holds."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield sa.make_url(pg_url).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()

@@ -32,7 +32,6 @@ from urllib.parse import urlsplit
 import httpx
 import kubernetes_validate
 import pytest
-import sqlalchemy as sa
 import tomllib
 import typer
 import yaml
@@ -42,6 +41,7 @@ from dashboards import kubernetes as generator
 from gateway.cli.main import app
 from gateway.settings import GatewaySettings
 from gateway.workers import DRAIN_MARGIN_S, KILL_WAIT_S
+from tests.databases import pg_schema
 from tests.helpers import ROOT, gateway_process, wait_until
 from tests.prometheus import require_binary
 
@@ -365,14 +365,8 @@ def test_the_readme_says_what_to_create_and_how_to_apply() -> None:
 
 @pytest.fixture
 def pg_schema_url(pg_url: str) -> Iterator[str]:
-    schema = f"k8s_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    yield sa.make_url(pg_url).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(False)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    with pg_schema(pg_url, "k8s") as url:
+        yield url
 
 
 class SecretVolume:

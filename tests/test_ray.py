@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +31,7 @@ import tritonclient.http as httpclient
 from moto.server import ThreadedMotoServer
 
 from gateway.cli.demo import build_demo_repository
+from tests.databases import pg_schema
 from tests.helpers import ROOT, Load, ThreadedGateway, free_port, settings_for, wait_until
 from tests.models import build_slow
 from tests.test_object_repository import ACCESS_KEY, SECRET_KEY, Bucket, s3_env
@@ -76,14 +76,8 @@ def ray_bucket(ray_repo: Path) -> Iterator[tuple[str, dict[str, str]]]:
 
 @pytest.fixture(scope="session")
 def pg_schema_url(pg_url: str) -> Iterator[str]:
-    schema = f"ray_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    yield sa.make_url(pg_url).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(False)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    with pg_schema(pg_url, "ray") as url:
+        yield url
 
 
 class RayGateway:
