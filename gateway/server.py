@@ -38,6 +38,7 @@ from gateway.admin.monitor_api import build_monitor_router
 from gateway.admin.quotas import QuotaBook, open_buckets, parse_quotas
 from gateway.admin.repository import RepositoryControl, build_repository_router
 from gateway.admin.repository_api import build_repository_sync_router
+from gateway.control.delivery import DeliveryController
 from gateway.control.leader import LeaderElection
 from gateway.control.monitor_service import MonitorService
 from gateway.control.plane import ControlPlane
@@ -156,8 +157,10 @@ class Gateway:
             tick_s=settings.rollout_tick_s,
             drain_timeout_s=settings.drain_timeout_s,
         )
+        self.delivery = DeliveryController(self.control)
         self.repository_sync = RepositorySync(
             self.control,
+            delivery=self.delivery,
             prefetch=self.supply.materialize,
             on_error=self.metrics.repository_sync_errors.inc,
             clock=clock,
@@ -343,6 +346,8 @@ class Gateway:
             self._loops.append(_loop(self._sync_metrics, 1.0, "metrics sync"))
         if s.repository_poll_s is not None:
             self._loops.append(_loop(self.repository_sync.poll, s.repository_poll_s, "repository sync"))
+        if self._run_controller:
+            self._loops.append(_loop(self.delivery.tick, s.rollout_tick_s, "delivery"))
         self.supply.cache_changed()
         if self.device_hosts is not None:
             self._loops.append(_loop(self._tend_device_hosts, 0.5, "runtime processes"))

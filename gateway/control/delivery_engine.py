@@ -159,7 +159,8 @@ def judge_shadow(state: DeliveryState, compared: int, agreed: int, now: float) -
         agreement = agreed / compared
         figures = f"agreement {agreement:.2%} ({agreed}/{compared}) against version {state.stable}"
         if agreement < gate.min_agreement:
-            return finish(counted, DeliveryPhase.REJECTED, f"shadow gate failed: {figures} < {gate.min_agreement:.2%}", now)
+            failed = f"shadow gate failed: {figures} < {gate.min_agreement:.2%}"
+            return finish(counted, DeliveryPhase.REJECTED, failed, now)
         passed = f"shadow gate passed: {figures} >= {gate.min_agreement:.2%}"
         if state.policy.on_new_version == "shadow":
             return finish(counted, DeliveryPhase.PASSED, f"{passed}; the policy stops at the shadow", now)
