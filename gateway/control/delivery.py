@@ -167,8 +167,8 @@ class DeliveryController:
     async def _record(self, state: DeliveryState, action: str) -> None:
         """Persist the delivery and its audit event in one fenced transaction, then keep it here and notify."""
         before = self._deliveries.get(state.model)
-        prior = before.to_json() if before is not None and before.version == state.version else None
-        after = state.to_json()
+        prior = {"delivery": before.to_json()} if before is not None and before.version == state.version else None
+        after = {"delivery": state.to_json()}
 
         def persist() -> None:
             with self.store.change():
@@ -182,7 +182,7 @@ class DeliveryController:
         else:
             self._deliveries[state.model] = state
         if self.control.webhooks is not None:
-            self.control.webhooks.deliver_in_background(action, {"delivery": after})
+            self.control.webhooks.deliver_in_background(action, after)
         log.info("%s: model %s version %s (%s)", action, state.model, state.version, state.reason or state.phase.value)
 
 
