@@ -7,6 +7,8 @@ that answered."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import httpx
 import pytest
 
 from gateway.control.webhooks import verify_signature
-from tests.helpers import GatewayProcess, HookReceiver, Load, gateway_process, wait_until
+from tests.helpers import ROOT, GatewayProcess, HookReceiver, Load, gateway_process, wait_until
 from tests.models import build_tabular
 
 pytestmark = pytest.mark.slow
@@ -111,6 +113,17 @@ def test_a_new_version_is_shadowed_rolled_out_and_promoted_and_a_worse_one_never
         assert "shadow gate failed" in rejected["reason"] and rejected["agreement"] < 0.95
         assert served_by_fresh_connections(gw) == {"2"}
         assert admin(gw, "GET", "/models/tab")["policy"]["shadows"] == []  # the shadow ended with the gate
+        shown = subprocess.run(
+            [sys.executable, "-m", "gateway", "repo", "delivery", "tab", "--url", gw.http_url],
+            cwd=ROOT,
+            env={"SLUICE_ADMIN_TOKEN": gw.admin_token, "PATH": "/usr/bin:/bin", "COLUMNS": "250"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert "delivery policy rollout" in shown.stdout
+        assert "rejected" in shown.stdout and "promoted" in shown.stdout and "shadow gate failed" in shown.stdout
         events = list(reversed(admin(gw, "GET", "/audit?model=tab&limit=1000")["events"]))  # oldest first
         wait_until(lambda: sum(b"delivery.rejected" in body for _, body in hook.hits) == 1, timeout=30, what="hook")
         load_results = list(load.results)
