@@ -430,6 +430,7 @@ class Gateway:
     async def _lead(self, fence: Fence) -> None:
         """Elected: run the control plane and the monitors here."""
         await self.control.start(run_loop=self._run_controller)
+        self.delivery.reset()  # this term reads the deliveries under way from the store
         await self.monitor.restore(sorted(self.registry.models))
         self.monitor.start(run_loop=self._run_controller)
 

@@ -7,6 +7,8 @@ that answered."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +18,7 @@ import httpx
 import pytest
 
 from gateway.control.webhooks import verify_signature
+from gateway.storage.store import Store
 from tests.helpers import ROOT, GatewayProcess, HookReceiver, Load, gateway_process, wait_until
 from tests.models import build_tabular
 
@@ -151,3 +154,30 @@ def test_a_new_version_is_shadowed_rolled_out_and_promoted_and_a_worse_one_never
     steps = [n for n in names if n.startswith("delivery.")]
     assert steps == ["delivery.shadow", "delivery.rollout", "delivery.promoted", "delivery.shadow", "delivery.rejected"]
     assert "rollout.start" in names and "rollout.analysis" in names
+
+
+def test_a_delivery_goes_on_under_the_next_leader_when_the_leader_is_killed_mid_shadow(tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    build_tabular(repo / "tab" / "1" / "model.onnx", seed=3)
+    (repo / "tab" / "config.yaml").write_text(POLICY.replace("min_requests: 40,", "min_requests: 300,"))
+    env = {**ENV, "SLUICE_LEADER_LEASE_S": "3"}
+    with (
+        HookReceiver() as hook,
+        gateway_process(repo, "--workers", "2", "--webhook-url", hook.url, tmp=tmp_path, env=env) as gw,
+        Load(gw.http_url, clients=3, model="tab", body=BODY),
+    ):
+        store = Store.for_state_dir(gw.state_dir)
+        build_tabular(repo / "tab" / "2" / "model.onnx", seed=3, scale=1.5)
+        assert admin(gw, "POST", "/repository/sync")["delivered"] == {"tab/2": "delivery started"}
+        wait_until(lambda: 0 < delivery(gw)["delivery"]["compared"] < 300, timeout=60, what="the shadow under way")
+        lease, _ = store.lease("control-plane")
+        assert lease is not None
+        os.kill(int(lease.holder.split(":")[1]), signal.SIGKILL)  # the leader, mid-shadow
+        new_term = lambda: (store.lease("control-plane")[0] or lease).epoch > lease.epoch  # noqa: E731
+        wait_until(new_term, timeout=30, what="a new leader")
+        wait_until(lambda: phase_of(gw, "2") == "promoted", timeout=90, what="version 2 promoted by the next leader")
+        wait_until(lambda: sum(b"delivery.promoted" in body for _, body in hook.hits) == 1, timeout=30, what="hook")
+        events = list(reversed(admin(gw, "GET", "/audit?model=tab&limit=1000")["events"]))
+    steps = [e["action"] for e in events if e["actor"] == "delivery" and e["action"].startswith("delivery.")]
+    assert steps == ["delivery.shadow", "delivery.rollout", "delivery.promoted"]  # each once, across the handover
+    assert [e["action"] for e in events].count("rollout.start") == 1

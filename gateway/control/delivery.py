@@ -111,6 +111,10 @@ class DeliveryController:
             except SluiceError as exc:  # tried again next tick; said once a tick
                 log.warning("delivery of %s version %s: %s", model, state.version, exc)
 
+    def reset(self) -> None:
+        """A new term: the next call reads the deliveries under way from the store (another leader's included)."""
+        self._loaded = False
+
     async def _load(self) -> None:
         if not self._loaded:
             active = await asyncio.to_thread(self.store.active_deliveries)
