@@ -11,12 +11,16 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from gateway.cli.demo import build_demo_repository
+from gateway.cli.tour import Tour
 from gateway.control.webhooks import verify_signature
 from gateway.storage.store import Store
 from tests.helpers import ROOT, GatewayProcess, HookReceiver, Load, gateway_process, wait_until
@@ -181,3 +185,24 @@ def test_a_delivery_goes_on_under_the_next_leader_when_the_leader_is_killed_mid_
     steps = [e["action"] for e in events if e["actor"] == "delivery" and e["action"].startswith("delivery.")]
     assert steps == ["delivery.shadow", "delivery.rollout", "delivery.promoted"]  # each once, across the handover
     assert [e["action"] for e in events].count("rollout.start") == 1
+
+
+def test_the_demo_tours_last_act_delivers_a_retrained_version_by_churns_policy(tmp_path: Path) -> None:
+    """The tour's delivery act on the demo repository, alone: version 4 written and synced, then shadowed,
+    rolled out and promoted by churn's own delivery policy, with the tour's traffic running."""
+    repo = build_demo_repository(tmp_path / "demo")
+    with gateway_process(repo, tmp=tmp_path, env={"SLUICE_ROLLOUT_TICK_S": "0.5"}) as gw:
+        said: list[str] = []
+        tour = Tour(gw.http_url, gw.admin_token, said.append, repo=repo)
+        stop = threading.Event()
+        feeder = threading.Thread(target=tour.traffic.run, args=(stop, time.monotonic() + 120), daemon=True)
+        with httpx.Client(base_url=gw.http_url, headers=gw.admin_headers, timeout=30) as client:
+            tour._reset(client)  # version 1 stable, as the tour starts
+            feeder.start()
+            try:
+                tour.delivery_act(client, stop, time.monotonic() + 120)
+            finally:
+                stop.set()
+                feeder.join(15)
+        assert said[-1] == "tour: the delivery of version 4 ended promoted", said
+        assert admin(gw, "GET", "/models/churn")["policy"]["stable"] == "4"
