@@ -29,7 +29,7 @@ from gateway.control import delivery_engine as engine
 from gateway.control.delivery_engine import DeliveryPhase, DeliveryState
 from gateway.control.plane import ControlPlane
 from gateway.control.rollout_model import Phase
-from gateway.errors import SluiceError
+from gateway.errors import InvalidInput, SluiceError
 from gateway.serving.model_config import DeliverySection
 from gateway.serving.router import newest_ready
 from gateway.serving.traffic import TrafficPolicy
@@ -124,6 +124,7 @@ class DeliveryController:
     async def _step(self, state: DeliveryState) -> None:
         now = self.clock()
         if state.phase is DeliveryPhase.SHADOW:
+            await self.control.flush_windows()  # this process's own comparisons count at once
             figures = await asyncio.to_thread(
                 self.store.peek_windows, state.model, state.version, min_revision=state.shadow_revision
             )
@@ -133,7 +134,11 @@ class DeliveryController:
                 return
             await self._end_shadow(new)
             if new.phase is DeliveryPhase.ROLLOUT:
-                await self.control.start_rollout(DELIVERY_ACTOR, new.model, engine.rollout_spec(new))
+                try:
+                    await self.control.start_rollout(DELIVERY_ACTOR, new.model, engine.rollout_spec(new))
+                except InvalidInput as exc:  # the policy's rollout section is wrong: no retry mends it
+                    new = engine.finish(new, DeliveryPhase.REJECTED, f"its rollout cannot start: {exc}", now)
+                # Conflict (a rollout started by hand is under way): raised, and tried again next tick
             await self._record(new, f"delivery.{new.phase.value}")
         elif state.phase is DeliveryPhase.ROLLOUT and self.control.rollout(state.model) is None:
             last = await self.control.last_rollout(state.model)
