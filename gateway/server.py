@@ -286,7 +286,7 @@ class Gateway:
                 self.repository_sync, lambda: self.supply.status(poll_s), admin_auth, ready=ready
             ),
             build_monitor_router(self.monitor, admin_auth, ready=ready),
-            build_console_router(self.control, self.monitor, admin_auth),
+            build_console_router(self.control, self.monitor, admin_auth, self.delivery),
             build_feedback_router(self.registry, lambda: self.predictions, [inference_key_dependency(inference_auth)]),
         ]
         api = build_api(self.dataplane, self.metrics.exposition, inference_auth, routers)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+from html import unescape
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from gateway.control.webhooks import verify_signature
 from gateway.storage.store import Store
 from tests.helpers import ROOT, GatewayProcess, HookReceiver, Load, gateway_process, wait_until
 from tests.models import build_tabular
+from tests.test_console import console_client
 
 pytestmark = pytest.mark.slow
 
@@ -131,6 +134,12 @@ def test_a_new_version_is_shadowed_rolled_out_and_promoted_and_a_worse_one_never
         assert shown.returncode == 0, shown.stderr
         assert "delivery policy rollout" in shown.stdout
         assert "rejected" in shown.stdout and "promoted" in shown.stdout and "shadow gate failed" in shown.stdout
+        with console_client(gw) as http:  # the console's model page shows the delivery
+            panel = http.get("/console/models/tab/panels/status", headers={"HX-Request": "true"}).text
+        html = panel.split('id="delivery"', 1)[1].split("</p>", 1)[0]
+        shown_delivery = " ".join(unescape(re.sub(r"<[^>]+>", "", html)).split())
+        assert "Last delivery: v3 against v2, rejected" in shown_delivery, shown_delivery
+        assert "shadow gate failed" in shown_delivery
         events = list(reversed(admin(gw, "GET", "/audit?model=tab&limit=1000")["events"]))  # oldest first
         wait_until(lambda: sum(b"delivery.rejected" in body for _, body in hook.hits) == 1, timeout=30, what="hook")
         load_results = list(load.results)
