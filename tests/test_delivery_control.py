@@ -151,3 +151,16 @@ def test_a_rollout_that_cannot_start_rejects_the_version_with_the_reason(tmp_pat
         reason = h.run(h.delivery.history("tab"))[0].reason
         assert "its rollout cannot start" in reason and "no_such_check" in reason
         assert h.traffic(10) == {"1"}
+
+
+def test_a_rollout_that_ends_without_promotion_rolls_the_delivery_back(harness: Harness) -> None:
+    h = harness
+    h.add_version("2")
+    h.traffic(40)
+    h.tick_until(lambda: h.phase() is DeliveryPhase.ROLLOUT, "the gate")
+    h.run(h.control.abort_rollout("alice", "tab"))  # or the controller's checks roll it back: the same end
+    h.tick()
+    assert h.history() == [("2", "rolled_back")]
+    reason = h.run(h.delivery.history("tab"))[0].reason
+    assert reason == "rollout aborted: aborted by alice"
+    assert h.control.policy("tab").stable == "1" and h.traffic(10) == {"1"}
