@@ -38,6 +38,7 @@ from gateway.admin.monitor_api import build_monitor_router
 from gateway.admin.quotas import QuotaBook, open_buckets, parse_quotas
 from gateway.admin.repository import RepositoryControl, build_repository_router
 from gateway.admin.repository_api import build_repository_sync_router
+from gateway.control.delivery import DeliveryController
 from gateway.control.leader import LeaderElection
 from gateway.control.monitor_service import MonitorService
 from gateway.control.plane import ControlPlane
@@ -163,8 +164,10 @@ class Gateway:
             tick_s=settings.rollout_tick_s,
             drain_timeout_s=settings.drain_timeout_s,
         )
+        self.delivery = DeliveryController(self.control)
         self.repository_sync = RepositorySync(
             self.control,
+            delivery=self.delivery,
             prefetch=self.supply.materialize,
             on_error=self.metrics.repository_sync_errors.inc,
             clock=clock,
@@ -290,7 +293,7 @@ class Gateway:
                 self.repository_sync, lambda: self.supply.status(poll_s), admin_auth, ready=ready
             ),
             build_monitor_router(self.monitor, admin_auth, ready=ready),
-            build_console_router(self.control, self.monitor, admin_auth),
+            build_console_router(self.control, self.monitor, admin_auth, self.delivery),
             build_feedback_router(self.registry, lambda: self.predictions, [inference_key_dependency(inference_auth)]),
         ]
         api = build_api(self.dataplane, self.metrics.exposition, inference_auth, routers)
@@ -350,6 +353,8 @@ class Gateway:
             self._loops.append(_loop(self._sync_metrics, 1.0, "metrics sync"))
         if s.repository_poll_s is not None:
             self._loops.append(_loop(self.repository_sync.poll, s.repository_poll_s, "repository sync"))
+        if self._run_controller:
+            self._loops.append(_loop(self.delivery.tick, s.rollout_tick_s, "delivery"))
         self.supply.cache_changed()
         if self.device_hosts is not None:
             self._loops.append(_loop(self._tend_device_hosts, 0.5, "runtime processes"))
@@ -432,6 +437,7 @@ class Gateway:
     async def _lead(self, fence: Fence) -> None:
         """Elected: run the control plane and the monitors here."""
         await self.control.start(run_loop=self._run_controller)
+        self.delivery.reset()  # this term reads the deliveries under way from the store
         await self.monitor.restore(sorted(self.registry.models))
         self.monitor.start(run_loop=self._run_controller)
 

@@ -46,10 +46,11 @@ def build_slow(path: Path, matmuls: int = 8, n: int = 512) -> Path:
     return path
 
 
-def build_tabular(path: Path, features: int = 6, classes: int = 3, seed: int = 0) -> Path:
-    """A linear classifier on `features` float32 columns: input [batch, features] -> scores [batch, classes]."""
+def build_tabular(path: Path, features: int = 6, classes: int = 3, seed: int = 0, scale: float = 1.0) -> Path:
+    """A linear classifier on `features` float32 columns: input [batch, features] -> scores [batch, classes].
+    `scale`: multiplies the weights (a positive one keeps every answer's top class, a negative one reverses it)."""
     rng = np.random.default_rng(seed)
-    w = rng.standard_normal((features, classes)).astype(np.float32)
+    w = (rng.standard_normal((features, classes)) * scale).astype(np.float32)
     b = np.zeros(classes, dtype=np.float32)
     graph = helper.make_graph(
         [helper.make_node("Gemm", ["input", "w", "b"], ["scores"])],

@@ -19,6 +19,7 @@ from gateway.admin.console.audit_summary import KNOWN_ACTIONS, summary
 from gateway.admin.console.pages import render
 from gateway.admin.console.views import OVERVIEW, RANGES
 from gateway.control import rollout_engine
+from gateway.control.delivery_engine import DeliveryPhase
 from gateway.control.rollout_model import Phase, RolloutSpec, RolloutState
 from gateway.errors import Conflict
 from gateway.serving.window_stats import WindowSummary
@@ -115,6 +116,11 @@ def test_every_kind_of_audit_event_is_summarised_by_what_it_holds() -> None:
     fired = event("monitor.trigger", None, trigger, "monitor:drift_high")
     assert summary(fired) == "rule drift_high on v2 (canary): drift 0.6 > 0.3; rollback"
 
+    rejected = {"delivery": {"version": "3", "stable": "2", "reason": "shadow gate failed: agreement 0.00% (40/40)"}}
+    assert summary(event("delivery.rejected", None, rejected, "delivery")) == (
+        "delivery of v3 (against v2): rejected: shadow gate failed: agreement 0.00% (40/40)"
+    )
+
     # A kind this code does not know yet still says which fields it changed.
     assert summary(event("model.renamed", {"name": "a"}, {"name": "b", "by": "x"})) == "changed: by, name"
 
@@ -126,8 +132,9 @@ def test_every_audit_action_the_code_writes_has_its_own_summary() -> None:
     for path in root.rglob("*.py"):
         text = path.read_text(encoding="utf-8")
         if "store.audit" in text:
-            written |= set(re.findall(r'"((?:rollout|policy|version|monitor)\.[a-z_]+)"', text))
+            written |= set(re.findall(r'"((?:rollout|policy|version|monitor|delivery)\.[a-z_]+)"', text))
     written.discard("monitor.retrain")  # a webhook's event name, not an audit action
+    written |= {f"delivery.{phase.value}" for phase in DeliveryPhase}  # written as f"delivery.{phase}"
     assert {"version.artifacts", "policy.set", "rollout.analysis", "monitor.trigger"} <= written
     assert written <= KNOWN_ACTIONS, written - KNOWN_ACTIONS
 

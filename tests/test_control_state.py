@@ -9,8 +9,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from gateway.control import delivery_engine as engine
+from gateway.control.delivery_engine import DeliveryPhase
 from gateway.control.rollout_model import RolloutSpec, RolloutState
-from gateway.errors import NotLeader
+from gateway.errors import Conflict, NotLeader
+from gateway.serving.model_config import DeliverySection
 from gateway.serving.traffic import TrafficPolicy
 from gateway.serving.window_stats import WindowRecorder, WindowSummary
 from gateway.storage.engine import Fence
@@ -163,3 +166,26 @@ def test_window_series_buckets_by_time_and_version_and_old_rows_are_pruned(store
     assert [s.requests for _, _, s in store.window_series("m", since=t0, bucket_s=60.0)] == [5]
     with pytest.raises(ValueError, match="naive"):
         store.window_series("m", since=datetime(2026, 1, 1), bucket_s=10.0)
+
+
+def test_a_delivery_is_kept_for_the_next_leader_one_under_way_per_model_and_its_history_newest_first(
+    store: Store,
+) -> None:
+    policy = DeliverySection.model_validate({"on_new_version": "rollout", "shadow": {"min_requests": 10}})
+    two = engine.begin("m", "2", "1", policy, 100.0)
+    store.save_delivery(two)
+    counted = engine.judge_shadow(two, 4, 4, 101.0)
+    store.save_delivery(counted)  # the same delivery: updated in place
+    assert store.active_deliveries() == [counted]  # what a new leader reads at the start of its term
+    with pytest.raises(Conflict):
+        store.save_delivery(engine.begin("m", "3", "1", policy, 102.0))  # one under way per model
+    superseded = engine.finish(counted, DeliveryPhase.SUPERSEDED, "superseded by version 3", 103.0)
+    store.save_delivery(superseded)
+    three = engine.begin("m", "3", "1", policy, 103.0)
+    store.save_delivery(three)
+    store.save_delivery(engine.begin("other", "5", "4", policy, 103.0))
+    assert [(d.model, d.version) for d in store.active_deliveries()] == [("m", "3"), ("other", "5")]
+    assert [(d.version, d.phase) for d in store.deliveries("m")] == [
+        ("3", DeliveryPhase.SHADOW),
+        ("2", DeliveryPhase.SUPERSEDED),
+    ]

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -160,8 +161,11 @@ CHURN_FEATURES = (
 )
 CHURN_TRUTH = np.array([-1.2, 0.9, -0.4, 1.1, -0.8, 0.1, -0.3, 0.5], dtype=np.float32)
 """The ground truth the tour labels churn predictions by: churn (class 1) when features @ truth > 0."""
-CHURN_NOISE = {"1": 0.45, "2": 0.12, "3": 0.12}
-"""How far each version's weights are from the truth: version 2 is the better model."""
+CHURN_NOISE = {"1": 0.45, "2": 0.12, "3": 0.12, "4": 0.08}
+"""How far each version's weights are from the truth: version 2 is the better model; version 4, which the tour
+writes into the repository as a retrained model, is better still."""
+TOUR_VERSION = "4"
+"""The version of churn the tour writes into the repository and the delivery policy takes from there."""
 
 
 def build_churn(path: Path, version: str, *, trap: bool = False) -> Path:
@@ -222,6 +226,15 @@ monitoring:
   accuracy: {{schedule_s: {monitor_schedule_s:g}, window_s: 600, min_labels: 20}}
   triggers:
     - {{name: input-drift, figure: drift_share, threshold: 0.3, windows: 2, cooldown_s: 600, roles: [stable]}}
+delivery:  # a version a repository sync finds: shadowed behind the gate, then rolled out (the tour's last act)
+  on_new_version: rollout
+  shadow: {{sample_rate: 1.0, min_requests: 200, min_agreement: 0.7, timeout_s: 300}}
+  rollout:
+    steps: [25, 100]
+    interval_s: 10
+    checks: [error_ratio, shadow_agreement]
+    thresholds: {{shadow_agreement: 0.7}}
+    failure_threshold: 3
 """
 
 
@@ -240,4 +253,5 @@ def build_demo_repository(repo: Path, *, monitor_schedule_s: float = 0.0) -> Pat
     for version in ("1", "2", "3"):
         build_churn(repo / "churn" / version / "model.onnx", version, trap=version == "3")
     (repo / "churn" / "config.yaml").write_text(churn_config(monitor_schedule_s))
+    shutil.rmtree(repo / "churn" / TOUR_VERSION, ignore_errors=True)  # the tour's upload: delivered anew each run
     return repo

@@ -442,8 +442,9 @@ def demo(
         bool,
         typer.Option(
             "--tour/--no-tour",
-            help="Drive the demo model churn through a shadow, a canary rolled back, one promoted, labels and a "
-            "drift episode (bounded: a few minutes), so the console has something to show.",
+            help="Drive the demo model churn through a shadow, a canary rolled back, one promoted, labels, a "
+            "drift episode and a new version delivered by policy (bounded: a few minutes), so the console has "
+            "something to show.",
         ),
     ] = True,
     monitor_every: Annotated[
@@ -485,7 +486,7 @@ def demo(
         if tour:
             from gateway.cli.tour import start_tour
 
-            start_tour(url, token)
+            start_tour(url, token, repo=directory)
 
     _start(settings, banner=True, notes=notes, on_serving=serving)
 

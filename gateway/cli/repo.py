@@ -1,4 +1,5 @@
-"""`sluice repo`: the model repository of a running gateway (its location and cache, and a sync)."""
+"""`sluice repo`: the model repository of a running gateway (its location and cache, a sync, and the delivery of
+new versions by each model's policy)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,21 @@ def sync_table(report: dict[str, Any]) -> Table:
         table.add_row(escape(key), "[red]failed[/]", escape(why))
     for model in report.get("new_models", []):
         table.add_row(escape(model), "new model", "served after a restart")
+    for key, what in report.get("delivered", {}).items():
+        table.add_row(escape(key), "delivery", escape(what))
+    return table
+
+
+def delivery_table(doc: dict[str, Any]) -> Table:
+    """A model's deliveries, newest first: version, phase, shadow figures and why it stands where it does."""
+    table = Table("version", "phase", "stable", "shadow agreement", "detail", title=f"deliveries of {doc['model']}")
+    for d in doc.get("history", []):
+        agreement = d.get("agreement")
+        figures = f"{agreement:.2%} of {d['compared']}" if agreement is not None else "-"
+        pending = f" (version {d['pending']} waits)" if d.get("pending") else ""
+        table.add_row(
+            escape(d["version"]), d["phase"], escape(d["stable"]), figures, escape(d.get("reason", "") + pending)
+        )
     return table
 
 
@@ -73,3 +89,24 @@ def repo_show(
         state = "ok" if last.get("ok") else f"[red]error[/]: {escape(str(last.get('error')))}"
         lines.append(f"last sync: {state}")
     out().print("\n".join(lines))
+
+
+@repo_app.command("delivery")
+def repo_delivery(
+    model: str = typer.Argument(..., help="The model whose deliveries to show."),
+    as_json: AsJson = False,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    http_timeout: Timeout = 30.0,
+) -> None:
+    """Show the model's delivery policy and its deliveries of new versions (shadow, rollout, outcome)."""
+    doc = AdminClient(url, token, http_timeout).get(f"/models/{model}/delivery")
+    if as_json:
+        _print_json(doc)
+        return
+    policy = (doc.get("policy") or {}).get("on_new_version", "none")
+    if not doc.get("history"):
+        out().print(f"{escape(model)}: delivery policy {policy}; no deliveries yet")
+        return
+    out().print(f"{escape(model)}: delivery policy {policy}")
+    out().print(delivery_table(doc))

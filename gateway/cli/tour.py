@@ -1,7 +1,7 @@
 """`sluice demo`'s tour: bounded traffic that walks the demo model `churn` through what the console shows.
 
 It is a client of the gateway like any other (V2 infer, the feedback route and the admin API with the
-demo's token), run in a thread beside it, in five acts of a few minutes in all:
+demo's token), run in a thread beside it, in six acts of a few minutes in all:
 
 1. version 2 shadows the stable version 1 (shadow agreement);
 2. a canary of version 3, which fails on about a fifth of its inputs, is rolled back by the controller
@@ -9,7 +9,9 @@ demo's token), run in a thread beside it, in five acts of a few minutes in all:
 3. a canary of version 2 goes through its steps and is promoted;
 4. labels arrive for most predictions a few seconds late, so accuracy, coverage and lag are measured;
 5. a drift episode: four features shift for a minute, the scheduled drift runs see it and the
-   `input-drift` trigger fires; then the traffic goes back to normal.
+   `input-drift` trigger fires; then the traffic goes back to normal;
+6. a delivery: a retrained version 4 is written into the (local) repository and a sync finds it; churn's
+   delivery policy shadows it behind the gate, rolls it out and promotes it, with nothing done by hand.
 
 Then the traffic stops; the gateway keeps serving. Every loop is bounded by time.
 """
@@ -21,12 +23,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 
-from gateway.cli.demo import CHURN_FEATURES, CHURN_TRUTH
+from gateway.cli.demo import CHURN_FEATURES, CHURN_TRUTH, TOUR_VERSION, build_churn
 
 MODEL = "churn"
 RATE = 25.0
@@ -102,13 +105,15 @@ class Traffic:
 
 
 class Tour:
-    def __init__(self, base_url: str, token: str, say: Callable[[str], None] = print) -> None:
+    def __init__(self, base_url: str, token: str, say: Callable[[str], None] = print, repo: Path | None = None) -> None:
+        """`repo`: the demo's local model repository, where the last act writes a new version (None: no such act)."""
+        self.repo = repo
         self.base_url = base_url
         self.headers = {"Authorization": f"Bearer {token}"}
         self.say = say
         self.traffic = Traffic(base_url)
 
-    def run(self, stop: threading.Event, *, max_s: float = 600.0) -> None:
+    def run(self, stop: threading.Event, *, max_s: float = 900.0) -> None:
         """The whole tour; returns when it is over, when `stop` is set, or after `max_s` at most."""
         deadline = time.monotonic() + max_s
         with httpx.Client(base_url=self.base_url, headers=self.headers, timeout=30) as admin:
@@ -129,17 +134,17 @@ class Tour:
         )
 
     def _acts(self, admin: httpx.Client, stop: threading.Event, deadline: float) -> None:
-        self.say("tour 1/5: version 2 of churn shadows the stable version 1 (shadow agreement)")
+        self.say("tour 1/6: version 2 of churn shadows the stable version 1 (shadow agreement)")
         if not self._pause(stop, 30):
             return
-        self.say("tour 2/5: a canary of version 3, which fails on a fifth of its inputs; the controller rolls it back")
+        self.say("tour 2/6: a canary of version 3, which fails on a fifth of its inputs; the controller rolls it back")
         self._rollout(
             admin, "3", [{"name": "error_ratio", "threshold": 1.5}, {"name": "latency_p99_ratio", "threshold": 3}]
         )
         phase = self._until_finished(admin, stop, deadline, 150)
         self.say(f"tour: the canary of version 3 ended {phase}")
         admin.post(f"/admin/models/{MODEL}/shadow", json={"versions": []})
-        self.say("tour 3/5: a canary of version 2 (shadow agreement, errors, latency), promoted when every step passes")
+        self.say("tour 3/6: a canary of version 2 (shadow agreement, errors, latency), promoted when every step passes")
         self._rollout(
             admin,
             "2",
@@ -156,14 +161,42 @@ class Tour:
         if not self._pause(stop, 20):
             return
         self.say(
-            f"tour 5/5: a drift episode: {SHIFTED} features move by {DRIFT_SHIFT} standard deviations for a minute"
+            f"tour 5/6: a drift episode: {SHIFTED} features move by {DRIFT_SHIFT} standard deviations for a minute"
         )
         self.traffic.shift = DRIFT_SHIFT
         if not self._pause(stop, 60):
             return
         self.traffic.shift = 0.0
-        self.say("tour: the drift episode is over; normal traffic for half a minute more")
-        self._pause(stop, 30)
+        self.say("tour: the drift episode is over; normal traffic for half a minute")
+        if not self._pause(stop, 30):
+            return
+        self.delivery_act(admin, stop, deadline)
+
+    def delivery_act(self, admin: httpx.Client, stop: threading.Event, deadline: float) -> None:
+        """Act 6: what a retraining job does (write the next version into the repository), then a sync; churn's
+        delivery policy does the rest."""
+        if self.repo is None:
+            return
+        self.say(
+            f"tour 6/6: a retrained version {TOUR_VERSION} lands in the repository; churn's delivery policy "
+            "shadows it, rolls it out and promotes it (sluice repo delivery churn)"
+        )
+        build_churn(self.repo / MODEL / TOUR_VERSION / "model.onnx", TOUR_VERSION)
+        answer = admin.post("/admin/repository/sync")
+        if answer.status_code != 200:
+            self.say(f"tour: the repository sync failed: {answer.text}")
+            return
+        phase = "unknown"
+
+        def finished() -> bool:
+            nonlocal phase
+            doc = admin.get(f"/admin/models/{MODEL}/delivery").json().get("delivery") or {}
+            if doc.get("version") == TOUR_VERSION:
+                phase = doc.get("phase", phase)
+            return phase in ("promoted", "rolled_back", "rejected", "passed", "superseded")
+
+        self._wait(stop, deadline, finished, 240)
+        self.say(f"tour: the delivery of version {TOUR_VERSION} ended {phase}")
 
     def _reset(self, admin: httpx.Client) -> None:
         """Start from version 1 as the stable with version 2 as its shadow, whatever an earlier run left."""
@@ -218,9 +251,11 @@ class Tour:
         return False
 
 
-def start_tour(base_url: str, token: str, say: Callable[[str], None] = print) -> threading.Event:
-    """Run the tour in a daemon thread; set the returned event to end it early."""
+def start_tour(
+    base_url: str, token: str, say: Callable[[str], None] = print, repo: Path | None = None
+) -> threading.Event:
+    """Run the tour in a daemon thread; set the returned event to end it early. `repo`: see `Tour`."""
     stop = threading.Event()
-    tour = Tour(base_url, token, say)
+    tour = Tour(base_url, token, say, repo)
     threading.Thread(target=tour.run, args=(stop,), name="tour", daemon=True).start()
     return stop

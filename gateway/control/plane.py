@@ -126,6 +126,11 @@ class ControlPlane:
         if self.webhooks is not None:
             await self.webhooks.aclose()
 
+    async def flush_windows(self) -> None:
+        """Publish this process's own window statistics now, so a reader of the store sees them without lag."""
+        if self._flush_windows is not None:
+            await self._flush_windows()
+
     # -- reads ---------------------------------------------------------------------------
 
     def policy(self, model: str) -> TrafficPolicy:

@@ -10,6 +10,10 @@ unloaded by hand comes back at the next sync if its model's policy still selects
 or remove its files, to keep it out). A version the policy or a rollout still uses, or a model's last
 ready version, is kept and the reason reported. A listing that cannot be read changes nothing: the
 versions serving keep serving, the error is counted, logged and shown until a sync succeeds.
+
+A version the sync loads is handed to the delivery controller (`gateway.control.delivery`), which takes it
+through the model's `delivery` policy (none: loaded only, and served as the newest; shadow; rollout); the
+report says what it did with each (`delivered`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.control.delivery import DeliveryController
 from gateway.control.plane import ControlPlane
 from gateway.errors import Conflict, ControlPlaneUnavailable, RepositoryUnavailable, SluiceError
 from gateway.serving.model_supply import LIVE
@@ -75,6 +80,8 @@ class SyncReport:
     failed: dict[str, str] = field(default_factory=dict)
     kept: dict[str, str] = field(default_factory=dict)
     new_models: list[str] = field(default_factory=list)
+    delivered: dict[str, str] = field(default_factory=dict)
+    """What the delivery policy did with each version loaded (started, waiting, or why not)."""
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -87,6 +94,7 @@ class SyncReport:
             "failed": self.failed,
             "kept": self.kept,
             "new_models": self.new_models,
+            "delivered": self.delivered,
         }
 
 
@@ -95,12 +103,14 @@ class RepositorySync:
         self,
         control: ControlPlane,
         *,
+        delivery: DeliveryController | None = None,
         prefetch: Callable[[ModelSource, VersionSource], Any] | None = None,
         on_error: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """`prefetch(source, version)`: brings a version's file into the cache (blocking; run in a thread)."""
         self.control = control
+        self.delivery = delivery
         self._prefetch = prefetch
         self._on_error = on_error
         self._clock = clock
@@ -135,9 +145,14 @@ class RepositorySync:
             by_name = {s.name: s for s in sources}
             for model, version in plan.load:
                 await self._fetch(by_name[model], version)
+                policy = by_name[model].config.delivery
                 try:
+                    if self.delivery is not None:
+                        await self.delivery.prepare(model, version, policy)
                     await self.control.load_version(actor, model, version)
                     report.loaded.append(f"{model}/{version}")
+                    if self.delivery is not None:
+                        report.delivered[f"{model}/{version}"] = await self.delivery.offer(model, version, policy)
                 except SluiceError as exc:
                     report.failed[f"{model}/{version}"] = str(exc)
             for model, version in plan.unload:

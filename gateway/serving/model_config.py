@@ -365,6 +365,43 @@ class RaySection(_Strict):
         return resources
 
 
+class DeliveryShadow(_Strict):
+    """The shadow gate: the new version gets a copy of live traffic (never an answer to a caller) until enough
+    comparisons with the serving version agree, or too few agree, or `timeout_s` passes without enough."""
+
+    sample_rate: float = Field(1.0, gt=0.0, le=1.0)
+    min_requests: int = Field(2000, ge=1)
+    """Comparisons needed before the gate decides."""
+    min_agreement: float = Field(0.98, ge=0.0, le=1.0)
+    timeout_s: float = Field(3600.0, gt=0)
+    """A shadow that has not seen `min_requests` comparisons by then fails the gate (nobody calls the model)."""
+
+
+class DeliveryRollout(_Strict):
+    """The progressive rollout after the shadow gate: the rollout controller's own spec and checks."""
+
+    steps: list[float] = Field(default_factory=lambda: [5.0, 25.0, 50.0, 100.0])
+    interval_s: float = Field(300.0, gt=0)
+    checks: list[str] = Field(default_factory=lambda: ["error_ratio", "latency_p99_ratio"])
+    """Check names (error_ratio, latency_p99_ratio, shadow_agreement, drift, accuracy), each at its default
+    threshold unless `thresholds` names it."""
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    min_requests: int = Field(20, ge=0)
+    """Canary requests a window needs before its checks judge it (fewer: no data)."""
+    failure_threshold: int = Field(2, ge=1)
+    max_no_data_windows: int = Field(5, ge=1)
+
+
+class DeliverySection(_Strict):
+    """What happens to a version that a repository sync finds and loads (`gateway.control.delivery`)."""
+
+    on_new_version: Literal["none", "shadow", "rollout"] = "none"
+    """none: load it (the newest ready version serves, as without a policy); shadow: shadow it behind the gate
+    and stop there (an operator starts the rollout); rollout: shadow, then roll out, then promote or roll back."""
+    shadow: DeliveryShadow = Field(default_factory=lambda: DeliveryShadow())
+    rollout: DeliveryRollout = Field(default_factory=lambda: DeliveryRollout())
+
+
 class ModelConfig(_Strict):
     batching: BatchingSection = Field(default_factory=lambda: BatchingSection())
     timeout_ms: float | None = Field(30_000, gt=0)
@@ -375,6 +412,7 @@ class ModelConfig(_Strict):
     watchdog: WatchdogSection = Field(default_factory=lambda: WatchdogSection())
     guards: GuardsSection = Field(default_factory=lambda: GuardsSection())
     ray: RaySection = Field(default_factory=lambda: RaySection())
+    delivery: DeliverySection = Field(default_factory=lambda: DeliverySection())
 
     def batching_config(self) -> BatchingConfig:
         b = self.batching

@@ -111,6 +111,29 @@ Index(  # at most one active rollout per model, enforced by the database (a part
     postgresql_where=rollouts_table.c.active == true(),
 )
 
+deliveries_table = Table(
+    "deliveries",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("model", String(255), nullable=False),
+    Column("version", String(255), nullable=False),
+    Column("phase", String(32), nullable=False),
+    Column("active", Boolean, nullable=False),
+    Column("state", JSON, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+"""A version taken through its model's delivery policy (`gateway.control.delivery`): one row per delivery, the
+finished ones kept as history; the active one is where a new leader picks the delivery up."""
+Index("ix_deliveries_model_id", deliveries_table.c.model, deliveries_table.c.id)
+Index(  # at most one delivery under way per model
+    "uq_deliveries_active_model",
+    deliveries_table.c.model,
+    unique=True,
+    sqlite_where=deliveries_table.c.active == true(),
+    postgresql_where=deliveries_table.c.active == true(),
+)
+
 versions_table = Table(
     "versions",
     metadata,

@@ -7,7 +7,8 @@
   `connect_args`.
 
 `Store` is the sum of one class per job over one engine: `control_state` (policies, rollouts,
-versions, the audit log, the leader lease and the revision replicas follow), `windows` (replicas'
+versions, the audit log, the leader lease and the revision replicas follow), `delivery_state` (deliveries
+of new versions by policy), `windows` (replicas'
 per-version window summaries), `predictions` (the prediction log and its labels), `monitor_state`
 (drift and accuracy runs, trigger states) and `console_sessions` (console sessions ended by a logout).
 `engine` has the connection discipline they share, `schema` the live tables, `migrations` the frozen
@@ -23,12 +24,13 @@ from typing import Any
 
 from gateway.storage.console_sessions import ConsoleSessionState
 from gateway.storage.control_state import ControlState
+from gateway.storage.delivery_state import DeliveryData
 from gateway.storage.monitor_state import MonitorState
 from gateway.storage.predictions import PredictionData
 from gateway.storage.windows import WindowData
 
 
-class Store(ControlState, WindowData, PredictionData, MonitorState, ConsoleSessionState):
+class Store(ControlState, DeliveryData, WindowData, PredictionData, MonitorState, ConsoleSessionState):
     """Synchronous and thread-safe (one pooled engine); every method is one short transaction.
 
     One class per job, each over the same engine (`gateway.storage.engine.Database`): the control

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import ColumnElement, delete, insert, select, update
 
 from gateway.serving.window_stats import WindowKey, WindowSummary
 from gateway.storage.engine import Database
@@ -72,6 +72,11 @@ _COLUMNS = (
 )
 
 
+def _version_rows(model: str, version: str, min_revision: int) -> list[ColumnElement[bool]]:
+    t = window_summaries_table
+    return [t.c.model == model, t.c.version == version, t.c.revision >= min_revision]
+
+
 class WindowData(Database):
     def publish_windows(
         self, replica: str, summaries: Sequence[tuple[WindowKey, WindowSummary]], at: datetime | None = None
@@ -94,7 +99,7 @@ class WindowData(Database):
         """Merge the version's untaken rows with `min_revision <= revision [<= max_revision]` (and `at >=
         since`), mark them taken, and return the sum. A control write: fenced, and part of an open `change()`."""
         t = window_summaries_table
-        where = [t.c.model == model, t.c.version == version, t.c.revision >= min_revision, t.c.taken.is_(False)]
+        where = [*_version_rows(model, version, min_revision), t.c.taken.is_(False)]
         if max_revision is not None:
             where.append(t.c.revision <= max_revision)
         if since is not None:
@@ -110,6 +115,15 @@ class WindowData(Database):
             ids = [row.id for row in rows]
             for start in range(0, len(ids), 500):
                 conn.execute(update(t).where(t.c.id.in_(ids[start : start + 500])).values(taken=True))
+        return total
+
+    def peek_windows(self, model: str, version: str, *, min_revision: int) -> WindowSummary:
+        """The sum of the version's rows with `revision >= min_revision`, taken or not, changing nothing: what a
+        delivery's shadow gate reads (a rollout that follows still takes the same rows as its evidence)."""
+        total = WindowSummary()
+        with self._read() as conn:
+            for row in conn.execute(select(*_COLUMNS).where(*_version_rows(model, version, min_revision))):
+                total.merge(_summary(row))
         return total
 
     def window_series(

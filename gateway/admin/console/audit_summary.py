@@ -100,6 +100,20 @@ def _trigger(action: str, before: Any, after: Any) -> str:
     return text + (f"; {doc['action']}" if doc.get("action") else "")
 
 
+def _delivery(action: str, before: Any, after: Any) -> str:
+    d = _dict(_dict(after).get("delivery"))
+    text = f"delivery of v{d.get('version')} (against v{d.get('stable')}): {action.removeprefix('delivery.')}"
+    if action == "delivery.waiting":
+        return f"{text}: v{d.get('pending')} waits for its rollout to end"
+    if action == "delivery.shadow" and not d.get("reason"):
+        return f"{text}, sampling {d.get('policy', {}).get('shadow', {}).get('sample_rate')} of requests"
+    return text + (f": {d['reason']}" if d.get("reason") else "")
+
+
+DELIVERY_ACTIONS = ("shadow", "rollout", "promoted", "rolled_back", "rejected", "passed", "superseded", "waiting")
+"""`delivery.<phase>` for each phase of `gateway.control.delivery_engine.DeliveryPhase`, and `delivery.waiting`."""
+
+
 def _generic(before: Any, after: Any) -> str:
     old, new = _dict(before), _dict(after)
     changed = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
@@ -113,6 +127,7 @@ _READERS: dict[str, Callable[[str, Any, Any], str]] = {
     "version.unload": _version,
     "version.artifacts": _artifacts,
     "monitor.trigger": _trigger,
+    **{f"delivery.{a}": _delivery for a in DELIVERY_ACTIONS},
 }
 KNOWN_ACTIONS = frozenset(_READERS)
 

@@ -22,6 +22,7 @@ from gateway.admin.console.actions import ACTIONS, CHECK_DEFAULTS, check_names, 
 from gateway.admin.console.pages import REPORT_CSP, SECURITY_HEADERS, asset_response, render
 from gateway.admin.console.session import COOKIE, COOKIE_PATH, LOGIN_COOKIE, Session, Sessions, login_nonce
 from gateway.admin.console.views import DEFAULT_RANGE, RANGES, ConsoleViews
+from gateway.control.delivery import DeliveryController
 from gateway.control.monitor_service import MonitorService
 from gateway.control.plane import ControlPlane
 from gateway.errors import Forbidden, SluiceError, Unauthorized, mapping_of
@@ -53,22 +54,27 @@ async def _form(request: Request) -> dict[str, list[str]]:
     return parse_qs(body, keep_blank_values=True)
 
 
-def build_console_router(control: ControlPlane, monitor: MonitorService, auth: AdminAuth) -> APIRouter:
-    """The console under /console, and /favicon.ico (browsers ask for it on every page of the origin)."""
+def build_console_router(
+    control: ControlPlane, monitor: MonitorService, auth: AdminAuth, delivery: DeliveryController | None = None
+) -> APIRouter:
+    """The console under /console, and /favicon.ico (browsers ask for it on every page of the origin). `delivery`:
+    the deliveries of new versions, shown on each model's page."""
     outer = APIRouter(include_in_schema=False)
 
     @outer.get("/favicon.ico")
     async def favicon() -> Response:
         return asset_response("favicon.svg")
 
-    outer.include_router(_console_router(control, monitor, auth))
+    outer.include_router(_console_router(control, monitor, auth, delivery))
     return outer
 
 
-def _console_router(control: ControlPlane, monitor: MonitorService, auth: AdminAuth) -> APIRouter:
+def _console_router(
+    control: ControlPlane, monitor: MonitorService, auth: AdminAuth, delivery: DeliveryController | None
+) -> APIRouter:
     router = APIRouter(prefix="/console", include_in_schema=False)
     sessions = Sessions(auth, control.store)
-    views = ConsoleViews(control, monitor)
+    views = ConsoleViews(control, monitor, delivery)
 
     async def session_of(request: Request) -> Session | None:
         return await sessions.check(request.cookies.get(COOKIE))

@@ -16,6 +16,7 @@ from typing import Any
 
 from gateway.admin.console import figures
 from gateway.admin.console.audit_summary import summary
+from gateway.control.delivery import DeliveryController
 from gateway.control.monitor_service import MonitorService
 from gateway.control.plane import ControlPlane
 from gateway.control.rollout_engine import allowed_actions
@@ -45,9 +46,12 @@ def _role(version: dict[str, Any]) -> str:
 
 
 class ConsoleViews:
-    def __init__(self, control: ControlPlane, monitor: MonitorService) -> None:
+    def __init__(
+        self, control: ControlPlane, monitor: MonitorService, delivery: DeliveryController | None = None
+    ) -> None:
         self.control = control
         self.monitor = monitor
+        self.delivery = delivery
         self.store = control.store
 
     async def models(self) -> list[dict[str, Any]]:
@@ -87,9 +91,9 @@ class ConsoleViews:
             series = self.store.window_series(model, since=_utc(since), bucket_s=bucket_s)
             history = self.store.rollout_history(model, limit=10)
             events = self.store.audit_events(model=model, limit=500)
-            return series, history, events
+            return series, history, events, self.store.deliveries(model, limit=1)
 
-        series, history, events = await asyncio.to_thread(read)
+        series, history, events, deliveries = await asyncio.to_thread(read)
         live = figures.live_figures(series, now=now, bucket_s=bucket_s)
         for v in view["versions"]:
             v["live"] = live.get(v["version"], {})
@@ -101,6 +105,9 @@ class ConsoleViews:
             rollout["active"] = view["rollout"] is not None
         view["rollout"] = rollout
         view["history"] = [h.to_json() for h in history]
+        current = self.delivery.delivery(model) if self.delivery is not None else None
+        latest = current or (deliveries[0] if deliveries else None)  # the leader's has the shadow's live figures
+        view["delivery"] = None if latest is None else {**latest.to_json(), "active": not latest.phase.finished}
         return view
 
     async def controls(self, model: str) -> dict[str, Any]:
