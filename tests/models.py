@@ -50,14 +50,20 @@ def build_tabular(path: Path, features: int = 6, classes: int = 3, seed: int = 0
     """A linear classifier on `features` float32 columns: input [batch, features] -> scores [batch, classes].
     `scale`: multiplies the weights (a positive one keeps every answer's top class, a negative one reverses it)."""
     rng = np.random.default_rng(seed)
-    w = (rng.standard_normal((features, classes)) * scale).astype(np.float32)
-    b = np.zeros(classes, dtype=np.float32)
+    w = rng.standard_normal((features, classes)) * scale
+    return build_linear(path, w, np.zeros(classes))
+
+
+def build_linear(path: Path, w: np.ndarray, b: np.ndarray) -> Path:
+    """The linear classifier `input @ w + b` as ONNX: input [batch, features] -> scores [batch, classes]; what a
+    trainer exports once it has fitted `w` and `b`."""
+    features, classes = w.shape
     graph = helper.make_graph(
         [helper.make_node("Gemm", ["input", "w", "b"], ["scores"])],
         "tabular",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", features])],
         [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", classes])],
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+        [numpy_helper.from_array(w.astype(np.float32), "w"), numpy_helper.from_array(b.astype(np.float32), "b")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
