@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +132,9 @@ def test_a_newer_version_replaces_one_in_shadow_and_waits_behind_a_rollout(harne
 
 def test_a_shadow_nobody_calls_is_rejected_when_its_time_is_up(harness: Harness) -> None:
     h = harness
+    h.run(h.control.update_policy("ops", "tab", lambda p: replace(p, shadow_sample_rate=0.25)))
     h.add_version("2")
+    assert h.control.policy("tab").shadow_sample_rate == 1.0  # the delivery's own, while it shadows
     h.tick(599.0)
     assert h.phase() is DeliveryPhase.SHADOW
     h.tick(1.0)
@@ -139,6 +142,7 @@ def test_a_shadow_nobody_calls_is_rejected_when_its_time_is_up(harness: Harness)
     reason = h.run(h.delivery.history("tab"))[0].reason
     assert "0 comparisons in 600 s" in reason
     assert h.control.policy("tab").shadows == () and h.control.rollout("tab") is None
+    assert h.control.policy("tab").shadow_sample_rate == 0.25  # the model's own rate, given back
     assert h.traffic(10) == {"1"}
 
 

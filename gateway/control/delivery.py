@@ -160,15 +160,20 @@ class DeliveryController:
             shadows = p.shadows if state.version in p.shadows else (*p.shadows, state.version)
             return replace(p, stable=p.stable or state.stable, shadows=shadows, shadow_sample_rate=rate)
 
+        prior = self.control.policy(state.model).shadow_sample_rate
         await self.control.update_policy(DELIVERY_ACTOR, state.model, shadowed)
-        started = replace(state, shadow_revision=self.control.view.revision(state.model))
+        started = replace(state, shadow_revision=self.control.view.revision(state.model), prior_sample_rate=prior)
         await self._record(started, "delivery.shadow")
 
     async def _end_shadow(self, state: DeliveryState) -> None:
-        """The version leaves the shadows (a rollout's canary cannot be one, and a finished shadow costs CPU)."""
+        """The version leaves the shadows (a rollout's canary cannot be one, and a finished shadow costs CPU), and
+        the model's shadow sample rate is what it was before."""
 
         def unshadowed(p: TrafficPolicy) -> TrafficPolicy:
-            return replace(p, shadows=tuple(v for v in p.shadows if v != state.version))
+            rate = p.shadow_sample_rate
+            if state.prior_sample_rate is not None and rate == state.policy.shadow.sample_rate:
+                rate = state.prior_sample_rate  # the model's own rate back, unless someone set another meanwhile
+            return replace(p, shadows=tuple(v for v in p.shadows if v != state.version), shadow_sample_rate=rate)
 
         if state.version in self.control.policy(state.model).shadows:
             await self.control.update_policy(DELIVERY_ACTOR, state.model, unshadowed)

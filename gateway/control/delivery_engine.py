@@ -68,6 +68,8 @@ class DeliveryState:
     reason: str = ""
     pending: str | None = None
     """A newer version that arrived during the rollout: delivered when the rollout ends."""
+    prior_sample_rate: float | None = None
+    """The model's shadow sample rate before the shadow set the policy's own: given back when the shadow ends."""
 
     @property
     def agreement(self) -> float | None:
@@ -95,6 +97,7 @@ class DeliveryState:
             agreed=int(doc.get("agreed", 0)),
             reason=doc.get("reason", ""),
             pending=doc.get("pending"),
+            prior_sample_rate=doc.get("prior_sample_rate"),
         )
 
 
