@@ -1,7 +1,8 @@
 """Ray mode on two Ray nodes of this machine: a head (`ray start --head`) and a second raylet joined to it
 (`ray start --address`), each with a model cache of its own, the model repository in a bucket of a real S3-protocol
-server on 127.0.0.1 (moto's). The version's two replicas are spread one a node (`ray.max_replicas_per_node: 1`)
-and the ingress, which needs CPUs, is on the head (the second node has none). Then the second node dies under load
+server on 127.0.0.1 (moto's). Both nodes offer a custom resource, `models`, that the version's replicas ask for
+(`ray.resources`), and its two replicas are spread one a node (`ray.max_replicas_per_node: 1`); the ingress, which
+needs CPUs, is on the head (the second node has none). Then the second node dies under load
 (every process of it SIGKILLed, as when a machine is lost): the version goes on answering from the head's replica.
 """
 
@@ -78,7 +79,9 @@ def test_a_version_spread_over_two_nodes_fetches_into_each_nodes_cache_and_outli
 ) -> None:
     repo = tmp_path / "models"
     build_lookup(repo / "lookup" / "1" / "model.onnx", rows=100)
-    (repo / "lookup" / "config.yaml").write_text("ray:\n  num_cpus: 0\n  num_replicas: 2\n  max_replicas_per_node: 1\n")
+    (repo / "lookup" / "config.yaml").write_text(
+        "ray:\n  num_cpus: 0\n  num_replicas: 2\n  max_replicas_per_node: 1\n  resources: {models: 0.5}\n"
+    )
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     root = Path(tempfile.mkdtemp(prefix="sluice-rn-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
@@ -92,11 +95,11 @@ def test_a_version_spread_over_two_nodes_fetches_into_each_nodes_cache_and_outli
         head_args = [
             "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs), "--num-cpus", "2",
             "--include-dashboard", "false", "--object-store-memory", str(80 * 1024 * 1024),
-            "--temp-dir", str(root / "ray"),
+            "--temp-dir", str(root / "ray"), "--resources", '{"models": 1}',
         ]  # fmt: skip
         second_args = [
             "--address", f"127.0.0.1:{gcs}", "--node-ip-address", "127.0.0.1", "--num-cpus", "0",
-            "--object-store-memory", str(80 * 1024 * 1024),
+            "--object-store-memory", str(80 * 1024 * 1024), "--resources", '{"models": 1}',
         ]  # fmt: skip
         head_env = {**base, "SLUICE_MODEL_CACHE_DIR": str(caches["head"])}
         second_env = {**base, "SLUICE_MODEL_CACHE_DIR": str(caches["second"])}
