@@ -81,7 +81,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="warm-up seconds at 16 connections, each side")
     p.add_argument("--provider", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--out", type=Path, default=Path("bench-results/ab"), help="results folder")
-    p.add_argument("--gateway-cmd", default=f"{shlex.quote(sys.executable)} -m gateway")
+    p.add_argument(
+        "--gateway-cmd",
+        default=f"{shlex.quote(sys.executable)} -m gateway",
+        help="gateway command prefix, both sides (another build: `env PYTHONPATH=/its/checkout python -P -m gateway`)",
+    )
     args = p.parse_args(argv)
     for side in ("a", "b"):
         env = {}

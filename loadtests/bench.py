@@ -114,7 +114,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--gateway-cmd",
         default=f"{shlex.quote(sys.executable)} -m gateway",
         help="gateway command prefix; `serve --model-repo ... --http-port ...` is appended (to bench another "
-        "build); the floor always runs this Python's uvicorn",
+        "build: `env PYTHONPATH=/path/to/its/checkout python -P -m gateway`; -P, because the gateway runs in this "
+        "checkout, which would come first on sys.path); the floor always runs this Python's uvicorn",
     )
     args = p.parse_args(argv)
     if args.duration < 1 or args.warmup < 0 or args.repeats < 1 or not args.connections:
