@@ -157,7 +157,7 @@ class Tour:
             failure_threshold=3,
         )
         phase = self._until_finished(admin, stop, deadline, 200)
-        self.say(f"tour: the canary of version 2 ended {phase}; labels keep arriving (act 4/5: accuracy by version)")
+        self.say(f"tour: the canary of version 2 ended {phase}; labels keep arriving (act 4/6: accuracy by version)")
         if not self._pause(stop, 20):
             return
         self.say(
