@@ -35,11 +35,13 @@ def test_a_slow_control_plane_start_keeps_the_lease_renewed_and_leads_only_once_
         started.append(fence)
 
     async def scenario() -> None:
-        a = LeaderElection(first, "a", ttl_s=0.6, renew_s=0.1, on_elected=slow_start, on_deposed=_nothing)
-        b = LeaderElection(second, "b", ttl_s=0.6, renew_s=0.1, on_elected=slow_start, on_deposed=_nothing)
+        # The lease's time to live is long against the loop's 0.1 s rounds (a loaded box may stall one round for a
+        # while), and the start below outlasts it twice over.
+        a = LeaderElection(first, "a", ttl_s=1.5, renew_s=0.1, on_elected=slow_start, on_deposed=_nothing)
+        b = LeaderElection(second, "b", ttl_s=1.5, renew_s=0.1, on_elected=slow_start, on_deposed=_nothing)
         await asyncio.wait_for(a.step(), 5)  # takes the lease; its control plane starts in the background
         assert not a.is_leader, "it leads before its control plane can take changes"
-        for _ in range(15):  # 1.5 s: well past the lease's 0.6 s time to live
+        for _ in range(30):  # over 3 s: twice the lease's time to live
             await asyncio.wait_for(a.step(), 5)
             await asyncio.wait_for(b.step(), 5)
             await asyncio.sleep(0.1)
