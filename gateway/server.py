@@ -409,7 +409,7 @@ class Gateway:
                 secure |= {"ssl_ca_certs": str(s.tls_client_ca_file), "ssl_cert_reqs": ssl.CERT_REQUIRED}
         config = uvicorn.Config(
             app,
-            http=self.connections.protocol_class(),
+            http=self.connections.protocol_class(direct=app),
             loop="none",
             lifespan="off",
             access_log=False,

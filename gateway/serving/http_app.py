@@ -14,6 +14,7 @@ import math
 import re
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
@@ -56,6 +57,25 @@ T = TypeVar("T")
 
 ADMIN_MAX_BODY_BYTES = 1024 * 1024
 INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
+JSON = b"application/json"
+OCTETS = b"application/octet-stream"
+Answer = tuple[int, bytes, bytes, list[tuple[bytes, bytes]] | None]
+"""An infer request's answer: status, body, content type, and any other headers."""
+
+
+@dataclass(slots=True)
+class InferHead:
+    """What an infer request's headers say, read once: the same for the ASGI path and the direct one."""
+
+    model: str
+    version: str | None
+    headers: list[tuple[bytes, bytes]]
+    declared: int = -1
+    """Content-Length, or -1 when absent (chunked) or not a number."""
+    header_length: int | None = None
+    encoding: bytes = b"identity"
+    trace_headers: dict[str, str] | None = None
+    authorization: str | None = None
 
 
 def http_status(exc: BaseException) -> int:
@@ -120,85 +140,87 @@ class HttpAdapter:
         await self.api(scope, replay, send)
 
     async def _infer(self, scope: Scope, receive: Receive, send: Send, model: str, version: str | None) -> None:
-        header_length: int | None = None
-        declared = -1
-        encoding = b"identity"
-        trace_headers: dict[str, str] | None = None
-        authorization: str | None = None
-        for key, value in scope["headers"]:
-            if key == b"authorization":
-                authorization = value.decode("latin-1")
-            elif key in (b"traceparent", b"tracestate"):
-                trace_headers = trace_headers or {}
-                trace_headers[key.decode()] = value.decode("latin-1")
-            elif key == b"content-length":
-                declared = int(value) if value.isdigit() else -1
-            elif key == b"inference-header-content-length":
-                if not value.isdigit():
-                    await _send(send, 400, error_body("Inference-Header-Content-Length must be an integer"))
-                    return
-                header_length = int(value)
-            elif key == b"content-encoding":
-                encoding = value.lower()
-                if encoding not in _DECODERS:
-                    supported = ", ".join(e.decode() for e in _DECODERS)
-                    message = f"Content-Encoding {value.decode(errors='replace')} is not supported ({supported})"
-                    await _send(send, 415, error_body(message))
-                    return
-        if self.inference_auth.enabled:
-            try:
-                name = self.inference_auth.check(authorization)
-            except SluiceError as exc:
-                await _send(send, http_status(exc), error_body(str(exc)), extra=[(b"www-authenticate", b"Bearer")])
-                return
-            if self.quotas is not None and name is not None:
-                try:
-                    self.quotas.admit(name)
-                except QuotaExceeded as exc:
-                    retry = str(max(1, math.ceil(exc.retry_after_s))).encode()
-                    await _send(send, 429, error_body(str(exc)), extra=[(b"retry-after", retry)])
-                    return
-        if declared > self.max_body_bytes:
-            await _send(send, 413, error_body(self._too_large()))
+        """The ASGI form of the infer route: what `http_direct` does on the connection itself, for the
+        requests it leaves to ASGI (pipelined behind another, `Expect: 100-continue`)."""
+        head = self.admit(scope["headers"], model, version)
+        if not isinstance(head, InferHead):
+            await _send_answer(send, head)
             return
         body = await _read_body(receive, self.max_body_bytes)
         if body is None:
             return  # client went away
         if body is _TOO_LARGE:
-            await _send(send, 413, error_body(self._too_large()))
+            await _send_answer(send, self.too_large())
             return
+        answer = await _until_disconnect(self.respond(head, body), receive)
+        if answer is not None:
+            await _send_answer(send, answer)
+
+    def admit(self, headers: list[tuple[bytes, bytes]], model: str, version: str | None) -> InferHead | Answer:
+        """Read an infer request's headers and check its key, quota and declared size: its `InferHead`, or
+        the answer that refuses it before its body is read."""
+        head = InferHead(model, version, headers)
+        for key, value in headers:
+            if key == b"authorization":
+                head.authorization = value.decode("latin-1")
+            elif key in (b"traceparent", b"tracestate"):
+                head.trace_headers = head.trace_headers or {}
+                head.trace_headers[key.decode()] = value.decode("latin-1")
+            elif key == b"content-length":
+                head.declared = int(value) if value.isdigit() else -1
+            elif key == b"inference-header-content-length":
+                if not value.isdigit():
+                    return 400, error_body("Inference-Header-Content-Length must be an integer"), JSON, None
+                head.header_length = int(value)
+            elif key == b"content-encoding":
+                head.encoding = value.lower()
+                if head.encoding not in _DECODERS:
+                    supported = ", ".join(e.decode() for e in _DECODERS)
+                    message = f"Content-Encoding {value.decode(errors='replace')} is not supported ({supported})"
+                    return 415, error_body(message), JSON, None
+        if self.inference_auth.enabled:
+            try:
+                name = self.inference_auth.check(head.authorization)
+            except SluiceError as exc:
+                return http_status(exc), error_body(str(exc)), JSON, [(b"www-authenticate", b"Bearer")]
+            if self.quotas is not None and name is not None:
+                try:
+                    self.quotas.admit(name)
+                except QuotaExceeded as exc:
+                    retry = str(max(1, math.ceil(exc.retry_after_s))).encode()
+                    return 429, error_body(str(exc)), JSON, [(b"retry-after", retry)]
+        if head.declared > self.max_body_bytes:
+            return self.too_large()
+        return head
+
+    async def respond(self, head: InferHead, body: bytes) -> Answer:
+        """Decode, infer, encode: the answer to an admitted request whose whole body is here. A domain error
+        is its status and message; anything else a 500 that names nothing of the request."""
+        model = head.model
         try:
-            if encoding != b"identity":
-                body = _inflate(body, encoding, self.max_body_bytes)
-            request = decode_request(body, header_length, model, version)
-            request.headers = scope["headers"]
-            if trace_headers is not None:
-                request.trace_context = extract_context(trace_headers)
+            if head.encoding != b"identity":
+                body = _inflate(body, head.encoding, self.max_body_bytes)
+            request = decode_request(body, head.header_length, model, head.version)
+            request.headers = head.headers
+            if head.trace_headers is not None:
+                request.trace_context = extract_context(head.trace_headers)
             request_id.set(request.id)
-            response = await _until_disconnect(self.dataplane.infer(request, "http"), receive)
-            if response is None:
-                return
+            response = await self.dataplane.infer(request, "http")
             payload, json_length = encode_response(response, request)
         except SluiceError as exc:
             status = http_status(exc)
             if status >= 500:
                 log.warning("inference failed: %s", exc, extra={"model": model, "status": status})
-            await _send(send, status, error_body(str(exc)))
-            return
+            return status, error_body(str(exc)), JSON, None
         except Exception:
             log.exception("unexpected error serving model %s", model)
-            await _send(send, 500, error_body("internal error"))
-            return
+            return 500, error_body("internal error"), JSON, None
         if json_length is None:
-            await _send(send, 200, payload)
-        else:
-            await _send(
-                send,
-                200,
-                payload,
-                b"application/octet-stream",
-                [(b"inference-header-content-length", str(json_length).encode())],
-            )
+            return 200, payload, JSON, None
+        return 200, payload, OCTETS, [(b"inference-header-content-length", str(json_length).encode())]
+
+    def too_large(self) -> Answer:
+        return 413, error_body(self._too_large()), JSON, None
 
     def _too_large(self) -> str:
         return f"request body is over the limit of {self.max_body_bytes} bytes"
@@ -303,6 +325,11 @@ async def _send(
         headers += extra
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _send_answer(send: Send, answer: Answer) -> None:
+    status, body, content_type, extra = answer
+    await _send(send, status, body, content_type, extra)
 
 
 def inference_key_dependency(keys: InferenceAuth) -> Any:

@@ -34,7 +34,8 @@ from typing import Any
 import httptools
 
 from gateway.observability.metrics import GatewayMetrics
-from gateway.serving.http_protocol import CoalescingHttpToolsProtocol
+from gateway.serving.http_app import HttpAdapter
+from gateway.serving.http_direct import DirectHttpProtocol
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +71,14 @@ class ConnectionGuard:
         self.connections: set[GuardedHttpProtocol] = set()
         self._task: asyncio.Task[None] | None = None
 
-    def protocol_class(self) -> type[GuardedHttpProtocol]:
-        """The protocol uvicorn instantiates per connection, bound to this guard."""
+    def protocol_class(self, direct: HttpAdapter | None = None) -> type[GuardedHttpProtocol]:
+        """The protocol uvicorn instantiates per connection, bound to this guard; with `direct`, infer
+        requests are served on the connection itself (`http_direct`), by that adapter."""
         guard = self
 
         class Bound(GuardedHttpProtocol):
             _guard = guard
+            _direct = direct
 
         return Bound
 
@@ -127,9 +130,9 @@ class ConnectionGuard:
         return True
 
 
-class GuardedHttpProtocol(CoalescingHttpToolsProtocol):
-    """uvicorn's httptools protocol (each response in one write, `http_protocol`) under a `ConnectionGuard`
-    (see the module's note)."""
+class GuardedHttpProtocol(DirectHttpProtocol):
+    """uvicorn's httptools protocol (infer served on the connection, `http_direct`; each other response in one
+    write, `http_protocol`) under a `ConnectionGuard` (see the module's note)."""
 
     _guard: ConnectionGuard
 
