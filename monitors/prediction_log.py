@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import math
 import os
@@ -51,7 +50,6 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from hashlib import blake2b
 from typing import Any
 
 import numpy as np
@@ -279,31 +277,36 @@ def prediction_rows(records: Sequence[PredictionRecord]) -> list[PredictionRow]:
 # --- ids and sampling ---------------------------------------------------------------------------
 
 
-_id_key = os.urandom(16)
-_id_counter = itertools.count()
+_ID_POOL = 512
+"""Random tails drawn at once: one system call per this many ids."""
+_id_pool = ""
+_id_at = 0
 
 
-def _new_id_key() -> None:
-    global _id_key, _id_counter
-    _id_key = os.urandom(16)
-    _id_counter = itertools.count()
+def _new_id_pool() -> None:
+    global _id_pool, _id_at
+    _id_pool, _id_at = "", 0
 
 
-os.register_at_fork(after_in_child=_new_id_key)  # a forked child must not repeat its parent's ids
+os.register_at_fork(after_in_child=_new_id_pool)  # a forked child must not repeat its parent's ids
 
 
 def new_prediction_id() -> str:
-    """A response id for a caller that sent none: 32 hex digits, the time in milliseconds, then 80 bits
-    that cannot be guessed (a keyed BLAKE2b of a counter, with a random key per process).
+    """A response id for a caller that sent none: 32 hex digits, the time in milliseconds, then 80 random
+    bits (from `os.urandom`, drawn for 512 ids at a time: no system call per id, and half the time of a
+    keyed BLAKE2b of a counter, measured: 0.44 against 0.86 µs).
 
     Time first, so that ids the gateway makes arrive in index order: the store's key on the id then
     grows at its right edge instead of taking random inserts across the whole index, each of which
     dirties a page of its own (on SQLite, measured: 4.5 µs a row instead of 15-30 µs, growing with
-    the table). No system call per id (uuid4 and os.urandom release the GIL for one, and a busy
-    event loop then waits to get it back from the log's writer thread).
+    the table).
     """
-    tail = blake2b(next(_id_counter).to_bytes(8, "little"), key=_id_key, digest_size=10).hexdigest()
-    return "%012x%s" % (time.time_ns() // 1_000_000, tail)  # noqa: UP031 - the fastest form here
+    global _id_pool, _id_at
+    at = _id_at
+    if at >= len(_id_pool):
+        _id_pool, at = os.urandom(10 * _ID_POOL).hex(), 0
+    _id_at = at + 20
+    return "%012x%s" % (time.time_ns() // 1_000_000, _id_pool[at : at + 20])  # noqa: UP031 - the fastest form here
 
 
 def sampled(prediction_id: str, rate: float) -> bool:

@@ -92,6 +92,11 @@ class TensorSpec:
     name: str
     datatype: DataType
     shape: tuple[int, ...]
+    dtype: np.dtype[np.generic] = field(init=False, repr=False, compare=False)
+    """The datatype's numpy dtype, looked up once (an enum property costs every request that reads it)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dtype", _TO_NUMPY[self.datatype])
 
     def to_v2(self) -> dict[str, object]:
         return {"name": self.name, "datatype": self.datatype.value, "shape": list(self.shape)}
@@ -104,15 +109,17 @@ class ModelSignature:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     by_name: dict[str, TensorSpec] = field(init=False, repr=False, compare=False)
+    batchable: bool = field(init=False, repr=False, compare=False)
+    """True when every input and output has a free first dimension, so rows can be stacked."""
+    output_set: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        # Read on every request: worked out once.
         object.__setattr__(self, "by_name", {s.name: s for s in self.inputs})
-
-    @property
-    def batchable(self) -> bool:
-        """True when every input and output has a free first dimension, so rows can be stacked."""
         specs: Sequence[TensorSpec] = (*self.inputs, *self.outputs)
-        return bool(specs) and all(len(s.shape) >= 1 and s.shape[0] == -1 for s in specs)
+        batchable = bool(specs) and all(len(s.shape) >= 1 and s.shape[0] == -1 for s in specs)
+        object.__setattr__(self, "batchable", batchable)
+        object.__setattr__(self, "output_set", frozenset(s.name for s in self.outputs))
 
     def output_names(self) -> list[str]:
         return [s.name for s in self.outputs]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from gateway.serving.batch_policy import BatchingConfig, decide, take_rows
+from gateway.serving.batch_policy import BatchingConfig, decide, fits, take_rows
 
 GREEDY = BatchingConfig(max_batch_size=8, max_queue_delay_s=0.002, max_concurrent_batches=2, greedy=True)
 PATIENT = BatchingConfig(max_batch_size=8, max_queue_delay_s=0.002, max_concurrent_batches=1, greedy=False)
@@ -53,6 +55,21 @@ def test_unbatched_model_closes_one_request_at_a_time() -> None:
 )
 def test_take_rows_fills_up_to_the_limit_in_order(rows: list[int], limit: int, taken: int) -> None:
     assert take_rows(rows, limit) == taken
+
+
+def test_walking_the_queue_with_fits_takes_what_take_rows_takes() -> None:
+    """The batcher walks its queue one `fits` at a time with a running total; it must close the same
+    batches as `take_rows` over the whole list, limits of 0 (no batching) included."""
+    rng = random.Random(7)
+    for _ in range(2000):
+        rows = [rng.randint(1, 9) for _ in range(rng.randint(0, 12))]
+        limit = rng.choice([0, 1, 4, 8, 16, 64])
+        taken, total = 0, 0
+        for r in rows:
+            if not fits(total, taken, r, limit):
+                break
+            taken, total = taken + 1, total + r
+        assert taken == take_rows(rows, limit), (rows, limit)
 
 
 def test_inline_gate_opens_after_a_run_of_quick_batches_and_closes_on_a_slow_one() -> None:

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from gateway.errors import DeadlineExceeded, InferenceFailed, ModelNotReady, Overloaded, ShuttingDown
-from gateway.serving.batch_policy import BatchingConfig, InlineGate, decide, take_rows
+from gateway.serving.batch_policy import BatchingConfig, InlineGate, decide, fits
 from gateway.tasks import cancel_and_wait
 from runtimes.base import RuntimeTimeout, RuntimeUnavailable, SyncCall
 
@@ -282,7 +282,8 @@ class Batcher:
     def _take(self) -> list[_Item]:
         now = self._clock()
         live: list[_Item] = []
-        rows: list[int] = []
+        rows = 0
+        limit = self.config.max_batch_size
         # Skip requests that died while queued, then take as many as fit.
         while self._queue:
             item = self._queue[0]
@@ -292,14 +293,12 @@ class Batcher:
                 if not item.future.done():
                     _fail(item, DeadlineExceeded("request timed out while queued"))
                 continue
-            if live and take_rows([*rows, item.rows], self.config.max_batch_size) <= len(live):
+            if not fits(rows, len(live), item.rows, limit):
                 break
             self._queue.popleft()
             self._queued_rows -= item.rows
             live.append(item)
-            rows.append(item.rows)
-            if self.config.max_batch_size <= 0:
-                break
+            rows += item.rows
         return live
 
     async def _call(self, inputs: Arrays, wanted: Sequence[str] | None) -> dict[str, np.ndarray]:

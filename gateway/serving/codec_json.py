@@ -154,12 +154,15 @@ def _object(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
+_DATATYPES: dict[str, DataType] = {d.value: d for d in DataType}
+
+
 def _datatype(value: Any, name: str) -> DataType:
-    try:
-        return DataType(value)
-    except ValueError:
+    datatype = _DATATYPES.get(value) if isinstance(value, str) else None
+    if datatype is None:
         supported = ", ".join(d.value for d in DataType)
-        raise InvalidInput(f"input '{name}': datatype {value!r} is not supported ({supported})") from None
+        raise InvalidInput(f"input '{name}': datatype {value!r} is not supported ({supported})")
+    return datatype
 
 
 def _shape(value: Any, name: str) -> list[int]:

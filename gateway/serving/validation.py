@@ -25,8 +25,7 @@ def validate(request: InferRequest, signature: ModelSignature, max_batch_size: i
     rows = -1
     for spec in signature.inputs:
         array = request.inputs[spec.name]
-        want = spec.datatype.numpy
-        if array.dtype != want:
+        if array.dtype != spec.dtype:
             try:
                 got = DataType.from_numpy(array.dtype).value
             except ValueError:
@@ -54,7 +53,7 @@ def validate(request: InferRequest, signature: ModelSignature, max_batch_size: i
     if batched and rows > max_batch_size:
         raise InvalidInput(f"batch of {rows} rows is over the model's max_batch_size {max_batch_size}")
     if request.outputs is not None:
-        known = set(signature.output_names())
+        known = signature.output_set
         for out in request.outputs:
             if out.name not in known:
                 raise InvalidInput(
