@@ -77,6 +77,8 @@ STAGES: tuple[Rule, ...] = (
     ("write", "uvicorn/protocols/", ("send", "_send", "write")),
     ("write", "serving/http_protocol.py", ("write", "flush", "send")),
     ("write", "serving/http_app.py", ("_send",)),
+    ("write", "serving/http_direct.py", ("answer",)),
+    ("handler", "serving/http_direct.py", None),
     ("parse", "uvicorn/protocols/", None),
     ("parse", "httptools/", None),
     ("parse", "serving/http_protocol.py", None),

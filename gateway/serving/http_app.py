@@ -1,9 +1,11 @@
-"""The HTTP adapter: V2 REST on FastAPI, with a lean ASGI path for `.../infer`.
+"""The HTTP adapter: V2 REST on FastAPI, with a lean path for `.../infer`.
 
-Health, metadata and /metrics go through FastAPI (documented in the OpenAPI schema). The
-infer route is the hot path, so it is a plain ASGI handler in front of FastAPI: read the
-body under the size limit, decode, call the data plane, encode. It watches for the client
-going away while its request waits, so a disconnected caller does not keep a batch slot.
+Health, metadata and /metrics go through FastAPI (documented in the OpenAPI schema). The infer route is
+the hot path: `HttpAdapter.admit` reads its headers (key, quota, declared size, encodings) and
+`HttpAdapter.respond` decodes, calls the data plane and encodes. The connection protocol calls them itself
+(`http_direct`, no ASGI) for nearly every infer request; the plain ASGI handler here, in front of FastAPI,
+serves the few it leaves to ASGI (pipelined, `Expect: 100-continue`) with the same two calls, and watches
+for the client going away while its request waits, so a disconnected caller does not keep a batch slot.
 """
 
 from __future__ import annotations
