@@ -169,9 +169,10 @@ def test_a_killed_runtime_process_of_two_leaves_the_other_serving(gateway: Gatew
     with Clients(gw.http_url, n=clients) as load:
         wait_until(lambda: load.count() >= 300, timeout=60, what="load before the kill")
         os.kill(second, signal.SIGKILL)
-        wait_until(lambda: load.failures(), timeout=30, what="the batches in flight on it to fail")
         # The version stays ready on the other process, which answers while the killed one restarts (a
         # process start, ONNX Runtime's import and two sessions' load: seconds, where answers take milliseconds).
+        # Only the batches in flight on the killed one fail: there may be none (on a busy box the other one
+        # can hold all the load at that moment), so the test does not wait for a failure.
         at_kill = load.count()
         assert ready(gw)
         wait_until(lambda: host_pids(gw.http_url)[1] != second, timeout=120, interval=0.05, what="cpu:1 restarted")
