@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from gateway.serving.batch_policy import BatchingConfig, decide, fits, take_rows
+from gateway.serving.batch_policy import BatchingConfig, decide, fits
 
 GREEDY = BatchingConfig(max_batch_size=8, max_queue_delay_s=0.002, max_concurrent_batches=2, greedy=True)
 PATIENT = BatchingConfig(max_batch_size=8, max_queue_delay_s=0.002, max_concurrent_batches=1, greedy=False)
@@ -46,30 +46,38 @@ def test_non_greedy_waits_even_when_idle() -> None:
 def test_unbatched_model_closes_one_request_at_a_time() -> None:
     cfg = BatchingConfig(max_batch_size=0, greedy=False)
     assert decide(queued_rows=1, first_arrival=1.0, now=1.0, in_flight=0, config=cfg).close
-    assert take_rows([1, 1, 1], 0) == 1
+    assert taken([1, 1, 1], 0) == 1
 
 
 @pytest.mark.parametrize(
-    ("rows", "limit", "taken"),
+    ("rows", "limit", "count"),
     [([1, 1, 1], 8, 3), ([4, 4, 1], 8, 2), ([5, 4], 8, 1), ([20, 1], 8, 1), ([], 8, 0), ([3, 2, 3, 1], 8, 3)],
 )
-def test_take_rows_fills_up_to_the_limit_in_order(rows: list[int], limit: int, taken: int) -> None:
-    assert take_rows(rows, limit) == taken
+def test_a_batch_fills_up_to_the_limit_in_order(rows: list[int], limit: int, count: int) -> None:
+    assert taken(rows, limit) == count
 
 
-def test_walking_the_queue_with_fits_takes_what_take_rows_takes() -> None:
-    """The batcher walks its queue one `fits` at a time with a running total; it must close the same
-    batches as `take_rows` over the whole list, limits of 0 (no batching) included."""
+def taken(rows: list[int], limit: int) -> int:
+    """How many queued requests the batcher takes, walking the queue with `fits` as it does."""
+    count, total = 0, 0
+    for r in rows:
+        if not fits(total, count, r, limit):
+            break
+        count, total = count + 1, total + r
+    return count
+
+
+def test_a_batch_is_never_over_the_limit_unless_alone_and_never_leaves_room_unused() -> None:
     rng = random.Random(7)
     for _ in range(2000):
         rows = [rng.randint(1, 9) for _ in range(rng.randint(0, 12))]
         limit = rng.choice([0, 1, 4, 8, 16, 64])
-        taken, total = 0, 0
-        for r in rows:
-            if not fits(total, taken, r, limit):
-                break
-            taken, total = taken + 1, total + r
-        assert taken == take_rows(rows, limit), (rows, limit)
+        count = taken(rows, limit)
+        assert count == min(len(rows), 1) or 1 < count <= len(rows), (rows, limit)
+        if count > 1:
+            assert limit > 0 and sum(rows[:count]) <= limit, (rows, limit)
+        if count < len(rows) and count:
+            assert limit <= 0 or sum(rows[: count + 1]) > limit, (rows, limit)
 
 
 def test_inline_gate_opens_after_a_run_of_quick_batches_and_closes_on_a_slow_one() -> None:

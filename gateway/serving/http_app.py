@@ -222,10 +222,7 @@ class HttpAdapter:
         return 200, payload, OCTETS, [(b"inference-header-content-length", str(json_length).encode())]
 
     def too_large(self) -> Answer:
-        return 413, error_body(self._too_large()), JSON, None
-
-    def _too_large(self) -> str:
-        return f"request body is over the limit of {self.max_body_bytes} bytes"
+        return 413, error_body(f"request body is over the limit of {self.max_body_bytes} bytes"), JSON, None
 
 
 _TOO_LARGE = b"\x00too-large"
