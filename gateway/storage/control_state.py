@@ -13,16 +13,15 @@ from sqlalchemy import (
     func,
     insert,
     select,
-    true,
     update,
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from gateway.control.rollout_model import RolloutState
-from gateway.errors import Conflict, InvalidInput
+from gateway.errors import InvalidInput
 from gateway.serving.traffic import TrafficPolicy
-from gateway.storage.engine import Database
+from gateway.storage.active_records import ActiveRecords
 from gateway.storage.schema import (
     audit_table,
     leases_table,
@@ -93,7 +92,7 @@ class Lease:
     address: str | None
 
 
-class ControlState(Database):
+class ControlState(ActiveRecords):
     """Written by the control plane only (fenced: see `Database.fence`); read by every replica.
 
     Each change to a policy or a version's desired state raises the control revision in the same
@@ -225,62 +224,30 @@ class ControlState(Database):
         row when it is the same rollout (same stable and canary), else is recorded as a new row.
         A state for a different canary or stable while another rollout is active: Conflict.
         """
-        t = rollouts_table
-        now = utc_now()
-        values = {
-            "stable": state.stable,
-            "canary": state.spec.canary,
-            "phase": state.phase.value,
-            "active": not state.phase.finished,
-            "state": state.to_json(),
-            "updated_at": now,
-        }
-        try:
-            with self._control_write() as conn:
-                latest = conn.execute(
-                    select(t.c.id, t.c.active, t.c.stable, t.c.canary)
-                    .where(t.c.model == state.model)
-                    .order_by(t.c.id.desc())
-                    .limit(1)
-                ).first()
-                same = latest is not None and (latest.stable, latest.canary) == (state.stable, state.spec.canary)
-                if latest is not None and latest.active and not same:
-                    raise Conflict(
-                        f"model {state.model} already has an active rollout "
-                        f"(canary {latest.canary} against stable {latest.stable})"
-                    )
-                if latest is not None and (latest.active or (same and state.phase.finished)):
-                    conn.execute(update(t).where(t.c.id == latest.id).values(**values))
-                else:
-                    conn.execute(insert(t).values(model=state.model, created_at=now, **values))
-        except IntegrityError as exc:  # another writer started a rollout on this model meanwhile
-            raise Conflict(f"model {state.model} already has an active rollout") from exc
+        self._save_active(
+            rollouts_table,
+            state.model,
+            {"stable": state.stable, "canary": state.spec.canary},
+            {"phase": state.phase.value, "state": state.to_json()},
+            state.phase.finished,
+            lambda latest: (
+                f"model {state.model} already has an active rollout "
+                f"(canary {latest.canary} against stable {latest.stable})"
+            ),
+            f"model {state.model} already has an active rollout",
+        )
 
     def active_rollouts(self) -> list[RolloutState]:
-        t = rollouts_table
-        with self._read() as conn:
-            docs = conn.execute(select(t.c.state).where(t.c.active == true()).order_by(t.c.model)).scalars().all()
-        return [RolloutState.from_json(doc) for doc in docs]
+        return [RolloutState.from_json(doc) for doc in self._active_docs(rollouts_table)]
 
     def rollout(self, model: str) -> RolloutState | None:
         """The model's latest rollout, active or finished."""
-        t = rollouts_table
-        with self._read() as conn:
-            doc = conn.execute(
-                select(t.c.state).where(t.c.model == model).order_by(t.c.id.desc()).limit(1)
-            ).scalar_one_or_none()
-        return None if doc is None else RolloutState.from_json(doc)
+        docs = self._history_docs(rollouts_table, model, 1)
+        return RolloutState.from_json(docs[0]) if docs else None
 
     def rollout_history(self, model: str, limit: int = 100) -> list[RolloutState]:
         """The model's rollouts, newest first."""
-        t = rollouts_table
-        with self._read() as conn:
-            docs = (
-                conn.execute(select(t.c.state).where(t.c.model == model).order_by(t.c.id.desc()).limit(limit))
-                .scalars()
-                .all()
-            )
-        return [RolloutState.from_json(doc) for doc in docs]
+        return [RolloutState.from_json(doc) for doc in self._history_docs(rollouts_table, model, limit)]
 
     # --- versions -------------------------------------------------------------------------------
 
