@@ -163,6 +163,7 @@ class Gateway:
             clock=clock,
             tick_s=settings.rollout_tick_s,
             drain_timeout_s=settings.drain_timeout_s,
+            follower=self.follower,
         )
         self.delivery = DeliveryController(self.control)
         self.repository_sync = RepositorySync(

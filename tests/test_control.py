@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Coroutine, Iterator
+from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -118,3 +120,42 @@ def test_unload_drains_in_flight_requests_before_freeing_the_runtime(tmp_path: P
             json={"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]},
         )
         assert after.status_code == 503 and "UNLOADED" in after.json()["error"]
+
+
+def test_a_load_is_not_undone_by_a_sync_that_read_the_desired_states_before_it(tmp_path: Path) -> None:
+    """The replica's follower read the versions' desired states (version 2 unloaded) just before the leader loaded
+    version 2 again; acting on what it read after the load, it unloaded the version the leader had just loaded
+    (the admin API answered UNLOADED to a load). The leader's own change and a sync must not interleave."""
+    repo = tmp_path / "models"
+    build_reference_mlp(repo / "mlp" / "1" / "model.onnx", 1)
+    build_reference_mlp(repo / "mlp" / "2" / "model.onnx", 2)
+    (repo / "mlp" / "config.yaml").write_text("version_policy:\n  specific: [1, 2]\n")
+    settings = settings_for(repo, tmp=tmp_path, grpc_port=-1, sync_interval_s=3600.0)  # syncs only when asked
+    with ThreadedGateway(settings, run_controller=False) as gw:
+        control, follower, store = gw.gateway.control, gw.gateway.follower, gw.gateway.control.store
+        run(gw, control.set_policy("alice", "mlp", TrafficPolicy(stable="1")))
+        run(gw, follower.sync())
+        run(gw, control.unload_version("alice", "mlp", "2"))  # the follower has not synced since
+
+        read, release = threading.Event(), threading.Event()
+        real_versions = store.versions
+
+        def versions(model: str | None = None) -> list[dict[str, Any]]:
+            rows = real_versions(model)  # version 2: desired "unloaded"
+            read.set()
+            release.wait(30)
+            return rows
+
+        store.versions = versions  # type: ignore[method-assign]
+        try:
+            syncing = asyncio.run_coroutine_threadsafe(follower.sync(), gw.loop)
+            assert read.wait(30)
+            loading = asyncio.run_coroutine_threadsafe(control.load_version("alice", "mlp", "2"), gw.loop)
+            futures.wait([loading], timeout=3)  # the old code loaded here, under the sync's feet
+            release.set()
+            syncing.result(60)
+            view = loading.result(60)
+        finally:
+            store.versions = real_versions  # type: ignore[method-assign]
+        assert view["state"] == "READY"
+        assert gw.gateway.registry.get_version("mlp", "2").ready, "the sync undid the leader's load"

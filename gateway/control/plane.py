@@ -17,6 +17,7 @@ its verdict. Store calls run in a worker thread; nothing here is on the request 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -38,6 +39,7 @@ from gateway.errors import (
     StoreUnavailable,
 )
 from gateway.observability.metrics import ROLLOUT_PHASES, GatewayMetrics
+from gateway.serving.follower import PolicyFollower
 from gateway.serving.policy_view import PolicyView
 from gateway.serving.registry import ModelRegistry, ServedModel, VersionState
 from gateway.serving.repository import scan_model
@@ -68,8 +70,11 @@ class ControlPlane:
         clock: Callable[[], float] = time.time,
         tick_s: float = 1.0,
         drain_timeout_s: float = 30.0,
+        follower: PolicyFollower | None = None,
     ) -> None:
+        """`follower`: this replica's; the plane's own version changes hold its syncs off (`changing`)."""
         self.registry = registry
+        self._follower = follower
         self.metrics = metrics
         self.store = store
         self.webhooks = webhooks
@@ -416,7 +421,7 @@ class ControlPlane:
     # -- versions -----------------------------------------------------------------------
 
     async def load_version(self, actor: str, model: str, version: str) -> dict[str, Any]:
-        async with self._lock:
+        async with self._lock, self._changing_versions() as seen:
             self._leading()
             served_model = self._model(model)
             current = served_model.versions.get(version)
@@ -431,11 +436,12 @@ class ControlPlane:
                 # Not recorded, so not made: a restart or another replica would not load it either.
                 await self.registry.unload_version(model, version, self.drain_timeout_s)
                 raise
+            seen(model, version, "loaded")
             self._publish(model)
             return self.version_view(model, version)
 
     async def unload_version(self, actor: str, model: str, version: str) -> dict[str, Any]:
-        async with self._lock:
+        async with self._lock, self._changing_versions() as seen:
             self._leading()
             served_model = self._model(model)
             if version not in served_model.versions:
@@ -452,6 +458,7 @@ class ControlPlane:
                 raise Conflict(f"model '{model}' version '{version}' is its last ready version")
             # Recorded first: if the store cannot take it, the version keeps serving.
             await asyncio.to_thread(self._persist_version, actor, "version.unload", model, version, "unloaded")
+            seen(model, version, "unloaded")
             await self.registry.unload_version(model, version, self.drain_timeout_s)
             self._publish(model)
             return self.version_view(model, version)
@@ -470,7 +477,7 @@ class ControlPlane:
         """Triton's unload of a whole model: every loaded version drained and unloaded, so the model answers
         503 until it is loaded again. Refused, with nothing changed, while the traffic policy or a rollout
         names one of its versions (change the policy first). Recorded before anything is unloaded."""
-        async with self._lock:
+        async with self._lock, self._changing_versions() as seen:
             self._leading()
             served_model = self._model(model)
             loaded = [
@@ -487,9 +494,15 @@ class ControlPlane:
             if loaded:
                 await asyncio.to_thread(self._persist_versions, actor, "version.unload", model, loaded, "unloaded")
             for version in loaded:
+                seen(model, version, "unloaded")
                 await self.registry.unload_version(model, version, self.drain_timeout_s)
             self._publish(model)
             return [self.version_view(model, v) for v in sorted(served_model.versions, key=_num)]
+
+    def _changing_versions(self) -> contextlib.AbstractAsyncContextManager[Callable[[str, str, str], None]]:
+        if self._follower is None:
+            return contextlib.nullcontext(_ignore)
+        return self._follower.changing()
 
     def _in_use(self, model: str, version: str) -> list[str]:
         """The roles the policy and the rollout give the version (a version in use is not unloaded)."""
@@ -634,3 +647,7 @@ def _devices(info: RuntimeInfo) -> list[dict[str, Any]]:
         for name, pid in zip(names, pids, strict=False)
         if name and info.parameters.get("placement") == "device"
     ]
+
+
+def _ignore(model: str, version: str, desired: str) -> None:
+    """No follower to tell (a plane without a replica beside it)."""

@@ -9,13 +9,18 @@ applies its own changes at once besides.
 
 A desired state is acted on when it changes (and once at start-up), not on every reload: the
 leader's own load or unload, under way while the revision moves for another reason, must not be
-undone by a reload that still sees the old desired state.
+undone by a reload that still sees the old desired state. For the same reason the leader makes its
+own version changes inside `changing()`: no sync runs meanwhile (one that read the desired states just
+before a load would otherwise unload what was just loaded), and what the leader persisted is taken as
+seen.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 from gateway.serving.policy_view import PolicyView
@@ -51,6 +56,16 @@ class PolicyFollower:
     def revision(self) -> int:
         """The control revision this replica last brought itself to (-1 before the first sync)."""
         return self._revision
+
+    @contextlib.asynccontextmanager
+    async def changing(self) -> AsyncIterator[Callable[[str, str, str], None]]:
+        """Hold off syncs while the leader loads or unloads versions itself; it calls the function it is given
+        with (model, version, desired) for each desired state it persisted."""
+        async with self._lock:
+            yield self._seen
+
+    def _seen(self, model: str, version: str, desired: str) -> None:
+        self._desired[(model, version)] = desired
 
     async def sync(self) -> None:
         """Reload if the control revision moved. Safe to call concurrently."""
