@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 120.0
 """How long a worker waits for its runtime process to listen at start (it imports ONNX Runtime first)."""
 RECONNECT_EVERY_S = 0.2
+RELOAD_PAUSE_MAX_S = 30.0
+"""The longest pause between tries to load a version again on a restarted runtime process."""
 
 
 @dataclass(eq=False)
@@ -101,7 +103,7 @@ class HostClient:
             try:
                 reader, writer = await asyncio.open_unix_connection(self.path)
                 break
-            except (FileNotFoundError, ConnectionRefusedError) as exc:
+            except OSError as exc:  # not there yet, refused, reset while it (re)starts listening, ...
                 if loop.time() >= deadline:
                     raise RuntimeLoadError(
                         f"the runtime process for {self.device} does not listen at {self.path}: {exc}"
@@ -146,22 +148,38 @@ class HostClient:
         if self._closed:
             return
         log.error(reason)
+        self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect(), name="device-reconnect")
         for runtime in list(self.runtimes):
             runtime.lost(reason)
-        self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect(), name="device-reconnect")
 
     async def _reconnect(self) -> None:
+        """Connect again, then load every version again; a version whose load fails is tried again (with a
+        growing pause) for as long as this connection lasts: a lost connection starts a reconnect of its own."""
         while not self._closed:
             try:
                 await self.connect(CONNECT_TIMEOUT_S)
                 break
-            except RuntimeLoadError as exc:
+            except Exception as exc:  # never give up on the device while the worker runs
                 log.error("%s", exc)
-        for runtime in list(self.runtimes):
-            try:
-                await runtime.reload()
-            except Exception as exc:  # the version stays not ready and says why
-                log.error("%s: reload on the restarted runtime process failed: %s", runtime.key, exc)
+                await asyncio.sleep(RECONNECT_EVERY_S)
+        connection = self._writer
+        pending, pause = list(self.runtimes), RECONNECT_EVERY_S
+        while pending:
+            failed = []
+            for runtime in pending:
+                if self._writer is not connection or connection is None:
+                    return
+                if runtime not in self.runtimes:  # closed meanwhile
+                    continue
+                try:
+                    await runtime.reload()
+                except Exception as exc:  # not ready meanwhile, and says why
+                    log.error("%s: reload on the restarted runtime process failed: %s", runtime.key, exc)
+                    failed.append(runtime)
+            pending = failed
+            if pending:
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, RELOAD_PAUSE_MAX_S)
 
     def send(self, kind: str, *args: Any, slot: _Slot | None = None) -> tuple[int, asyncio.Future[tuple[Any, ...]]]:
         writer = self._writer
