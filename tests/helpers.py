@@ -17,7 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,14 +37,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(predicate: Any, timeout: float = 60.0, interval: float = 0.05, what: str = "condition") -> None:
+def wait_until(
+    predicate: Any,
+    timeout: float = 60.0,
+    interval: float = 0.05,
+    what: str = "condition",
+    explain: Callable[[], str] | None = None,
+) -> None:
+    """Poll `predicate` (its exceptions count as "not yet"); on timeout, the last exception and what `explain`
+    says (a gateway's log tail: a failure in CI can only be read from its message)."""
     deadline = time.monotonic() + timeout
+    last: Exception | None = None
     while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
+        try:
             if predicate():
                 return
+        except Exception as exc:
+            last = exc
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+    detail = f" (last error: {last!r})" if last is not None else ""
+    if explain is not None:
+        with contextlib.suppress(Exception):
+            detail += "\n" + explain()
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}{detail}")
 
 
 @dataclass
@@ -76,6 +91,10 @@ class GatewayProcess:
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, lines: int = 60) -> str:
+        """The last lines of its log, for a failure's message."""
+        return "the gateway's log ends:\n" + "\n".join(self.logs().splitlines()[-lines:])
 
     def metrics(self) -> str:
         return httpx.get(f"{self.http_url}/metrics", timeout=10).text

@@ -429,7 +429,7 @@ def failed_only_in_flight(load: Clients, clients: int, *, some: bool = True) -> 
     names the runtime process (not a 500 that blames the request)."""
     failures = load.failures()
     assert len(failures) <= clients and (len(failures) > 0 or not some), len(failures)
-    assert {status for _, status, _ in failures} == {503}, failures
+    assert {status for _, status, _ in failures} <= {503}, failures
     assert all("runtime process" in text for _, _, text in failures), failures
 
 
@@ -443,10 +443,12 @@ def test_a_killed_runtime_process_fails_only_the_batches_in_flight_and_comes_bac
     with Clients(gw.http_url, n=clients) as load:
         wait_until(lambda: load.count() >= 500, timeout=60, what="load before the kill")
         os.kill(host, signal.SIGKILL)
-        wait_until(lambda: load.failures(), timeout=30, what="the batches in flight to fail")
-        wait_until(lambda: device_pid(gw.http_url) != host and ready(gw), timeout=120, what="a new runtime process")
+        wait_until(lambda: load.failures(), timeout=30, what="the batches in flight to fail", explain=gw.log_tail)
+        wait_until(lambda: host not in children(gw.proc.pid), timeout=30, what="the killed process reaped")
+        wait_until(lambda: device_pid(gw.http_url) != host, timeout=120, what="a new runtime", explain=gw.log_tail)
+        wait_until(lambda: ready(gw), timeout=60, what="mlp ready again on every worker", explain=gw.log_tail)
         seen = load.count()
-        wait_until(lambda: load.count() >= seen + 500, timeout=60, what="load after the restart")
+        wait_until(lambda: load.count() >= seen + 500, timeout=60, what="load after the restart", explain=gw.log_tail)
     failed_only_in_flight(load, clients)
     # Restarted by the supervisor; no worker died with it.
     new_host = device_pid(gw.http_url)
