@@ -243,7 +243,8 @@ ROLLOUT_PHASES = ("progressing", "paused", "promoted", "rolled_back", "aborted")
 OUTCOMES = ("ok", "invalid", "not_found", "not_ready", "overloaded", "timeout", "error", "draining", "cancelled")
 CONNECTION_CLOSE_REASONS = ("header_timeout", "body_timeout", "header_too_large", "connection_limit", "evicted_idle")
 
-_LATENCY_BUCKETS = (
+SHADOW_ABS_DIFF_BUCKETS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0)
+LATENCY_BUCKETS = (
     0.0002,
     0.0005,
     0.001,
@@ -275,18 +276,18 @@ class GatewayMetrics:
             REQUEST_DURATION,
             "Time from decoded request to encoded response.",
             (*mv, "protocol"),
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.queue_wait = Histogram(
             QUEUE_WAIT,
             "Time a request waited in its version's batch queue.",
             mv,
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.compute = Histogram(
-            COMPUTE_DURATION, "Runtime time for one batch.", mv, buckets=_LATENCY_BUCKETS, registry=r
+            COMPUTE_DURATION, "Runtime time for one batch.", mv, buckets=LATENCY_BUCKETS, registry=r
         )
         self.batch_size = Histogram(BATCH_SIZE, "Rows in one runtime call.", mv, buckets=_BATCH_BUCKETS, registry=r)
         self.batch_requests = Histogram(
@@ -410,11 +411,11 @@ class GatewayMetrics:
             SHADOW_ABS_DIFF,
             "Mean absolute difference of a shadow answer from the primary's.",
             mv,
-            buckets=(1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0),
+            buckets=SHADOW_ABS_DIFF_BUCKETS,
             registry=r,
         )
         self.shadow_latency = Histogram(
-            SHADOW_LATENCY, "Shadow version inference time.", mv, buckets=_LATENCY_BUCKETS, registry=r
+            SHADOW_LATENCY, "Shadow version inference time.", mv, buckets=LATENCY_BUCKETS, registry=r
         )
         self.webhook_deliveries = Counter(
             WEBHOOK_DELIVERIES,
@@ -698,7 +699,7 @@ class VersionMetrics:
         self._m = m
         self.model = model
         self.version = version
-        self.queue_wait = m.fast_histogram(m.queue_wait.labels(model, version), _LATENCY_BUCKETS)
+        self.queue_wait = m.fast_histogram(m.queue_wait.labels(model, version), LATENCY_BUCKETS)
         self._compute = m.compute.labels(model, version)
         self._batch_size = m.batch_size.labels(model, version)
         self._batch_requests = m.batch_requests.labels(model, version)
@@ -722,7 +723,7 @@ class VersionMetrics:
         histogram = self._durations.get(protocol)
         if histogram is None:
             child = self._m.request_duration.labels(self.model, self.version, protocol)
-            histogram = self._durations[protocol] = self._m.fast_histogram(child, _LATENCY_BUCKETS)
+            histogram = self._durations[protocol] = self._m.fast_histogram(child, LATENCY_BUCKETS)
         return histogram
 
     def set_ready(self, ready: bool) -> None:
@@ -837,11 +838,11 @@ class DeviceMetrics:
             DEVICE_QUEUE_WAIT,
             "Time a worker's batch waited in the runtime process's queue (batches from every worker).",
             dmv,
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.compute = Histogram(
-            DEVICE_COMPUTE, "Runtime time for one call of a runtime process.", dmv, buckets=_LATENCY_BUCKETS, registry=r
+            DEVICE_COMPUTE, "Runtime time for one call of a runtime process.", dmv, buckets=LATENCY_BUCKETS, registry=r
         )
         self.instances = Gauge(
             DEVICE_INSTANCES,

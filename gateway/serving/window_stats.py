@@ -177,10 +177,14 @@ class WindowRecorder:
 
     def record_shadow(self, model: str, version: str, revision: int, agreed: bool) -> None:
         """The version ran as a shadow and its answer was compared with the primary's."""
+        self.record_shadows(model, version, revision, 1, int(agreed))
+
+    def record_shadows(self, model: str, version: str, revision: int, compared: int, agreed: int) -> None:
+        """`compared` shadow answers of the version (one batch's, routed under `revision`), `agreed` of them
+        agreeing with the primary's: one update a batch, not one a copy."""
         acc = self._acc(model, version, revision)
-        acc.shadow_compared += 1
-        if agreed:
-            acc.shadow_agreed += 1
+        acc.shadow_compared += compared
+        acc.shadow_agreed += agreed
 
     def record_batch(self, model: str, version: str, rows: int) -> None:
         """One runtime call of the version, counted under the newest revision it served."""
