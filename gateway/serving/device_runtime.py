@@ -7,8 +7,10 @@ the worker's event loop like any socket, so waiting for an answer blocks nothing
 
 When the runtime process dies, every batch in flight fails at once with `RuntimeUnavailable` (503 /
 UNAVAILABLE: none of them is any request's fault), the versions it hosted turn not ready, and the connection
-is made again as soon as the supervisor has restarted the process; each version is then loaded again and is
-ready once it answers. No worker dies with it.
+is made again as soon as the supervisor has restarted the process (whatever a try fails with meanwhile: the
+socket may be missing, refuse, or reset while the new process starts listening); each version is then loaded
+again and is ready once it answers, a load that fails being tried again with a growing pause. No worker dies
+with it.
 
 `DevicePlacement` is the registry's runtime factory: it resolves each model's placement
 (`gateway.serving.placement`) and hands `worker` versions to the ordinary loader. A version on several devices
