@@ -121,6 +121,8 @@ class HostClient:
                 self._answer(await read_message(reader))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        except Exception:  # a message that cannot be read: the stream is out of step, start it again
+            log.exception("the connection to the runtime process for %s broke", self.device)
         self._lost()
 
     def _answer(self, message: tuple[Any, ...]) -> None:
