@@ -31,10 +31,19 @@ class Comparison:
     disagreeing: tuple[str, ...] = ()
 
 
+def _floating(array: np.ndarray) -> bool:
+    return array.dtype.kind == "f"  # np.issubdtype(dtype, np.floating), at a tenth of its cost
+
+
+def _all_per_row(flags: np.ndarray, rows: int) -> np.ndarray:
+    """Whether every element of each row is set (`.reshape(rows, -1).all(axis=1)`, without its Python layer)."""
+    return flags if flags.ndim == 1 else np.logical_and.reduce(flags.reshape(rows, -1), axis=1)
+
+
 def _mode(array: np.ndarray, rule: OutputRule) -> Mode:
     if rule.mode != "auto":
         return rule.mode
-    if not np.issubdtype(array.dtype, np.floating):
+    if not _floating(array):
         return "exact"
     if array.ndim == 2 and array.shape[1] > 1:
         return "argmax"
@@ -87,10 +96,11 @@ def compare_batch(
     rules = rules or {}
     n = len(row_counts)
     total = int(sum(row_counts))
-    starts = np.concatenate(([0], np.cumsum(row_counts)[:-1])).astype(np.intp)
+    one_row_each = total == n  # the common case (one-row requests): no request spans rows to fold
+    starts = np.concatenate(([0], np.cumsum(row_counts)[:-1])).astype(np.intp) if not one_row_each else None
     counts = np.asarray(row_counts, dtype=np.float64)
     agreed = np.ones(n, dtype=bool)
-    disagreeing: list[list[str]] = [[] for _ in range(n)]
+    disagreeing: list[list[str]] | None = None
     diff_sum = np.zeros(n)
     diff_outputs = 0
     for name, want in primary.items():
@@ -100,36 +110,40 @@ def compare_batch(
         else:
             rule = rules.get(name, default)
             mode = _mode(want, rule)
-            if np.issubdtype(want.dtype, np.floating) and np.issubdtype(got.dtype, np.floating):
+            if _floating(want) and _floating(got):
                 diff_outputs += 1
                 if want.size:
-                    per_row = np.abs(want.astype(np.float64) - got.astype(np.float64)).reshape(total, -1).mean(axis=1)
-                    diff_sum += np.add.reduceat(per_row, starts) / counts
+                    gaps = np.abs(want.astype(np.float64) - got.astype(np.float64)).reshape(total, -1)
+                    per_row = np.add.reduce(gaps, axis=1) / gaps.shape[1]  # .mean(axis=1), without its Python layer
+                    diff_sum += per_row if starts is None else np.add.reduceat(per_row, starts) / counts
             if mode == "argmax" and want.ndim >= 2:
-                rows_same = (np.argmax(want, axis=-1) == np.argmax(got, axis=-1)).reshape(total, -1).all(axis=1)
+                rows_same = _all_per_row(np.argmax(want, axis=-1) == np.argmax(got, axis=-1), total)
             elif mode == "argmax":  # a rank-1 output: each request's top row, as compare_outputs takes it
                 rows_same = None
+                first_rows = starts if starts is not None else range(n)
                 same = np.array(
                     [
                         np.argmax(want[s : s + c]) == np.argmax(got[s : s + c])
-                        for s, c in zip(starts, row_counts, strict=True)
+                        for s, c in zip(first_rows, row_counts, strict=True)
                     ]
                 )
             elif mode == "close":
-                rows_same = np.isclose(want, got, atol=rule.atol, rtol=rule.rtol).reshape(total, -1).all(axis=1)
+                rows_same = _all_per_row(np.isclose(want, got, atol=rule.atol, rtol=rule.rtol), total)
             else:
-                rows_same = np.asarray(want == got).reshape(total, -1).all(axis=1)
+                rows_same = _all_per_row(np.asarray(want == got), total)
             if rows_same is not None:
-                same = np.logical_and.reduceat(rows_same, starts) if total else np.ones(n, dtype=bool)
+                if starts is None:
+                    same = rows_same
+                else:
+                    same = np.logical_and.reduceat(rows_same, starts) if total else np.ones(n, dtype=bool)
         agreed &= same
-        for i in np.flatnonzero(~same):
-            disagreeing[i].append(name)
-    mean = diff_sum / diff_outputs if diff_outputs else None
-    return [
-        Comparison(
-            agreed=bool(agreed[i]),
-            mean_abs_diff=float(mean[i]) if mean is not None else None,
-            disagreeing=tuple(disagreeing[i]),
-        )
-        for i in range(n)
-    ]
+        if not np.logical_and.reduce(same):
+            if disagreeing is None:
+                disagreeing = [[] for _ in range(n)]
+            for i in np.flatnonzero(~same).tolist():
+                disagreeing[i].append(name)
+    # Plain Python values at once (`tolist`), not a numpy scalar per request.
+    means = (diff_sum / diff_outputs).tolist() if diff_outputs else [None] * n
+    if disagreeing is None:
+        return [Comparison(a, d) for a, d in zip(agreed.tolist(), means, strict=True)]
+    return [Comparison(a, d, tuple(names)) for a, d, names in zip(agreed.tolist(), means, disagreeing, strict=True)]
