@@ -110,7 +110,7 @@ def test_targets_read_each_gateway_mode_against_its_own_floor() -> None:
         _row("floor", 64, 20_000, 3.0, 8.0),
         _row("floor2", 64, 30_000, 2.0, 20.0),
         _row("batching_on", 64, 15_000, 4.0, 9.0),  # 0.75 of the one-process floor: not met
-        _row("workers2", 64, 25_000, 2.5, 18.0),  # 0.83 of the two-process floor, p99 under its p99
+        _row("workers2", 64, 25_000, 2.5, 24.0),  # 0.83 of the two-process floor, p99 1.2 × its p99
         _row("logging_off", 64, 15_600, 4.0, 9.0),  # logging costs 1 - 15,000/15,600 = 3.8%
         _row("floor", 1, 15_000, 0.06, 0.5),
         _row("batching_on", 1, 6_000, 0.30, 2.5),  # +0.24 ms: met; p99 2.5 ms: not met
@@ -119,7 +119,7 @@ def test_targets_read_each_gateway_mode_against_its_own_floor() -> None:
     assert met == {
         "64 connections: batching_on req/s ≥ 0.8 × floor": False,
         "64 connections: workers2 req/s ≥ 0.8 × floor2": True,
-        "64 connections: workers2 p99 ≤ floor2 p99": True,
+        "64 connections: workers2 p99 ≤ 1.25 × floor2 p99": True,
         "1 connection: batching_on p50 ≤ floor + 0.3 ms": True,
         "1 connection: batching_on p99 ≤ 2 ms": False,
         "64 connections: the prediction log costs ≤ 5% of req/s": True,
@@ -127,6 +127,10 @@ def test_targets_read_each_gateway_mode_against_its_own_floor() -> None:
     errored = [*rows[:3], _row("workers2", 64, 25_000, 2.5, 18.0, non2xx=3)]
     assert {t["target"]: t["met"] for t in target_checks(errored)}[
         "64 connections: workers2 req/s ≥ 0.8 × floor2"
+    ] is False
+    slow_tail = [*rows[:3], _row("workers2", 64, 25_000, 2.5, 26.0)]  # 1.3 × the floor's p99
+    assert {t["target"]: t["met"] for t in target_checks(slow_tail)}[
+        "64 connections: workers2 p99 ≤ 1.25 × floor2 p99"
     ] is False
     assert all(t["met"] is None for t in target_checks([])), "nothing measured is never met"
 
