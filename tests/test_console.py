@@ -478,7 +478,11 @@ def test_a_failing_canary_rolled_back_by_the_controller_shows_the_failing_check_
     shown = [e.text for e in all_css(browser, "#windows .verdict.fail")]
     assert any(f"error_ratio fail {failed[0]['detail']}" == text for text in shown), (shown, failed)
     assert re.search(r"canary error rate \d+\.\d\d% \(\d+/\d+\) > limit", failed[0]["detail"])
-    assert by_css(browser, "#timeline .step.failed").text == "25%"
+    # The step it failed on: mostly the first, but a window of a few canary requests can miss the fifth of them
+    # that fail, and then the next step's window fails instead.
+    failed_at = f"{rollout['spec']['steps'][rollout['step']]:g}%"
+    assert failed_at in ("25%", "50%"), rollout
+    assert by_css(browser, "#timeline .step.failed").text == failed_at
     assert all_css(browser, "#windows .transition.rollback")
 
 
