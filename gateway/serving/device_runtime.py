@@ -110,6 +110,7 @@ class HostClient:
                     raise RuntimeLoadError(
                         f"the runtime process for {self.device} does not listen at {self.path}: {exc}"
                     ) from None
+                log.debug("connecting to the runtime process for %s failed (%s); trying again", self.device, exc)
                 await asyncio.sleep(RECONNECT_EVERY_S)
         self._writer = writer
         self._reader_task = loop.create_task(self._read(reader), name=f"device:{self.device}")
