@@ -47,7 +47,8 @@ import numpy as np
 import sqlalchemy as sa
 
 from gateway.storage.store import Store
-from monitors.prediction_log import PredictionLog, new_prediction_id, prediction_rows
+from monitors.log_batches import BatchEntry, BatchTensors
+from monitors.prediction_log import PredictionLog, expand_items, new_prediction_id, prediction_rows
 from monitors.records import PredictionRecord, PredictionRow
 
 UTC = timezone.utc
@@ -108,6 +109,54 @@ def hot_path(n: int) -> float:
         plog._queue.clear()
         plog._queued_bytes = 0
     return spent / n / 1000
+
+
+def serving_side(n: int, per_batch: int) -> dict[str, float]:
+    """µs of the event loop's CPU per record for everything the serving process does with it, both ways: logged
+    alone (`record`: encode, queue) or as a request of a runtime batch of `per_batch` requests
+    (`record_batched`: a slot on the batch's entry), then taken in batches of 500 and pickled for the writer
+    process as `PredictionLog._write` does. Beside it, the writer's CPU to expand the batch entries into rows
+    and unpickle them (on the other core)."""
+    rng = np.random.default_rng(3)
+    figures: dict[str, float] = {}
+    for way in ("alone", "batched"):
+        plog = PredictionLog(NullSink(), capacity=10_000, batch_size=BATCH)
+        ids = [new_prediction_id() for _ in range(n)]
+        spent = expand_ns = 0
+        for start in range(0, n, per_batch):
+            x = rng.random((per_batch, 32), dtype=np.float32)
+            y = rng.random((per_batch, 8), dtype=np.float32)
+            tensors = BatchTensors({"input": x}, {"output": y}, per_batch, per_batch == 1)
+            t0 = time.thread_time_ns()
+            for row in range(per_batch):
+                i = start + row
+                if way == "alone":
+                    plog.record(
+                        ids[i],
+                        "mlp",
+                        "1",
+                        "stable",
+                        {"input": x[row : row + 1]},
+                        {"output": y[row : row + 1]},
+                        0.0021,
+                        "ok",
+                        1.0,
+                    )
+                else:
+                    plog.record_batched(tensors, row, row + 1, ids[i], "mlp", "1", "stable", None, 0.0021, 1.0)
+            payload = None
+            if plog.depth >= BATCH:
+                batch = plog._take()
+                items = [item.frame() if isinstance(item, BatchEntry) else item for item in batch]
+                payload = pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
+            spent += time.thread_time_ns() - t0
+            if payload is not None:
+                t0 = time.thread_time_ns()
+                expand_items(pickle.loads(payload))
+                expand_ns += time.thread_time_ns() - t0
+        figures[f"loop, {way}"] = spent / n / 1000
+        figures[f"writer, {way}"] = expand_ns / n / 1000
+    return figures
 
 
 def _backend_cpu_ns(store: Store) -> Callable[[], int] | None:
@@ -183,6 +232,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=100, help="batches measured")
     parser.add_argument("--batch", type=int, default=BATCH, help="records a batch (the log's batch_size)")
     parser.add_argument("--hot", type=int, default=200_000, help="PredictionLog.record calls measured")
+    parser.add_argument("--per-batch", type=int, default=16, help="requests a runtime batch (the batched path)")
     parser.add_argument("--pg", metavar="URL", help="PostgreSQL instead of SQLite (a fresh schema, dropped after)")
     parser.add_argument("--rounds", type=int, default=3, help="measurements repeated; the median is reported")
     parser.add_argument("--profile", action="store_true", help="cProfile the measured writes")
@@ -190,6 +240,11 @@ def main() -> None:
 
     hot = [hot_path(args.hot) for _ in range(args.rounds)]
     print(f"hot path   PredictionLog.record: {statistics.median(hot):6.2f} µs/record  (rounds: {_fmt(hot)})")
+    sides = [serving_side(args.hot, args.per_batch) for _ in range(args.rounds)]
+    print(f"queued, taken and pickled, {args.per_batch} requests a runtime batch (median round):")
+    for name in sides[0]:
+        figures = [r[name] for r in sides]
+        print(f"  {name:26s} {statistics.median(figures):6.2f} µs/record  (rounds: {_fmt(figures)})")
     with tempfile.TemporaryDirectory() as tmp:
         schema = None
         if args.pg:

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from monitors.log_batches import BatchEntry, BatchFrame
+
 
 @dataclass(frozen=True, slots=True)
 class PredictionRecord:
@@ -73,11 +75,16 @@ Plain values only, so a batch pickles in C, about 0.2 µs a row: the form a batc
 writer process in."""
 
 
-class RowWriter(Protocol):
-    """Writes encoded batches from the event loop (the gateway's writer process); the sink keeps the rest.
-    Raises `SinkUnavailable` when the batch may be tried again."""
+LogItem = PredictionRow | BatchEntry
+"""What the log queues: a record logged alone, or the requests of one runtime batch (`monitors.log_batches`)."""
 
-    async def write(self, rows: Sequence[PredictionRow]) -> None: ...
+
+class RowWriter(Protocol):
+    """Writes batches from the event loop (the gateway's writer process); the sink keeps the rest. A batch
+    holds rows and batch frames, which the writer expands (`monitors.prediction_log.expand_items`). Raises
+    `SinkUnavailable` when the batch may be tried again."""
+
+    async def write(self, items: Sequence[PredictionRow | BatchFrame]) -> None: ...
 
     async def probe(self) -> None:
         """Return when the database answers (a cheap round trip); `SinkUnavailable` while it does not."""

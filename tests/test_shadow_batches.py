@@ -5,10 +5,12 @@ shadow's own batch counts and the shadow counters are read from /metrics."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 
+from gateway.storage.store import Store
 from tests.helpers import GatewayProcess, Load, gateway_process, metric_value, wait_until
 from tests.models import build_lookup
 
@@ -84,3 +86,37 @@ def test_one_bad_copy_in_a_batch_is_the_only_one_that_fails(gw: GatewayProcess) 
     compared = got["shadow_agreed"] + got["shadow_error"]
     assert got["shadow_disagreed"] == 0 and compared >= 300, got
     assert 0.1 <= got["shadow_error"] / compared <= 0.3, got
+
+
+def test_each_copy_of_a_shadow_batch_is_logged_with_its_own_rows(gw: GatewayProcess) -> None:
+    """The log keeps a shadow batch's tensors once and expands each copy's rows: every copy that ran is stored
+    under its request's id, with that request's input and the shadow's answer to it (the same as the primary's
+    where the tables agree), and every failed copy with its input and no outputs."""
+    before = figures(gw)
+    with Load(gw.http_url, clients=16, count=600) as load:
+        load.wait()
+    got = settled(gw, before, 600)
+    ran = int(got["shadow_agreed"] + got["shadow_error"])
+    ids = {pid for status, _, pid in load.results if status == 200}
+    assert len(ids) == 600 and ran >= 200, got
+    assert gw.state_dir is not None
+    store = Store.for_state_dir(gw.state_dir)
+    try:
+
+        def ours() -> list[dict[str, Any]]:
+            return [r for r in store.predictions("lookup", limit=1_000_000) if r["id"] in ids]
+
+        wait_until(lambda: sum(r["route"] == "shadow" for r in ours()) == ran, timeout=30, what="the copies logged")
+        rows = ours()
+    finally:
+        store.close()
+    primary = {r["id"]: r for r in rows if r["route"] == "stable"}
+    assert set(primary) == ids
+    for row in (r for r in rows if r["route"] == "shadow"):
+        mine = primary[row["id"]]
+        assert row["version"] == "3" and row["inputs"] == mine["inputs"], row
+        idx = mine["inputs"]["idx"]["data"][0]
+        if row["outcome"] == "ok":
+            assert idx < 80 and row["outputs"] == mine["outputs"], row
+        else:
+            assert idx >= 80 and row["outcome"] == "error" and row["outputs"] == {}, row

@@ -27,6 +27,7 @@ import numpy as np
 from gateway.errors import DeadlineExceeded, InferenceFailed, ModelNotReady, Overloaded, ShuttingDown
 from gateway.serving.batch_policy import BatchingConfig, InlineGate, decide, fits
 from gateway.tasks import cancel_and_wait
+from monitors.log_batches import BatchTensors
 from runtimes.base import RuntimeTimeout, RuntimeUnavailable, SyncCall
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,11 @@ class Timing:
     """The batch's outputs were split back to its requests."""
     batch_rows: int = 0
     batch_requests: int = 0
+    tensors: BatchTensors | None = None
+    """Its batch's inputs and outputs (a successful batch): the prediction log keeps them once for the batch."""
+    start: int = 0
+    """Its rows in `tensors`: start:stop."""
+    stop: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -403,11 +409,16 @@ class Batcher:
                 mine = {name: mine[name] for name in item.outputs}
             answers.append(mine)
         split_ns = time.time_ns()
+        tensors = BatchTensors(inputs, outputs, total_rows, len(items) == 1)
         if self._observer is not None:
             phases = (started_ns - gathered_ns, finished_ns - started_ns, split_ns - finished_ns)
             self._observer.batch_done(total_rows, len(items), compute_s, True, phases)
+        offset = 0
         for item, mine in zip(items, answers, strict=True):
             timing = item.timing
+            timing.tensors = tensors
+            timing.start = offset
+            offset = timing.stop = offset + item.rows
             timing.gathered_ns = gathered_ns
             timing.started_ns = started_ns
             timing.finished_ns = finished_ns

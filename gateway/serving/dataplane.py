@@ -26,6 +26,7 @@ from gateway.observability.logs import span_context
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.statistics import read_totals
 from gateway.observability.tracing import RequestSpans
+from gateway.serving.batcher import Timing
 from gateway.serving.policy_view import PolicyView
 from gateway.serving.registry import ModelRegistry, ServedVersion
 from gateway.serving.request import InferRequest, InferResponse
@@ -196,7 +197,7 @@ class DataPlane:
             route = routed.route.value
             revision = routed.revision
             span.set_attribute("sluice.route", route)
-            response = await self._infer_version(request, served, span, protocol)
+            response, timing = await self._infer_version(request, served, span, protocol)
             if routed.shadows:
                 self.shadows.dispatch(request, response.outputs, routed.shadows, response.id, revision)
         except BaseException as exc:
@@ -207,7 +208,24 @@ class DataPlane:
             span.end()
             raise
         elapsed = self._count(served, revision, protocol, "ok", started)
-        self._log(request, response.id, served, route, response.outputs, elapsed, "ok")
+        tensors = timing.tensors
+        log = self.predictions
+        if tensors is not None and log is not None:  # the batch's tensors are logged once, for all its requests
+            wanted = tuple(o.name for o in request.outputs) if request.outputs is not None else None
+            log.record_batched(
+                tensors,
+                timing.start,
+                timing.stop,
+                response.id,
+                served.model,
+                served.version,
+                route,
+                wanted,
+                elapsed,
+                served.config.logging.rate,
+            )
+        else:
+            self._log(request, response.id, served, route, response.outputs, elapsed, "ok")
         span.end()
         return response
 
@@ -241,7 +259,7 @@ class DataPlane:
 
     async def _infer_version(
         self, request: InferRequest, served: ServedVersion, span: trace.Span, protocol: str
-    ) -> InferResponse:
+    ) -> tuple[InferResponse, Timing]:
         runtime, batcher = served.runtime, served.batcher
         if runtime is None or batcher is None:
             raise ModelNotReady(served.not_ready_reason())
@@ -283,7 +301,7 @@ class DataPlane:
         )
         if flagged:
             response.parameters["flagged_features"] = flagged
-        return response
+        return response, timing
 
     def _guard(self, served: ServedVersion, request: InferRequest) -> str | None:
         """Check the model's input guards: refuse (InvalidInput naming each broken feature) or return the broken

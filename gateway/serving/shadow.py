@@ -31,6 +31,7 @@ from gateway.serving.registry import ServedVersion
 from gateway.serving.request import InferRequest
 from gateway.serving.validation import validate
 from gateway.serving.window_stats import WindowRecorder
+from monitors.log_batches import BatchTensors
 from monitors.prediction_log import ROUTE_SHADOW, PredictionLog
 from monitors.shadow_compare import Comparison, OutputRule, compare_batch, compare_outputs
 
@@ -169,20 +170,23 @@ class ShadowDispatcher:
         rows = validate(request, runtime.signature, shadow.batching.max_batch_size)
         outputs, _ = await batcher.submit(request.inputs, rows, None, batch[0].request.timeout_s)
         rules = self._rules_for(shadow)
+        tensors = BatchTensors(request.inputs, outputs, rows, len(batch) == 1)
         if len(batch) == 1:  # as it is (a model without a batch dimension included)
-            self._compared(shadow, batch, outputs, [compare_outputs(primary, outputs, rules)], [rows])
+            self._compared(shadow, batch, tensors, [compare_outputs(primary, outputs, rules)], [rows])
         else:
             counts = [_rows(c.request.inputs) for c in batch]
-            self._compared(shadow, batch, outputs, compare_batch(primary, outputs, counts, rules), counts)
+            self._compared(shadow, batch, tensors, compare_batch(primary, outputs, counts, rules), counts)
 
     def _compared(
         self,
         shadow: ServedVersion,
         batch: list[_Copy],
-        outputs: Arrays,
+        tensors: BatchTensors,
         verdicts: Sequence[Comparison],
         counts: Sequence[int],
     ) -> None:
+        """Count and log the batch's copies; the log keeps the batch's tensors once (`tensors`: the copies'
+        inputs and the shadow's outputs, each copy's rows in turn)."""
         labels = _key(shadow)
         now = self._clock()
         metrics = self._metrics
@@ -208,9 +212,20 @@ class ShadowDispatcher:
                 tally = by_revision[copy.revision] = [0, 0]
             tally[0] += 1
             tally[1] += verdict.agreed
-            mine = outputs if len(batch) == 1 else {n: a[offset : offset + rows] for n, a in outputs.items()}
+            if self._predictions is not None and copy.prediction_id:
+                self._predictions.record_batched(
+                    tensors,
+                    offset,
+                    offset + rows,
+                    copy.prediction_id,
+                    shadow.model,
+                    shadow.version,
+                    ROUTE_SHADOW,
+                    None,
+                    elapsed,
+                    shadow.config.logging.rate,
+                )
             offset += rows
-            self._log(copy, shadow, mine, elapsed, "ok")
         for revision, (compared, agreeing) in by_revision.items():
             self._windows.record_shadows(shadow.model, shadow.version, revision, compared, agreeing)
 
@@ -230,9 +245,6 @@ class ShadowDispatcher:
         self._metrics.shadow_requests.labels(*_key(shadow), "error").inc()
         self._windows.record_shadow(shadow.model, shadow.version, copy.revision, agreed=False)
         log.info("shadow %s/%s failed: %s", shadow.model, shadow.version, exc)
-        self._log(copy, shadow, {}, self._clock() - copy.queued, "error")
-
-    def _log(self, copy: _Copy, shadow: ServedVersion, outputs: Arrays, elapsed: float, outcome: str) -> None:
         if self._predictions is not None and copy.prediction_id:
             self._predictions.record(
                 copy.prediction_id,
@@ -240,9 +252,9 @@ class ShadowDispatcher:
                 shadow.version,
                 ROUTE_SHADOW,
                 copy.request.inputs,
-                dict(outputs),
-                elapsed,
-                outcome,
+                {},
+                self._clock() - copy.queued,
+                "error",
                 shadow.config.logging.rate,
             )
 

@@ -4,13 +4,13 @@ The serving process is bound by one thread, the one that holds the GIL: its even
 database's share of a logged record (binding parameters, building the statement, SQLAlchemy's
 connection handling, the driver) is most of the log's cost, and any second Python thread costs
 the loop more than its own work: GIL hand-offs, and a loop that waits while another thread runs.
-So the serving process only encodes each record as it is queued (`PredictionRow`s: raw tensor
-bytes and plain values, about 1.2 µs a record) and pickles each batch (about 0.3 µs a record), on
-the event loop, and
+So the serving process only queues each record (a request of a runtime batch as a small tuple on
+the batch's entry, `monitors.log_batches`; any other as a `PredictionRow`, its tensors encoded) and
+pickles each batch (a batch entry's arrays as their raw buffers), on the event loop, and
 `ProcessRowWriter` hands it over a pipe to a child process that owns its own `Store` and does the
-rest on another core. The loop awaits the child's answer like any other I/O, so `PredictionLog`'s
-guarantees hold unchanged: one batch in flight, a failed batch counted as failed, `flush` and
-`close` wait for what was written.
+rest on another core: expanding batch entries into rows, and the database. The loop awaits the
+child's answer like any other I/O, so `PredictionLog`'s guarantees hold unchanged: one batch in
+flight, a failed batch counted as failed, `flush` and `close` wait for what was written.
 
 The child is a fresh interpreter (`python -m gateway.storage.log_writer`), never a fork (the serving process
 has threads a fork would copy mid-lock), and not multiprocessing's spawn either, which re-runs the
@@ -41,6 +41,8 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 from gateway.storage.store import Store
+from monitors.log_batches import BatchFrame
+from monitors.prediction_log import expand_items
 from monitors.records import PredictionRow, SinkUnavailable
 
 log = logging.getLogger(__name__)
@@ -103,11 +105,12 @@ class ProcessRowWriter:
         async with self._locked():
             await self._ensure_child()
 
-    async def write(self, rows: Sequence[PredictionRow]) -> None:
-        """Send one batch and wait for the child to commit it; WriterProcessError if it cannot."""
-        if not rows:
+    async def write(self, items: Sequence[PredictionRow | BatchFrame]) -> None:
+        """Send one batch (rows, and runtime batches' frames for the child to expand) and wait for the child
+        to commit it; WriterProcessError if it cannot."""
+        if not items:
             return
-        await self._ask(pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL))
+        await self._ask(pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL))
 
     async def probe(self) -> None:
         """A round trip from the child to the database (`SELECT 1`): `WriterUnavailable` while it cannot be
@@ -278,13 +281,14 @@ def main() -> None:
                 return  # the gateway closed the pipe, or is gone
             answer: tuple[str, Any]
             try:
-                message: list[PredictionRow] | str = pickle.loads(payload)
+                message: list[PredictionRow | BatchFrame] | str = pickle.loads(payload)
                 if isinstance(message, str):  # PROBE
                     store.ping()
                     answer = ("ok", 0)
                 else:
-                    store.write_prediction_rows(message)
-                    answer = ("ok", len(message))
+                    rows = expand_items(message)
+                    store.write_prediction_rows(rows)
+                    answer = ("ok", len(rows))
             except Exception as exc:
                 answer = (_status(exc), _describe(exc))
             try:

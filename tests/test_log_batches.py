@@ -1,0 +1,244 @@
+"""The prediction log per runtime batch: a batch's tensors kept once, its requests' rows expanded by the writer.
+
+What must hold: every request of a batch is stored exactly as it would have been logged alone (the same
+bytes, for every dtype, several tensors, several rows, a subset of the outputs, a lone request's arrays
+as they are); the log's bounds count records, not batches; a request logged after its batch was taken
+still lands; the spool, the writer process and a real store all see the same rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gateway.storage.log_writer import ProcessRowWriter
+from gateway.storage.spool import Spool
+from gateway.storage.store import Store
+from monitors.log_batches import BatchTensors
+from monitors.prediction_log import PredictionLog, expand_items, tensors_from_bytes, tensors_to_bytes
+from monitors.records import PredictionRow
+from tests.databases import Backend
+
+
+def _batch(counts: list[int]) -> BatchTensors:
+    """A batch of requests of `counts` rows: two inputs and two outputs of different dtypes and ranks."""
+    rows = sum(counts)
+    rng = np.random.default_rng(rows)
+    inputs: dict[str, np.ndarray] = {
+        "x": rng.random((rows, 4), dtype=np.float32),
+        "ids": rng.integers(-5, 5, size=(rows, 2, 3), dtype=np.int64),
+    }
+    outputs = {"score": rng.random((rows, 1)).astype(np.float64), "label": rng.integers(0, 2, rows).astype(np.bool_)}
+    return BatchTensors(inputs, outputs, rows, len(counts) == 1)
+
+
+def _alone(
+    tensors: BatchTensors, start: int, stop: int, pid: str, wanted: tuple[str, ...] | None, at: float, latency: float
+) -> PredictionRow:
+    """The row `PredictionLog.record` stores for the same request logged alone."""
+    if tensors.whole:
+        inputs, outputs = dict(tensors.inputs), dict(tensors.outputs)
+    else:
+        inputs = {n: a[start:stop] for n, a in tensors.inputs.items()}
+        outputs = {n: a[start:stop] for n, a in tensors.outputs.items()}
+    if wanted is not None:
+        outputs = {n: outputs[n] for n in wanted}
+    return ("m", pid, "1", "stable", at, latency, "ok", tensors_to_bytes(inputs), tensors_to_bytes(outputs))
+
+
+def _log_batch(plog: PredictionLog, tensors: BatchTensors, counts: list[int], first: int = 0) -> list[str]:
+    ids = []
+    start = 0
+    for n, rows in enumerate(counts):
+        pid = f"p{first + n}"
+        wanted = ("score",) if n == 1 else None
+        assert plog.record_batched(tensors, start, start + rows, pid, "m", "1", "stable", wanted, 0.001 * n)
+        ids.append(pid)
+        start += rows
+    return ids
+
+
+class Rows:
+    """A sink that keeps the rows it is handed (the thread writer's path: expanded in the worker thread)."""
+
+    def __init__(self) -> None:
+        self.rows: list[PredictionRow] = []
+
+    def write_prediction_rows(self, rows: list[PredictionRow]) -> None:
+        self.rows.extend(rows)
+
+    def ping(self) -> None:
+        pass
+
+
+def _expected(plog_rows: list[PredictionRow], tensors: BatchTensors, counts: list[int]) -> list[PredictionRow]:
+    """What each request would have been stored as alone, with the time the log stamped."""
+    out = []
+    start = 0
+    for n, rows in enumerate(counts):
+        got = plog_rows[n]
+        out.append(_alone(tensors, start, start + rows, f"p{n}", ("score",) if n == 1 else None, got[4], got[5]))
+        start += rows
+    return out
+
+
+async def test_each_request_of_a_batch_is_stored_as_if_logged_alone() -> None:
+    sink = Rows()
+    plog = PredictionLog(sink, batch_size=500)  # type: ignore[arg-type]  # only the writing half is used
+    counts = [1, 3, 2, 1]
+    tensors = _batch(counts)
+    before = time.time()
+    _log_batch(plog, tensors, counts)
+    assert plog.depth == 4
+    await plog.flush()
+    assert plog.depth == 0 and plog.counters.written == 4
+    assert sink.rows == _expected(sink.rows, tensors, counts)
+    assert all(before <= row[4] <= time.time() for row in sink.rows)
+    assert [row[5] for row in sink.rows] == [0.0, 0.001, 0.002, 0.003]
+    stored = tensors_from_bytes(sink.rows[1][7])
+    np.testing.assert_array_equal(stored["ids"], tensors.inputs["ids"][1:4])
+    assert set(tensors_from_bytes(sink.rows[1][8])) == {"score"}
+
+
+async def test_a_lone_request_keeps_its_arrays_as_they_are() -> None:
+    """A runtime may answer a batch of one with arrays that have no batch dimension: nothing is sliced."""
+    sink = Rows()
+    plog = PredictionLog(sink)  # type: ignore[arg-type]
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    tensors = BatchTensors({"x": x}, {"total": np.array(15.0, dtype=np.float32)}, 2, True)
+    assert plog.record_batched(tensors, 0, 2, "lone", "m", "1", "stable", None, 0.5)
+    await plog.flush()
+    ((row),) = sink.rows
+    assert row[7] == tensors_to_bytes({"x": x}) and row[8] == tensors_to_bytes({"total": tensors.outputs["total"]})
+
+
+def test_tensors_without_a_fixed_width_expand_through_the_json_fallback() -> None:
+    words = np.array([b"ab", b"c", b"def"], dtype=np.object_).reshape(3, 1)
+    scores = np.array([[0.5], [0.25], [1.0]], dtype=np.float32)
+    tensors = BatchTensors({"text": words}, {"score": scores}, 3, False)
+    plog = PredictionLog(Rows())  # type: ignore[arg-type]
+    for i in range(3):
+        plog.record_batched(tensors, i, i + 1, f"p{i}", "m", "1", "stable", None, 0.0)
+    rows = expand_items(list(plog._queue))
+    for i, row in enumerate(rows):
+        assert row[7] == tensors_to_bytes({"text": words[i : i + 1]})  # JSON text, as logged alone
+        assert row[8] == tensors_to_bytes({"score": scores[i : i + 1]})
+
+
+async def test_bounds_count_records_not_batches() -> None:
+    plog = PredictionLog(Rows(), capacity=5, batch_size=100)  # type: ignore[arg-type]
+    tensors = _batch([1] * 8)
+    accepted = [plog.record_batched(tensors, i, i + 1, f"p{i}", "m", "1", "stable", None, 0.0, 1.0) for i in range(8)]
+    assert accepted == [True] * 5 + [False] * 3
+    assert plog.depth == 5 and plog.counters.dropped == 3
+    # The bytes bound holds the batch's arrays once, and refuses a batch that would pass it.
+    small = PredictionLog(Rows(), max_bytes=tensors.nbytes + 10)  # type: ignore[arg-type]
+    assert small.record_batched(tensors, 0, 1, "a", "m", "1", "stable", None, 0.0)
+    assert small.record_batched(tensors, 1, 2, "b", "m", "1", "stable", None, 0.0)  # the same arrays: no more bytes
+    assert not small.record_batched(_batch([1, 1]), 0, 1, "c", "m", "1", "stable", None, 0.0)
+    assert small.counters.dropped == 1
+
+
+async def test_a_request_logged_after_its_batch_was_taken_still_lands() -> None:
+    """The writer may take a batch's entry before every request of the batch has been logged (they resume one
+    after another): the rest open an entry of their own over the same arrays."""
+    sink = Rows()
+    plog = PredictionLog(sink)  # type: ignore[arg-type]
+    counts = [1, 3, 2, 1]
+    tensors = _batch(counts)
+    assert plog.record_batched(tensors, 0, 1, "p0", "m", "1", "stable", None, 0.0)
+    assert plog.record_batched(tensors, 1, 4, "p1", "m", "1", "stable", ("score",), 0.001)
+    await plog.flush()
+    assert tensors.entry is None and len(sink.rows) == 2
+    assert plog.record_batched(tensors, 4, 6, "p2", "m", "1", "stable", None, 0.002)
+    assert plog.record_batched(tensors, 6, 7, "p3", "m", "1", "stable", None, 0.003)
+    await plog.flush()
+    assert plog.counters.written == 4
+    assert sink.rows == _expected(sink.rows, tensors, counts)
+
+
+async def test_the_sample_rate_and_the_id_length_apply_as_for_a_request_logged_alone() -> None:
+    plog = PredictionLog(Rows())  # type: ignore[arg-type]
+    tensors = _batch([1, 1])
+    assert not plog.record_batched(tensors, 0, 1, "x" * 300, "m", "1", "stable", None, 0.0)
+    assert plog.counters.failed == 1
+    kept = sum(plog.record_batched(tensors, 1, 2, f"id-{i}", "m", "1", "stable", None, 0.0, 0.5) for i in range(400))
+    assert 120 < kept < 280 and plog.counters.sampled_out == 400 - kept
+
+
+@pytest.fixture
+def locked_store(tmp_path: Path) -> Iterator[tuple[Store, sqlite3.Connection]]:
+    """A real SQLite store that finds the database busy (unavailable) while the test's connection holds the lock."""
+    state = tmp_path / "state"
+    state.mkdir()
+    s = Store(f"sqlite:///{state / 'sluice.db'}", connect_args={"timeout": 0.2})
+    s.upgrade()
+    blocker = sqlite3.connect(state / "sluice.db", isolation_level=None)
+    yield s, blocker
+    blocker.close()
+    s.close()
+
+
+async def test_batches_held_through_an_outage_spill_to_the_spool_as_rows_and_come_back_in_order(
+    locked_store: tuple[Store, sqlite3.Connection], tmp_path: Path
+) -> None:
+    store, blocker = locked_store
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20)
+    plog = PredictionLog(store, capacity=40, batch_size=20, flush_interval_s=0.05, spool=spool, probe_interval_s=0.05)
+    plog.start()
+    blocker.execute("BEGIN IMMEDIATE")
+    ids: list[str] = []
+    for b in range(25):  # 25 runtime batches of 8 one-row requests: 200 records
+        ids += _log_batch(plog, _batch([1] * 8), [1] * 8, first=8 * b)
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.3)
+    assert plog.sink_unavailable and plog.counters.dropped == 0
+    assert plog.depth <= 48 and spool.counters.spooled_records >= 150  # a batch's entry may pass the bound
+    blocker.execute("ROLLBACK")
+    for _ in range(600):
+        if plog.counters.written == 200:
+            break
+        await asyncio.sleep(0.05)
+    with store.engine.connect() as conn:
+        stored = [r[0] for r in conn.exec_driver_sql("select id from predictions order by rowid")]
+    assert stored == ids
+    await plog.close()
+    spool.close()
+
+
+@pytest.fixture
+def store(backend: Backend) -> Store:
+    s = backend.open()
+    s.upgrade()
+    return s
+
+
+async def test_the_writer_process_expands_batches_into_the_store(store: Store) -> None:
+    """The real path: frames pickled to `python -m gateway.storage.log_writer`, expanded there, and stored."""
+    writer = ProcessRowWriter(store)
+    plog = PredictionLog(store, writer=writer)
+    counts = [2, 1, 1, 3]
+    tensors = _batch(counts)
+    _log_batch(plog, tensors, counts)
+    await plog.flush()
+    await writer.close()
+    assert plog.counters.written == 4
+    stored = {row.id: row for row in store.prediction_records("m", "1")}
+    start = 0
+    for n, rows in enumerate(counts):
+        got = stored[f"p{n}"]
+        for name, array in tensors.inputs.items():
+            np.testing.assert_array_equal(got.inputs[name], array[start : start + rows])
+            assert got.inputs[name].dtype == array.dtype
+        expected_outputs = ["score"] if n == 1 else ["score", "label"]
+        assert sorted(got.outputs) == sorted(expected_outputs)
+        for name in expected_outputs:
+            np.testing.assert_array_equal(got.outputs[name], tensors.outputs[name][start : start + rows])
+        assert got.route == "stable" and got.outcome == "ok" and got.latency_s == pytest.approx(0.001 * n)
+        start += rows
