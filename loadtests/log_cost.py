@@ -48,7 +48,7 @@ import sqlalchemy as sa
 
 from gateway.storage.store import Store
 from monitors.log_batches import BatchEntry, BatchTensors
-from monitors.prediction_log import PredictionLog, expand_items, new_prediction_id, prediction_rows
+from monitors.prediction_log import PredictionLog, batch_frame, expand_items, new_prediction_id, prediction_rows
 from monitors.records import PredictionRecord, PredictionRow
 
 UTC = timezone.utc
@@ -147,7 +147,7 @@ def serving_side(n: int, per_batch: int) -> dict[str, float]:
             payload = None
             if plog.depth >= BATCH:
                 batch = plog._take()
-                items = [item.frame() if isinstance(item, BatchEntry) else item for item in batch]
+                items = [batch_frame(item) if isinstance(item, BatchEntry) else item for item in batch]
                 payload = pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
             spent += time.thread_time_ns() - t0
             if payload is not None:

@@ -2,8 +2,8 @@
 
 `monitors` never imports `gateway`: the gateway's store implements `PredictionSink`, and the
 gateway hands it to the monitors. `PredictionRecord`s keep numpy arrays as they came; the log
-queues `PredictionRow`s, the arrays already in their stored form (bytes), so nothing in the queue
-holds a request's memory beyond the bytes it will write.
+queues `PredictionRow`s, the arrays already in their stored form (bytes), and, for the requests of a
+runtime batch, the batch's own arrays once (`monitors.log_batches`), counted in the log's byte bound.
 """
 
 from __future__ import annotations

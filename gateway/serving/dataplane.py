@@ -210,7 +210,9 @@ class DataPlane:
         elapsed = self._count(served, revision, protocol, "ok", started)
         tensors = timing.tensors
         log = self.predictions
-        if tensors is not None and log is not None:  # the batch's tensors are logged once, for all its requests
+        if tensors is not None and not tensors.whole and log is not None:
+            # A batch of several requests: its tensors are logged once, for all of them. A request that ran
+            # alone is cheaper to encode at once (`_log`) than to hand its arrays over.
             wanted = tuple(o.name for o in request.outputs) if request.outputs is not None else None
             log.record_batched(
                 tensors,

@@ -212,22 +212,46 @@ class ShadowDispatcher:
                 tally = by_revision[copy.revision] = [0, 0]
             tally[0] += 1
             tally[1] += verdict.agreed
-            if self._predictions is not None and copy.prediction_id:
-                self._predictions.record_batched(
-                    tensors,
-                    offset,
-                    offset + rows,
-                    copy.prediction_id,
-                    shadow.model,
-                    shadow.version,
-                    ROUTE_SHADOW,
-                    None,
-                    elapsed,
-                    shadow.config.logging.rate,
-                )
+            self._log_copy(copy, shadow, tensors, offset, rows, elapsed)
             offset += rows
         for revision, (compared, agreeing) in by_revision.items():
             self._windows.record_shadows(shadow.model, shadow.version, revision, compared, agreeing)
+
+    def _log_copy(
+        self, copy: _Copy, shadow: ServedVersion, tensors: BatchTensors, offset: int, rows: int, elapsed: float
+    ) -> None:
+        """Log an answered copy: its rows of the batch's tensors, kept once for the batch; a lone copy is encoded
+        at once (cheaper than handing its arrays over)."""
+        log = self._predictions
+        if log is None or not copy.prediction_id:
+            return
+        rate = shadow.config.logging.rate
+        if tensors.whole:
+            outputs = dict(tensors.outputs)
+            log.record(
+                copy.prediction_id,
+                shadow.model,
+                shadow.version,
+                ROUTE_SHADOW,
+                copy.request.inputs,
+                outputs,
+                elapsed,
+                "ok",
+                rate,
+            )
+            return
+        log.record_batched(
+            tensors,
+            offset,
+            offset + rows,
+            copy.prediction_id,
+            shadow.model,
+            shadow.version,
+            ROUTE_SHADOW,
+            None,
+            elapsed,
+            rate,
+        )
 
     def _histograms(self, labels: tuple[str, str]) -> tuple[FastHistogram, FastHistogram]:
         """The shadow's latency and difference histograms, lock-free (`FastHistogram`): observed once a copy,
