@@ -4,6 +4,7 @@
     python -m loadtests.log_cost --pg postgresql+psycopg://postgres@127.0.0.1:5432/test
     python -m loadtests.log_cost --prefill 200000 --batches 100 --profile
     python -m loadtests.log_cost --batch 50                      # what small batches cost a record
+    python -m loadtests.log_cost --per-batch 2                   # runtime batches of 2 requests (default 16)
 
 Records look like the reference benchmark's (loadtests/bench.py): one input "input" float32 [1, 32],
 one output "output" float32 [1, 8], time-ordered ids from `new_prediction_id`, model "mlp", version
@@ -16,6 +17,11 @@ Reported, in microseconds per record:
 
 - hot path: `PredictionLog.record` as the data plane calls it (encode the tensors, queue a row), on
   the event loop;
+- queued, taken and pickled: everything the event loop does with a record, both ways it can be logged:
+  alone (`record`: encoded at once) or as one of --per-batch requests of a runtime batch
+  (`record_batched`: a slot on the batch's entry, the batch's tensors encoded once when the batch of 500
+  is taken); beside each, what the writer process does to turn it back into rows (unpickling, and cutting
+  each request's rows out of its batch);
 - pickle: a batch of rows (--batch, 500 as the log's default) pickled, and unpickled: the handover
   to the writer process, the first half of it on the event loop;
 - database: `Store.write_prediction_rows` into a table that already holds --prefill rows: what the

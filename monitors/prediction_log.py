@@ -353,12 +353,12 @@ def _row_encoder(packed: Packed, whole: bool) -> Callable[[int, int], bytes]:
         plain.append((name, _CODES[code], tuple(shape[1:]), width, bytes(view[offset : offset + size])))
     if len(plain) == 1:
         name, dtype, tail, width, raw = plain[0]
+        heads: dict[int, bytes] = {}  # by row count: a batch's requests mostly have the same
 
         def one(start: int, stop: int) -> bytes:
-            key = (name, dtype, (stop - start, *tail))
-            head = _tagged.get(key)
+            head = heads.get(stop - start)
             if head is None:
-                head = _tagged[key] = TENSORS_V1 + _header(*key)
+                head = heads[stop - start] = TENSORS_V1 + _header(name, dtype, (stop - start, *tail))
             return head + raw[start * width : stop * width]
 
         return one
