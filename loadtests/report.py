@@ -402,9 +402,11 @@ def markdown_report(
             f"1.0}}`); {LOGGING_OFF} is the same configuration with `logging: {{enabled: false}}`. req/s loss = "
             f"1 − on / off (medians; ranges over the repeats in brackets). Target: at most "
             f"{LOG_COST_TARGET:.0%} at 64 connections.",
-            "- Each record keeps the request's input and output arrays; a writer thread encodes them to JSON and "
-            "inserts batches of up to 500 into the state database (SQLite here) every 0.5 s or when a batch "
-            "fills. On a box where wrk and the gateway share the cores, that thread's CPU is taken from them.",
+            "- A request answered in a runtime batch is queued as a small tuple on its batch's entry (the batch's "
+            "arrays held once); the event loop hands batches of 500 records over a pipe to the log's writer "
+            "process, which cuts each request's rows out of its batch and inserts them into the state database "
+            "(SQLite here) every 0.5 s or when a batch fills. On a box where wrk and the gateway share the cores, "
+            "that process's CPU is taken from them.",
         ]
         line = log_totals_line(modes.get(GATEWAY_VS_FLOOR, {}).get("prediction_log"))
         if line:
