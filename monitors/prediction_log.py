@@ -592,14 +592,9 @@ class PredictionLog:
         outcome: str,
     ) -> bool:
         try:
-            if len(prediction_id) > MAX_ID_LENGTH:
-                self.counters.failed += 1
+            if self._refused(prediction_id):
                 return False
-            queue = self._queue
-            if self._closed:
-                self.counters.dropped += 1
-                return False
-            if self._queued + self._held_count + self._sending >= self.capacity and not self._spill():
+            if self._full():
                 self._drop(inputs, outputs)
                 return False
             encoded_in = tensors_to_bytes(inputs)
@@ -609,11 +604,11 @@ class PredictionLog:
             if held_bytes + size > self.max_bytes and not self._spill():
                 self._drop(inputs, outputs)
                 return False
-            queue.append((model, prediction_id, version, route, at, float(latency_s), outcome, encoded_in, encoded_out))
+            self._queue.append(
+                (model, prediction_id, version, route, at, float(latency_s), outcome, encoded_in, encoded_out)
+            )
             self._queued_bytes += size
-            self._queued += 1
-            if self._queued >= self.batch_size:
-                self._wake.set()
+            self._one_more()
             return True
         except Exception:  # an observer never breaks a request
             log.exception("prediction log: cannot queue a record")
@@ -641,13 +636,9 @@ class PredictionLog:
             self.counters.sampled_out += 1
             return False
         try:
-            if len(prediction_id) > MAX_ID_LENGTH:
-                self.counters.failed += 1
+            if self._refused(prediction_id):
                 return False
-            if self._closed:
-                self.counters.dropped += 1
-                return False
-            if self._queued + self._held_count + self._sending >= self.capacity and not self._spill():
+            if self._full():
                 self._drop_batched(tensors, start, stop, wanted)
                 return False
             entry = tensors.entry
@@ -663,14 +654,31 @@ class PredictionLog:
                 self._queue.append(entry)
                 self._queued_bytes += size
             entry.slots.append((prediction_id, route, time.time(), float(latency_s), start, stop, wanted))
-            self._queued += 1
-            if self._queued >= self.batch_size:
-                self._wake.set()
+            self._one_more()
             return True
         except Exception:  # an observer never breaks a request
             log.exception("prediction log: cannot queue a record")
             self.counters.failed += 1
             return False
+
+    def _refused(self, prediction_id: str) -> bool:
+        """An id too long to store (counted as failed), or the log closed (counted as dropped)."""
+        if len(prediction_id) > MAX_ID_LENGTH:
+            self.counters.failed += 1
+            return True
+        if self._closed:
+            self.counters.dropped += 1
+            return True
+        return False
+
+    def _full(self) -> bool:
+        """Memory holds `capacity` records and the spool would not take the oldest batch."""
+        return self._queued + self._held_count + self._sending >= self.capacity and not self._spill()
+
+    def _one_more(self) -> None:
+        self._queued += 1
+        if self._queued >= self.batch_size:
+            self._wake.set()
 
     def _drop_batched(self, tensors: BatchTensors, start: int, stop: int, wanted: tuple[str, ...] | None) -> None:
         if tensors.whole:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 
 # Ray 2.60 starts a local cluster with token authentication (the token in ~/.ray/auth_token), and a process reads
 # the mode once, when it imports Ray: set before any test module does, so that tests/test_ray.py can join the
@@ -14,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from gateway.cli.demo import build_demo_repository
+from gateway.storage.store import Store
 from tests.databases import Backend, find_pg_url
 from tests.helpers import GatewayProcess, gateway_process
 
@@ -68,3 +70,17 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture
+def locked_store(tmp_path: Path) -> Iterator[tuple[Store, sqlite3.Connection]]:
+    """A real SQLite store whose writes wait 0.2 s for the lock and then find the database busy (unavailable)
+    while the test's own connection holds the write lock (`BEGIN IMMEDIATE`; `ROLLBACK` gives it back)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    s = Store(f"sqlite:///{state / 'sluice.db'}", connect_args={"timeout": 0.2})
+    s.upgrade()
+    blocker = sqlite3.connect(state / "sluice.db", isolation_level=None)
+    yield s, blocker
+    blocker.close()
+    s.close()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -170,19 +169,6 @@ async def test_the_sample_rate_and_the_id_length_apply_as_for_a_request_logged_a
     assert plog.counters.failed == 1
     kept = sum(plog.record_batched(tensors, 1, 2, f"id-{i}", "m", "1", "stable", None, 0.0, 0.5) for i in range(400))
     assert 120 < kept < 280 and plog.counters.sampled_out == 400 - kept
-
-
-@pytest.fixture
-def locked_store(tmp_path: Path) -> Iterator[tuple[Store, sqlite3.Connection]]:
-    """A real SQLite store that finds the database busy (unavailable) while the test's connection holds the lock."""
-    state = tmp_path / "state"
-    state.mkdir()
-    s = Store(f"sqlite:///{state / 'sluice.db'}", connect_args={"timeout": 0.2})
-    s.upgrade()
-    blocker = sqlite3.connect(state / "sluice.db", isolation_level=None)
-    yield s, blocker
-    blocker.close()
-    s.close()
 
 
 async def test_batches_held_through_an_outage_spill_to_the_spool_as_rows_and_come_back_in_order(

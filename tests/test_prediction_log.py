@@ -346,20 +346,6 @@ async def test_the_batch_being_written_counts_against_the_capacity(tmp_path: Pat
     s.close()
 
 
-@pytest.fixture
-def locked_store(tmp_path: Path) -> Iterator[tuple[Store, sqlite3.Connection]]:
-    """A real SQLite store whose writes wait 0.2 s for the lock and then find the database busy (unavailable)
-    while the test's own connection holds the write lock (`BEGIN IMMEDIATE`; `ROLLBACK` gives it back)."""
-    state = tmp_path / "state"
-    state.mkdir()
-    s = Store(f"sqlite:///{state / 'sluice.db'}", connect_args={"timeout": 0.2})
-    s.upgrade()
-    blocker = sqlite3.connect(state / "sluice.db", isolation_level=None)
-    yield s, blocker
-    blocker.close()
-    s.close()
-
-
 def _stored_in_order(store: Store) -> list[str]:
     with store.engine.connect() as conn:
         return [r[0] for r in conn.execute(sa.text("select id from predictions order by rowid"))]
