@@ -183,7 +183,10 @@ async def test_batches_held_through_an_outage_spill_to_the_spool_as_rows_and_com
     for b in range(25):  # 25 runtime batches of 8 one-row requests: 200 records
         ids += _log_batch(plog, _batch([1] * 8), [1] * 8, first=8 * b)
         await asyncio.sleep(0)
-    await asyncio.sleep(0.3)
+    for _ in range(500):  # the writer finds the database locked, holds its batch and spills the rest
+        if plog.sink_unavailable and spool.counters.spooled_records >= 150:
+            break
+        await asyncio.sleep(0.01)
     assert plog.sink_unavailable and plog.counters.dropped == 0
     assert plog.depth <= 48 and spool.counters.spooled_records >= 150  # a batch's entry may pass the bound
     blocker.execute("ROLLBACK")
