@@ -104,6 +104,13 @@ LOGGING_OFF = "logging_off"
 """batching_on without the prediction log: the baseline its cost is read against."""
 
 
+WORKERS2_LOGGING_OFF = "workers2_logging_off"
+
+
+"""logging_off under `sluice serve --workers 2`: what `workers2` would be without its two log writer processes
+(the figure that tells the log's share of `workers2`'s distance from floor2 from the rest)."""
+
+
 PRIMARY_VERSION = "1"
 
 
@@ -131,6 +138,7 @@ MODES: dict[str, str] = {
     # fit Ray's 2 CPUs; at 0.5 each the ingress could never be placed.
     RAY2: _BATCHING_ON_YAML + _VERSIONS_YAML + "ray:\n  num_cpus: 0.25\n  num_replicas: 2\n",
     LOGGING_OFF: _BATCHING_ON_YAML + _VERSIONS_YAML + _LOGGING_OFF_YAML,
+    WORKERS2_LOGGING_OFF: _BATCHING_ON_YAML + _VERSIONS_YAML + _LOGGING_OFF_YAML,
     SHADOW: _BATCHING_ON_YAML + _VERSIONS_YAML,
     "batching_off": _BATCHING_OFF_YAML + _VERSIONS_YAML,
     DRIFT: _BATCHING_ON_YAML + _VERSIONS_YAML + _DRIFT_YAML,
@@ -146,6 +154,7 @@ POLICIES: dict[str, TrafficPolicy] = {
     RAY: TrafficPolicy(stable=PRIMARY_VERSION),
     RAY2: TrafficPolicy(stable=PRIMARY_VERSION),
     LOGGING_OFF: TrafficPolicy(stable=PRIMARY_VERSION),
+    WORKERS2_LOGGING_OFF: TrafficPolicy(stable=PRIMARY_VERSION),
     SHADOW: TrafficPolicy(stable=PRIMARY_VERSION, shadows=(SHADOW_VERSION,), shadow_sample_rate=1.0),
     "batching_off": TrafficPolicy(stable=PRIMARY_VERSION),
     DRIFT: TrafficPolicy(stable=PRIMARY_VERSION),
@@ -178,6 +187,7 @@ PAIRS = ((GATEWAY_VS_FLOOR, FLOOR), (WORKERS2, FLOOR2))
 WORKER_ARGS = {
     FLOOR2: ["--workers", "2"],
     WORKERS2: ["--workers", "2"],
+    WORKERS2_LOGGING_OFF: ["--workers", "2"],
     **{m: ["--ray", "--ray-num-cpus", "2", "--ray-ingress-replicas", "1"] for m in RAY_MODES},
 }
 
