@@ -1,11 +1,11 @@
 """`sluice serve --workers N`: N worker processes serve the same ports; a supervisor keeps them running.
 
 Every worker is a whole replica (`server.Gateway`): its own event loop, runtimes, batchers and
-prediction log writer. They share the HTTP and gRPC ports through SO_REUSEPORT, as uvicorn's,
-gunicorn's and gRPC's workers do, so the kernel spreads connections over them and no process hands
-requests on. One of them holds the control plane's lease; the others forward admin calls to it and
-follow its changes through the state store (so the state database is shared: SQLite on one machine
-works, as every worker opens the same file).
+prediction log writer. They share the HTTP and gRPC ports through SO_REUSEPORT (as gRPC servers do;
+uvicorn's and gunicorn's workers share one listening socket instead), so the kernel spreads connections
+over them and no process hands requests on. One of them holds the control plane's lease; the others
+forward admin calls to it and follow its changes through the state store (so the state database is
+shared: SQLite on one machine works, as every worker opens the same file).
 
 The supervisor (this module) binds nothing it serves. It picks the ports when asked for free ones
 (holding a SO_REUSEPORT socket on each so nobody else takes them), gives the workers one directory
