@@ -16,7 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from gateway.serving.model_config import load_model_config
 from loadtests.ab import paced, summarise
+from loadtests.modes import MODEL
+from loadtests.servers import prepare_server
 from loadtests.targets import Row, target_checks
 from loadtests.wrk import lua_script, run_wrk
 from tests.helpers import HookReceiver
@@ -103,6 +106,19 @@ def test_summary_is_the_median_of_per_pair_ratios_not_the_ratio_of_medians() -> 
 def _row(mode: str, connections: int, rps: float, p50: float, p99: float, **errors: int) -> Row:
     median = {"rps": rps, "p50_ms": p50, "p99_ms": p99}
     return Row(mode=mode, connections=connections, median=median, runs=[{**median, **errors}])
+
+
+def test_workers2_logging_off_is_workers2_with_the_log_off(tmp_path: Path) -> None:
+    """The mode that prices the log's share of `workers2`: the same two workers and batching, no log."""
+    modes = {}
+    for name in ("workers2", "workers2_logging_off"):
+        cmd, _env, info = prepare_server(name, tmp_path / name, 8000, "cpu", "sluice")
+        config = load_model_config(Path(cmd[cmd.index("--model-repo") + 1]) / MODEL / "config.yaml")
+        assert cmd[-2:] == ["--workers", "2"], info["cmd"]
+        modes[name] = config
+    assert modes["workers2"].logging.rate == 1.0
+    assert modes["workers2_logging_off"].logging.rate == 0.0
+    assert modes["workers2_logging_off"].model_copy(update={"logging": modes["workers2"].logging}) == modes["workers2"]
 
 
 def test_targets_read_each_gateway_mode_against_its_own_floor() -> None:
