@@ -97,7 +97,10 @@ class PredictionData(Database):
     def _prediction_params(self, rows: Sequence[PredictionRow]) -> list[Any]:
         """The INSERT's parameters for `rows`, row after row, flat: the rows as they are but for the
         time, epoch seconds in the row. SQLite stores it as SQLAlchemy's DateTime does (naive UTC text
-        with microseconds), so the queries below read and compare it like any other."""
+        with microseconds), so the queries below read and compare it like any other; and the tensors as
+        `bytearray`: Python's sqlite3 binds a bytearray directly but sends every `bytes` through its adapter
+        registry first (190 against 490 ns a parameter, the copy included; `loadtests.log_cost`'s database
+        step: 3.8 against 4.25 µs a record)."""
         values: list[Any] = []
         if self._engine.dialect.name == "sqlite":
             # The text up to the second is made once per second (rows come in time order).
@@ -112,7 +115,7 @@ class PredictionData(Database):
                     second = whole
                     prefix = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(whole))
                 when = "%s.%06d" % (prefix, micros)  # noqa: UP031 - the fastest form here
-                values += (model, id_, version, route, when, latency_s, outcome, inputs, outputs)
+                values += (model, id_, version, route, when, latency_s, outcome, bytearray(inputs), bytearray(outputs))
         else:
             stamp = datetime.fromtimestamp
             for model, id_, version, route, at, latency_s, outcome, inputs, outputs in rows:
