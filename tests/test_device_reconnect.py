@@ -94,3 +94,31 @@ async def test_a_worker_reconnects_and_reloads_whatever_its_first_tries_fail_wit
     finally:
         await client.close()
         hosts.stop()
+
+
+def test_a_call_sent_after_the_runtime_process_hung_up_but_before_the_worker_noticed_is_a_503(tmp_path: Path) -> None:
+    """The runtime process is gone and uvloop has closed the connection's transport, but the reader has not seen the
+    end yet: a batch sent in that moment fails as `RuntimeUnavailable` (503), like those in flight, not with uvloop's
+    RuntimeError ("unable to perform operation on <UnixTransport closed=True>": a 500 that blamed the request)."""
+    import uvloop
+
+    from runtimes.base import RuntimeUnavailable
+
+    async def scenario() -> None:
+        path = str(tmp_path / "host.sock")
+        server = await asyncio.start_unix_server(lambda r, w: w.close(), path)
+        client = HostClient("cpu:9", path)
+        _, writer = await asyncio.open_unix_connection(path)
+        client._writer = writer
+        client.connected.set()
+        writer.transport.abort()  # the hang-up, before the reader task would call _lost
+        for _ in range(3):  # uvloop closes the transport's handle on the next turns of the loop
+            await asyncio.sleep(0)
+        with pytest.raises(RuntimeUnavailable, match="cpu:9"):
+            client.send("infer", "k")
+        assert not client._pending
+        server.close()
+        await server.wait_closed()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())

@@ -188,7 +188,9 @@ class HostClient:
 
     def send(self, kind: str, *args: Any, slot: _Slot | None = None) -> tuple[int, asyncio.Future[tuple[Any, ...]]]:
         writer = self._writer
-        if writer is None or not self.connected.is_set():
+        # A closing writer: the process hung up and the reader has not seen the end yet (uvloop would raise
+        # RuntimeError on the write, a 500); the batch fails as those in flight do.
+        if writer is None or not self.connected.is_set() or writer.is_closing():
             raise RuntimeUnavailable(f"the runtime process for {self.device} is restarting")
         call = next(self._ids)
         future: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
