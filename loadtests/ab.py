@@ -13,7 +13,9 @@ here read the same build's log cost as 3.6%, 7.3% and 13.1%. This script starts 
 and keeps both up (the idle one costs nothing), then runs wrk against a and b in turn, swapping the
 order every pair (ab, ba, ab, ...) so a drift of the machine's speed during the run falls on both
 alike. Each pair gives a ratio of two runs a few seconds apart; the median of those ratios is the
-figure, with the medians of each side's req/s, p50 and p99 beside it.
+figure, with the medians of each side's req/s, p50 and p99 beside it, and an interval the true median
+ratio lies in at 90% confidence or more (`median_interval`: from 5 pairs; 8 pairs give the 2nd to 7th
+smallest ratio, 93%): a target inside it is one this run cannot decide.
 
 Mode `drift` gets a loop of on-demand drift runs (10,000 rows against a 1,000-row reference, the
 issue's 10k x 32 window shape on the reference MLP's inputs) going during its runs only, started once
@@ -36,6 +38,7 @@ import argparse
 import contextlib
 import datetime as dt
 import json
+import math
 import os
 import shlex
 import shutil
@@ -212,6 +215,32 @@ def ratio(a: float, b: float) -> float | None:
     return a / b if b else None
 
 
+CONFIDENCE = 0.9
+"""Coverage asked of the interval around a median ratio."""
+
+
+def median_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float] | None:
+    """A distribution-free interval for the median of what `values` were drawn from: (low, high, coverage).
+
+    Why: on this box one run of 8 pairs read the log's cost as 19% and the next as 6%; a median alone
+    cannot say whether a target near it is met, missed, or beyond what the run can tell. The interval is
+    the k-th smallest to the k-th largest value, k as large as keeps its coverage at least `confidence`:
+    each pair's ratio falls below the true median with probability 1/2 whatever the box's noise looks
+    like (the sign test's binomial, no normality assumed), so the coverage is 1 - 2 P(Binomial(n, 1/2) < k).
+    None when there are too few values for any k to reach `confidence` (fewer than 5 at 90%)."""
+    n = len(values)
+    ordered = sorted(values)
+    best: tuple[float, float, float] | None = None
+    below = 0  # P(Binomial(n, 1/2) <= k - 1), k = 1, 2, ...
+    for k in range(1, n // 2 + 1):
+        below += math.comb(n, k - 1)
+        coverage = 1.0 - 2.0 * below / 2**n
+        if coverage < confidence:
+            break
+        best = (ordered[k - 1], ordered[n - k], coverage)
+    return best
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if shutil.which("wrk") is None:
@@ -281,6 +310,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     (args.out / "ab.json").write_text(json.dumps(result, indent=2))
     print(json.dumps({"command": command, **summary}, indent=2))
+    loss = summary["rps_loss_pct_interval"]
+    if loss is not None:
+        print(
+            f"a costs {summary['rps_loss_pct']}% of b's req/s (median of {len(pairs)} pairs); "
+            f"{loss[0]}% to {loss[1]}% at {summary['rps']['interval_coverage']:.0%} confidence"
+        )
     if "drift_runs" in extra:
         ok = [r for r in extra["drift_runs"] if r["status"] == "ok"]
         print(f"drift runs during the drift side's load: {len(ok)} ok of {len(extra['drift_runs'])}")
@@ -312,14 +347,20 @@ def summarise(args: argparse.Namespace, pairs: Sequence[dict[str, Any]]) -> dict
         a = [p["a"][key] for p in pairs]
         b = [p["b"][key] for p in pairs]
         ratios = [r for r in (ratio(x, y) for x, y in zip(a, b, strict=True)) if r is not None]
+        interval = median_interval(ratios)
         out[key] = {
             "a_median": round(statistics.median(a), 2),
             "b_median": round(statistics.median(b), 2),
             "a_over_b_median": round(statistics.median(ratios), 4) if ratios else None,
             "a_over_b_range": [round(min(ratios), 4), round(max(ratios), 4)] if ratios else None,
+            "a_over_b_interval": None if interval is None else [round(interval[0], 4), round(interval[1], 4)],
+            "interval_coverage": None if interval is None else round(interval[2], 4),
         }
     rps = out["rps"]["a_over_b_median"]
     out["rps_loss_pct"] = round((1 - rps) * 100, 2) if rps is not None else None
+    low_high = out["rps"]["a_over_b_interval"]
+    out["rps_loss_pct_interval"] = None if low_high is None else [round((1 - r) * 100, 2) for r in reversed(low_high)]
+    """The loss that the pairs bound at `interval_coverage`: a target inside it is beyond what the run can tell."""
     main = out["cpu_us_per_req_main_thread"]["a_over_b_median"]
     out["main_thread_cpu_cost_pct"] = round((main - 1) * 100, 2) if main is not None else None
     """What the event loop, the bound on req/s, spends more per request in a than in b."""

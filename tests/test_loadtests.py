@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import random
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from gateway.serving.model_config import load_model_config
-from loadtests.ab import paced, summarise
+from loadtests.ab import median_interval, paced, summarise
 from loadtests.modes import MODEL
 from loadtests.servers import prepare_server
 from loadtests.targets import Row, target_checks
@@ -101,6 +103,45 @@ def test_summary_is_the_median_of_per_pair_ratios_not_the_ratio_of_medians() -> 
     assert out["main_thread_cpu_cost_pct"] == 10.0  # ratios 1.1, 1.1, 1.0
     assert "cpu_us_per_req_process" not in out  # not measured in these runs: left out, not zero
     assert out["errors_and_non2xx"] == 2
+
+
+def test_median_interval_is_the_order_statistics_the_sign_test_allows() -> None:
+    ratios = [0.843, 0.831, 0.734, 0.893, 0.929, 0.768, 0.778, 0.786]  # a run of this box, 8 pairs
+    low, high, coverage = median_interval(ratios) or (0, 0, 0)
+    # k = 2: 1 - 2 * (1 + 8) / 256 = 0.93 (k = 3 would cover only 0.71), so the 2nd to the 7th smallest.
+    assert (low, high) == (0.768, 0.893) and coverage == 1 - 18 / 256
+    ten = median_interval([float(i) for i in range(10)])
+    assert ten is not None and ten[:2] == (1.0, 8.0)  # k = 2 (0.979); k = 3 covers 0.891 < 0.9
+    assert median_interval([1.0, 2.0, 3.0, 4.0, 5.0]) == (1.0, 5.0, 1 - 2 / 32)
+    assert median_interval([1.0, 2.0, 3.0, 4.0]) is None  # 0.875 at best: too few pairs to say
+    assert median_interval([]) is None
+
+
+def test_median_interval_covers_the_true_median_as_often_as_it_says() -> None:
+    """Skewed, heavy-tailed draws (the box's slow runs): the interval holds the true median at least as
+    often as its stated coverage; the median of a single sample would not give any such figure."""
+    rng = random.Random(7)
+    true_median = math.exp(0.0)  # of a lognormal(0, 1)
+    for n in (6, 8, 10, 16):
+        trials, hits, stated = 4000, 0, 1.0
+        for _ in range(trials):
+            interval = median_interval([rng.lognormvariate(0.0, 1.0) for _ in range(n)])
+            assert interval is not None
+            low, high, stated = interval
+            hits += low <= true_median <= high
+        assert stated >= 0.9
+        assert hits / trials >= stated - 0.02, (n, hits / trials, stated)
+
+
+def test_summary_bounds_the_loss_where_there_are_enough_pairs() -> None:
+    args = argparse.Namespace(a="batching_on", b="logging_off", a_env={}, b_env={}, connections=64, rate=None)
+    ratios = [0.95, 0.90, 1.02, 0.97, 0.93, 0.99]
+    pairs = [{"a": _run(1000 * r, 10, 100), "b": _run(1000, 10, 100)} for r in ratios]
+    out = summarise(args, pairs)
+    assert out["rps"]["a_over_b_interval"] == [0.9, 1.02]  # n = 6: k = 1 (0.969); k = 2 covers 0.78
+    assert out["rps_loss_pct_interval"] == [-2.0, 10.0]
+    assert out["rps"]["interval_coverage"] == round(1 - 2 / 64, 4)
+    assert summarise(args, pairs[:3])["rps_loss_pct_interval"] is None
 
 
 def _row(mode: str, connections: int, rps: float, p50: float, p99: float, **errors: int) -> Row:
