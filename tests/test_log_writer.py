@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
-from gateway.storage.log_writer import ProcessRowWriter, WriterProcessError
+from gateway.storage.log_writer import ProcessRowWriter, WriterProcessError, WriterUnavailable
 from gateway.storage.store import Store
 from monitors.prediction_log import PredictionLog, prediction_rows
 from monitors.records import PredictionRecord
@@ -150,6 +150,49 @@ async def test_a_database_the_child_cannot_open_fails_without_showing_the_passwo
     assert "could not open the database" in str(caught.value)
     assert "hunter2" not in str(caught.value)
     assert writer.pid is None
+    started = time.monotonic()
+    with pytest.raises(WriterUnavailable, match="could not open the database"):  # the pause: no new child
+        await writer.write(prediction_rows(_records(1, 1)))
+    assert time.monotonic() - started < 0.2
+    store.close()
+
+
+async def test_a_child_that_dies_at_start_holds_the_log_and_is_not_started_for_every_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer that cannot start (here a real interpreter that exits at once, as a broken install or an
+    OOM kill at start would make it) must not cost a new interpreter for every batch, half a core each
+    (measured: the gateway at 0.72x its usual req/s), nor lose the batches: the log holds them as for a
+    database that is away, and a start is tried again after a pause that doubles while starts keep failing."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "sitecustomize.py").write_text("import os\nos._exit(3)\n")
+    monkeypatch.setenv("PYTHONPATH", str(broken))
+    store = Store.for_state_dir(tmp_path / "state")
+    store.upgrade()
+    writer = ProcessRowWriter(store, start_again_s=0.3)
+    with pytest.raises(WriterUnavailable, match="did not start"):
+        await writer.write(prediction_rows(_records(0, 1)))
+    with pytest.raises(WriterUnavailable, match="did not start"):  # within the pause: no second child
+        await writer.write(prediction_rows(_records(0, 1)))
+    assert writer.failed_starts == 1
+    await asyncio.sleep(0.4)
+    with pytest.raises(WriterUnavailable, match="did not start"):  # tried again, failed again: a longer pause
+        await writer.write(prediction_rows(_records(0, 1)))
+    assert writer.failed_starts == 2
+
+    plog = PredictionLog(store, writer=writer, batch_size=10, flush_interval_s=0.05)
+    plog.start()
+    for r in _records(0, 10):
+        plog.offer(r)
+    await _until(lambda: plog.sink_unavailable, 10)
+    monkeypatch.delenv("PYTHONPATH")  # the cause goes away
+    await _until(lambda: plog.counters.written == 10, 10)
+    assert plog.counters.as_dict() == {"written": 10, "dropped": 0, "failed": 0, "sampled_out": 0}
+    assert writer.starts == 1 and writer.failed_starts == 0  # counted again from the first good start
+    assert store.count_predictions("m", "1") == 10
+    await plog.close()
+    await writer.close()
     store.close()
 
 

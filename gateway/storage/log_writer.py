@@ -22,7 +22,9 @@ so a gateway killed outright does not leave it behind. A child that dies or stop
 the batch it held; the next batch starts a new one. A database the child cannot reach or write (or
 open, when it starts) is not the batch's fault: that answer is `WriterUnavailable`, a `SinkUnavailable`,
 and the log holds the batch, probes the database (`probe`: a `SELECT 1` from the child, no batch on the
-pipe) until it answers, and tries again.
+pipe) until it answers, and tries again. Nor is a child that dies before it is ready (a broken install,
+the OOM killer): that too is `WriterUnavailable`, and the next start waits `START_AGAIN_S`, doubling while
+starts keep failing (up to `START_AGAIN_MAX_S`), instead of a new interpreter for every batch.
 """
 
 from __future__ import annotations
@@ -50,9 +52,13 @@ log = logging.getLogger(__name__)
 START_TIMEOUT_S = 60.0
 """How long a new child may take to import the store and open the database."""
 START_AGAIN_S = 2.0
-"""After a child could not open an unreachable database, how long before another is started: the log
-probes every fraction of a second while the database is away, and a child's start costs a core for
-half a second."""
+"""After a child could not open an unreachable database, or died before it was ready, how long before
+another is started: the log probes every fraction of a second while the database is away, and a child's
+start costs a core for half a second."""
+START_AGAIN_MAX_S = 30.0
+"""The longest pause between starts of children that keep dying before they are ready (the pause doubles
+with each): whatever kills them (a broken install, the OOM killer, no file descriptors left) is not
+cured by the next batch."""
 PROBE = "probe"
 """The frame that asks the child for a round trip to the database instead of a batch."""
 
@@ -75,18 +81,23 @@ class ProcessRowWriter:
     waiting for the GIL 3-4% of the time and spending 5-9% more CPU per request.)
     """
 
-    def __init__(self, store: Store, *, write_timeout_s: float = 120.0) -> None:
+    def __init__(self, store: Store, *, write_timeout_s: float = 120.0, start_again_s: float = START_AGAIN_S) -> None:
         """`store`: the serving process's store; the child opens its own on the same database.
-        `write_timeout_s`: how long one batch may take before the child is taken to be hung."""
+        `write_timeout_s`: how long one batch may take before the child is taken to be hung.
+        `start_again_s`: the pause before another start after one that failed (`START_AGAIN_S`)."""
         self.write_timeout_s = write_timeout_s
+        self.start_again_s = start_again_s
         self._opening = pickle.dumps((store.connect_url, store.connect_args))
         """The child's first frame: how to open the same database (may hold a password: never logged)."""
         self._child: asyncio.subprocess.Process | None = None
         self._lock: asyncio.Lock | None = None
         self.starts = 0
         """Children started so far; each after the first replaced one that died or hung."""
+        self.failed_starts = 0
+        """Children that died or hung before they were ready, one after the other (0 again after a start)."""
         self._no_start_until = 0.0
         self._no_start_why = ""
+        self._no_start_error: type[WriterProcessError] = WriterUnavailable
 
     @property
     def restarts(self) -> int:
@@ -148,7 +159,7 @@ class ProcessRowWriter:
         if child is not None:
             await self._stop_child(kill=True)
         if time.monotonic() < self._no_start_until:
-            raise WriterUnavailable(self._no_start_why)
+            raise self._no_start_error(self._no_start_why)
         if self.starts:
             log.warning("prediction log: starting a new writer process (restart %d)", self.starts)
         child = await asyncio.create_subprocess_exec(
@@ -168,17 +179,29 @@ class ProcessRowWriter:
             status, detail = pickle.loads(answer)
         except (EOFError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
             await _end(child, kill=True)
-            raise WriterProcessError(f"the log writer process did not start: {_describe(exc)}") from exc
+            # Not the batch's fault, and not cured by the next one: held like a database that is away.
+            why = f"the log writer process did not start ({_exit_status(child.returncode)}): {_describe(exc)}"
+            raise self._failed_start(why, WriterUnavailable) from exc
         if status != "ready":
             await _end(child, kill=True)
             why = f"the log writer process could not open the database: {detail}"
-            if status == "unavailable":
-                self._no_start_until, self._no_start_why = time.monotonic() + START_AGAIN_S, why
+            if status == "unavailable":  # the log probes until it answers: no longer pause than usual
+                self._no_start_until, self._no_start_why = time.monotonic() + self.start_again_s, why
+                self._no_start_error = WriterUnavailable
                 raise WriterUnavailable(why)
-            raise WriterProcessError(why)
+            raise self._failed_start(why, WriterProcessError)
         self._child = child
         self.starts += 1
+        self.failed_starts = 0
         return child
+
+    def _failed_start(self, why: str, error: type[WriterProcessError]) -> WriterProcessError:
+        """The error for a start that failed, and a pause before the next, doubling while starts keep failing."""
+        self.failed_starts += 1
+        pause = min(START_AGAIN_MAX_S, self.start_again_s * 2 ** (self.failed_starts - 1))
+        log.error("prediction log: %s; the next start in %.1f s", why, pause)
+        self._no_start_until, self._no_start_why, self._no_start_error = time.monotonic() + pause, why, error
+        return error(why)
 
     async def _stop_child(self, *, kill: bool, timeout_s: float = 5.0) -> None:
         child, self._child = self._child, None
@@ -297,6 +320,12 @@ def main() -> None:
                 return
     finally:
         store.close()
+
+
+def _exit_status(code: int | None) -> str:
+    if code is None:
+        return "still running, killed"
+    return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
 
 
 def _status(exc: BaseException) -> str:
