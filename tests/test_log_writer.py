@@ -10,6 +10,7 @@ import asyncio
 import os
 import signal
 import sqlite3
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
@@ -194,6 +195,19 @@ async def test_a_child_that_dies_at_start_holds_the_log_and_is_not_started_for_e
     await plog.close()
     await writer.close()
     store.close()
+
+
+async def test_a_child_that_cannot_be_spawned_holds_the_batch_and_pauses_starts(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python3")  # the spawn itself fails: an OSError
+    writer = ProcessRowWriter(store, start_again_s=60)
+    with pytest.raises(WriterUnavailable, match="could not be started: FileNotFoundError"):
+        await writer.write(prediction_rows(_records(0, 1)))
+    monkeypatch.undo()
+    with pytest.raises(WriterUnavailable, match="could not be started"):  # within the pause
+        await writer.write(prediction_rows(_records(0, 1)))
+    assert writer.failed_starts == 1 and writer.pid is None
 
 
 def test_the_child_leaves_with_a_gateway_killed_outright(tmp_path: Path) -> None:

@@ -162,16 +162,21 @@ class ProcessRowWriter:
             raise self._no_start_error(self._no_start_why)
         if self.starts:
             log.warning("prediction log: starting a new writer process (restart %d)", self.starts)
-        child = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "gateway.storage.log_writer",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            close_fds=True,
-            start_new_session=True,  # no Ctrl-C from the terminal: the gateway stops it after the last flush
-            env={**os.environ, **_ONE_THREAD},
-        )
+        try:
+            child = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "gateway.storage.log_writer",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                close_fds=True,
+                start_new_session=True,  # no Ctrl-C from the terminal: the gateway stops it after the last flush
+                env={**os.environ, **_ONE_THREAD},
+            )
+        except OSError as exc:  # no file descriptors or memory left, or no interpreter
+            raise self._failed_start(
+                f"the log writer process could not be started: {_describe(exc)}", WriterUnavailable
+            ) from exc
         _widen_pipe(child)
         try:
             # On the pipe, not argv or the environment: the URL may hold a password.
