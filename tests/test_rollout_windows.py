@@ -77,7 +77,13 @@ def test_requests_routed_while_a_step_is_persisted_count_in_no_later_window(
         raced.extend(send(8))
         return original(model, policy)
 
-    checks = (CheckSpec("error_ratio", 1.5, min_requests=20), CheckSpec("latency_p99_ratio", 3.0, min_requests=20))
+    # Both checks run (their details name the baseline below); the latency one with a threshold no real window
+    # reaches: the p99 of 100 requests on a shared 2-core box can be 3x the stable's by chance (a CI run rolled
+    # the canary back here), and this test is about which window a request counts in, not about latency.
+    checks = (
+        CheckSpec("error_ratio", 1.5, min_requests=20),
+        CheckSpec("latency_p99_ratio", 1000.0, min_requests=20),
+    )
     run(control.set_policy("test", "lookup", TrafficPolicy(stable="1")))
     run(control.start_rollout("alice", "lookup", RolloutSpec("2", (50.0, 100.0), INTERVAL, 1, checks=checks)))
     store.put_policy = put_policy_racing  # type: ignore[method-assign]
@@ -86,7 +92,7 @@ def test_requests_routed_while_a_step_is_persisted_count_in_no_later_window(
         clock.now += INTERVAL
         run(control.tick())
         state = control.rollout("lookup")
-        assert state is not None and state.weight == 100.0, state
+        assert state is not None and state.weight == 100.0, (state, run(control.last_rollout("lookup")).reason)
         assert "1" in raced, "the race sent stable traffic while the 100% step was being persisted"
         send(100)  # the 100% window: the stable serves nothing routed by this step
         clock.now += INTERVAL
