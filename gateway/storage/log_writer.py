@@ -191,9 +191,7 @@ class ProcessRowWriter:
             await _end(child, kill=True)
             why = f"the log writer process could not open the database: {detail}"
             if status == "unavailable":  # the log probes until it answers: no longer pause than usual
-                self._no_start_until, self._no_start_why = time.monotonic() + self.start_again_s, why
-                self._no_start_error = WriterUnavailable
-                raise WriterUnavailable(why)
+                raise self._pause_starts(why, WriterUnavailable, self.start_again_s)
             raise self._failed_start(why, WriterProcessError)
         self._child = child
         self.starts += 1
@@ -205,7 +203,11 @@ class ProcessRowWriter:
         self.failed_starts += 1
         pause = min(START_AGAIN_MAX_S, self.start_again_s * 2 ** (self.failed_starts - 1))
         log.error("prediction log: %s; the next start in %.1f s", why, pause)
-        self._no_start_until, self._no_start_why, self._no_start_error = time.monotonic() + pause, why, error
+        return self._pause_starts(why, error, pause)
+
+    def _pause_starts(self, why: str, error: type[WriterProcessError], pause_s: float) -> WriterProcessError:
+        """No start for `pause_s`: until then a write fails at once with `error(why)`, as the start did."""
+        self._no_start_until, self._no_start_why, self._no_start_error = time.monotonic() + pause_s, why, error
         return error(why)
 
     async def _stop_child(self, *, kill: bool, timeout_s: float = 5.0) -> None:
