@@ -913,7 +913,7 @@ class PredictionLog:
             self._sending_bytes = sum(_bytes_in(item) for item in batch)
         try:
             if self.writer is not None:  # the writer process: no second thread to share the GIL with
-                await self.writer.write([batch_frame(item) if isinstance(item, BatchEntry) else item for item in batch])
+                await self.writer.write(batch)
             else:
                 await asyncio.to_thread(_expand_and_write, self.sink, batch)
         except asyncio.CancelledError:

@@ -81,10 +81,11 @@ LogItem = PredictionRow | BatchEntry
 
 class RowWriter(Protocol):
     """Writes batches from the event loop (the gateway's writer process); the sink keeps the rest. A batch
-    holds rows and batch frames, which the writer expands (`monitors.prediction_log.expand_items`). Raises
-    `SinkUnavailable` when the batch may be tried again."""
+    holds rows and runtime batches (entries as the log queued them, or frames as a spool holds them), which
+    the writer packs and expands (`monitors.prediction_log.expand_items`). Raises `SinkUnavailable` when the
+    batch may be tried again."""
 
-    async def write(self, items: Sequence[PredictionRow | BatchFrame]) -> None: ...
+    async def write(self, items: Sequence[PredictionRow | BatchEntry | BatchFrame]) -> None: ...
 
     async def probe(self) -> None:
         """Return when the database answers (a cheap round trip); `SinkUnavailable` while it does not."""

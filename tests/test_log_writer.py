@@ -20,9 +20,17 @@ import httpx
 import numpy as np
 import pytest
 
-from gateway.storage.log_writer import ProcessRowWriter, WriterProcessError, WriterUnavailable
+from gateway.storage.log_writer import (
+    HANDOVER_ITEMS,
+    ProcessRowWriter,
+    WriterProcessError,
+    WriterUnavailable,
+    batch_message,
+    pickled_in_turns,
+)
 from gateway.storage.store import Store
-from monitors.prediction_log import PredictionLog, prediction_rows
+from monitors.log_batches import BatchEntry, BatchTensors
+from monitors.prediction_log import PredictionLog, batch_frame, expand_items, prediction_rows
 from monitors.records import PredictionRecord
 from tests.databases import Backend
 from tests.faults import postgres_behind_proxy
@@ -76,6 +84,52 @@ async def test_batches_are_written_by_a_child_process(store: Store) -> None:
     np.testing.assert_array_equal(stored[7].outputs["y"], np.full((1, 1), 7, np.float32))
     await writer.close()
     assert writer.pid is None
+
+
+def _lone_requests(n: int, first: int = 0) -> list[BatchEntry]:
+    """`n` runtime batches of one request each, as the log queues them at one connection."""
+    entries = []
+    for i in range(first, first + n):
+        x = np.full((1, 3), i, dtype=np.float32)
+        entry = BatchEntry(None, "m", "1", BatchTensors({"x": x}, {"y": x[:, :1] * 2}, 1, True), x.nbytes * 2)
+        entry.slots.append((f"b{i}", "stable", (T0 + timedelta(milliseconds=i)).timestamp(), 0.01, 0, 1, None))
+        entries.append(entry)
+    return entries
+
+
+async def test_a_batch_of_many_runtime_batches_is_packed_in_turns_of_the_event_loop() -> None:
+    """500 one-request runtime batches (one connection's log batch) are not packed and pickled in one go: the
+    loop serves requests between every `HANDOVER_ITEMS`, and the child reads the pieces back as one batch."""
+    entries = _lone_requests(3 * HANDOVER_ITEMS + 5)
+    rows = prediction_rows(_records(0, 2))
+    items = [rows[0], *entries, rows[1]]
+    packing = asyncio.create_task(pickled_in_turns(items))
+    await asyncio.sleep(0)  # the task's first step: one piece, then a turn for the rest of the loop
+    assert not packing.done()
+    turns = 1
+    while not packing.done():
+        await asyncio.sleep(0)
+        turns += 1
+    assert turns >= 4  # ceil(len(items) / HANDOVER_ITEMS) pieces, a turn after each but the last
+    message = batch_message(packing.result())
+    assert message == [rows[0], *(batch_frame(e) for e in entries), rows[1]]
+    assert expand_items(message) == expand_items(items)
+
+    few = asyncio.create_task(pickled_in_turns(entries[:HANDOVER_ITEMS]))
+    await asyncio.sleep(0)
+    assert few.done()  # a batch of at most HANDOVER_ITEMS: packed at once, as before
+    assert batch_message(few.result()) == [batch_frame(e) for e in entries[:HANDOVER_ITEMS]]
+
+
+async def test_runtime_batches_in_pieces_are_written_by_the_child_row_for_row(store: Store) -> None:
+    writer = ProcessRowWriter(store, write_timeout_s=30)
+    entries = _lone_requests(2 * HANDOVER_ITEMS + 1)
+    await writer.write([*prediction_rows(_records(0, 3)), *entries])
+    stored = store.prediction_records("m", "1", limit=1000)
+    assert sorted(r.id for r in stored) == sorted([f"p{i}" for i in range(3)] + [f"b{i}" for i in range(len(entries))])
+    last = next(r for r in stored if r.id == f"b{len(entries) - 1}")
+    np.testing.assert_array_equal(last.outputs["y"], np.full((1, 1), 2 * (len(entries) - 1), np.float32))
+    await writer.close()
 
 
 async def _gone(writer: ProcessRowWriter, timeout_s: float = 10.0) -> None:
