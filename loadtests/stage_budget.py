@@ -177,10 +177,23 @@ def parse_raw(lines: Iterable[str]) -> list[tuple[list[Frame], int]]:
         if not count.isdigit() or not head:
             pending += "\n"
             continue
-        frames = [parse_frame(part) for part in head.split(";") if not part.startswith("process ")]
-        stacks.append((frames, int(count)))
+        stacks.append((_frames(head), int(count)))
         pending = ""
     return stacks
+
+
+def _frames(stack: str) -> list[Frame]:
+    """A collapsed stack's frames, without its process markers. A marker's command line may hold a ';' of its own
+    (`--workers`' workers run `python -c "from multiprocessing.spawn import spawn_main; spawn_main(...)"`): its
+    pieces are skipped up to the one that closes its quote."""
+    frames: list[Frame] = []
+    in_marker = False
+    for part in stack.split(";"):
+        if in_marker or part.startswith("process "):
+            in_marker = not part.endswith('"')
+            continue
+        frames.append(parse_frame(part))
+    return frames
 
 
 def budget(

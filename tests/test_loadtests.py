@@ -204,7 +204,7 @@ def test_placement_cost_runs_and_checks_the_runtime_process_against_the_session(
 
 
 def test_the_stage_budget_charges_a_sample_to_the_innermost_frame_a_rule_knows() -> None:
-    from loadtests.stage_budget import budget, parse_raw, per_request_us
+    from loadtests.stage_budget import Frame, budget, parse_raw, per_request_us
 
     raw = [
         'process 10:"python -m gateway serve";run (uvloop/__init__.py:1);'
@@ -216,14 +216,20 @@ def test_the_stage_budget_charges_a_sample_to_the_innermost_frame_a_rule_knows()
         'y";main (somewhere/else.py:3) 20\n',  # a `python -c` child whose command line spans lines
         'process 12:"uvicorn";app (loadtests/floor_app.py:2) 10\n',
         'process 10:"python";RequestResponseCycle.send (uvicorn/protocols/http/httptools_impl.py:500) 5\n',
+        # A `--workers` worker: spawned with `-c "...; spawn_main(...)"`, a ';' inside the process marker.
+        'process 10:"python -m gateway serve --workers 2";process 13:"python -B -c from multiprocessing.spawn import '
+        'spawn_main; spawn_main(tracker_fd=6, pipe_handle=8) --multiprocessing-fork";'
+        "run (runtimes/onnx.py:120) 7\n",
+        'process 13:"python -c a; b" 3\n',  # a sample with no Python frame
     ]
     stacks = parse_raw(raw)
-    assert [count for _, count in stacks] == [30, 50, 20, 10, 5]
+    assert [count for _, count in stacks] == [30, 50, 20, 10, 5, 7, 3]
+    assert stacks[5][0] == [Frame("run", "runtimes/onnx.py", 120)] and stacks[6][0] == []
     per_stage, unknown = budget(stacks, {"floor_app.py": ["import x", "    tensor = orjson.loads(body)"]})
-    assert per_stage == {"decode": 40, "run": 50, "other": 20, "write": 5}
+    assert per_stage == {"decode": 40, "run": 57, "other": 23, "write": 5}
     assert unknown == {"main (somewhere/else.py)": 20}
-    us = per_request_us(per_stage, cpu_s=1.15, requests=1000)  # 115 samples over 1.15 CPU-s: 10 ms a sample
-    assert us == pytest.approx({"decode": 400.0, "run": 500.0, "other": 200.0, "write": 50.0})
+    us = per_request_us(per_stage, cpu_s=1.25, requests=1000)  # 125 samples over 1.25 CPU-s: 10 ms a sample
+    assert us == pytest.approx({"decode": 400.0, "run": 570.0, "other": 230.0, "write": 50.0})
 
 
 def test_placement_bench_reads_each_placements_calls_and_the_hop_from_metrics() -> None:
