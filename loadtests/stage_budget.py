@@ -102,6 +102,7 @@ STAGES: tuple[Rule, ...] = (
 )
 ORDER = (
     *["parse", "decode", "route", "validate", "queue", "run", "shadow", "encode", "write", "handler", "framework"],
+    "asgi",
     *["log", "metrics", "trace", "logs", "grpc", "monitor", "control"],
     "event loop",
     "threads",
@@ -284,6 +285,7 @@ def table(results: Sequence[ModeBudget]) -> str:
     names = [r.mode for r in results]
     stages = [r.stages_us for r in results]
     seen = [s for s in ORDER if any(s in st for st in stages)]
+    seen += sorted({s for st in stages for s in st} - set(ORDER))  # a stage without its place: a row all the same
     head = "| stage | " + " | ".join(f"{n} µs/req" for n in names)
     head += " | " + " | ".join(f"{n} − {names[0]}" for n in names[1:]) + " |"
     lines = [head, "|" + " --- |" * (1 + 2 * len(names) - 1)]

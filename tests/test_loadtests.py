@@ -232,6 +232,21 @@ def test_the_stage_budget_charges_a_sample_to_the_innermost_frame_a_rule_knows()
     assert us == pytest.approx({"decode": 400.0, "run": 570.0, "other": 230.0, "write": 50.0})
 
 
+def test_the_stage_budgets_table_has_a_row_for_every_stage_so_each_column_adds_up_to_its_total() -> None:
+    from loadtests.stage_budget import ORDER, STAGES, ModeBudget, table
+
+    assert {stage for stage, _, _ in STAGES} <= set(ORDER)  # every stage a rule charges has its place
+
+    floor = ModeBudget("floor", 100.0, 1000, 10.0, {"parse": 4.0, "asgi": 1.0, "run": 5.0}, 10, [])
+    gateway = ModeBudget("gw", 90.0, 900, 12.0, {"parse": 2.0, "log": 4.0, "run": 6.0}, 12, [])
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table([floor, gateway]).splitlines()}
+    assert rows["asgi"] == "| asgi | 1.0 | 0.0 | -1.0 |"
+    assert rows["log"] == "| log | 0.0 | 4.0 | +4.0 |"
+    for column, mode in enumerate((floor, gateway), start=1):
+        cells = [line.split(" | ")[column] for stage, line in rows.items() if stage in {*floor.stages_us, "log"}]
+        assert sum(float(cell) for cell in cells) == mode.cpu_us_per_request
+
+
 def test_placement_bench_reads_each_placements_calls_and_the_hop_from_metrics() -> None:
     from loadtests.placement_bench import hop_us, markdown, mean_batch
 
