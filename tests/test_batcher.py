@@ -4,7 +4,10 @@ so every ordering is forced by the test and nothing sleeps."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -129,6 +132,75 @@ async def test_request_past_its_deadline_is_dropped_before_it_runs() -> None:
     rt.gate.set()
     await asyncio.gather(running, on_time)
     assert rt.calls == [1, 1]
+    await b.close()
+
+
+async def test_requests_with_the_default_timeout_share_one_timer_and_expire_at_their_deadline() -> None:
+    """A timer a request (`call_later`, then its cancel) was a tenth of the batcher's CPU a request. The requests that
+    take the version's default timeout come in the order of their deadlines, so one timer, for the oldest of them,
+    serves them all; each still fails at its own deadline, queued or running, as before."""
+    loop = asyncio.get_running_loop()
+    timers: list[float] = []
+    call_later = loop.call_later
+
+    def counted(delay: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        timers.append(delay)
+        return call_later(delay, callback, *args, **kwargs)
+
+    loop.call_later = counted  # type: ignore[method-assign]
+    try:
+        rt = GatedRuntime()
+        b = make(rt, default_timeout_s=0.1)
+        running = asyncio.create_task(b.submit(rows(0), 1))
+        await rt.entered.wait()
+        queued = [asyncio.create_task(b.submit(rows(i), 1)) for i in range(1, 41)]
+        await until(lambda: b.queue_depth == 40)
+        assert [d for d in timers if d > 0.05] == [pytest.approx(0.1, abs=0.05)]  # one for 41 requests
+        started = loop.time()
+        for task in [running, *queued]:  # the running one too: a deadline holds while its batch runs
+            with pytest.raises(DeadlineExceeded, match="timed out after 100 ms"):
+                await task
+        assert loop.time() - started < 1.0
+        assert b.queue_depth == 0
+        rt.gate.set()
+        out, _ = await b.submit(rows(5), 1)
+        np.testing.assert_array_equal(out["y"], [[10]])
+        short = b.submit(rows(6), 1, timeout_s=0.01)  # a timeout of its own: a timer of its own
+        rt.gate.clear()
+        with pytest.raises(DeadlineExceeded, match="timed out after 10 ms"):
+            await short
+        rt.gate.set()
+        await b.close()
+    finally:
+        del loop.call_later
+
+
+async def test_requests_answered_behind_one_that_runs_long_are_let_go_of() -> None:
+    """The shared timer's line holds a request until the ones before it are answered; with one running long (a
+    second batch slot serving the rest meanwhile), the answered ones behind it are still let go of."""
+    release = asyncio.Event()
+
+    async def holds_minus_one(inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None) -> dict[str, np.ndarray]:
+        if np.any(inputs["x"] == -1):
+            await release.wait()
+        return {"y": inputs["x"] * 2}
+
+    config = BatchingConfig(max_batch_size=1, max_concurrent_batches=2, default_timeout_s=30.0)
+    b = Batcher(holds_minus_one, config, name="test/1")
+    b.start()
+    held = asyncio.create_task(b.submit(rows(-1), 1))
+    await until(lambda: b.in_flight == 1)
+    first = rows(0)
+    answered = weakref.ref(first["x"])
+    await b.submit(first, 1)
+    del first
+    for i in range(1, 3000):
+        await b.submit(rows(i), 1)
+    gc.collect()
+    assert answered() is None
+    release.set()
+    out, _ = await held
+    np.testing.assert_array_equal(out["y"], [[-2]])
     await b.close()
 
 

@@ -32,6 +32,10 @@ from runtimes.base import RuntimeTimeout, RuntimeUnavailable, SyncCall
 
 log = logging.getLogger(__name__)
 
+_COMPACT_MIN = 1024
+"""Requests waiting for the shared timer (`Batcher._expiring`) beyond which the answered ones are let go of, even
+behind an unanswered one."""
+
 Arrays = Mapping[str, np.ndarray]
 RunBatch = Callable[[Arrays, Sequence[str] | None], Awaitable[dict[str, np.ndarray]]]
 
@@ -112,6 +116,11 @@ class Batcher:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._batch_tasks: set[asyncio.Task[None]] = set()
+        self._expiring: collections.deque[_Item] = collections.deque()
+        """Requests with the default timeout, in the order they came: their deadlines come in the same order."""
+        self._expiry: asyncio.TimerHandle | None = None
+        """The one timer for `_expiring`: set for its oldest request's deadline."""
+        self._compact_at = _COMPACT_MIN
 
     # -- public interface -------------------------------------------------------------
 
@@ -170,7 +179,10 @@ class Batcher:
             trace_context=trace_context,
         )
         if timeout is not None:
-            item.timer = loop.call_later(timeout, _expire, item.future, timeout)
+            if timeout == self.config.default_timeout_s:
+                self._expire_with_the_others(item, loop)
+            else:
+                item.timer = loop.call_later(timeout, _expire, item.future, timeout)
         self._idle.clear()
         if not self._queue and self._in_flight == 0 and self.config.greedy and self._task is not None:
             # What the loop would decide (an idle runtime runs what is queued at once), without waking it.
@@ -188,6 +200,37 @@ class Batcher:
             if item.timer is not None:
                 item.timer.cancel()
         return outputs_of_item, item.timing
+
+    def _expire_with_the_others(self, item: _Item, loop: asyncio.AbstractEventLoop) -> None:
+        """Queue a request with the default timeout for the shared timer: a timer a request (`call_later`, then its
+        cancel) made `submit` cost 5.2 instead of 4.7 µs of the event loop's CPU a request (64 at a time, on uvloop,
+        measured). Requests answered at the head are let go on the way, so the line holds about the requests in
+        flight."""
+        expiring = self._expiring
+        while expiring and expiring[0].future.done():
+            expiring.popleft()
+        if len(expiring) >= self._compact_at:  # a request that runs long at the head: let go of those answered since
+            expiring = self._expiring = collections.deque(i for i in expiring if not i.future.done())
+            self._compact_at = max(_COMPACT_MIN, 2 * len(expiring))
+        expiring.append(item)
+        if self._expiry is None:
+            self._expiry = loop.call_later(self.config.default_timeout_s or 0.0, self._expire_due)
+
+    def _expire_due(self) -> None:
+        """Fail every request of `_expiring` past its deadline (queued or running, as its own timer would), then
+        set the timer again for the oldest one left."""
+        self._expiry = None
+        expiring = self._expiring
+        timeout = self.config.default_timeout_s or 0.0
+        now = self._clock()
+        while expiring:
+            head = expiring[0]
+            if not head.future.done():
+                if head.deadline is not None and head.deadline > now:
+                    self._expiry = asyncio.get_running_loop().call_later(head.deadline - now, self._expire_due)
+                    return
+                _expire(head.future, timeout)
+            expiring.popleft()
 
     async def drain(self, timeout_s: float) -> bool:
         """Refuse new requests, let queued and running ones finish; True if all did in time."""
@@ -220,6 +263,10 @@ class Batcher:
             item = self._queue.popleft()
             _fail(item, ShuttingDown(f"{self._name}: closed before this request ran"))
         self._queued_rows = 0
+        if self._expiry is not None and all(i.future.done() for i in self._expiring):
+            self._expiry.cancel()  # else it still fails a running request at its deadline
+            self._expiry = None
+            self._expiring.clear()
 
     # -- the loop ---------------------------------------------------------------------
 
