@@ -81,8 +81,8 @@ LogItem = PredictionRow | BatchEntry
 
 class RowWriter(Protocol):
     """Writes batches from the event loop (the gateway's writer process); the sink keeps the rest. A batch
-    holds rows and runtime batches (entries as the log queued them, or frames as a spool holds them), which
-    the writer packs and expands (`monitors.prediction_log.expand_items`). Raises `SinkUnavailable` when the
+    holds rows and runtime batches (entries as the log queued them, or frames already packed), which the
+    writer packs and expands (`monitors.prediction_log.expand_items`). Raises `SinkUnavailable` when the
     batch may be tried again."""
 
     async def write(self, items: Sequence[PredictionRow | BatchEntry | BatchFrame]) -> None: ...
