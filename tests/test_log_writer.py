@@ -111,14 +111,14 @@ async def test_a_batch_of_many_runtime_batches_is_packed_in_turns_of_the_event_l
         await asyncio.sleep(0)
         turns += 1
     assert turns >= 4  # ceil(len(items) / HANDOVER_ITEMS) pieces, a turn after each but the last
-    message = batch_message(packing.result())
+    message = batch_message(b"".join(packing.result()))
     assert message == [rows[0], *(batch_frame(e) for e in entries), rows[1]]
     assert expand_items(message) == expand_items(items)
 
     few = asyncio.create_task(pickled_in_turns(entries[:HANDOVER_ITEMS]))
     await asyncio.sleep(0)
     assert few.done()  # a batch of at most HANDOVER_ITEMS: packed at once, as before
-    assert batch_message(few.result()) == [batch_frame(e) for e in entries[:HANDOVER_ITEMS]]
+    assert batch_message(b"".join(few.result())) == [batch_frame(e) for e in entries[:HANDOVER_ITEMS]]
 
 
 async def test_runtime_batches_in_pieces_are_written_by_the_child_row_for_row(store: Store) -> None:

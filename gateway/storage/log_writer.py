@@ -130,18 +130,18 @@ class ProcessRowWriter:
         pickled `HANDOVER_ITEMS` at a time, the event loop serving requests in between."""
         if not items:
             return
-        await self._ask(await pickled_in_turns(items))
+        await self._ask(*await pickled_in_turns(items))
 
     async def probe(self) -> None:
         """A round trip from the child to the database (`SELECT 1`): `WriterUnavailable` while it cannot be
         reached. Cheap: no batch crosses the pipe."""
         await self._ask(_PROBE_FRAME)
 
-    async def _ask(self, payload: bytes) -> None:
+    async def _ask(self, *payload: bytes) -> None:
         async with self._locked():
             child = await self._ensure_child()
             try:
-                answer = await asyncio.wait_for(_exchange(child, payload), self.write_timeout_s)
+                answer = await asyncio.wait_for(_exchange(child, *payload), self.write_timeout_s)
             except (EOFError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
                 await self._stop_child(kill=True)
                 raise WriterProcessError(f"the log writer process failed: {_describe(exc)}") from exc
@@ -246,10 +246,11 @@ def _widen_pipe(child: asyncio.subprocess.Process) -> None:
         fcntl.fcntl(pipe.fileno(), setsize, PIPE_BYTES)
 
 
-async def _exchange(child: asyncio.subprocess.Process, payload: bytes) -> bytes:
-    """Write one frame to the child and read its one-frame answer."""
+async def _exchange(child: asyncio.subprocess.Process, *payload: bytes) -> bytes:
+    """Write one frame (its bytes in one or more pieces, not joined first) to the child and read its one-frame
+    answer."""
     assert child.stdin is not None and child.stdout is not None
-    child.stdin.write(_LENGTH.pack(len(payload)) + payload)
+    child.stdin.writelines([_LENGTH.pack(sum(map(len, payload))), *payload])
     await child.stdin.drain()
     (size,) = _LENGTH.unpack(await child.stdout.readexactly(_LENGTH.size))
     return await child.stdout.readexactly(size)
@@ -275,16 +276,16 @@ _LENGTH = struct.Struct("<Q")
 _PROBE_FRAME = pickle.dumps(PROBE)
 
 
-async def pickled_in_turns(items: Sequence[PredictionRow | BatchEntry | BatchFrame]) -> bytes:
-    """The batch as one frame: a pickle of each `HANDOVER_ITEMS` items (their lists, concatenated), with a turn
-    of the event loop after each (`batch_message` reads it back)."""
+async def pickled_in_turns(items: Sequence[PredictionRow | BatchEntry | BatchFrame]) -> list[bytes]:
+    """The batch as one frame's pieces: a pickle of each `HANDOVER_ITEMS` items, with a turn of the event loop
+    after each (`batch_message` reads their concatenation back)."""
     parts: list[bytes] = []
     for start in range(0, len(items), HANDOVER_ITEMS):
         if start:
             await asyncio.sleep(0)
         chunk = [batch_frame(i) if isinstance(i, BatchEntry) else i for i in items[start : start + HANDOVER_ITEMS]]
         parts.append(pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL))
-    return b"".join(parts)
+    return parts
 
 
 def batch_message(payload: bytes) -> list[PredictionRow | BatchFrame] | str:
