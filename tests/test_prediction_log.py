@@ -657,6 +657,34 @@ def test_write_predictions_stores_every_field_and_ignores_duplicates(store: Stor
     store.write_predictions([])
 
 
+def test_a_batch_of_many_versions_routes_and_outcomes_is_stored_row_for_row(store: Store) -> None:
+    """A batch larger than one INSERT statement's rows, mixing versions, routes and outcomes, comes back row for
+    row; an id reused within the batch keeps its first prediction, as it does across batches."""
+    batch = []
+    for i in range(1, 1301):
+        version = ("1", "2", "3")[i % 3]
+        if version == "3":  # one version's rows differ in route and outcome now and then
+            route, outcome = ("direct", "error") if i % 7 == 0 else ("stable", "ok")
+        else:
+            route, outcome = ("shadow" if version == "2" else "stable"), "ok"
+        batch.append(_record(i, version=version, route=route, outcome=outcome))
+        if i == 1000:  # a caller's id again, in the same version, answered otherwise: the first one stays
+            batch.append(_record(1000, version="3", route="direct", outcome="timeout", pid="p998"))
+    batch.append(_record(5, model="other", version="1"))
+    store.write_predictions(batch)
+    stored = {(r["version"], r["id"]): r for r in store.predictions("m")}
+    assert len(stored) == 1300
+    for record in batch[:-1]:
+        if (record.version, record.id) == ("3", "p998") and record.outcome == "timeout":
+            continue
+        row = stored[record.version, record.id]
+        assert (row["route"], row["outcome"], row["at"]) == (record.route, record.outcome, record.at), record.id
+        assert row["latency_s"] == pytest.approx(record.latency_s)
+        assert row["inputs"]["x"]["data"] == record.inputs["x"].ravel().tolist()
+    assert stored["3", "p998"]["outcome"] == "ok" and stored["3", "p998"]["inputs"]["x"]["data"] == [998.0] * 4
+    assert [(r["id"], r["version"]) for r in store.predictions("other")] == [("p5", "1")]
+
+
 def test_a_shadow_answer_shares_its_requests_id(store: Store) -> None:
     store.write_predictions([_record(1, version="2"), _record(1, version="1", route="shadow")])
     store.write_predictions([_record(1, model="other")])  # the same caller id under another model
