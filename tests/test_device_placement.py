@@ -343,21 +343,36 @@ def test_one_runtime_process_holds_the_model_and_merges_both_workers_batches(gat
         whole = client.post("/v2/models/mlp/infer", json=body(0, 64)).json()["outputs"]
         alone = client.post("/v2/models/mlpw/infer", json=body(0, 64)).json()["outputs"]
         assert whole == alone
-    before = gw.metrics()
+    # A worker's batch histograms reach the shared files within a second (as its request counters do), the
+    # runtime process's at once: read each side once the workers' have caught up (this module's first mlp traffic:
+    # the 13 rows alone and the 64 at once above).
+    labels = {"device": "cpu", "model": "mlp", "version": "1"}
+    scraped = [gw.metrics()]
+
+    def worker_rows_are(rows: float) -> bool:
+        scraped.append(gw.metrics())
+        return metric_value(scraped[-1], "sluice_batch_size_sum", 0.0, model="mlp", version="1") == rows
+
+    wait_until(lambda: worker_rows_are(13 + 64), timeout=10, what="the workers' batch histograms")
+    before = scraped[-1]
     answered_as_the_worker_placement(gw, expected, 3000)
 
     # Both workers served; the runtime process merged their batches: calls with rows of two workers, and
     # larger calls than either worker made.
-    text = gw.metrics()
-
     def delta(name: str, **labels: str) -> float:
-        return metric_value(text, name, 0.0, **labels) - metric_value(before, name, 0.0, **labels)
+        return metric_value(scraped[-1], name, 0.0, **labels) - metric_value(before, name, 0.0, **labels)
 
-    labels = {"device": "cpu", "model": "mlp", "version": "1"}
+    def caught_up() -> bool:
+        scraped.append(gw.metrics())
+        worker_rows = delta("sluice_batch_size_sum", model="mlp", version="1")
+        return worker_rows == delta("sluice_device_batch_size_sum", **labels)
+
+    wait_until(caught_up, timeout=10, what="the workers' batch histograms")
     calls = delta("sluice_device_batch_workers_count", **labels)
     merged = calls - delta("sluice_device_batch_workers_bucket", le="1.0", **labels)
     assert calls > 0 and merged > 0, (calls, merged)
     device_rows = delta("sluice_device_batch_size_sum", **labels)
+    text = scraped[-1]
     worker_rows = delta("sluice_batch_size_sum", model="mlp", version="1")
     worker_calls = delta("sluice_batch_size_count", model="mlp", version="1")
     assert device_rows == worker_rows >= 3000

@@ -157,3 +157,30 @@ def test_fast_instruments_export_exactly_what_prometheus_clients_own_would() -> 
             ]
 
         assert samples(fast) == samples(own), f"round {round_}"
+
+
+def test_a_batchs_histograms_cost_no_prometheus_client_call_and_are_exported_at_the_scrape() -> None:
+    """Three histograms a runtime call: with workers prometheus_client's multiprocess values cost 2.6 µs an
+    observation, so they are counted in plain lists (`FastHistogram`) and handed over before a scrape (one
+    process) or once a second (workers), as the per-request ones are."""
+    from gateway.observability.metrics import GatewayMetrics
+
+    m = GatewayMetrics()
+    version = m.version("m", "1")
+    version.batch_done(5, 3, 0.004, True, (1, 2, 3))
+    version.batch_done(64, 1, 0.02, True, (1, 2, 3))
+    version.batch_done(2, 2, 0.001, False)
+    assert m.batch_size.labels("m", "1")._sum.get() == 0  # nothing on prometheus_client's values yet
+    text = m.exposition().decode()
+    labels = {"model": "m", "version": "1"}
+    assert metric_value(text, "sluice_batch_size_sum", **labels) == 71
+    assert metric_value(text, "sluice_batch_size_count", **labels) == 3
+    assert metric_value(text, "sluice_batch_size_bucket", le="4.0", **labels) == 1
+    assert metric_value(text, "sluice_batch_size_bucket", le="8.0", **labels) == 2
+    assert metric_value(text, "sluice_batch_requests_sum", **labels) == 6
+    assert metric_value(text, "sluice_compute_duration_seconds_sum", **labels) == pytest.approx(0.025)
+    assert metric_value(text, "sluice_batch_failures_total", **labels) == 1
+    again = m.exposition().decode()  # a second scrape adds nothing twice
+    assert [line for line in again.splitlines() if line.startswith("sluice_batch")] == [
+        line for line in text.splitlines() if line.startswith("sluice_batch")
+    ]

@@ -69,6 +69,8 @@ def test_the_copies_of_a_primary_batch_go_to_the_shadow_as_one_and_every_copy_is
     got = settled(gw, before, 1500)
     assert got["shadow_agreed"] + got["dropped"] == 1500 and got["shadow_disagreed"] == got["shadow_error"] == 0, got
     assert got["shadow_agreed"] >= 500, f"most copies are compared, not dropped: {got}"
+    # Counted on the batch's path in plain ints, the agreement's share is set at the scrape.
+    assert metric_value(gw.metrics(), "sluice_shadow_agreement_ratio", model="lookup", version="3") == 1.0
     # One shadow runtime call per primary batch at most (the shadow batcher may merge more), and far fewer calls
     # than copies: the copies travelled together. (Before, each copy was a request of its own to the shadow.)
     assert got["batches_3"] <= got["batches_1"], got

@@ -26,7 +26,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gateway.observability.metrics import LATENCY_BUCKETS, SHADOW_ABS_DIFF_BUCKETS, FastHistogram, GatewayMetrics
+from gateway.observability.metrics import (
+    LATENCY_BUCKETS,
+    SHADOW_ABS_DIFF_BUCKETS,
+    FastCounter,
+    FastHistogram,
+    GatewayMetrics,
+)
 from gateway.serving.registry import ServedVersion
 from gateway.serving.request import InferRequest
 from gateway.serving.validation import validate
@@ -39,6 +45,10 @@ log = logging.getLogger(__name__)
 
 RulesFor = Callable[[ServedVersion], Mapping[str, OutputRule]]
 Arrays = Mapping[str, np.ndarray]
+
+
+_Figures = tuple[FastHistogram, FastHistogram, FastCounter, FastCounter]
+"""A shadow's latency and difference histograms, its agreed and disagreed counts."""
 
 
 @dataclass(slots=True)
@@ -80,7 +90,8 @@ class ShadowDispatcher:
         self._clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
         self._agreement: dict[tuple[str, str], list[int]] = {}
-        self._figures: dict[tuple[str, str], tuple[FastHistogram, FastHistogram]] = {}
+        self._figures: dict[tuple[str, str], _Figures] = {}
+        metrics.add_sampler(self._sample_agreement)
         self._pending: dict[tuple[str, str], tuple[ServedVersion, list[_Copy]]] = {}
         self._flush_scheduled = False
 
@@ -189,17 +200,13 @@ class ShadowDispatcher:
         inputs and the shadow's outputs, each copy's rows in turn)."""
         labels = _key(shadow)
         now = self._clock()
-        metrics = self._metrics
         agreed = sum(v.agreed for v in verdicts)
-        if agreed:
-            metrics.shadow_requests.labels(*labels, "agreed").inc(agreed)
-        if agreed < len(verdicts):
-            metrics.shadow_requests.labels(*labels, "disagreed").inc(len(verdicts) - agreed)
-        latency, abs_diff = self._histograms(labels)
-        totals = self._agreement.setdefault(labels, [0, 0])
+        latency, abs_diff, agreed_count, disagreed_count = self._figures_of(labels)
+        agreed_count.inc(agreed)
+        disagreed_count.inc(len(verdicts) - agreed)
+        totals = self._agreement[labels]
         totals[0] += agreed
         totals[1] += len(verdicts)
-        metrics.shadow_agreement.labels(*labels).set(totals[0] / totals[1])
         by_revision: dict[int, list[int]] = {}
         offset = 0
         for copy, verdict, rows in zip(batch, verdicts, counts, strict=True):
@@ -253,17 +260,26 @@ class ShadowDispatcher:
             rate,
         )
 
-    def _histograms(self, labels: tuple[str, str]) -> tuple[FastHistogram, FastHistogram]:
-        """The shadow's latency and difference histograms, lock-free (`FastHistogram`): observed once a copy,
-        synced into Prometheus's before a scrape."""
-        pair = self._figures.get(labels)
-        if pair is None:
+    def _figures_of(self, labels: tuple[str, str]) -> _Figures:
+        """The shadow's latency and difference histograms and its agreed and disagreed counts, lock-free (`Fast*`):
+        observed once a copy or a batch, synced into Prometheus's before a scrape, as is the agreement gauge
+        (`_sample_agreement`)."""
+        figures = self._figures.get(labels)
+        if figures is None:
             m = self._metrics
-            pair = self._figures[labels] = (
+            figures = self._figures[labels] = (
                 m.fast_histogram(m.shadow_latency.labels(*labels), LATENCY_BUCKETS),
                 m.fast_histogram(m.shadow_abs_diff.labels(*labels), SHADOW_ABS_DIFF_BUCKETS),
+                m.fast_counter(m.shadow_requests.labels(*labels, "agreed")),
+                m.fast_counter(m.shadow_requests.labels(*labels, "disagreed")),
             )
-        return pair
+            self._agreement[labels] = [0, 0]
+        return figures
+
+    def _sample_agreement(self) -> None:
+        for labels, (agreed, compared) in list(self._agreement.items()):
+            if compared:
+                self._metrics.shadow_agreement.labels(*labels).set(agreed / compared)
 
     def _failed(self, shadow: ServedVersion, copy: _Copy, exc: Exception) -> None:
         self._metrics.shadow_requests.labels(*_key(shadow), "error").inc()
