@@ -124,7 +124,10 @@ class GatewaySettings(BaseSettings):
         0.01,
         ge=0.0,
         le=1.0,
-        description="Share of root traces recorded unless OTEL_TRACES_SAMPLER is set (sampled callers: always).",
+        description=(
+            "Share of root traces recorded when an exporter is set, unless OTEL_TRACES_SAMPLER is set (sampled "
+            "callers: always)."
+        ),
     )
     service_name: str = Field("sluice", description="OpenTelemetry service.name and server metadata name.")
     prediction_log_capacity: int = Field(

@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import httpx
+import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -78,3 +79,24 @@ def test_callers_sampled_traceparent_is_followed_and_unsampled_roots_record_noth
     assert {format(s.parent.span_id, "016x") for s in infers if s.parent} == {http_parent, grpc_parent}
     assert {s.attributes["rpc.system"] for s in infers} == {"http", "grpc"}
     assert len([s for s in spans if s.name == "batch"]) == 2
+
+
+def test_with_no_exporter_no_root_trace_is_started_and_a_callers_is_followed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spans nobody exports cost the request path for nothing: with no exporter configured (the default), a request
+    without a sampled `traceparent` gets no span at any ratio; one with a sampled parent still does (its log lines
+    name the caller's trace). With an exporter, roots are sampled at the ratio asked for."""
+    from opentelemetry.trace import INVALID_SPAN, NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
+
+    from gateway.observability.tracing import RequestSpans, make_tracer_provider
+
+    for name in ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_SAMPLER"):
+        monkeypatch.delenv(name, raising=False)
+    spans = RequestSpans(make_tracer_provider("test", sample_ratio=1.0))
+    assert all(spans.start(None, "mlp", "http") is INVALID_SPAN for _ in range(200))
+    parent = SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, True, TraceFlags(TraceFlags.SAMPLED))
+    followed = spans.start(set_span_in_context(NonRecordingSpan(parent)), "mlp", "http")
+    assert followed.is_recording() and followed.get_span_context().trace_id == parent.trace_id
+
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+    sampled = RequestSpans(make_tracer_provider("test", sample_ratio=1.0))
+    assert all(sampled.start(None, "mlp", "http").is_recording() for _ in range(20))

@@ -73,7 +73,10 @@ Threads = Annotated[
 ]
 SampleRatio = Annotated[
     float,
-    typer.Option("--trace-sample-ratio", help="Share of root traces recorded (unless OTEL_TRACES_SAMPLER is set)."),
+    typer.Option(
+        "--trace-sample-ratio",
+        help="Share of root traces recorded when an exporter is set (unless OTEL_TRACES_SAMPLER is set).",
+    ),
 ]
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
 LogFormat = Annotated[str, typer.Option("--log-format", help="json or text.")]
