@@ -58,8 +58,8 @@ def make_tracer_provider(
         provider.add_span_processor(BatchSpanProcessor(exporter))
     if sampler is not None:
         # With no exporter a root trace would go nowhere: none is started (a caller's sampled trace is still
-        # followed, so its log lines name its trace). Four spans cost ~60 µs, so even 1% of requests paid
-        # more than the whole of Sluice's metrics.
+        # followed, so its log lines name its trace). A sampled request's four spans cost ~50 µs of the event
+        # loop: at 1%, 0.67 against 0.15 µs a request (in-process), for spans nobody receives.
         provider.root_sample_ratio = sample_ratio if exporter is not None else 0.0
     return provider
 
