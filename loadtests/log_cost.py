@@ -20,13 +20,13 @@ Reported, in microseconds per record:
 - queued, taken and pickled: everything the event loop does with a record, both ways it can be logged:
   alone (`record`: encoded at once) or as one of --per-batch requests of a runtime batch
   (`record_batched`: a slot on the batch's entry, the batch's tensors encoded once when the batch of 500
-  is taken); beside each, what the writer process does to turn it back into rows (unpickling, and cutting
-  each request's rows out of its batch);
-- pickle: a batch of rows (--batch, 500 as the log's default) pickled, and unpickled: the handover
-  to the writer process, the first half of it on the event loop;
-- database: `Store.write_prediction_rows` into a table that already holds --prefill rows: what the
-  writer process (`gateway.storage.log_writer`) does, on another core, without the serving process's GIL
-  (or the writer thread, with `prediction_log_writer: thread`).
+  is taken); beside each, what the writer process does before the database (unpickling, and the store's
+  form of the batch: `gateway.storage.prediction_batches.stored_batches`);
+- pickle: a log batch (--batch requests, 500 as the log's default, in runtime batches of --per-batch)
+  pickled and unpickled: the handover to the writer process, the first half of it on the event loop;
+- database: `Store.write_log_items` of that batch into a log that already holds --prefill requests: what
+  the writer process (`gateway.storage.log_writer`) does, on another core, without the serving process's
+  GIL (or the writer thread, with `prediction_log_writer: thread`).
 
 At ~5,000-9,000 req/s on 2 cores, the issue's 5% budget is 5-10 µs of the event loop's time per
 logged request: the hot path and the pickling count against it, the database (in its own process)
@@ -52,9 +52,10 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
+from gateway.storage.prediction_batches import stored_batches
 from gateway.storage.store import Store
-from monitors.log_batches import BatchEntry, BatchTensors
-from monitors.prediction_log import PredictionLog, batch_frame, expand_items, new_prediction_id, prediction_rows
+from monitors.log_batches import BatchEntry, BatchFrame, BatchTensors
+from monitors.prediction_log import PredictionLog, batch_frame, new_prediction_id, tensors_to_bytes
 from monitors.records import PredictionRecord, PredictionRow
 
 UTC = timezone.utc
@@ -64,7 +65,7 @@ BATCH = 500
 class NullSink:
     """A sink that is never called (the hot-path measurement does not start the writer)."""
 
-    def write_prediction_rows(self, rows: Sequence[PredictionRow]) -> None:
+    def write_log_items(self, items: Sequence[PredictionRow | BatchFrame]) -> None:
         pass
 
     def ping(self) -> None:
@@ -121,8 +122,8 @@ def serving_side(n: int, per_batch: int) -> dict[str, float]:
     """µs of the event loop's CPU per record for everything the serving process does with it, both ways: logged
     alone (`record`: encode, queue) or as a request of a runtime batch of `per_batch` requests
     (`record_batched`: a slot on the batch's entry), then taken in batches of 500 and pickled for the writer
-    process as `PredictionLog._write` does. Beside it, the writer's CPU to expand the batch entries into rows
-    and unpickle them (on the other core)."""
+    process as `PredictionLog._write` does. Beside it, the writer's CPU to unpickle them and put them in the
+    store's form (`gateway.storage.prediction_batches.stored_batches`), on the other core."""
     rng = np.random.default_rng(3)
     figures: dict[str, float] = {}
     for way in ("alone", "batched"):
@@ -158,7 +159,7 @@ def serving_side(n: int, per_batch: int) -> dict[str, float]:
             spent += time.thread_time_ns() - t0
             if payload is not None:
                 t0 = time.thread_time_ns()
-                expand_items(pickle.loads(payload))
+                stored_batches(pickle.loads(payload))
                 expand_ns += time.thread_time_ns() - t0
         figures[f"loop, {way}"] = spent / n / 1000
         figures[f"writer, {way}"] = expand_ns / n / 1000
@@ -183,37 +184,56 @@ def _backend_cpu_ns(store: Store) -> Callable[[], int] | None:
     return read
 
 
-def prefill_store(store: Store, rows: int) -> None:
+def make_frames(n: int, per_batch: int, start: datetime, rng: np.random.Generator) -> list[BatchFrame]:
+    """`n` requests as the writer process receives them: runtime batches of `per_batch` (a lone request's
+    tensors are the batch's as they are)."""
+    frames = []
+    for first in range(0, n, per_batch):
+        rows = min(per_batch, n - first)
+        x = rng.random((rows, 32), dtype=np.float32)
+        y = rng.random((rows, 8), dtype=np.float32)
+        slots = [(new_prediction_id(), "stable", 0.0021, i, i + 1, None) for i in range(rows)]
+        at = (start + timedelta(microseconds=131 * first)).timestamp()
+        frames.append(
+            BatchFrame(
+                "mlp", "1", at, tensors_to_bytes({"input": x}), tensors_to_bytes({"output": y}), rows == 1, slots
+            )
+        )
+    return frames
+
+
+def prefill_store(store: Store, rows: int, per_batch: int) -> None:
     rng = np.random.default_rng(2)
     start = datetime.now(UTC) - timedelta(days=1)
     done = 0
     while done < rows:
         n = min(5_000, rows - done)
-        store.write_predictions(make_records(n, start + timedelta(microseconds=131 * done), rng))
+        store.write_log_items(make_frames(n, per_batch, start + timedelta(microseconds=131 * done), rng))
         done += n
     store.engine.dispose()  # one pooled connection from here on: the backend whose CPU is read below
 
 
-def store_cost(store: Store, batches: int, batch_size: int, profile: bool, seed: int) -> dict[str, float]:
-    """One round: `batches` batches of new records written, their mean cost per record."""
+def store_cost(
+    store: Store, batches: int, batch_size: int, per_batch: int, profile: bool, seed: int
+) -> dict[str, float]:
+    """One round: `batches` log batches of `batch_size` new requests written, their mean cost per request."""
     rng = np.random.default_rng(seed)
     backend = _backend_cpu_ns(store)
     later = datetime.now(UTC) + timedelta(hours=seed)
-    batch_list = [make_records(batch_size, later + timedelta(seconds=i), rng) for i in range(batches)]
+    batch_list = [make_frames(batch_size, per_batch, later + timedelta(seconds=i), rng) for i in range(batches)]
     enc_ns: list[int] = []
     db_ns: list[int] = []
     server_ns: list[int] = []
     profiler = cProfile.Profile() if profile else None
-    for batch in batch_list:
-        rows = prediction_rows(batch)  # made by the hot path, measured there
+    for frames in batch_list:
         t0 = time.thread_time_ns()
-        pickle.loads(pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL))  # the handover and its receipt
+        pickle.loads(pickle.dumps(frames, protocol=pickle.HIGHEST_PROTOCOL))  # the handover and its receipt
         enc_ns.append(time.thread_time_ns() - t0)
         s0 = backend() if backend else 0
         t0 = time.thread_time_ns()
         if profiler:
             profiler.enable()
-        store.write_prediction_rows(rows)
+        store.write_log_items(frames)
         if profiler:
             profiler.disable()
         db_ns.append(time.thread_time_ns() - t0)
@@ -263,8 +283,11 @@ def main() -> None:
             store = Store(f"sqlite:///{Path(tmp) / 'sluice.db'}")
         try:
             store.upgrade()
-            prefill_store(store, args.prefill)
-            rounds = [store_cost(store, args.batches, args.batch, args.profile, seed) for seed in range(args.rounds)]
+            prefill_store(store, args.prefill, args.per_batch)
+            rounds = [
+                store_cost(store, args.batches, args.batch, args.per_batch, args.profile, seed)
+                for seed in range(args.rounds)
+            ]
         finally:
             store.close()
             if schema is not None:
@@ -272,7 +295,10 @@ def main() -> None:
                     conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
                 admin.dispose()
     engine = "PostgreSQL" if args.pg else "SQLite"
-    print(f"{engine}, batches of {args.batch} into {args.prefill:,} rows ({args.batches} a round, median round):")
+    print(
+        f"{engine}, batches of {args.batch} requests ({args.per_batch} a runtime batch) into {args.prefill:,} "
+        f"({args.batches} a round, median round):"
+    )
     for name in rounds[0]:
         figures = [r[name] for r in rounds]
         print(f"  {name:26s} {statistics.median(figures):6.2f} µs/record  (rounds: {_fmt(figures)})")

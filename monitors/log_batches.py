@@ -21,9 +21,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-Slot = tuple[str, str, float, float, int, int, tuple[str, ...] | None]
-"""One logged request of a batch: (id, route, at as epoch seconds, latency_s, start row, stop row, the
-outputs it asked for or None for all). Its outcome is ok: a failed request has no outputs to share."""
+Slot = tuple[str, str, float, int, int, tuple[str, ...] | None]
+"""One logged request of a batch: (id, route, latency_s, start row, stop row, the outputs it asked for or
+None for all). Its outcome is ok: a failed request has no outputs to share. Its time is the batch's: the
+requests of a runtime batch are answered, and logged, together."""
 
 
 class BatchTensors:
@@ -55,15 +56,17 @@ class BatchTensors:
 class BatchEntry:
     """What the log queues for a batch: its tensors and the slots of its requests logged so far."""
 
-    __slots__ = ("model", "nbytes", "owner", "slots", "tensors", "version")
+    __slots__ = ("at", "model", "nbytes", "owner", "slots", "tensors", "version")
 
-    def __init__(self, owner: object, model: str, version: str, tensors: BatchTensors, nbytes: int) -> None:
+    def __init__(self, owner: object, model: str, version: str, tensors: BatchTensors, nbytes: int, at: float) -> None:
         self.owner = owner
         """The log that queued it: another log (a test's second one) opens an entry of its own."""
         self.model = model
         self.version = version
         self.tensors = tensors
         self.nbytes = nbytes
+        self.at = at
+        """When its first request was logged (epoch seconds): every request of the batch is logged at this time."""
         self.slots: list[Slot] = []
 
 
@@ -79,6 +82,7 @@ class BatchFrame(NamedTuple):
 
     model: str
     version: str
+    at: float
     inputs: Packed
     outputs: Packed
     whole: bool

@@ -293,33 +293,52 @@ def prediction_rows(records: Sequence[PredictionRecord]) -> list[PredictionRow]:
 
 
 def expand_items(items: Sequence[LogItem | BatchFrame]) -> list[PredictionRow]:
-    """Rows as the store takes them, from what the log queues: rows as they are, and each batch's
-    requests (`monitors.log_batches`) expanded to the rows they would have been logged as alone, byte
-    for byte. Run by the writer (process or thread), off the event loop; the log itself only for the spool."""
+    """Rows as they would have been logged alone, byte for byte, from what the log queues: rows as they are,
+    and each batch's requests (`monitors.log_batches`) expanded. The store keeps a batch as one row
+    (`gateway.storage.prediction_batches`) and its readers expand it with `slot_rows`; this is for the spool
+    (which keeps rows) and for what compares the two."""
     rows: list[PredictionRow] = []
     for item in items:
         if isinstance(item, tuple) and not isinstance(item, BatchFrame):
             rows.append(item)
             continue
         frame = batch_frame(item) if isinstance(item, BatchEntry) else item
-        model, version, whole, outputs = frame.model, frame.version, frame.whole, frame.outputs
-        inputs_of = _row_encoder(frame.inputs, whole)
-        outputs_of = _row_encoder(outputs, whole)
-        for id_, route, at, latency_s, start, stop, wanted in frame.slots:
-            if wanted is None:
-                encoded_out = outputs_of(start, stop)
-            else:
-                arrays = _unpacked(outputs)
-                mine = arrays if whole else {name: array[start:stop] for name, array in arrays.items()}
-                encoded_out = tensors_to_bytes({name: mine[name] for name in wanted if name in mine})
-            rows.append((model, id_, version, route, at, latency_s, "ok", inputs_of(start, stop), encoded_out))
+        rows += slot_rows(frame.model, frame.version, frame.at, frame.inputs, frame.outputs, frame.whole, frame.slots)
+    return rows
+
+
+def slot_rows(
+    model: str,
+    version: str,
+    at: Any,
+    inputs: Packed,
+    outputs: Packed,
+    whole: bool,
+    slots: Sequence[Sequence[Any]],
+) -> list[tuple[Any, ...]]:
+    """Each slot of a batch as its row (`PredictionRow`'s order, with `at` as given): its inputs and outputs cut
+    out of the batch's. A slot is (id, route, latency_s, start, stop, wanted), and an outcome after them where
+    it is not ok (the stored form, `gateway.storage.prediction_batches`, keeps a lone failure as a batch of one)."""
+    inputs_of = _row_encoder(inputs, whole)
+    outputs_of = _row_encoder(outputs, whole)
+    rows: list[tuple[Any, ...]] = []
+    for slot in slots:
+        id_, route, latency_s, start, stop, wanted = slot[:6]
+        if wanted is None:
+            encoded_out = outputs_of(start, stop)
+        else:
+            arrays = _unpacked(outputs)
+            mine = arrays if whole else {name: array[start:stop] for name, array in arrays.items()}
+            encoded_out = tensors_to_bytes({name: mine[name] for name in wanted if name in mine})
+        outcome = slot[6] if len(slot) > 6 else "ok"
+        rows.append((model, id_, version, route, at, latency_s, outcome, inputs_of(start, stop), encoded_out))
     return rows
 
 
 def batch_frame(entry: BatchEntry) -> BatchFrame:
     """The entry in the form that crosses to the writer: plain values, nothing of the log's (on the event loop)."""
     t = entry.tensors
-    return BatchFrame(entry.model, entry.version, _packed(t.inputs), _packed(t.outputs), t.whole, entry.slots)
+    return BatchFrame(entry.model, entry.version, entry.at, _packed(t.inputs), _packed(t.outputs), t.whole, entry.slots)
 
 
 def _packed(tensors: Mapping[str, np.ndarray]) -> Packed:
@@ -377,8 +396,8 @@ def _row_encoder(packed: Packed, whole: bool) -> Callable[[int, int], bytes]:
     return several
 
 
-def _expand_and_write(sink: PredictionSink, items: Sequence[LogItem]) -> None:
-    sink.write_prediction_rows(expand_items(items))
+def _write_items(sink: PredictionSink, items: Sequence[LogItem]) -> None:
+    sink.write_log_items([batch_frame(item) if isinstance(item, BatchEntry) else item for item in items])
 
 
 def _records_in(item: LogItem) -> int:
@@ -650,10 +669,10 @@ class PredictionLog:
                 ):
                     self._drop_batched(tensors, start, stop, wanted)
                     return False
-                entry = tensors.entry = BatchEntry(self, model, version, tensors, size)
+                entry = tensors.entry = BatchEntry(self, model, version, tensors, size, time.time())
                 self._queue.append(entry)
                 self._queued_bytes += size
-            entry.slots.append((prediction_id, route, time.time(), float(latency_s), start, stop, wanted))
+            entry.slots.append((prediction_id, route, float(latency_s), start, stop, wanted))
             self._one_more()
             return True
         except Exception:  # an observer never breaks a request
@@ -915,7 +934,7 @@ class PredictionLog:
             if self.writer is not None:  # the writer process: no second thread to share the GIL with
                 await self.writer.write(batch)
             else:
-                await asyncio.to_thread(_expand_and_write, self.sink, batch)
+                await asyncio.to_thread(_write_items, self.sink, batch)
         except asyncio.CancelledError:
             if not spooled:  # it may have been written: written again, the store ignores the repeat
                 self._hold(batch, None)

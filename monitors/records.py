@@ -70,7 +70,7 @@ class SinkUnavailable(Exception):
 
 PredictionRow = tuple[str, str, str, str, float, float, str, bytes, bytes]
 """A record as the store takes it: (model, id, version, route, at as epoch seconds, latency_s, outcome,
-inputs, outputs as `monitors.prediction_log.tensors_to_bytes`), the predictions table's column order.
+inputs, outputs as `monitors.prediction_log.tensors_to_bytes`): a prediction's columns, in order.
 Plain values only, so a batch pickles in C, about 0.2 µs a row: the form a batch crosses to the log's
 writer process in."""
 
@@ -82,7 +82,7 @@ LogItem = PredictionRow | BatchEntry
 class RowWriter(Protocol):
     """Writes batches from the event loop (the gateway's writer process); the sink keeps the rest. A batch
     holds rows and runtime batches (entries as the log queued them, or frames already packed), which the
-    writer packs and expands (`monitors.prediction_log.expand_items`). Raises `SinkUnavailable` when the
+    writer packs and hands to the store (`PredictionSink.write_log_items`). Raises `SinkUnavailable` when the
     batch may be tried again."""
 
     async def write(self, items: Sequence[PredictionRow | BatchEntry | BatchFrame]) -> None: ...
@@ -114,7 +114,9 @@ class PredictionSink(Protocol):
     """Synchronous storage, called from a worker thread (never on the event loop). A write that may succeed
     later (the database is unreachable or full) raises `SinkUnavailable`."""
 
-    def write_prediction_rows(self, rows: Sequence[PredictionRow]) -> None: ...
+    def write_log_items(self, items: Sequence[PredictionRow | BatchFrame]) -> int | None:
+        """Store a batch of the log in one transaction: rows as they are, and each runtime batch's requests
+        (`monitors.log_batches.BatchFrame`) as the store lays them out; the requests stored, where known."""
 
     def ping(self) -> None:
         """Return when the database answers (a cheap round trip); `SinkUnavailable` while it does not."""

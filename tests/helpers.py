@@ -24,9 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
 
 from gateway.server import Gateway
 from gateway.settings import GatewaySettings
+from gateway.storage.prediction_batches import slot_ids
+from gateway.storage.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -366,3 +369,10 @@ class Load:
         self._stop.set()
         self.wait()
         self._pool.shutdown()
+
+
+def stored_ids_in_write_order(store: Store) -> list[str]:
+    """The prediction log's ids as the store took them: batch after batch, each batch's requests in order."""
+    with store.engine.connect() as conn:
+        batches = conn.execute(sa.text("select slots from prediction_batches order by seq"))
+        return [id_ for (slots,) in batches for id_ in slot_ids(slots)]

@@ -19,10 +19,11 @@ import pytest
 from gateway.storage.log_writer import ProcessRowWriter
 from gateway.storage.spool import Spool
 from gateway.storage.store import Store
-from monitors.log_batches import BatchTensors
+from monitors.log_batches import BatchFrame, BatchTensors
 from monitors.prediction_log import PredictionLog, expand_items, tensors_from_bytes, tensors_to_bytes
 from monitors.records import PredictionRow
 from tests.databases import Backend
+from tests.helpers import stored_ids_in_write_order
 
 
 def _batch(counts: list[int]) -> BatchTensors:
@@ -69,8 +70,8 @@ class Rows:
     def __init__(self) -> None:
         self.rows: list[PredictionRow] = []
 
-    def write_prediction_rows(self, rows: list[PredictionRow]) -> None:
-        self.rows.extend(rows)
+    def write_log_items(self, items: list[PredictionRow | BatchFrame]) -> None:
+        self.rows.extend(expand_items(items))
 
     def ping(self) -> None:
         pass
@@ -194,9 +195,7 @@ async def test_batches_held_through_an_outage_spill_to_the_spool_as_rows_and_com
         if plog.counters.written == 200:
             break
         await asyncio.sleep(0.05)
-    with store.engine.connect() as conn:
-        stored = [r[0] for r in conn.exec_driver_sql("select id from predictions order by rowid")]
-    assert stored == ids
+    assert stored_ids_in_write_order(store) == ids
     await plog.close()
     spool.close()
 

@@ -91,8 +91,9 @@ def _lone_requests(n: int, first: int = 0) -> list[BatchEntry]:
     entries = []
     for i in range(first, first + n):
         x = np.full((1, 3), i, dtype=np.float32)
-        entry = BatchEntry(None, "m", "1", BatchTensors({"x": x}, {"y": x[:, :1] * 2}, 1, True), x.nbytes * 2)
-        entry.slots.append((f"b{i}", "stable", (T0 + timedelta(milliseconds=i)).timestamp(), 0.01, 0, 1, None))
+        at = (T0 + timedelta(milliseconds=i)).timestamp()
+        entry = BatchEntry(None, "m", "1", BatchTensors({"x": x}, {"y": x[:, :1] * 2}, 1, True), x.nbytes * 2, at)
+        entry.slots.append((f"b{i}", "stable", 0.01, 0, 1, None))
         entries.append(entry)
     return entries
 

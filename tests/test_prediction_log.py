@@ -34,11 +34,13 @@ from gateway.storage import predictions as predictions_mod
 from gateway.storage.spool import MAGIC, Spool
 from gateway.storage.spool import frame as spool_frame
 from gateway.storage.store import Store
+from monitors.log_batches import BatchFrame
 from monitors.prediction_log import (
     MAX_ID_LENGTH,
     TENSORS_V1,
     PredictionLog,
     Retention,
+    expand_items,
     new_prediction_id,
     prediction_rows,
     sampled,
@@ -50,7 +52,7 @@ from monitors.prediction_log import (
 )
 from monitors.records import Label, PredictionRecord, PredictionRow
 from tests.databases import Backend
-from tests.helpers import gateway_process, metric_value, wait_until
+from tests.helpers import gateway_process, metric_value, stored_ids_in_write_order, wait_until
 
 UTC = timezone.utc
 T0 = datetime(2025, 1, 31, 12, 0, tzinfo=UTC)
@@ -104,11 +106,11 @@ class RecordingSink:
         self.batches: list[int] = []
         self.delay_s = delay_s
 
-    def write_prediction_rows(self, rows: Sequence[PredictionRow]) -> None:
-        self.batches.append(len(rows))
+    def write_log_items(self, items: Sequence[PredictionRow | BatchFrame]) -> None:
+        self.batches.append(len(expand_items(items)))
         if self.delay_s:
             time.sleep(self.delay_s)
-        self.store.write_prediction_rows(rows)
+        self.store.write_log_items(items)
 
     def ping(self) -> None:
         self.store.ping()
@@ -347,8 +349,7 @@ async def test_the_batch_being_written_counts_against_the_capacity(tmp_path: Pat
 
 
 def _stored_in_order(store: Store) -> list[str]:
-    with store.engine.connect() as conn:
-        return [r[0] for r in conn.execute(sa.text("select id from predictions order by rowid"))]
+    return stored_ids_in_write_order(store)
 
 
 async def test_what_memory_cannot_hold_is_spooled_and_written_back_in_order(
@@ -542,7 +543,7 @@ async def test_record_and_offer_store_the_same_fields(sqlite_store: Store) -> No
 
 
 class _NullSink:
-    def write_prediction_rows(self, rows: Sequence[PredictionRow]) -> None:
+    def write_log_items(self, items: Sequence[PredictionRow | BatchFrame]) -> None:
         pass
 
     def ping(self) -> None:
@@ -760,8 +761,9 @@ def test_tensors_round_trip_through_the_store(store: Store) -> None:
 
 def test_prune_deletes_in_chunks(store: Store) -> None:
     store.write_predictions([_record(i) for i in range(25)])
-    assert store._delete_predictions(sa.true(), chunk=10) == 25  # 10 + 10 + 5, each its own transaction
+    assert store._delete_batches("m", "1", sa.true(), chunk=10) == 25  # 10 + 10 + 5, each its own transaction
     assert _ids(store) == []
+    assert store.write_labels("m", [Label("p3", 1)]).unknown == ("p3",)  # its key went with it
 
 
 def test_labels_all_or_nothing_idempotent_and_updatable(store: Store) -> None:

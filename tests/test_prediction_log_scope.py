@@ -36,7 +36,7 @@ def test_records_exist_once_a_version_was_chosen_and_not_before(demo_gateway: Ga
             time.sleep(0.1)
         assert stored["scope-ok"] == "ok" and stored["scope-invalid"] == "invalid"
         with engine.connect() as conn:
-            others = conn.execute(sa.text("select id from predictions where id like 'scope-no-%'")).all()
+            others = conn.execute(sa.text("select id from prediction_keys where id like 'scope-no-%'")).all()
         assert others == []
     finally:
         engine.dispose()

@@ -16,14 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from alembic import command
 
 from gateway.control.rollout_model import CheckResult, CheckSpec, Phase, RolloutSpec, RolloutState, Verdict
 from gateway.errors import Conflict, InvalidInput
 from gateway.serving.traffic import TrafficPolicy
 from gateway.storage import control_state
 from gateway.storage.control_state import AuditEvent
-from gateway.storage.migrations import head_version
-from gateway.storage.schema import predictions_table
+from gateway.storage.migrations import alembic_config, head_version
+from gateway.storage.schema import UTCDateTime
 from gateway.storage.store import Store
 from monitors.records import Label, PredictionRecord
 from monitors.triggers import RuleState
@@ -342,18 +343,33 @@ def _indexes(s: Store, table: str) -> set[str]:
         return {ix["name"] for ix in sa.inspect(conn).get_indexes(table) if ix["name"]}
 
 
-def test_predictions_stored_as_json_by_release_0_1_s_first_schema_stay_readable(backend: Backend) -> None:
+def _at_revision(s: Store, revision: str) -> None:
+    with s.engine.begin() as conn:
+        command.upgrade(alembic_config(conn), revision)
+
+
+_ROW_PER_PREDICTION = sa.table(  # the log's table up to migration 9
+    "predictions",
+    *(sa.column(name) for name in ("model", "id", "version", "route", "latency_s", "outcome", "inputs", "outputs")),
+    sa.column("at", UTCDateTime()),
+)
+
+
+def test_predictions_stored_a_row_each_and_as_json_by_release_0_1_s_first_schema_stay_readable(
+    backend: Backend,
+) -> None:
     """Rows the JSON store wrote before release 0.1's migration 3 hold their JSON text as bytes (that step
-    converted the columns in place); they read the same beside binary rows."""
+    converted the columns in place), and every row before migration 9 is a row of its own; migration 9 makes
+    each a batch of one, and they read the same beside batches written since."""
     s = backend.open()
-    assert s.upgrade() == LATEST
+    _at_revision(s, "0008")
     t0 = datetime(2025, 1, 31, 12, 0, tzinfo=UTC)
     x_doc = {"x": {"shape": [1, 3], "datatype": "FP32", "data": [0.5, None, 2.0]}}  # NaN was stored as null
     y_doc = {"y": {"shape": [1, 2], "datatype": "INT64", "data": [1, -1]}}
     as_text = lambda doc: json.dumps(doc).encode()  # noqa: E731
     with s.engine.begin() as conn:
         conn.execute(
-            sa.insert(predictions_table),
+            sa.insert(_ROW_PER_PREDICTION),
             [
                 {"model": "m", "id": "old-1", "version": "1", "route": "stable", "at": t0, "latency_s": 0.01,
                  "outcome": "ok", "inputs": as_text(x_doc), "outputs": as_text(y_doc)},
@@ -361,6 +377,8 @@ def test_predictions_stored_as_json_by_release_0_1_s_first_schema_stay_readable(
                  "latency_s": 0.02, "outcome": "error", "inputs": as_text(x_doc), "outputs": as_text({})},
             ],
         )  # fmt: skip
+    assert s.upgrade() == LATEST
+    assert "predictions" not in sa.inspect(s.engine).get_table_names()
 
     x = np.array([[1.0, np.inf, -2.0]], dtype=np.float32)
     new = PredictionRecord(

@@ -269,7 +269,7 @@ def test_sigterm_under_load_answers_what_it_accepted_and_stores_every_answered_p
     assert set(refused) <= {0, 503}, refused  # after SIGTERM: closed connections, or 503 while draining
     ids = set(answered)
     with store.engine.connect() as conn:
-        stored = {row[0] for row in conn.execute(sa.text("select id from predictions where model = 'lookup'"))}
+        stored = {row[0] for row in conn.execute(sa.text("select id from prediction_keys where model = 'lookup'"))}
     missing = ids - stored
     print(f"SIGTERM under load: {len(ids)} answered, {len(missing)} not stored, refused {dict(refused)}")
     assert not missing, f"{len(missing)} answered predictions were not stored"

@@ -9,9 +9,10 @@ the batch's entry, `monitors.log_batches`; any other as a `PredictionRow`, its t
 pickles each batch (a batch entry's arrays as their raw buffers), on the event loop, `HANDOVER_ITEMS`
 entries at a time with a turn of the loop between, and
 `ProcessRowWriter` hands it over a pipe to a child process that owns its own `Store` and does the
-rest on another core: expanding batch entries into rows, and the database. The loop awaits the
-child's answer like any other I/O, so `PredictionLog`'s guarantees hold unchanged: one batch in
-flight, a failed batch counted as failed, `flush` and `close` wait for what was written.
+rest on another core: the database (a runtime batch's requests go in as one row,
+`gateway.storage.prediction_batches`). The loop awaits the child's answer like any other I/O, so
+`PredictionLog`'s guarantees hold unchanged: one batch in flight, a failed batch counted as failed,
+`flush` and `close` wait for what was written.
 
 The child is a fresh interpreter (`python -m gateway.storage.log_writer`), never a fork (the serving process
 has threads a fork would copy mid-lock), and not multiprocessing's spawn either, which re-runs the
@@ -46,7 +47,7 @@ from typing import IO, Any
 
 from gateway.storage.store import Store
 from monitors.log_batches import BatchEntry, BatchFrame
-from monitors.prediction_log import batch_frame, expand_items
+from monitors.prediction_log import batch_frame
 from monitors.records import PredictionRow, SinkUnavailable
 
 log = logging.getLogger(__name__)
@@ -349,9 +350,7 @@ def main() -> None:
                     store.ping()
                     answer = ("ok", 0)
                 else:
-                    rows = expand_items(message)
-                    store.write_prediction_rows(rows)
-                    answer = ("ok", len(rows))
+                    answer = ("ok", store.write_log_items(message))
             except Exception as exc:
                 answer = (_status(exc), _describe(exc))
             try:

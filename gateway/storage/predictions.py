@@ -1,14 +1,15 @@
 """The prediction log's sink and its readers: predictions, labels, retention.
 
 The store is the prediction log's sink (`monitors.records.PredictionSink`): predictions and
-their labels (migration 2). Tensors are stored as bytes (`monitors.prediction_log.tensors_to_bytes`,
-migration 3; rows from before keep their JSON text, and the readers decode both), and handed back
-as numpy arrays (`prediction_records`) or in the JSON form (`predictions`, `labeled_predictions`).
-Predictions are written by the log's writer (process or thread) in batches through the driver directly
-(multi-row `INSERT ... ON CONFLICT DO NOTHING` on SQLite, one array per column unnested on
-PostgreSQL): SQLAlchemy's per-row bind processing would cost more GIL time than the rest of the log
-together. The table has one index besides its key, (model, version, at): each index costs every
-logged request, so pruning goes through that one too.
+their labels (migration 2). A runtime batch's requests are stored as one row, with a key per request
+(migration 9, `gateway.storage.prediction_batches`); readers expand the rows each request would have
+been alone. Tensors are stored as bytes (`monitors.prediction_log.tensors_to_bytes`, migration 3; rows
+from before keep their JSON text, and the readers decode both), and handed back as numpy arrays
+(`prediction_records`) or in the JSON form (`predictions`, `labeled_predictions`). Predictions are
+written by the log's writer (process or thread) in batches through the driver directly (multi-row
+INSERTs on SQLite, one array per column unnested on PostgreSQL): SQLAlchemy's per-row bind processing
+would cost more GIL time than the rest of the log together. The batches' table has one index besides
+its key, (model, version, at), which windows, counts and pruning go through.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     CompoundSelect,
     Dialect,
     Select,
+    Table,
     delete,
     exists,
     func,
@@ -40,7 +42,9 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway.errors import InvalidInput
 from gateway.storage.engine import Database
-from gateway.storage.schema import UTC, labels_table, predictions_table, utc_now
+from gateway.storage.prediction_batches import StoredBatch, batch_rows, slot_ids, stored_batches, without_slots
+from gateway.storage.schema import UTC, labels_table, prediction_batches_table, prediction_keys_table, utc_now
+from monitors.log_batches import BatchFrame
 from monitors.prediction_log import (
     prediction_rows,
     stored_tensors_to_json,
@@ -50,8 +54,10 @@ from monitors.records import Label, LabeledPrediction, LabelResult, PredictionRe
 
 log = logging.getLogger(__name__)
 
-_PRUNE_CHUNK = 10_000
-"""Predictions deleted per transaction when pruning."""
+_T = TypeVar("_T")
+
+_PRUNE_CHUNK = 1_000
+"""Batches deleted per transaction when pruning."""
 _IN_CHUNK = 500
 """Ids per IN (...) list: far below every engine's limit on bound parameters."""
 _MERGE_VERSIONS = 200
@@ -63,97 +69,155 @@ class PredictionData(Database):
     # --- prediction log (monitors.records.PredictionSink) ----------------------------------------
 
     def write_predictions(self, records: Sequence[PredictionRecord]) -> None:
-        """Insert a batch in one transaction (see `write_prediction_rows`)."""
-        self.write_prediction_rows(prediction_rows(records))
+        """Insert records in one transaction, each as a batch of one (see `write_log_items`)."""
+        self.write_log_items(prediction_rows(records))
 
-    def write_prediction_rows(self, rows: Sequence[PredictionRow]) -> None:
-        """Insert a batch of encoded records (`monitors.prediction_log.prediction_rows`) in one transaction;
-        a row whose (model, id, version) is already stored is ignored (a caller that reuses an id keeps
-        its first prediction), not an error.
+    def write_log_items(self, items: Sequence[PredictionRow | BatchFrame]) -> int:
+        """Insert what the log hands over in one transaction, in the stored form
+        (`gateway.storage.prediction_batches`): a runtime batch as one row, a row as a batch of one, and a key
+        per request. A request whose (model, id, version) is already stored is left out (a caller that reuses
+        an id keeps its first prediction), not an error. Returns the requests stored.
 
-        Encoded rows are what the log's writer process receives: the serving process encodes (cheap,
-        and it has the arrays), this side does the rest. The insert goes to the driver directly, as
-        multi-row INSERTs: executemany would step the statement once per row, and the sqlite3 driver
-        gives the GIL up and takes it back around every step.
+        The inserts go to the driver directly, as multi-row INSERTs: executemany would step the statement
+        once per row, and the sqlite3 driver gives the GIL up and takes it back around every step.
         """
-        if not rows:
-            return
-        values = self._prediction_params(rows)
-        width = len(predictions_table.columns)
+        batches = stored_batches(items)
+        if not batches:
+            return 0
         with self._write() as conn:
-            if conn.dialect.name == "postgresql":
+            seqs = self._new_seqs(conn, len(batches))
+            postgres = conn.dialect.name == "postgresql"
+            values = self._batch_params(batches, seqs, postgres)
+            keys: list[Any] = []
+            for batch, seq in zip(batches, seqs, strict=True):
+                for id_ in batch.ids:
+                    keys += (batch.model, id_, batch.version, seq)
+            if postgres:
                 # One array per column, unnested by the server: psycopg parses a query's placeholders in
-                # Python and caches only short queries, so a 4,500-placeholder VALUES list would cost
-                # ~40 µs a row in the parsing alone.
-                conn.exec_driver_sql(_INSERT_PREDICTIONS_PG, tuple(values[i::width] for i in range(width)))
-                return
-            for start in range(0, len(rows), _INSERT_ROWS):
-                count = min(_INSERT_ROWS, len(rows) - start)
-                conn.exec_driver_sql(
-                    _insert_predictions_sql(conn.dialect, count),
-                    tuple(values[start * width : (start + count) * width]),
-                )
+                # Python and caches only short queries, so a long VALUES list would cost ~40 µs a row in the
+                # parsing alone.
+                conn.exec_driver_sql(_INSERT_BATCHES_PG, tuple(values[i::_BATCH_WIDTH] for i in range(_BATCH_WIDTH)))
+                stored = conn.exec_driver_sql(_INSERT_KEYS_PG, tuple(keys[i::4] for i in range(4))).rowcount
+            else:
+                _insert_rows(conn, prediction_batches_table, values, _BATCH_WIDTH, conflicts=False)
+                stored = _insert_rows(conn, prediction_keys_table, keys, 4, conflicts=True)
+            if stored < len(keys) // 4:
+                self._drop_repeated(conn, batches, seqs)
+        return stored
 
-    def _prediction_params(self, rows: Sequence[PredictionRow]) -> list[Any]:
-        """The INSERT's parameters for `rows`, row after row, flat: the rows as they are but for the
-        time, epoch seconds in the row. SQLite stores it as SQLAlchemy's DateTime does (naive UTC text
-        with microseconds), so the queries below read and compare it like any other; and the tensors as
-        `bytearray`: Python's sqlite3 binds a bytearray directly but sends every `bytes` through its adapter
-        registry first (190 against 490 ns a parameter, the copy included; `loadtests.log_cost`'s database
-        step: 3.8 against 4.25 µs a record)."""
+    def _new_seqs(self, conn: Any, count: int) -> list[int]:
+        """Keys for `count` new batches, known before the insert so the requests' keys can name them. SQLite:
+        the next ones after the largest (the write lock is held since BEGIN IMMEDIATE); PostgreSQL: the
+        column's sequence, which concurrent writers share."""
+        if conn.dialect.name == "postgresql":
+            return list(conn.exec_driver_sql(_NEXT_SEQS_PG, (count,)).scalars())
+        first = int(conn.execute(select(func.coalesce(func.max(prediction_batches_table.c.seq), 0))).scalar_one()) + 1
+        return list(range(first, first + count))
+
+    def _batch_params(self, batches: Sequence[StoredBatch], seqs: Sequence[int], postgres: bool) -> list[Any]:
+        """The INSERT's parameters for `batches`, row after row, flat. SQLite stores the time as SQLAlchemy's
+        DateTime does (naive UTC text with microseconds), so the queries below read and compare it like any
+        other; and the tensors as `bytearray`: Python's sqlite3 binds a bytearray directly but sends every
+        `bytes` through its adapter registry first (190 against 490 ns a parameter, the copy included)."""
         values: list[Any] = []
-        if self._engine.dialect.name == "sqlite":
-            # The text up to the second is made once per second (rows come in time order).
-            second = -1
-            prefix = ""
-            for model, id_, version, route, at, latency_s, outcome, inputs, outputs in rows:
-                whole = int(at)
-                micros = round((at - whole) * 1_000_000)
-                if micros >= 1_000_000:
-                    whole, micros = whole + 1, micros - 1_000_000
-                if whole != second:
-                    second = whole
-                    prefix = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(whole))
-                when = "%s.%06d" % (prefix, micros)  # noqa: UP031 - the fastest form here
-                values += (model, id_, version, route, when, latency_s, outcome, bytearray(inputs), bytearray(outputs))
-        else:
+        if postgres:
             stamp = datetime.fromtimestamp
-            for model, id_, version, route, at, latency_s, outcome, inputs, outputs in rows:
-                values += (model, id_, version, route, stamp(at, UTC), latency_s, outcome, inputs, outputs)
+            for seq, b in zip(seqs, batches, strict=True):
+                values += (
+                    seq,
+                    b.model,
+                    b.version,
+                    stamp(b.at, UTC),
+                    b.rows,
+                    b.ok,
+                    b.whole,
+                    b.slots,
+                    b.inputs,
+                    b.outputs,
+                )
+            return values
+        # The text up to the second is made once per second (batches come in time order).
+        second = -1
+        prefix = ""
+        for seq, b in zip(seqs, batches, strict=True):
+            whole = int(b.at)
+            micros = round((b.at - whole) * 1_000_000)
+            if micros >= 1_000_000:
+                whole, micros = whole + 1, micros - 1_000_000
+            if whole != second:
+                second = whole
+                prefix = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(whole))
+            when = "%s.%06d" % (prefix, micros)  # noqa: UP031 - the fastest form here
+            values += (
+                seq,
+                b.model,
+                b.version,
+                when,
+                b.rows,
+                b.ok,
+                b.whole,
+                b.slots,
+                bytearray(b.inputs),
+                bytearray(b.outputs),
+            )
         return values
+
+    def _drop_repeated(self, conn: Any, batches: Sequence[StoredBatch], seqs: Sequence[int]) -> None:
+        """Take out of the new batches the requests whose key another one holds (stored before, earlier in
+        this write, or earlier in the same batch): the first prediction of an id is the one kept. Rare (a
+        caller reusing its ids), so it costs a query only then."""
+        k, b = prediction_keys_table, prediction_batches_table
+        owners: dict[tuple[str, str, str], int] = {}
+        wanted: dict[tuple[str, str], set[str]] = {}
+        for batch in batches:
+            wanted.setdefault((batch.model, batch.version), set()).update(batch.ids)
+        for (model, version), ids in wanted.items():
+            for chunk in _chunks(sorted(ids), _IN_CHUNK):
+                query = select(k.c.id, k.c.seq).where(k.c.model == model, k.c.version == version, k.c.id.in_(chunk))
+                for id_, seq in conn.execute(query):
+                    owners[(model, id_, version)] = seq
+        for batch, seq in zip(batches, seqs, strict=True):
+            seen: set[str] = set()
+            drop: set[int] = set()
+            for i, id_ in enumerate(batch.ids):
+                if id_ in seen or owners.get((batch.model, id_, batch.version)) != seq:
+                    drop.add(i)
+                seen.add(id_)
+            if len(drop) == batch.rows:
+                conn.execute(delete(b).where(b.c.seq == seq))
+            elif drop:
+                slots, rows, ok = without_slots(batch.slots, drop)
+                conn.execute(update(b).where(b.c.seq == seq).values(slots=slots, rows=rows, ok=ok))
 
     def prune_predictions(self, *, older_than: datetime | None, keep_rows: int | None) -> int:
         """Delete predictions older than `older_than`, then all but the newest `keep_rows` (across every
         model: the row count bounds the database, not a model's share); labels whose prediction is gone
-        go with them. Deletes run in chunks of their own transactions, so a large prune never holds the
-        write lock long. Returns the number of predictions deleted.
+        go with them. A runtime batch's requests share its time, so they go together: at most `keep_rows`
+        stay. Deletes run in chunks of their own transactions, so a large prune never holds the write lock
+        long. Returns the number of predictions deleted.
 
-        There is no index on the time alone (each one costs every logged request): the work goes
-        through the (model, version, at) index, one model version at a time.
+        There is no index on the time alone (each one costs every logged batch): the work goes through the
+        (model, version, at) index, one model version at a time.
         """
         if older_than is not None and (older_than.tzinfo is None or older_than.utcoffset() is None):
             raise ValueError(f"naive datetime {older_than!r}: the store takes timezone-aware datetimes only")
         if keep_rows is not None and keep_rows < 0:
             raise InvalidInput(f"keep_rows must be at least 0, got {keep_rows}")
-        t = predictions_table
+        b = prediction_batches_table
         deleted = 0
         keys = self._prediction_versions()
         if older_than is not None:
             for model, version in keys:
-                deleted += self._delete_predictions(
-                    (t.c.model == model) & (t.c.version == version) & (t.c.at < older_than)
-                )
+                deleted += self._delete_batches(model, version, b.c.at < older_than)
         if keep_rows is not None:
             cutoff = self._nth_newest_time(keys, keep_rows)
             if cutoff is not None:
                 # At most keep_rows stay: rows that tie with the cutoff time go too.
                 for model, version in keys:
-                    deleted += self._delete_predictions(
-                        (t.c.model == model) & (t.c.version == version) & (t.c.at <= cutoff)
-                    )
+                    deleted += self._delete_batches(model, version, b.c.at <= cutoff)
         if deleted:
-            lt = labels_table
-            orphan = ~exists().where(t.c.model == lt.c.model, t.c.id == lt.c.prediction_id)
+            k, lt = prediction_keys_table, labels_table
+            orphan = ~exists().where(k.c.model == lt.c.model, k.c.id == lt.c.prediction_id)
             with self._write() as conn:
                 conn.execute(delete(lt).where(orphan))
         return deleted
@@ -161,49 +225,72 @@ class PredictionData(Database):
     def _prediction_versions(self) -> list[tuple[str, str]]:
         """Every (model, version) in the log, by a skip scan of the (model, version, at) index: one seek
         per pair, whatever the number of rows."""
-        t = predictions_table
-        first = select(t.c.model, t.c.version).order_by(t.c.model, t.c.version).limit(1)
+        b = prediction_batches_table
+        first = select(b.c.model, b.c.version).order_by(b.c.model, b.c.version).limit(1)
         keys: list[tuple[str, str]] = []
         with self._read() as conn:
             row = conn.execute(first).first()
             while row is not None:
                 keys.append((row.model, row.version))
-                after = tuple_(t.c.model, t.c.version) > tuple_(literal(row.model), literal(row.version))
+                after = tuple_(b.c.model, b.c.version) > tuple_(literal(row.model), literal(row.version))
                 row = conn.execute(first.where(after)).first()
         return keys
 
     def _nth_newest_time(self, keys: list[tuple[str, str]], n: int) -> datetime | None:
         """The time of the (n+1)-th newest prediction across `keys`; None when there are at most n.
 
-        Up to _MERGE_VERSIONS pairs, the newest rows of each are merged from the index (SQLite and
-        PostgreSQL both walk the arms of an ordered UNION ALL in step); with more, one ordered scan
-        of the table (slower, but pruning runs every few minutes, not per request)."""
-        t = predictions_table
+        Up to _MERGE_VERSIONS pairs, the newest batches of each are merged from the index (SQLite and
+        PostgreSQL both walk the arms of an ordered UNION ALL in step), and read only as far as the answer;
+        with more, one ordered scan of the table (slower, but pruning runs every few minutes, not per request)."""
+        b = prediction_batches_table
         if not keys:
             return None
         query: Select[Any] | CompoundSelect[Any]
         if len(keys) <= _MERGE_VERSIONS:
-            arms = [select(t.c.at).where(t.c.model == model, t.c.version == version) for model, version in keys]
+            arms = [
+                select(b.c.at, b.c.rows).where(b.c.model == model, b.c.version == version) for model, version in keys
+            ]
             if len(arms) == 1:
-                query = arms[0].order_by(t.c.at.desc()).offset(n).limit(1)
+                query = arms[0].order_by(b.c.at.desc())
             else:
-                query = union_all(*arms).order_by(literal_column("at").desc()).offset(n).limit(1)
+                query = union_all(*arms).order_by(literal_column("at").desc())
         else:
-            query = select(t.c.at).order_by(t.c.at.desc()).offset(n).limit(1)
+            query = select(b.c.at, b.c.rows).order_by(b.c.at.desc())
+        total = 0
         with self._read() as conn:
-            at: datetime | None = conn.execute(query).scalar_one_or_none()
-        return at
+            result = conn.execution_options(stream_results=True).execute(query)
+            try:
+                for at, requests in result:
+                    total += requests
+                    if total > n:
+                        found: datetime = at
+                        return found
+            finally:
+                result.close()
+        return None
 
-    def _delete_predictions(self, condition: Any, chunk: int = _PRUNE_CHUNK) -> int:
-        t = predictions_table
-        key = tuple_(t.c.model, t.c.id, t.c.version)
+    def _delete_batches(self, model: str, version: str, condition: Any, chunk: int = _PRUNE_CHUNK) -> int:
+        """Delete one version's batches that meet `condition`, and their requests' keys, a chunk of batches a
+        transaction; the requests deleted."""
+        k, b = prediction_keys_table, prediction_batches_table
         total = 0
         while True:
             with self._write() as conn:
-                victims = select(t.c.model, t.c.id, t.c.version).where(condition).limit(chunk)
-                n = conn.execute(delete(t).where(key.in_(victims))).rowcount
-            total += n
-            if n < chunk:
+                victims = conn.execute(
+                    select(b.c.seq, b.c.rows, b.c.slots)
+                    .where(b.c.model == model, b.c.version == version, condition)
+                    .limit(chunk)
+                ).all()
+                seqs = [row.seq for row in victims]
+                ids = [id_ for row in victims for id_ in slot_ids(row.slots)]
+                for part in _chunks(ids, _IN_CHUNK):
+                    conn.execute(
+                        delete(k).where(k.c.model == model, k.c.version == version, k.c.id.in_(part), k.c.seq.in_(seqs))
+                    )
+                for part in _chunks(seqs, _IN_CHUNK):
+                    conn.execute(delete(b).where(b.c.seq.in_(part)))
+            total += sum(int(row.rows) for row in victims)
+            if len(victims) < chunk:
                 return total
 
     def write_labels(self, model: str, labels: Sequence[Label]) -> LabelResult:
@@ -227,7 +314,7 @@ class PredictionData(Database):
         raise AssertionError("unreachable")
 
     def _write_labels(self, model: str, latest: dict[str, Label], encoded: dict[str, str]) -> LabelResult:
-        t, lt = predictions_table, labels_table
+        t, lt = prediction_keys_table, labels_table
         ids = list(latest)
         now = utc_now()
         with self._write() as conn:
@@ -267,28 +354,31 @@ class PredictionData(Database):
 
         `outputs` are in the JSON form: {"name": {"shape": [...], "datatype": ..., "data": [...]}}.
         """
-        t, lt = predictions_table, labels_table
+        k, lt = prediction_keys_table, labels_table
         query = (
-            select(t.c.id, t.c.at, t.c.version, t.c.outputs, lt.c.value, lt.c.at.label("labeled_at"))
-            .join(lt, (lt.c.model == t.c.model) & (lt.c.prediction_id == t.c.id))
-            .where(t.c.model == model, t.c.version == version, t.c.outcome == "ok")
-            .order_by(t.c.at, t.c.id)
-            .limit(limit)
+            select(k.c.seq, k.c.id, lt.c.value, lt.c.at.label("labeled_at"))
+            .join(lt, (lt.c.model == k.c.model) & (lt.c.prediction_id == k.c.id))
+            .where(k.c.model == model, k.c.version == version)
         )
-        if since is not None:
-            query = query.where(t.c.at >= since)
+        labeled: dict[str, tuple[Any, datetime]] = {}
+        seqs: set[int] = set()
         with self._read() as conn:
-            rows = conn.execute(query).all()
+            for row in conn.execute(query):
+                labeled[row.id] = (row.value, row.labeled_at)
+                seqs.add(row.seq)
+            rows = self._rows_of(conn, sorted(seqs), since=since, only=set(labeled))
+        rows = [row for row in rows if row[6] == "ok"]
+        rows.sort(key=_row_order)
         return [
             LabeledPrediction(
-                id=row.id,
-                at=row.at,
-                version=row.version,
-                outputs=stored_tensors_to_json(row.outputs),
-                label=row.value,
-                labeled_at=row.labeled_at,
+                id=row[1],
+                at=row[4],
+                version=row[2],
+                outputs=stored_tensors_to_json(row[8]),
+                label=labeled[row[1]][0],
+                labeled_at=labeled[row[1]][1],
             )
-            for row in rows
+            for row in rows[:limit]
         ]
 
     def predictions(
@@ -301,25 +391,24 @@ class PredictionData(Database):
         ids: Sequence[str] | None = None,
         limit: int = 10_000,
     ) -> list[dict[str, Any]]:
-        """Stored predictions as dicts (the table's columns; inputs and outputs in the JSON form
-        {"name": {"shape": [...], "datatype": ..., "data": [...]}}, NaN and infinities as null), oldest
-        first: the window a monitor reads, or the records of some ids."""
-        t = predictions_table
-        query = select(t).where(t.c.model == model).order_by(t.c.at, t.c.id, t.c.version).limit(limit)
-        if version is not None:
-            query = query.where(t.c.version == version)
-        if since is not None:
-            query = query.where(t.c.at >= since)
-        if until is not None:
-            query = query.where(t.c.at < until)
-        if ids is not None:
-            query = query.where(t.c.id.in_(list(ids)))
-        with self._read() as conn:
-            rows = [dict(row) for row in conn.execute(query).mappings()]
-        for row in rows:
-            row["inputs"] = stored_tensors_to_json(row["inputs"])
-            row["outputs"] = stored_tensors_to_json(row["outputs"])
-        return rows
+        """Stored predictions as dicts (the columns of a prediction: model, id, version, route, at, latency_s,
+        outcome, inputs and outputs in the JSON form {"name": {"shape": [...], "datatype": ..., "data": [...]}},
+        NaN and infinities as null), oldest first: the window a monitor reads, or the records of some ids."""
+        rows = self._stored_rows(model, version=version, since=since, until=until, ids=ids, limit=limit)
+        return [
+            {
+                "model": row[0],
+                "id": row[1],
+                "version": row[2],
+                "route": row[3],
+                "at": row[4],
+                "latency_s": row[5],
+                "outcome": row[6],
+                "inputs": stored_tensors_to_json(row[7]),
+                "outputs": stored_tensors_to_json(row[8]),
+            }
+            for row in rows
+        ]
 
     def prediction_records(
         self,
@@ -334,44 +423,106 @@ class PredictionData(Database):
     ) -> list[PredictionRecord]:
         """One version's stored predictions as records with numpy tensors, oldest first: the window a
         drift job reads. `newest`: the last `limit` rows of the range instead of the first."""
-        t = predictions_table
-        order = (t.c.at.desc(), t.c.id.desc()) if newest else (t.c.at, t.c.id)
-        query = select(t).where(t.c.model == model, t.c.version == version).order_by(*order).limit(limit)
-        if outcome is not None:
-            query = query.where(t.c.outcome == outcome)
-        if since is not None:
-            query = query.where(t.c.at >= since)
-        if until is not None:
-            query = query.where(t.c.at < until)
-        with self._read() as conn:
-            rows = list(conn.execute(query).all())
-        if newest:
-            rows.reverse()
+        rows = self._stored_rows(
+            model, version=version, since=since, until=until, limit=limit, newest=newest, outcome=outcome
+        )
         return [
             PredictionRecord(
-                id=row.id,
-                at=row.at,
-                model=row.model,
-                version=row.version,
-                route=row.route,
-                inputs=tensors_from_bytes(row.inputs),
-                outputs=tensors_from_bytes(row.outputs),
-                latency_s=row.latency_s,
-                outcome=row.outcome,
+                id=row[1],
+                at=row[4],
+                model=row[0],
+                version=row[2],
+                route=row[3],
+                inputs=tensors_from_bytes(row[7]),
+                outputs=tensors_from_bytes(row[8]),
+                latency_s=row[5],
+                outcome=row[6],
             )
             for row in rows
         ]
+
+    def _stored_rows(
+        self,
+        model: str,
+        *,
+        version: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        ids: Sequence[str] | None = None,
+        limit: int = 10_000,
+        newest: bool = False,
+        outcome: str | None = None,
+    ) -> list[tuple[Any, ...]]:
+        """The rows of a range, ordered by (at, id, version): the first `limit` (the last, `newest`).
+
+        The batches are read in time order, their counts only, as far as `limit` rows need (and the batches
+        that share the last one's time: their rows tie with it), then those batches' slots and tensors."""
+        b, k = prediction_batches_table, prediction_keys_table
+        conditions = [b.c.model == model]
+        if version is not None:
+            conditions.append(b.c.version == version)
+        if since is not None:
+            conditions.append(b.c.at >= since)
+        if until is not None:
+            conditions.append(b.c.at < until)
+        count = b.c.ok if outcome == "ok" else b.c.rows
+        enough = outcome in (None, "ok")  # a count that bounds the rows the range gives
+        only = None if ids is None else set(ids)
+        with self._read() as conn:
+            if only is not None:
+                keys = select(k.c.seq).where(k.c.model == model, k.c.id.in_(list(only)))
+                if version is not None:
+                    keys = keys.where(k.c.version == version)
+                conditions.append(b.c.seq.in_(keys.scalar_subquery()))
+                enough = False
+            order = (b.c.at.desc(), b.c.seq.desc()) if newest else (b.c.at, b.c.seq)
+            chosen: list[int] = []
+            total = 0
+            last: datetime | None = None
+            result = conn.execution_options(stream_results=True).execute(
+                select(b.c.seq, b.c.at, count).where(*conditions).order_by(*order)
+            )
+            try:
+                for seq, at, requests in result:
+                    if enough and total >= limit and at != last:
+                        break
+                    chosen.append(seq)
+                    total += requests
+                    last = at
+            finally:
+                result.close()
+            rows = self._rows_of(conn, chosen, only=only)
+        if outcome is not None:
+            rows = [row for row in rows if row[6] == outcome]
+        rows.sort(key=_row_order)
+        return rows[len(rows) - limit :] if newest and len(rows) > limit else rows[:limit]
+
+    def _rows_of(
+        self, conn: Any, seqs: Sequence[int], *, since: datetime | None = None, only: set[str] | None = None
+    ) -> list[tuple[Any, ...]]:
+        """The rows of the batches `seqs` (from `since`; `only` those ids), in no particular order."""
+        b = prediction_batches_table
+        rows: list[tuple[Any, ...]] = []
+        for chunk in _chunks(list(seqs), _IN_CHUNK):
+            query = select(b.c.model, b.c.version, b.c.at, b.c.whole, b.c.slots, b.c.inputs, b.c.outputs).where(
+                b.c.seq.in_(chunk)
+            )
+            if since is not None:
+                query = query.where(b.c.at >= since)
+            for model, version, at, whole, slots, inputs, outputs in conn.execute(query):
+                rows += batch_rows(model, version, at, whole, slots, inputs, outputs, only=only)
+        return rows
 
     def count_predictions(
         self, model: str, version: str, *, since: datetime | None = None, until: datetime | None = None
     ) -> int:
         """Answered predictions (outcome ok) of one version in [since, until): a window's coverage denominator."""
-        t = predictions_table
-        query = select(func.count()).where(t.c.model == model, t.c.version == version, t.c.outcome == "ok")
+        b = prediction_batches_table
+        query = select(func.coalesce(func.sum(b.c.ok), 0)).where(b.c.model == model, b.c.version == version)
         if since is not None:
-            query = query.where(t.c.at >= since)
+            query = query.where(b.c.at >= since)
         if until is not None:
-            query = query.where(t.c.at < until)
+            query = query.where(b.c.at < until)
         with self._read() as conn:
             return int(conn.execute(query).scalar_one())
 
@@ -385,26 +536,55 @@ class PredictionData(Database):
             return {row.prediction_id: row.value for row in conn.execute(query)}
 
 
-_INSERT_PREDICTIONS_PG = (
-    "INSERT INTO predictions (model, id, version, route, at, latency_s, outcome, inputs, outputs) "
-    "SELECT * FROM unnest(%b::varchar[], %b::varchar[], %b::varchar[], %b::varchar[], %b::timestamptz[], "
-    "%b::float8[], %b::varchar[], %b::bytea[], %b::bytea[]) ON CONFLICT DO NOTHING"
+_BATCH_WIDTH = len(prediction_batches_table.columns)
+
+_INSERT_BATCHES_PG = (
+    "INSERT INTO prediction_batches (seq, model, version, at, rows, ok, whole, slots, inputs, outputs) "
+    "SELECT * FROM unnest(%b::bigint[], %b::varchar[], %b::varchar[], %b::timestamptz[], %b::int[], %b::int[], "
+    "%b::bool[], %b::bytea[], %b::bytea[], %b::bytea[])"
 )
-"""A batch of predictions on PostgreSQL: one array of values per column (in `predictions_table`'s order),
-sent in psycopg's binary format (%b): no quoting of text, no hex for bytes."""
+"""Batches on PostgreSQL: one array of values per column (in `prediction_batches_table`'s order), sent in
+psycopg's binary format (%b): no quoting of text, no hex for bytes."""
+
+_INSERT_KEYS_PG = (
+    "INSERT INTO prediction_keys (model, id, version, seq) "
+    "SELECT * FROM unnest(%b::varchar[], %b::varchar[], %b::varchar[], %b::bigint[]) ON CONFLICT DO NOTHING"
+)
+
+_NEXT_SEQS_PG = "SELECT nextval(pg_get_serial_sequence('prediction_batches', 'seq')) FROM generate_series(1, %s)"
+
+
+def _insert_rows(conn: Any, table: Table, values: list[Any], width: int, *, conflicts: bool) -> int:
+    """Multi-row INSERTs of `values` (rows of `width`, flat), _INSERT_ROWS a statement; the rows stored
+    (`conflicts`: a row whose key is taken is skipped)."""
+    rows = len(values) // width
+    stored = 0
+    for start in range(0, rows, _INSERT_ROWS):
+        count = min(_INSERT_ROWS, rows - start)
+        result = conn.exec_driver_sql(
+            _insert_sql(conn.dialect, table, count, conflicts), tuple(values[start * width : (start + count) * width])
+        )
+        stored += result.rowcount
+    return stored
 
 
 @functools.lru_cache(maxsize=64)
-def _insert_predictions_sql(dialect: Dialect, rows: int) -> str:
-    """INSERT of `rows` predictions in one statement; a key already stored is skipped (ON CONFLICT DO NOTHING)."""
+def _insert_sql(dialect: Dialect, table: Table, rows: int, conflicts: bool) -> str:
+    """INSERT of `rows` rows of `table` in one statement (`conflicts`: ON CONFLICT DO NOTHING)."""
     quote = dialect.identifier_preparer.quote
-    columns = [c.name for c in predictions_table.columns]
+    columns = [c.name for c in table.columns]
     mark = "?" if dialect.paramstyle == "qmark" else "%s"
     row = f"({', '.join([mark] * len(columns))})"
+    tail = " ON CONFLICT DO NOTHING" if conflicts else ""
     return (
-        f"INSERT INTO {quote(predictions_table.name)} ({', '.join(quote(c) for c in columns)}) "
-        f"VALUES {', '.join([row] * rows)} ON CONFLICT DO NOTHING"
+        f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
+        f"VALUES {', '.join([row] * rows)}{tail}"
     )
+
+
+def _row_order(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Rows in time order, then by id and version (a time shared by a batch's requests, or by two batches)."""
+    return (row[4], row[1], row[2])
 
 
 def _canonical_json(value: Any, prediction_id: str) -> str:
@@ -415,6 +595,6 @@ def _canonical_json(value: Any, prediction_id: str) -> str:
         raise InvalidInput(f"label for prediction '{prediction_id}' is not a JSON value: {exc}") from None
 
 
-def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+def _chunks(items: list[_T], size: int) -> Iterator[list[_T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]

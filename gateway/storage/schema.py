@@ -162,22 +162,41 @@ audit_table = Table(
 
 Index("ix_audit_events_model_id", audit_table.c.model, audit_table.c.id)
 
-predictions_table = Table(
-    "predictions",
+prediction_batches_table = Table(
+    "prediction_batches",
+    metadata,
+    Column("seq", Id, primary_key=True, autoincrement=True),
+    Column("model", String(255), nullable=False),
+    Column("version", String(255), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("ok", Integer, nullable=False),
+    Column("whole", Boolean, nullable=False),
+    Column("slots", LargeBinary, nullable=False),
+    Column("inputs", LargeBinary, nullable=False),
+    Column("outputs", LargeBinary, nullable=False),
+)
+Index(
+    "ix_prediction_batches_model_version_at",
+    prediction_batches_table.c.model,
+    prediction_batches_table.c.version,
+    prediction_batches_table.c.at,
+)
+"""The prediction log, one row per runtime batch (migration 9; `gateway.storage.prediction_batches` has the
+layout): its requests' inputs and outputs as the batch's tensors, each request a slot. `rows` slots, `ok` of
+them answered. A record logged alone (a failure) is a batch of one."""
+
+prediction_keys_table = Table(
+    "prediction_keys",
     metadata,
     Column("model", String(255), primary_key=True),
     Column("id", String(MAX_ID_LENGTH), primary_key=True),
     Column("version", String(255), primary_key=True),
-    Column("route", String(16), nullable=False),
-    Column("at", UTCDateTime, nullable=False),
-    Column("latency_s", Float, nullable=False),
-    Column("outcome", String(32), nullable=False),
-    Column("inputs", LargeBinary, nullable=False),
-    Column("outputs", LargeBinary, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    sqlite_with_rowid=False,
 )
-Index("ix_predictions_model_version_at", predictions_table.c.model, predictions_table.c.version, predictions_table.c.at)
-"""Tensors are stored in `monitors.prediction_log`'s binary form (`tensors_to_bytes`); rows from before
-migration 3 hold their JSON text, which the readers below tell apart and read too."""
+"""Each logged request's key, and the batch that holds it: the one B-tree a request costs. Labels find their
+predictions through it, and a repeated (model, id, version) keeps its first prediction."""
 
 labels_table = Table(
     "labels",

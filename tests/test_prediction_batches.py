@@ -1,0 +1,125 @@
+"""The prediction log's stored form (migration 9, `gateway.storage.prediction_batches`), on SQLite and a real
+PostgreSQL: a runtime batch is one row with a key per request, and every reader still sees the rows each
+request would have been alone: windows cut at a time that batches share, the newest rows of a range, counts,
+labels, repeated ids, pruning by age and by row count."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from gateway.storage.store import Store
+from monitors.log_batches import BatchFrame
+from monitors.prediction_log import expand_items, tensors_from_bytes, tensors_to_bytes
+from monitors.records import Label
+from tests.databases import Backend
+
+UTC = timezone.utc
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def store(backend: Backend) -> Store:
+    s = backend.open()
+    s.upgrade()
+    return s
+
+
+def frame(ids: list[str], at: datetime, *, version: str = "1", first: float = 0.0) -> BatchFrame:
+    """A runtime batch of len(ids) requests, one row each; request i's input row is first + i."""
+    n = len(ids)
+    x = (first + np.arange(n * 3, dtype=np.float32).reshape(n, 3) // 3).astype(np.float32)
+    y = np.stack([x[:, 0] * 2, -x[:, 0]], axis=1)
+    slots = [(id_, "stable", 0.001 * (i + 1), i, i + 1, None) for i, id_ in enumerate(ids)]
+    return BatchFrame(
+        "m", version, at.timestamp(), tensors_to_bytes({"x": x}), tensors_to_bytes({"y": y}), False, slots
+    )
+
+
+def counts(store: Store) -> tuple[int, int]:
+    with store.engine.connect() as conn:
+        batches = conn.execute(sa.text("select count(*) from prediction_batches")).scalar_one()
+        keys = conn.execute(sa.text("select count(*) from prediction_keys")).scalar_one()
+    return batches, keys
+
+
+def test_a_runtime_batch_is_one_row_and_reads_back_as_the_rows_of_its_requests(store: Store) -> None:
+    batch = frame([f"r{i:02d}" for i in range(16)], T0)
+    assert store.write_log_items([batch]) == 16
+    assert counts(store) == (1, 16)
+    expected = {row[1]: row for row in expand_items([batch])}
+    records = store.prediction_records("m", "1")
+    assert [r.id for r in records] == sorted(expected)  # one time: ordered by id
+    for r in records:
+        _, _, _, route, _, latency_s, outcome, inputs, outputs = expected[r.id]
+        assert (r.at, r.route, r.latency_s, r.outcome) == (T0, route, latency_s, outcome)
+        assert r.inputs["x"].tobytes() == tensors_from_bytes(inputs)["x"].tobytes()
+        assert r.outputs["y"].tobytes() == tensors_from_bytes(outputs)["y"].tobytes()
+    assert records[3].inputs["x"].tolist() == [[3.0, 3.0, 3.0]]
+    assert store.count_predictions("m", "1") == 16
+
+
+def test_windows_cut_by_time_and_count_with_batches_that_share_a_time(store: Store) -> None:
+    # Two replicas' batches logged in the same microsecond, then a later one.
+    store.write_log_items([frame(["b0", "b2", "b4"], T0), frame(["b1", "b3"], T0, first=10)])
+    store.write_log_items([frame(["c0", "c1", "c2", "c3"], T0 + timedelta(seconds=1))])
+    assert counts(store) == (3, 9)
+    assert [r.id for r in store.prediction_records("m", "1", limit=4)] == ["b0", "b1", "b2", "b3"]
+    assert [r.id for r in store.prediction_records("m", "1", limit=4, newest=True)] == ["c0", "c1", "c2", "c3"]
+    assert [r.id for r in store.prediction_records("m", "1", limit=6, newest=True)] == [
+        "b3",
+        "b4",
+        "c0",
+        "c1",
+        "c2",
+        "c3",
+    ]
+    later = T0 + timedelta(milliseconds=1)
+    assert [r["id"] for r in store.predictions("m", since=later)] == ["c0", "c1", "c2", "c3"]
+    assert [r["id"] for r in store.predictions("m", until=later)] == ["b0", "b1", "b2", "b3", "b4"]
+    assert store.count_predictions("m", "1", since=later) == 4
+    assert store.count_predictions("m", "1", until=later) == 5
+    assert [r["id"] for r in store.predictions("m", ids=["c2", "b1", "nope"])] == ["b1", "c2"]
+    assert store.prediction_records("m", "1", limit=4)[1].inputs["x"].tolist() == [[10.0, 10.0, 10.0]]
+
+
+def test_a_repeated_id_keeps_its_first_prediction_across_writes_and_within_a_batch(store: Store) -> None:
+    store.write_log_items([frame(["a", "b"], T0)])
+    stored = store.write_log_items([frame(["b", "c", "c", "d"], T0 + timedelta(seconds=1), first=5)])
+    assert stored == 2  # c and d; b was taken, the second c repeats the first
+    rows = {r.id: r for r in store.prediction_records("m", "1")}
+    assert sorted(rows) == ["a", "b", "c", "d"]
+    assert rows["b"].at == T0 and rows["b"].inputs["x"].tolist() == [[1.0, 1.0, 1.0]]  # the first b
+    assert rows["c"].inputs["x"].tolist() == [[6.0, 6.0, 6.0]]  # the first c of the batch
+    assert store.count_predictions("m", "1") == 4
+    # A batch whose every id was taken leaves nothing behind.
+    assert store.write_log_items([frame(["a", "d"], T0 + timedelta(seconds=2))]) == 0
+    assert counts(store) == (2, 4)
+
+
+def test_labels_find_their_requests_inside_batches(store: Store) -> None:
+    store.write_log_items([frame(["a", "b", "c"], T0), frame(["d"], T0 + timedelta(seconds=1), version="2")])
+    assert store.write_labels("m", [Label("b", 1), Label("d", 0), Label("x", 1)]).unknown == ("x",)
+    assert store.write_labels("m", [Label("b", 1), Label("d", 0)]).stored == 2
+    (b,) = store.labeled_predictions("m", "1")
+    assert (b.id, b.at, b.label) == ("b", T0, 1)
+    assert b.outputs == {"y": {"shape": [1, 2], "datatype": "FP32", "data": [2.0, -1.0]}}
+    assert [p.id for p in store.labeled_predictions("m", "2")] == ["d"]
+    assert store.labeled_predictions("m", "1", since=T0 + timedelta(milliseconds=1)) == []
+
+
+def test_pruning_takes_whole_batches_and_their_keys(store: Store) -> None:
+    store.write_log_items([frame(["a0", "a1", "a2"], T0)])
+    store.write_log_items([frame(["b0", "b1"], T0 + timedelta(seconds=1), version="2")])
+    store.write_log_items([frame(["c0", "c1", "c2"], T0 + timedelta(seconds=2))])
+    store.write_labels("m", [Label("a1", 1), Label("c1", 1)])
+    assert store.prune_predictions(older_than=T0 + timedelta(milliseconds=500), keep_rows=None) == 3
+    assert counts(store) == (2, 5) and store.labels("m") == {"c1": 1}
+    # At most 4 rows stay: the batch holding the fifth newest goes whole (b0 and b1 share its time).
+    assert store.prune_predictions(older_than=None, keep_rows=4) == 2
+    assert [r["id"] for r in store.predictions("m")] == ["c0", "c1", "c2"]
+    assert store.write_labels("m", [Label("b0", 1)]).unknown == ("b0",)
+    assert store.prune_predictions(older_than=None, keep_rows=3) == 0
