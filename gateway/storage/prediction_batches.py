@@ -2,14 +2,14 @@
 
 The log's writer used to expand each batch into a row per request: the row, its primary key and its
 (model, version, at) index, three B-tree inserts a request of about 300 bytes, and a Python tuple of nine
-parameters to build. That was most of the writer process's CPU (9 µs a request at 13,000 req/s), which the
-serving process felt on a 2-core box, and which `--workers 2` paid on cores it had no spare of. So a runtime
-batch is stored as it arrives (`monitors.log_batches.BatchFrame`): its tensors once, as the serving process
-packed them, and its requests as slots (id, route, latency_s, start row, stop row, the outputs asked for, and
-the outcome where it is not ok), in one row of `prediction_batches`; each request adds a narrow key row
-(model, id, version -> the batch) in `prediction_keys`, by which labels find their predictions and a repeated
-id keeps its first prediction. Written in place (`loadtests.log_cost`), 16 requests a batch: 2.9 against 6.7
-µs a request.
+parameters to build. That was most of the writer process's CPU (8.3–9.3 µs a request at 12,000 req/s), which
+the serving process felt on a 2-core box, and which `--workers 2` paid on cores it had no spare of. So a
+runtime batch is stored as it arrives (`monitors.log_batches.BatchFrame`): its tensors once, as the serving
+process packed them, and its requests as slots (id, route, latency_s, start row, stop row, the outputs asked
+for, and the outcome where it is not ok), in one row of `prediction_batches`; each request adds a narrow key
+row (model, id, version -> the batch) in `prediction_keys`, by which labels find their predictions and a
+repeated id keeps its first prediction. The writer process then took 6.0–6.3 µs a request under the same load;
+what is left is mostly the bytes (the WAL's pages at each commit) and the key a request.
 
 A request's time is its batch's (`BatchFrame.at`): the requests of a runtime batch are answered, and logged,
 within microseconds of one another. So a window or a count by time is exact at the batch's grain, and rows
