@@ -56,7 +56,7 @@ from gateway.storage.prediction_batches import stored_batches
 from gateway.storage.store import Store
 from monitors.log_batches import BatchEntry, BatchFrame, BatchTensors
 from monitors.prediction_log import PredictionLog, batch_frame, new_prediction_id, tensors_to_bytes
-from monitors.records import PredictionRecord, PredictionRow
+from monitors.records import PredictionRow
 
 UTC = timezone.utc
 BATCH = 500
@@ -90,15 +90,6 @@ def _tensors(rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict[str,
     return {"input": x}, {"output": batch[1:2]}  # an output is a row of the batch's output
 
 
-def make_records(n: int, start: datetime, rng: np.random.Generator) -> list[PredictionRecord]:
-    records = []
-    for i in range(n):
-        inputs, outputs = _tensors(rng)
-        at = start + timedelta(microseconds=131 * i)
-        records.append(PredictionRecord(new_prediction_id(), at, "mlp", "1", "stable", inputs, outputs, 0.0021, "ok"))
-    return records
-
-
 def hot_path(n: int) -> float:
     """µs of CPU per `PredictionLog.record` call (queue emptied between rounds, as the writer would)."""
     rng = np.random.default_rng(1)
@@ -125,6 +116,7 @@ def serving_side(n: int, per_batch: int) -> dict[str, float]:
     process as `PredictionLog._write` does. Beside it, the writer's CPU to unpickle them and put them in the
     store's form (`gateway.storage.prediction_batches.stored_batches`), on the other core."""
     rng = np.random.default_rng(3)
+    n -= n % per_batch  # whole runtime batches only
     figures: dict[str, float] = {}
     for way in ("alone", "batched"):
         plog = PredictionLog(NullSink(), capacity=10_000, batch_size=BATCH)
