@@ -52,9 +52,10 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.modes import DRIFT, MODEL, MODES, BenchError
+from loadtests.ports import free_port
 from loadtests.report import machine_facts
 from loadtests.scrape import scrape_prediction_log
-from loadtests.servers import DriftLoop, Gateway, check_gateway, free_port, prepare_gateway, running_gateway
+from loadtests.servers import DriftLoop, Gateway, check_gateway, prepare_gateway, running_gateway
 from loadtests.wrk import lua_script, request_body, run_wrk
 
 DRIFT_WARM_TIMEOUT_S = 180.0

@@ -63,13 +63,13 @@ from loadtests.modes import (
     BenchError,
     mode_config,
 )
+from loadtests.ports import free_port
 from loadtests.raw import measure_raw
 from loadtests.report import machine_facts, markdown_report, print_report
 from loadtests.scrape import counter_delta, scrape_prediction_log, scrape_shadow
 from loadtests.servers import (
     DriftLoop,
     check_gateway,
-    free_port,
     pg_schema,
     prepare_server,
     running_gateway,

@@ -38,8 +38,9 @@ import orjson
 
 from loadtests.gpu_check import build_wide_mlp
 from loadtests.modes import HOST, BenchError
+from loadtests.ports import free_port
 from loadtests.report import machine_facts
-from loadtests.servers import Gateway, free_port, running_gateway
+from loadtests.servers import Gateway, running_gateway
 from loadtests.wrk import lua_script, run_wrk
 
 MODEL = "mlp"

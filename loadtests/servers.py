@@ -7,7 +7,6 @@ import contextlib
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -76,14 +75,6 @@ def seed_state(state: Path | str, policy: TrafficPolicy) -> None:
         store.put_policy(MODEL, policy)
     finally:
         store.close()
-
-
-def free_port() -> int:
-    """A port the kernel just handed out on 127.0.0.1; the tiny race is acceptable for a benchmark."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -33,6 +33,8 @@ from typing import Any
 
 import httpx
 
+from loadtests.ports import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="sluice-soak-"))
     repo = build_demo_repository(work / "models")
-    port = _free_port()
+    port = free_port()
     log = (work / "gateway.log").open("wb")
     command = [sys.executable, "-m", "gateway", "serve", "--model-repo", str(repo), "--http-port", str(port)]
     command += ["--grpc-port", "-1", "--state-dir", str(work / "state"), "--log-level", "warning"]
@@ -228,14 +230,6 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
         log.close()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loadtests.modes import ALL_MODES, FLOOR, GATEWAY_VS_FLOOR, HOST, MODEL, PROVIDERS, BenchError
-from loadtests.servers import free_port, prepare_server, running_gateway, server_cpu_s
+from loadtests.ports import free_port
+from loadtests.servers import prepare_server, running_gateway, server_cpu_s
 from loadtests.wrk import lua_script, request_body, run_wrk
 
 # (stage, path fragment, function-name prefixes or None for any). Checked in order, so put the specific

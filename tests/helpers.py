@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,14 +30,9 @@ from gateway.server import Gateway
 from gateway.settings import GatewaySettings
 from gateway.storage.prediction_batches import slot_ids
 from gateway.storage.store import Store
+from loadtests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(
@@ -122,14 +117,56 @@ def gateway_process(
     ready_timeout: float = 90.0,
 ) -> Iterator[GatewayProcess]:
     """A `sluice serve` subprocess with its own state directory (default `tmp/state`) and an admin token
-        for the name "ci" (random unless given; both are on the result). `pipe_logs`: the gateway writes its
-        log to a pipe that a thread copies to the log file (a test that limits the size of the files the
-        gateway may write must not limit its log). `probe`: httpx arguments for the readiness probe (`verify`, `cert`);
-    with `verify`, the gateway is taken to speak HTTPS. `ready_timeout`: seconds it may take to be ready."""
-    http_port, grpc_port = free_port(), free_port()
-    log_path = tmp / f"gateway-{http_port}.log"
+    for the name "ci" (random unless given; both are on the result). `pipe_logs`: the gateway writes its
+    log to a pipe that a thread copies to the log file (a test that limits the size of the files the
+    gateway may write must not limit its log). `probe`: httpx arguments for the readiness probe (`verify`,
+    `cert`); with `verify`, the gateway is taken to speak HTTPS. `ready_timeout`: seconds it may take to be
+    ready. A start whose port another process took first is tried again on new ports."""
     admin_token = admin_token or secrets.token_urlsafe(24)
     state_dir = state_dir or tmp / "state"
+    for attempt in range(_BIND_ATTEMPTS):
+        gw = _start_gateway(repo, args, tmp, env, admin_token, state_dir, pipe_logs, bool(probe))
+        try:
+            up = functools.partial(_up_or_gone, gw, ready_path, probe or {})
+            wait_until(up, timeout=ready_timeout, what=f"gateway on {gw.http_url} to be ready", explain=gw.log_tail)
+            if gw.proc.poll() is not None:
+                if attempt + 1 < _BIND_ATTEMPTS and _lost_its_port(gw.logs()):
+                    continue
+                raise RuntimeError(f"gateway exited with {gw.proc.returncode}:\n{gw.logs()}")
+            yield gw
+            return
+        finally:
+            _stop(gw.proc)
+
+
+_BIND_ATTEMPTS = 3
+"""Starts to try when another process took a picked port first (free_port's race, rare but real in CI)."""
+
+
+def _up_or_gone(gw: GatewayProcess, path: str, probe: dict[str, Any]) -> bool:
+    """Ready, or exited (it will not become ready: the caller says why at once instead of waiting it out)."""
+    if gw.proc.poll() is not None:
+        return True
+    return httpx.get(f"{gw.http_url}{path}", timeout=2, **probe).status_code == 200
+
+
+def _lost_its_port(log: str) -> bool:
+    lowered = log.lower()  # uvicorn: "address already in use"; gRPC: "Address already in use", "Failed to bind"
+    return "address already in use" in lowered or "failed to bind" in lowered
+
+
+def _start_gateway(
+    repo: Path | str,
+    args: tuple[str, ...],
+    tmp: Path,
+    env: dict[str, str] | None,
+    admin_token: str,
+    state_dir: Path,
+    pipe_logs: bool,
+    https: bool,
+) -> GatewayProcess:
+    http_port, grpc_port = free_port(), free_port()
+    log_path = tmp / f"gateway-{http_port}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [
@@ -157,25 +194,17 @@ def gateway_process(
     if pipe_logs:
         assert proc.stdout is not None
         threading.Thread(target=_copy_log, args=(proc.stdout, log_path), daemon=True).start()
-    probe = probe or {}
-    gw = GatewayProcess(proc, http_port, grpc_port, log_path, admin_token, state_dir, "https" if probe else "http")
-    try:
+    return GatewayProcess(proc, http_port, grpc_port, log_path, admin_token, state_dir, "https" if https else "http")
 
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError(f"gateway exited with {proc.returncode}:\n{gw.logs()}")
-            return httpx.get(f"{gw.http_url}{ready_path}", timeout=2, **probe).status_code == 200
 
-        wait_until(ready, timeout=ready_timeout, what=f"gateway on {gw.http_url} to be ready")
-        yield gw
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 def _copy_log(pipe: Any, path: Path) -> None:

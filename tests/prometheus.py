@@ -18,7 +18,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.helpers import free_port, wait_until
+from loadtests.ports import free_port
+from tests.helpers import wait_until
 
 
 def require_binary(name: str) -> str:

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from gateway.cli.main import app
 from gateway.storage.migrations import head_version
 from gateway.storage.store import Store
-from tests.helpers import GatewayProcess, free_port, gateway_process
+from loadtests.ports import free_port
+from tests.helpers import GatewayProcess, gateway_process
 
 CLI_TOKEN = secrets.token_urlsafe(24)
 runner = CliRunner()

@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import psutil
 
-from tests.helpers import ROOT, free_port, wait_until
+from loadtests.ports import free_port
+from tests.helpers import ROOT, wait_until
 
 OWN_PRINTS = (
     "demo model repository written to ",

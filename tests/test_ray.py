@@ -31,8 +31,9 @@ import tritonclient.http as httpclient
 from moto.server import ThreadedMotoServer
 
 from gateway.cli.demo import build_demo_repository
+from loadtests.ports import free_port
 from tests.databases import pg_schema
-from tests.helpers import ROOT, Load, ThreadedGateway, free_port, settings_for, wait_until
+from tests.helpers import ROOT, Load, ThreadedGateway, settings_for, wait_until
 from tests.models import build_slow
 from tests.test_object_repository import ACCESS_KEY, SECRET_KEY, Bucket, s3_env
 from tests.test_rollouts import build_lookup

@@ -28,8 +28,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from loadtests.ports import free_port
 from tests import test_ray
-from tests.helpers import ROOT, free_port, wait_until
+from tests.helpers import ROOT, wait_until
 from tests.models import build_lookup
 from tests.test_ray import SLIVER, TOKEN, RayGateway, session_pids
 

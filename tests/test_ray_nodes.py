@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 from moto.server import ThreadedMotoServer
 
-from tests.helpers import Load, free_port, wait_until
+from loadtests.ports import free_port
+from tests.helpers import Load, wait_until
 from tests.models import build_lookup
 from tests.test_object_repository import ACCESS_KEY, SECRET_KEY, Bucket, s3_env
 from tests.test_ray import session_pids

@@ -32,7 +32,8 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from gateway.cli.demo import build_reference_mlp
-from tests.helpers import GatewayProcess, free_port, gateway_process, metric_value
+from loadtests.ports import free_port
+from tests.helpers import GatewayProcess, gateway_process, metric_value
 from tests.models import build_slow
 
 PROTOCOLS = ("http", "grpc")

@@ -11,7 +11,6 @@ import hashlib
 import hmac
 import itertools
 import json
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -19,6 +18,7 @@ import pytest
 
 from gateway.control.webhooks import WebhookSender, verify_signature
 from gateway.observability.metrics import GatewayMetrics
+from loadtests.ports import free_port
 
 SECRET = b"s3cret-key"
 
@@ -72,12 +72,6 @@ class Sleeps:
 def count(metrics: GatewayMetrics, event: str, outcome: str) -> float:
     value = metrics.registry.get_sample_value("sluice_webhook_deliveries_total", {"event": event, "outcome": outcome})
     return value or 0.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_delivers_a_signed_event(receiver: Receiver) -> None:
