@@ -680,6 +680,54 @@ class PredictionLog:
             self.counters.failed += 1
             return False
 
+    def record_batch(
+        self,
+        tensors: BatchTensors,
+        model: str,
+        version: str,
+        route: str,
+        slots: Sequence[tuple[str, int, int, float]],
+        sample_rate: float = 1.0,
+    ) -> int:
+        """`record_batched` for several requests of one runtime batch at once, each with every output (a shadow's
+        copies, which answer together): `slots` are (prediction id, start, stop, latency). One entry lookup and
+        one capacity check for them all; where the log is closed or near full, each goes `record_batched`'s way.
+        Returns how many were queued. Never blocks, never raises."""
+        if sample_rate < 1.0:
+            kept = [slot for slot in slots if sampled(slot[0], sample_rate)]
+            self.counters.sampled_out += len(slots) - len(kept)
+            slots = kept
+        fit = [slot for slot in slots if len(slot[0]) <= MAX_ID_LENGTH]
+        self.counters.failed += len(slots) - len(fit)  # too long to store, as `_refused` counts them
+        if not fit:
+            return 0
+        try:
+            entry = tensors.entry
+            opened = entry is not None and entry.owner is self
+            size = 0 if opened else tensors.nbytes
+            if (
+                self._closed
+                or self._queued + self._held_count + self._sending + len(fit) > self.capacity
+                or self._queued_bytes + self._held_bytes + self._sending_bytes + size > self.max_bytes
+            ):
+                one = self.record_batched
+                return sum(
+                    one(tensors, start, stop, pid, model, version, route, None, s) for pid, start, stop, s in fit
+                )
+            if entry is None or not opened:
+                entry = tensors.entry = BatchEntry(self, model, version, tensors, size, time.time())
+                self._queue.append(entry)
+                self._queued_bytes += size
+            entry.slots.extend((pid, route, float(s), start, stop, None) for pid, start, stop, s in fit)
+            self._queued += len(fit)
+            if self._queued >= self.batch_size:
+                self._wake.set()
+            return len(fit)
+        except Exception:  # an observer never breaks a request
+            log.exception("prediction log: cannot queue a batch's records")
+            self.counters.failed += len(fit)
+            return 0
+
     def _refused(self, prediction_id: str) -> bool:
         """An id too long to store (counted as failed), or the log closed (counted as dropped)."""
         if len(prediction_id) > MAX_ID_LENGTH:

@@ -66,7 +66,7 @@ def compare_outputs(
             continue
         rule = rules.get(name, default)
         mode = _mode(want, rule)
-        if np.issubdtype(want.dtype, np.floating) and np.issubdtype(got.dtype, np.floating):
+        if _floating(want) and _floating(got):
             diffs.append(float(np.mean(np.abs(want.astype(np.float64) - got.astype(np.float64)))) if want.size else 0.0)
         if mode == "argmax":
             same = want.ndim >= 1 and bool(np.array_equal(np.argmax(want, axis=-1), np.argmax(got, axis=-1)))
@@ -93,7 +93,33 @@ def compare_batch(
     """`compare_outputs` for each request of a batch at once: `primary` and `shadow` hold the requests' rows one
     after the other (`row_counts` of them each). A few numpy calls per output for the whole batch instead of a
     dozen per request: the verdicts and differences are the ones `compare_outputs` gives each request alone."""
-    rules = rules or {}
+    agreed, means, disagreeing = _verdicts(primary, shadow, row_counts, rules or {}, default, names=True)
+    if disagreeing is None:
+        return [Comparison(a, d) for a, d in zip(agreed, means, strict=True)]
+    return [Comparison(a, d, tuple(names)) for a, d, names in zip(agreed, means, disagreeing, strict=True)]
+
+
+def batch_verdicts(
+    primary: Mapping[str, np.ndarray],
+    shadow: Mapping[str, np.ndarray],
+    row_counts: Sequence[int],
+    rules: Mapping[str, OutputRule] | None = None,
+    default: OutputRule = OutputRule(),
+) -> tuple[list[bool], list[float | None]]:
+    """`compare_batch`'s verdicts and mean differences as two lists, without an object per request (the
+    gateway's shadow counts and logs them; it does not name the outputs that disagreed)."""
+    agreed, means, _ = _verdicts(primary, shadow, row_counts, rules or {}, default, names=False)
+    return agreed, means
+
+
+def _verdicts(
+    primary: Mapping[str, np.ndarray],
+    shadow: Mapping[str, np.ndarray],
+    row_counts: Sequence[int],
+    rules: Mapping[str, OutputRule],
+    default: OutputRule,
+    names: bool,
+) -> tuple[list[bool], list[float | None], list[list[str]] | None]:
     n = len(row_counts)
     total = int(sum(row_counts))
     one_row_each = total == n  # the common case (one-row requests): no request spans rows to fold
@@ -137,13 +163,11 @@ def compare_batch(
                 else:
                     same = np.logical_and.reduceat(rows_same, starts) if total else np.ones(n, dtype=bool)
         agreed &= same
-        if not np.logical_and.reduce(same):
+        if names and not np.logical_and.reduce(same):
             if disagreeing is None:
                 disagreeing = [[] for _ in range(n)]
             for i in np.flatnonzero(~same).tolist():
                 disagreeing[i].append(name)
     # Plain Python values at once (`tolist`), not a numpy scalar per request.
-    means = (diff_sum / diff_outputs).tolist() if diff_outputs else [None] * n
-    if disagreeing is None:
-        return [Comparison(a, d) for a, d in zip(agreed.tolist(), means, strict=True)]
-    return [Comparison(a, d, tuple(names)) for a, d, names in zip(agreed.tolist(), means, disagreeing, strict=True)]
+    means: list[float | None] = (diff_sum / diff_outputs).tolist() if diff_outputs else [None] * n
+    return agreed.tolist(), means, disagreeing

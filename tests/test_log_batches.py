@@ -172,6 +172,35 @@ async def test_the_sample_rate_and_the_id_length_apply_as_for_a_request_logged_a
     assert 120 < kept < 280 and plog.counters.sampled_out == 400 - kept
 
 
+async def test_a_batch_of_records_at_once_is_stored_as_each_logged_alone() -> None:
+    """`record_batch` (a shadow's copies) stores what `record_batched` stores for each request; ids too long,
+    the sample rate and the bounds apply to each record as they would alone."""
+    sink = Rows()
+    plog = PredictionLog(sink, batch_size=500)  # type: ignore[arg-type]
+    counts = [1, 3, 2, 1]
+    tensors = _batch(counts)
+    slots = [("p0", 0, 1, 0.0), ("x" * 300, 1, 4, 0.001), ("p2", 4, 6, 0.002), ("p3", 6, 7, 0.003)]
+    assert plog.record_batch(tensors, "m", "1", "stable", slots) == 3
+    assert plog.depth == 3 and plog.counters.failed == 1 and len(plog._queue) == 1  # one entry for the batch
+    await plog.flush()
+    assert [row[1] for row in sink.rows] == ["p0", "p2", "p3"]
+    for row, (start, stop, latency) in zip(sink.rows, [(0, 1, 0.0), (4, 6, 0.002), (6, 7, 0.003)], strict=True):
+        assert row == _alone(tensors, start, stop, row[1], None, row[4], latency)
+
+    sampled = PredictionLog(Rows())  # type: ignore[arg-type]
+    many = _batch([1] * 400)
+    kept = sampled.record_batch(many, "m", "1", "stable", [(f"id-{i}", i, i + 1, 0.0) for i in range(400)], 0.5)
+    assert 120 < kept < 280 and sampled.counters.sampled_out == 400 - kept and sampled.depth == kept
+
+    full = PredictionLog(Rows(), capacity=5, batch_size=100)  # type: ignore[arg-type]
+    eight = _batch([1] * 8)
+    assert full.record_batch(eight, "m", "1", "stable", [(f"p{i}", i, i + 1, 0.0) for i in range(8)]) == 5
+    assert full.depth == 5 and full.counters.dropped == 3
+    await plog.close()
+    assert plog.record_batch(tensors, "m", "1", "stable", [("late", 0, 1, 0.0)]) == 0
+    assert plog.counters.dropped == 1
+
+
 async def test_batches_held_through_an_outage_spill_to_the_spool_as_rows_and_come_back_in_order(
     locked_store: tuple[Store, sqlite3.Connection], tmp_path: Path
 ) -> None:

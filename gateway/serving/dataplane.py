@@ -199,7 +199,8 @@ class DataPlane:
             span.set_attribute("sluice.route", route)
             response, timing = await self._infer_version(request, served, span, protocol)
             if routed.shadows:
-                self.shadows.dispatch(request, response.outputs, routed.shadows, response.id, revision)
+                shadows, outputs, rows = routed.shadows, response.outputs, (timing.tensors, timing.start, timing.stop)
+                self.shadows.dispatch(request, outputs, shadows, response.id, revision, *rows)
         except BaseException as exc:
             outcome = outcome_of(exc)
             elapsed = self._count(served, revision, protocol, outcome, started)
