@@ -22,11 +22,14 @@ import pytest
 
 from gateway.storage.log_writer import (
     HANDOVER_ITEMS,
+    WRITE_PAUSE_S,
+    WRITE_PIECE_ITEMS,
     ProcessRowWriter,
     WriterProcessError,
     WriterUnavailable,
     batch_message,
     pickled_in_turns,
+    write_in_pieces,
 )
 from gateway.storage.store import Store
 from monitors.log_batches import BatchEntry, BatchTensors
@@ -130,6 +133,41 @@ async def test_runtime_batches_in_pieces_are_written_by_the_child_row_for_row(st
     assert sorted(r.id for r in stored) == sorted([f"p{i}" for i in range(3)] + [f"b{i}" for i in range(len(entries))])
     last = next(r for r in stored if r.id == f"b{len(entries) - 1}")
     np.testing.assert_array_equal(last.outputs["y"], np.full((1, 1), 2 * (len(entries) - 1), np.float32))
+    await writer.close()
+
+
+def test_the_child_writes_a_batch_in_pieces_with_its_cpu_given_back_between(store: Store) -> None:
+    """One connection's log batch (500 one-request items) is not one burst of the child's CPU: a transaction
+    of `WRITE_PIECE_ITEMS` items, then a pause; a batch sent again (a failure part-way) stores nothing twice."""
+    items = [*prediction_rows(_records(0, 2 * WRITE_PIECE_ITEMS + 3)), *map(batch_frame, _lone_requests(5))]
+    pauses: list[float] = []
+    assert write_in_pieces(store, items, sleep=pauses.append) == len(items)
+    assert pauses == [WRITE_PAUSE_S] * 2  # three pieces
+    stored = store.prediction_records("m", "1", limit=1000)
+    assert sorted(r.id for r in stored) == sorted(
+        [f"p{i}" for i in range(2 * WRITE_PIECE_ITEMS + 3)] + [f"b{i}" for i in range(5)]
+    )
+    assert write_in_pieces(store, items, sleep=pauses.append) == 0
+    assert store.count_predictions("m", "1") == len(items)
+    few: list[float] = []
+    assert write_in_pieces(store, prediction_rows(_records(1000, 10)), sleep=few.append) == 10
+    assert few == []  # under load a log batch is a few runtime batches: one piece, no pause
+
+
+async def test_the_child_runs_the_serving_process_code_not_a_gateway_folder_where_it_runs(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python -m` put the working directory first on the child's path: started from another checkout (a
+    benchmark of an older commit), the child ran that checkout's writer."""
+    other = tmp_path / "gateway" / "storage"
+    other.mkdir(parents=True)
+    (tmp_path / "gateway" / "__init__.py").write_text("")
+    (other / "__init__.py").write_text("")
+    (other / "log_writer.py").write_text("raise SystemExit('the wrong writer')\n")
+    monkeypatch.chdir(tmp_path)
+    writer = ProcessRowWriter(store, write_timeout_s=30)
+    await writer.write(prediction_rows(_records(0, 3)))
+    assert [r.id for r in store.prediction_records("m", "1", limit=10)] == ["p0", "p1", "p2"]
     await writer.close()
 
 

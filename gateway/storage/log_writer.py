@@ -14,7 +14,8 @@ rest on another core: the database (a runtime batch's requests go in as one row,
 `PredictionLog`'s guarantees hold unchanged: one batch in flight, a failed batch counted as failed,
 `flush` and `close` wait for what was written.
 
-The child is a fresh interpreter (`python -m gateway.storage.log_writer`), never a fork (the serving process
+The child is a fresh interpreter running this module's `main` (imported from where the serving process imported
+it, `_CHILD_MAIN`), never a fork (the serving process
 has threads a fork would copy mid-lock), and not multiprocessing's spawn either, which re-runs the
 parent's main module. It talks length-prefixed frames on its stdin and stdout; the database URL
 comes (with the store's extra driver arguments) as the first frame, never in argv or the
@@ -42,7 +43,8 @@ import signal
 import struct
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import IO, Any
 
 from gateway.storage.store import Store
@@ -68,6 +70,17 @@ batch is one request's and a log batch 500 of them: packed and pickled at once, 
 (2.2 µs an entry) every 500 requests, and the requests that came meanwhile waited (one connection's p99 1.75
 against 1.47 ms in pieces of 64, side by side, for no req/s that the run could tell; loadtests/README, tenth
 session). Under load a runtime batch holds many requests, and a log batch fits in one piece."""
+WRITE_PIECE_ITEMS = 64
+"""Items of a batch the child writes in one transaction before it pauses (`WRITE_PAUSE_S`). On a 2-core box any
+burst of CPU next to the gateway slows the requests that overlap it several times over, whatever its niceness
+(SCHED_IDLE included: measured with a bare CPU burner beside the gateway, a 5 ms burst every 116 ms took one
+connection's p99 from 0.75 to 2 ms): the box's two CPUs are not two cores' worth of time when both are busy. At
+one connection every runtime batch is one request's, and a log batch of 500 took the child about 5 ms at once;
+in pieces of 64 with a pause between, one connection's p99 went from 1.85-1.93 to 1.05-1.15 ms (loadtests/README,
+thirteenth session). Under load a runtime batch holds many requests, and a log batch is one piece."""
+WRITE_PAUSE_S = 0.0005
+"""The child's pause between two pieces of a batch: its CPU given back, so the burst a request can meet is one
+piece's."""
 PROBE = "probe"
 """The frame that asks the child for a round trip to the database instead of a batch."""
 
@@ -175,8 +188,8 @@ class ProcessRowWriter:
         try:
             child = await asyncio.create_subprocess_exec(
                 sys.executable,
-                "-m",
-                "gateway.storage.log_writer",
+                "-c",
+                _CHILD_MAIN,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 close_fds=True,
@@ -225,6 +238,16 @@ class ProcessRowWriter:
         if child is not None:
             await _end(child, kill=kill, timeout_s=timeout_s)
 
+
+_PACKAGES = str(Path(__file__).resolve().parents[2])
+"""The folder the serving process imported `gateway` from."""
+_CHILD_MAIN = (
+    f"import sys; r = {_PACKAGES!r}; del sys.path[0]; r in sys.path or sys.path.insert(0, r); "
+    "from gateway.storage.log_writer import main; main()"
+)
+"""The child's program: this module's `main`, imported from where the serving process imported it. `python -m`
+would put the working directory first on the child's path, and a `gateway` folder there (another checkout, a
+benchmark run from an older one) would have the child run other code than the gateway's."""
 
 _ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 """The child does no arithmetic, but it imports numpy, whose BLAS would start a thread pool that
@@ -320,8 +343,8 @@ def _read_exactly(stream: IO[bytes], size: int) -> bytes:
 
 
 def main() -> None:
-    """The writer process (`python -m gateway.storage.log_writer`): open the store named by the first frame,
-    then write each batch that arrives and answer for it, until the pipe closes."""
+    """The writer process (`_CHILD_MAIN`; `python -m gateway.storage.log_writer` by hand): open the store named
+    by the first frame, then write each batch that arrives and answer for it, until the pipe closes."""
     inbox = sys.stdin.buffer
     outbox = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a stray print must not corrupt the frames
@@ -350,7 +373,7 @@ def main() -> None:
                     store.ping()
                     answer = ("ok", 0)
                 else:
-                    answer = ("ok", store.write_log_items(message))
+                    answer = ("ok", write_in_pieces(store, message))
             except Exception as exc:
                 answer = (_status(exc), _describe(exc))
             try:
@@ -359,6 +382,24 @@ def main() -> None:
                 return
     finally:
         store.close()
+
+
+def write_in_pieces(
+    store: Store,
+    items: Sequence[PredictionRow | BatchFrame],
+    piece: int = WRITE_PIECE_ITEMS,
+    pause_s: float = WRITE_PAUSE_S,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Write a batch `piece` items a transaction, pausing between (`WRITE_PIECE_ITEMS`); the requests stored.
+    A failure part-way leaves the pieces before it committed: the log sends the batch again or counts it failed,
+    and a batch sent again stores only what is not there yet (a stored request's key is not stored twice)."""
+    stored = 0
+    for start in range(0, len(items), piece):
+        if start:
+            sleep(pause_s)
+        stored += store.write_log_items(items[start : start + piece])
+    return stored
 
 
 def _exit_status(code: int | None) -> str:
