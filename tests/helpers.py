@@ -31,6 +31,9 @@ from gateway.settings import GatewaySettings
 from gateway.storage.prediction_batches import slot_ids
 from gateway.storage.store import Store
 from loadtests.ports import free_port
+from monitors.log_batches import BatchFrame
+from monitors.prediction_log import expand_items
+from monitors.records import PredictionRow
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -405,3 +408,16 @@ def stored_ids_in_write_order(store: Store) -> list[str]:
     with store.engine.connect() as conn:
         batches = conn.execute(sa.text("select slots from prediction_batches order by seq"))
         return [id_ for (slots,) in batches for id_ in slot_ids(slots)]
+
+
+class Rows:
+    """A sink that keeps the rows it is handed (the thread writer's path: expanded in the worker thread)."""
+
+    def __init__(self) -> None:
+        self.rows: list[PredictionRow] = []
+
+    def write_log_items(self, items: list[PredictionRow | BatchFrame]) -> None:
+        self.rows.extend(expand_items(items))
+
+    def ping(self) -> None:
+        pass

@@ -19,11 +19,11 @@ import pytest
 from gateway.storage.log_writer import ProcessRowWriter
 from gateway.storage.spool import Spool
 from gateway.storage.store import Store
-from monitors.log_batches import BatchFrame, BatchTensors
+from monitors.log_batches import BatchTensors
 from monitors.prediction_log import PredictionLog, expand_items, tensors_from_bytes, tensors_to_bytes
 from monitors.records import PredictionRow
 from tests.databases import Backend
-from tests.helpers import stored_ids_in_write_order
+from tests.helpers import Rows, stored_ids_in_write_order
 
 
 def _batch(counts: list[int]) -> BatchTensors:
@@ -62,19 +62,6 @@ def _log_batch(plog: PredictionLog, tensors: BatchTensors, counts: list[int], fi
         ids.append(pid)
         start += rows
     return ids
-
-
-class Rows:
-    """A sink that keeps the rows it is handed (the thread writer's path: expanded in the worker thread)."""
-
-    def __init__(self) -> None:
-        self.rows: list[PredictionRow] = []
-
-    def write_log_items(self, items: list[PredictionRow | BatchFrame]) -> None:
-        self.rows.extend(expand_items(items))
-
-    def ping(self) -> None:
-        pass
 
 
 def _expected(plog_rows: list[PredictionRow], tensors: BatchTensors, counts: list[int]) -> list[PredictionRow]:

@@ -20,24 +20,11 @@ from gateway.serving.registry import ServedVersion, VersionState
 from gateway.serving.request import InferRequest
 from gateway.serving.shadow import ShadowDispatcher
 from gateway.serving.window_stats import WindowRecorder
-from monitors.log_batches import BatchFrame, BatchTensors
-from monitors.prediction_log import PredictionLog, expand_items, tensors_from_bytes
-from monitors.records import PredictionRow
+from monitors.log_batches import BatchTensors
+from monitors.prediction_log import PredictionLog, tensors_from_bytes
 from runtimes.onnx import OnnxRuntime
+from tests.helpers import Rows
 from tests.models import build_lookup
-
-
-class Rows:
-    """A sink that keeps the rows it is handed."""
-
-    def __init__(self) -> None:
-        self.rows: list[PredictionRow] = []
-
-    def write_log_items(self, items: list[PredictionRow | BatchFrame]) -> None:
-        self.rows.extend(expand_items(items))
-
-    def ping(self) -> None:
-        pass
 
 
 class Shadow:
