@@ -491,15 +491,6 @@ class Retention:
     every_s: float = 300.0
 
 
-BATCH_SIZE = 2000
-"""Records a batch handed to the writer holds (a smaller one only after `flush_interval_s` without a full one).
-Each batch costs the writer a commit, and the loop a handover and a wake-up: at 64 connections 2000 against 500
-took the writer process from 4.5 to 3.5 µs a request and the event loop 3.7% less CPU a request, +4.4% req/s side
-by side (1.8-7.0%; loadtests/README, thirteenth session). The writer writes a batch in pieces
-(`gateway.storage.log_writer.WRITE_PIECE_ITEMS`), so at one connection, where every item is one request, a
-larger batch is more pieces, not a longer burst."""
-
-
 class PredictionLog:
     """A bounded queue of prediction records and the task that writes them to a `PredictionSink`.
 
@@ -514,7 +505,7 @@ class PredictionLog:
         writer: RowWriter | None = None,
         capacity: int = 10_000,
         max_bytes: int = 256 * 1024 * 1024,
-        batch_size: int = BATCH_SIZE,
+        batch_size: int = 500,
         flush_interval_s: float = 0.5,
         retention: Retention | None = None,
         spool: RowSpool | None = None,
@@ -885,7 +876,7 @@ class PredictionLog:
         Not "everything queued whenever the last write is done": under load that writes as many
         records as arrived during the last write, a few dozen, and a batch's fixed costs (the
         commit's pages, the pipe round trip, the pickling's setup) then cost 2-3 times as much per
-        record as in full batches (`loadtests.log_cost --batch`).
+        record as in batches of 500 (`loadtests.log_cost --batch`).
         """
         while True:
             if self._spill_at_close():
