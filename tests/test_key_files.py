@@ -92,7 +92,11 @@ def test_a_broken_admin_file_never_blocks_revoking_an_inference_key(gateway: Gat
     (tmp_path / "inference.keys").write_bytes(f"a:{A}\nrené:{B}\n".encode("latin-1"))
     wait_until(lambda: reloads(gw, "inference", "error") >= 1, timeout=10, what="the inference file's refusal")
     assert infer(gw, A) == 200 and infer(gw, B) == 403, "a refused file keeps its old keys"
+    (tmp_path / "inference.keys").write_text("")  # as an editor's save is between its truncation and its write
+    wait_until(lambda: reloads(gw, "inference", "error") >= 2, timeout=10, what="the empty file's refusal")
+    assert infer(gw, A) == 200 and infer(gw, B) == 403 and infer(gw, C) == 403, "an empty file opened inference"
     logs = gw.logs()
+    assert "the file holds no keys now" in logs
     assert f"{tmp_path / 'admin.tokens'}, line 1" in logs and f"{tmp_path / 'inference.keys'}, line 2" in logs
     assert "Traceback" not in logs and "UnicodeDecodeError" not in logs
     assert all(secret not in logs for secret in (A, B, C, OPS))

@@ -5,10 +5,14 @@ Rotating a key must not need a restart (which would drop in-flight requests and 
 them into the live `AdminAuth` and `InferenceAuth` at once; a request sees either the old list or the
 new one, never a mix. A file that no longer parses (a typo, a half-written file) changes nothing: the
 old keys stay in force, the error is logged (naming the line, never a key) and counted in
-`sluice_key_reloads_total{kind,outcome="error"}`, so a bad edit cannot lock everyone out.
+`sluice_key_reloads_total{kind,outcome="error"}`, so a bad edit cannot lock everyone out. Nor open
+inference to everyone: no inference keys means inference is open, so a reload that finds none where
+some were in force (an editor's save read between its truncation and its write) is refused the same way.
 
 Changes are noticed by polling the files' identity (inode, size, mtime) every `interval_s`: one stat
-call per file, off the request path. With `--workers`, the supervisor passes SIGHUP on to every worker.
+call per file, off the request path. A change is read once two polls in a row see it the same (it has
+settled), so a file is not read in the middle of its write. With `--workers`, the supervisor passes
+SIGHUP on to every worker.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class KeyReloader:
         self._counter = counter
         self.interval_s = interval_s
         self._seen = self._identities()
+        self._pending: tuple[tuple[int, int, int] | None, tuple[int, int, int] | None] | None = None
         self._task: asyncio.Task[None] | None = None
 
     def _identities(self) -> tuple[tuple[int, int, int] | None, tuple[int, int, int] | None]:
@@ -80,6 +85,15 @@ class KeyReloader:
                     "%s keys not reloaded (%s); the previous ones stay in force: %s", kind, why, type(exc).__name__
                 )
                 continue
+            if kind == "inference" and live.enabled and not fresh.enabled:
+                self._counter.labels(kind, "error").inc()
+                log.error(
+                    "inference keys not reloaded (%s); the previous ones stay in force: the file holds no keys now, "
+                    "and no keys would open inference to anyone (to serve without keys, restart without "
+                    "--inference-keys-file)",
+                    why,
+                )
+                continue
             live.replace_with(fresh)
             self._counter.labels(kind, "ok").inc()
             log.info("%s keys reloaded (%s): %s", kind, why, ", ".join(live.names) or "none")
@@ -95,11 +109,23 @@ class KeyReloader:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    def poll(self) -> bool:
+        """Reload if a file changed and has settled since the last poll (True: it reloaded)."""
+        current = self._identities()
+        if current == self._seen:
+            self._pending = None
+            return False
+        if current != self._pending:
+            self._pending = current  # changed: read it at the next poll if it stays so
+            return False
+        self._pending = None
+        self.reload("file changed")
+        return True
+
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
-            if self._identities() != self._seen:
-                try:
-                    self.reload("file changed")
-                except Exception:  # never stop watching
-                    log.exception("key reload failed")
+            try:
+                self.poll()
+            except Exception:  # never stop watching
+                log.exception("key reload failed")
