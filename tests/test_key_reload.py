@@ -21,8 +21,9 @@ A, B = (secrets.token_urlsafe(24) for _ in range(2))
 OPS = secrets.token_urlsafe(24)
 
 
-def counts(counter: Counter, kind: str, outcome: str) -> float:
-    return float(counter.labels(kind, outcome)._value.get())
+def counts(registry: CollectorRegistry, kind: str, outcome: str) -> float:
+    value = registry.get_sample_value("sluice_key_reloads_total", {"kind": kind, "outcome": outcome})
+    return value or 0.0
 
 
 @pytest.fixture
@@ -33,12 +34,13 @@ def files(tmp_path: Path) -> tuple[Path, Path]:
     return keys, tokens
 
 
-def reloader(files: tuple[Path, Path]) -> tuple[KeyReloader, AdminAuth, InferenceAuth, Counter]:
+def reloader(files: tuple[Path, Path]) -> tuple[KeyReloader, AdminAuth, InferenceAuth, CollectorRegistry]:
     keys, tokens = files
     settings = GatewaySettings(inference_keys_file=keys, admin_tokens_file=tokens, admin_tokens=None)
     admin, inference = AdminAuth.from_settings(settings), InferenceAuth.from_inference_settings(settings)
-    counter = Counter("sluice_key_reloads", "reloads", ["kind", "outcome"], registry=CollectorRegistry())
-    return KeyReloader(settings, admin, inference, counter), admin, inference, counter
+    registry = CollectorRegistry()
+    counter = Counter("sluice_key_reloads", "reloads", ["kind", "outcome"], registry=registry)
+    return KeyReloader(settings, admin, inference, counter), admin, inference, registry
 
 
 def test_an_emptied_inference_keys_file_never_opens_inference(files: tuple[Path, Path]) -> None:
