@@ -343,6 +343,40 @@ class HookReceiver:
         self._server.server_close()
 
 
+class Paced:
+    """Requests to one model at exactly `rate` a second, on a monotonic schedule (a late one is sent at once,
+    so the count over any long span is exact), until stopped."""
+
+    def __init__(self, url: str, model: str, body: dict[str, Any], rate: float) -> None:
+        self.url, self.model, self.body, self.rate = url, model, body, rate
+        self.stop = threading.Event()
+        self.sent = 0
+        self.failed = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        with httpx.Client(base_url=self.url, timeout=10) as http:
+            while not self.stop.is_set() and time.monotonic() - start < 600:
+                due = start + self.sent / self.rate
+                if (wait := due - time.monotonic()) > 0 and self.stop.wait(wait):
+                    return
+                try:
+                    ok = http.post(f"/v2/models/{self.model}/infer", json=self.body).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                self.sent += 1
+                self.failed += not ok
+
+    def __enter__(self) -> Paced:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(15)
+
+
 @dataclass
 class Load:
     """Traffic from `clients` threads, each on connections of its own, until stopped or `count` is reached."""

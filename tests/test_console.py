@@ -25,7 +25,7 @@ import pytest
 
 from gateway.cli.demo import build_demo_repository
 from tests.browser import chromium, require_browser, wait_for
-from tests.helpers import GatewayProcess, gateway_process, wait_until
+from tests.helpers import GatewayProcess, Paced, gateway_process, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -174,40 +174,6 @@ def row_cells(html: str, version: str) -> list[str]:
     """The text of each cell of a version's row in a versions table (the first such table in `html`)."""
     row = html.split(f'<tr class="version" data-version="{version}">', 1)[1].split("</tr>", 1)[0]
     return [re.sub(r"<[^>]+>", "", unescape(cell)).strip() for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
-
-
-class Paced:
-    """Requests to one model at exactly `rate` a second, on a monotonic schedule (a late one is sent at once,
-    so the count over any long span is exact), until stopped."""
-
-    def __init__(self, url: str, model: str, body: dict[str, Any], rate: float) -> None:
-        self.url, self.model, self.body, self.rate = url, model, body, rate
-        self.stop = threading.Event()
-        self.sent = 0
-        self.failed = 0
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        start = time.monotonic()
-        with httpx.Client(base_url=self.url, timeout=10) as http:
-            while not self.stop.is_set() and time.monotonic() - start < 600:
-                due = start + self.sent / self.rate
-                if (wait := due - time.monotonic()) > 0 and self.stop.wait(wait):
-                    return
-                try:
-                    ok = http.post(f"/v2/models/{self.model}/infer", json=self.body).status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                self.sent += 1
-                self.failed += not ok
-
-    def __enter__(self) -> Paced:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(15)
 
 
 # -- login and what is shown without a session ----------------------------------------------------------

@@ -25,7 +25,7 @@ from gateway.cli.demo import build_demo_repository
 from gateway.cli.tour import Tour
 from gateway.control.webhooks import verify_signature
 from gateway.storage.store import Store
-from tests.helpers import ROOT, GatewayProcess, HookReceiver, Load, gateway_process, wait_until
+from tests.helpers import ROOT, GatewayProcess, HookReceiver, Load, Paced, gateway_process, wait_until
 from tests.models import build_tabular
 from tests.test_console import console_client
 
@@ -177,7 +177,11 @@ def test_a_delivery_goes_on_under_the_next_leader_when_the_leader_is_killed_mid_
     with (
         HookReceiver() as hook,
         gateway_process(repo, "--workers", "2", "--webhook-url", hook.url, tmp=tmp_path, env=env) as gw,
-        Load(gw.http_url, clients=3, model="tab", body=BODY),
+        # Paced, two connections (the kernel spreads them over the workers): the shadow's 300 comparisons take
+        # five seconds, so the poll below sees it under way. Under a closed-loop load of ~2,000 req/s they took a
+        # third of a second, between two of the windows' publications: the poll saw 0, then 630, and waited out.
+        Paced(gw.http_url, "tab", BODY, 30.0),
+        Paced(gw.http_url, "tab", BODY, 30.0),
     ):
         store = Store.for_state_dir(gw.state_dir)
         build_tabular(repo / "tab" / "2" / "model.onnx", seed=3, scale=1.5)
