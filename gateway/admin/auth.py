@@ -55,6 +55,8 @@ class AdminAuth:
 
     realm = "admin API"
     kind = "admin token"
+    open_when_empty = False
+    """Whether no tokens lets every caller in (admin: no, it closes the admin API)."""
 
     def __init__(self, pairs: Iterable[tuple[str, str]] = (), *, source: str = "admin tokens") -> None:
         """`pairs`: (name, token). Names must be unique and tokens non-empty and distinct."""
@@ -160,6 +162,7 @@ class InferenceAuth(AdminAuth):
 
     realm = "inference"
     kind = "inference key"
+    open_when_empty = True
 
     @classmethod
     def from_inference_settings(cls, settings: GatewaySettings) -> InferenceAuth:

@@ -30,8 +30,11 @@ from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 
+Identity = tuple[int, int, int] | None
+"""A file's (inode, size, mtime in ns), None when it cannot be read."""
 
-def _identity(path: Path | None) -> tuple[int, int, int] | None:
+
+def _identity(path: Path | None) -> Identity:
     if path is None:
         return None
     try:
@@ -58,10 +61,10 @@ class KeyReloader:
         self._counter = counter
         self.interval_s = interval_s
         self._seen = self._identities()
-        self._pending: tuple[tuple[int, int, int] | None, tuple[int, int, int] | None] | None = None
+        self._pending: tuple[Identity, Identity] | None = None
         self._task: asyncio.Task[None] | None = None
 
-    def _identities(self) -> tuple[tuple[int, int, int] | None, tuple[int, int, int] | None]:
+    def _identities(self) -> tuple[Identity, Identity]:
         s = self._settings
         return _identity(s.admin_tokens_file), _identity(s.inference_keys_file)
 
@@ -85,12 +88,12 @@ class KeyReloader:
                     "%s keys not reloaded (%s); the previous ones stay in force: %s", kind, why, type(exc).__name__
                 )
                 continue
-            if kind == "inference" and live.enabled and not fresh.enabled:
+            if live.open_when_empty and live.enabled and not fresh.enabled:
                 self._counter.labels(kind, "error").inc()
                 log.error(
-                    "inference keys not reloaded (%s); the previous ones stay in force: the file holds no keys now, "
-                    "and no keys would open inference to anyone (to serve without keys, restart without "
-                    "--inference-keys-file)",
+                    "%s keys not reloaded (%s); the previous ones stay in force: the file holds no keys now, and no "
+                    "keys would let every caller in (to serve without keys, restart without the file)",
+                    kind,
                     why,
                 )
                 continue
