@@ -7,7 +7,7 @@
     python -m loadtests.log_cost --per-batch 2                   # runtime batches of 2 requests (default 16)
 
 Records look like the reference benchmark's (loadtests/bench.py): one input "input" float32 [1, 32],
-one output "output" float32 [1, 8], time-ordered ids from `new_prediction_id`, model "mlp", version
+one output "output" float32 [1, 8], ids as the data plane makes them (`batch_request_id`), model "mlp", version
 "1", route "stable". Figures are CPU time of the measuring thread (`time.thread_time_ns`), not wall
 time, so they hold on a busy 2-core box where wall-clock benchmarks do not; the sqlite3 driver runs
 SQLite in the calling thread, so the database's CPU is in the figure too. With --pg the PostgreSQL
@@ -55,7 +55,13 @@ import sqlalchemy as sa
 from gateway.storage.prediction_batches import stored_batches
 from gateway.storage.store import Store
 from monitors.log_batches import BatchEntry, BatchFrame, BatchTensors
-from monitors.prediction_log import PredictionLog, batch_frame, new_prediction_id, tensors_to_bytes
+from monitors.prediction_log import (
+    PredictionLog,
+    batch_frame,
+    batch_request_id,
+    new_prediction_id,
+    tensors_to_bytes,
+)
 from monitors.records import PredictionRow
 
 UTC = timezone.utc
@@ -184,13 +190,13 @@ def make_frames(n: int, per_batch: int, start: datetime, rng: np.random.Generato
         rows = min(per_batch, n - first)
         x = rng.random((rows, 32), dtype=np.float32)
         y = rng.random((rows, 8), dtype=np.float32)
-        slots = [(new_prediction_id(), "stable", 0.0021, i, i + 1, None) for i in range(rows)]
+        tensors = BatchTensors({}, {}, rows, rows == 1)
+        # Ids as the data plane makes them: a batch's requests' from its tag (no key row), a lone request's its own.
+        ids = [new_prediction_id()] if rows == 1 else [batch_request_id(tensors, i) for i in range(rows)]
+        slots = [(ids[i], "stable", 0.0021, i, i + 1, None) for i in range(rows)]
         at = (start + timedelta(microseconds=131 * first)).timestamp()
-        frames.append(
-            BatchFrame(
-                "mlp", "1", at, tensors_to_bytes({"input": x}), tensors_to_bytes({"output": y}), rows == 1, slots
-            )
-        )
+        x_bytes, y_bytes = tensors_to_bytes({"input": x}), tensors_to_bytes({"output": y})
+        frames.append(BatchFrame("mlp", "1", at, x_bytes, y_bytes, rows == 1, slots, tensors.tag))
     return frames
 
 

@@ -30,7 +30,7 @@ requests of a runtime batch are answered, and logged, together."""
 class BatchTensors:
     """One successful batch's inputs and outputs, as the batcher ran them."""
 
-    __slots__ = ("entry", "inputs", "outputs", "rows", "whole")
+    __slots__ = ("entry", "inputs", "outputs", "rows", "tag", "whole")
 
     def __init__(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], rows: int, whole: bool):
         """`whole`: the batch was one request's, whose rows are the arrays as they are (a runtime may answer
@@ -42,6 +42,8 @@ class BatchTensors:
         self.entry: BatchEntry | None = None
         """The log's open entry for these tensors: set by the log when the first request is queued, cleared
         when the log takes the entry away (a request logged later opens a new one)."""
+        self.tag: str | None = None
+        """The batch's tag, made with its requests' first id (`monitors.prediction_log.batch_request_id`)."""
 
     @property
     def nbytes(self) -> int:
@@ -87,3 +89,5 @@ class BatchFrame(NamedTuple):
     outputs: Packed
     whole: bool
     slots: list[Slot]
+    tag: str | None = None
+    """The runtime batch's tag, where its requests' ids were made from it: stored with the batch, it finds them."""

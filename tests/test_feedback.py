@@ -6,6 +6,7 @@ Predictions are made over HTTP and gRPC; their response ids are what the labels 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,12 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import sqlalchemy as sa
 import tritonclient.grpc as grpcclient
 
+from gateway.storage.schema import prediction_keys_table
 from gateway.storage.store import Store
+from monitors.prediction_log import batch_tag_of
 from monitors.records import PredictionRecord
 from tests.helpers import GatewayProcess, gateway_process
 
@@ -57,6 +61,39 @@ def predict(http: httpx.Client, model: str = "classifier", i: int = 0, request_i
 
 def feedback(http: httpx.Client, model: str, body: Any, **kw: Any) -> httpx.Response:
     return http.post(f"/v2/models/{model}/feedback", json=body, **kw)
+
+
+def test_requests_answered_in_one_batch_are_labelled_by_the_ids_made_from_it(gw: GatewayProcess, state: Store) -> None:
+    """Requests that ran in one runtime batch get ids made from the batch's tag, which the log stores with the
+    batch instead of a key row a request: labels, the join and the lookups by id find them the same."""
+
+    def burst(client: httpx.Client) -> list[str]:
+        with ThreadPoolExecutor(16) as pool:
+            return list(pool.map(lambda i: predict(client, i=i), range(64)))
+
+    with httpx.Client(base_url=gw.http_url, timeout=30, limits=httpx.Limits(max_connections=16)) as client:
+        ids = burst(client)
+        made = [pid for pid in ids if batch_tag_of(pid) is not None]
+        for _ in range(5):  # on a busy box a burst can run one request at a time: another
+            if made:
+                break
+            ids = burst(client)
+            made = [pid for pid in ids if batch_tag_of(pid) is not None]
+        assert made, "no request of 6 bursts of 64 shared a runtime batch"
+        assert len(set(ids)) == len(ids)
+        r = feedback(client, "classifier", {"labels": [{"id": pid, "value": 1} for pid in ids]})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"stored": len(ids), "unchanged": 0}
+    with state.engine.connect() as conn:
+        keyed = set(
+            conn.execute(sa.select(prediction_keys_table.c.id).where(prediction_keys_table.c.id.in_(ids))).scalars()
+        )
+    assert keyed == set(ids) - set(made)  # a batch's tag finds its requests: no key row for them
+    stored = state.predictions("classifier", ids=ids)
+    assert sorted(row["id"] for row in stored) == sorted(ids)
+    (version,) = {row["version"] for row in stored}
+    joined = {p.id for p in state.labeled_predictions("classifier", version)}
+    assert set(ids) <= joined
 
 
 def test_labels_sent_later_are_stored_and_joined(http: httpx.Client, state: Store) -> None:

@@ -1,7 +1,8 @@
 """The prediction log's stored form (migration 9, `gateway.storage.prediction_batches`), on SQLite and a real
 PostgreSQL: a runtime batch is one row with a key per request, and every reader still sees the rows each
 request would have been alone: windows cut at a time that batches share, the newest rows of a range, counts,
-labels, repeated ids, pruning by age and by row count."""
+labels, repeated ids, pruning by age and by row count. The ids the gateway makes for a batch's requests
+(migration 10) are found by the batch's tag, with no key row of their own."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import pytest
 import sqlalchemy as sa
 
 from gateway.storage.store import Store
-from monitors.log_batches import BatchFrame
-from monitors.prediction_log import expand_items, tensors_from_bytes, tensors_to_bytes
+from monitors.log_batches import BatchFrame, BatchTensors
+from monitors.prediction_log import batch_request_id, expand_items, tensors_from_bytes, tensors_to_bytes
 from monitors.records import Label
 from tests.databases import Backend
 
@@ -123,3 +124,63 @@ def test_pruning_takes_whole_batches_and_their_keys(store: Store) -> None:
     assert [r["id"] for r in store.predictions("m")] == ["c0", "c1", "c2"]
     assert store.write_labels("m", [Label("b0", 1)]).unknown == ("b0",)
     assert store.prune_predictions(older_than=None, keep_rows=3) == 0
+
+
+def tagged_frame(at: datetime, rows: int, *, callers: dict[int, str] | None = None, version: str = "1") -> BatchFrame:
+    """A runtime batch whose requests sent no id (but those in `callers`, by row): the gateway made each one's id
+    from the batch's tag, as the data plane does."""
+    tensors = BatchTensors({}, {}, rows, False)
+    callers = callers or {}
+    ids = [callers.get(i) or batch_request_id(tensors, i) for i in range(rows)]
+    plain = frame(ids, at, version=version)
+    return plain._replace(tag=tensors.tag)
+
+
+def test_the_ids_the_gateway_makes_for_a_batch_have_no_key_rows_and_are_found_by_its_tag(store: Store) -> None:
+    batch = tagged_frame(T0, 4, callers={2: "order-7"})
+    ids = [slot[0] for slot in batch.slots]
+    assert store.write_log_items([batch]) == 4
+    assert counts(store) == (1, 1)  # the caller's id alone has a key row
+    assert [r.id for r in store.prediction_records("m", "1")] == sorted(ids)
+    assert [r["id"] for r in store.predictions("m", ids=[ids[1], ids[3]])] == sorted([ids[1], ids[3]])
+    assert [r["id"] for r in store.predictions("m", version="2", ids=[ids[1]])] == []
+    # An id of the same form that no request had: the tag is known, the row is not.
+    assert batch.tag is not None
+    ghost = f"{batch.tag}-9"
+    assert store.write_labels("m", [Label(ids[1], 1), Label(ghost, 0)]).unknown == (ghost,)
+    assert store.write_labels("m", [Label(ids[1], 1), Label("order-7", 0), Label(ids[3], 1)]).stored == 3
+    labeled = {p.id: (p.label, p.outputs["y"]["data"]) for p in store.labeled_predictions("m", "1")}
+    assert labeled == {ids[1]: (1, [2.0, -1.0]), "order-7": (0, [4.0, -2.0]), ids[3]: (1, [6.0, -3.0])}
+    assert store.labeled_predictions("m", "2") == []
+
+
+def test_a_tagged_batch_in_two_parts_sent_again_or_spooled_row_by_row_is_stored_once(store: Store) -> None:
+    batch = tagged_frame(T0, 5)
+    first, second = batch._replace(slots=batch.slots[:3]), batch._replace(slots=batch.slots[3:])
+    assert store.write_log_items([first, second]) == 5  # one runtime batch logged in two entries
+    assert store.write_log_items([first]) == 0  # a write that failed part-way, sent again
+    assert store.write_log_items(expand_items([second])) == 0  # held, spooled, written back as rows
+    assert counts(store) == (2, 0)
+    assert sorted(r.id for r in store.prediction_records("m", "1")) == sorted(s[0] for s in batch.slots)
+
+
+def test_an_id_the_gateway_made_sent_back_by_a_caller_keeps_its_first_prediction(store: Store) -> None:
+    batch = tagged_frame(T0, 3)
+    made = batch.slots[1][0]
+    store.write_log_items([batch])
+    later = T0 + timedelta(seconds=1)
+    assert store.write_log_items([frame([made, "fresh"], later, first=50)]) == 1  # made: taken already
+    assert store.write_log_items([frame([made], later, version="2", first=60)]) == 1  # another version's
+    assert counts(store) == (3, 2)
+    rows = store.predictions("m", ids=[made])
+    assert [(r["version"], r["at"]) for r in rows] == [("1", T0), ("2", later)]
+    assert rows[0]["inputs"]["x"]["data"] == [1.0, 1.0, 1.0]
+
+
+def test_pruning_a_tagged_batch_takes_the_labels_of_its_requests(store: Store) -> None:
+    old, new = tagged_frame(T0, 2), tagged_frame(T0 + timedelta(seconds=2), 2)
+    store.write_log_items([old, new])
+    store.write_labels("m", [Label(old.slots[0][0], 1), Label(new.slots[1][0], 0)])
+    assert store.prune_predictions(older_than=T0 + timedelta(seconds=1), keep_rows=None) == 2
+    assert store.labels("m") == {new.slots[1][0]: 0}
+    assert store.write_labels("m", [Label(old.slots[1][0], 1)]).unknown == (old.slots[1][0],)

@@ -37,7 +37,7 @@ from gateway.serving.triton_index import repository_index
 from gateway.serving.triton_stats import statistics_response
 from gateway.serving.validation import validate
 from gateway.serving.window_stats import WindowRecorder
-from monitors.prediction_log import PredictionLog, new_prediction_id
+from monitors.prediction_log import PredictionLog, batch_request_id, new_prediction_id
 
 log = logging.getLogger(__name__)
 
@@ -296,12 +296,14 @@ class DataPlane:
                     },
                 )
                 run.end(end_time=timing.finished_ns)
-        response = InferResponse(
-            model=served.model,
-            version=served.version,
-            id=request.id or new_prediction_id(),
-            outputs=outputs,
-        )
+        prediction_id = request.id
+        if not prediction_id:
+            tensors = timing.tensors
+            if tensors is not None and not tensors.whole:  # logged with its batch (`infer`), which the id names
+                prediction_id = batch_request_id(tensors, timing.start)
+            else:
+                prediction_id = new_prediction_id()
+        response = InferResponse(model=served.model, version=served.version, id=prediction_id, outputs=outputs)
         if flagged:
             response.parameters["flagged_features"] = flagged
         return response, timing

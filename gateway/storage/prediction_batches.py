@@ -11,6 +11,15 @@ row (model, id, version -> the batch) in `prediction_keys`, by which labels find
 repeated id keeps its first prediction. The writer process then took 6.0–6.3 µs a request under the same load;
 what is left is mostly the bytes (the WAL's pages at each commit) and the key a request.
 
+The key a request was a third of that (1.1 of the 2.3 µs SQLite spent a request, side by side with no keys), and
+most requests do not need one: a caller that sends no id gets one the gateway makes, and a request of a runtime
+batch gets its batch's tag and its first row (`monitors.prediction_log.batch_request_id`). The batch row carries
+the tag (and `part`, its first slot's row: the unique (model, tag, part) makes a batch sent again a repeat that
+is not stored), so such an id is found by its batch, and no key row is written for it. Every other id (a
+caller's, a request logged alone, a batch of tensors without a fixed width, stored a request a row) keeps its
+key row. Readers look an id up both ways (`tag_lookup`); a caller that sends back an id the gateway made, for the
+same version, has it found the tag's way first, so the first prediction is still the one kept.
+
 A request's time is its batch's (`BatchFrame.at`): the requests of a runtime batch are answered, and logged,
 within microseconds of one another. So a window or a count by time is exact at the batch's grain, and rows
 are ordered by (at, id) with nothing to merge. A record logged alone (a failure, `offer`) is a batch of one.
@@ -21,13 +30,13 @@ byte: the same `monitors.prediction_log.slot_rows` cuts them out as it did in th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import orjson
 
 from monitors.log_batches import BatchFrame
-from monitors.prediction_log import expand_items, slot_rows
+from monitors.prediction_log import batch_tag_of, expand_items, is_batch_request_id, slot_rows
 from monitors.records import PredictionRow
 
 
@@ -43,7 +52,10 @@ class StoredBatch(NamedTuple):
     slots: bytes
     inputs: bytes
     outputs: bytes
-    ids: list[str]
+    keyed: list[str]
+    """The ids that need a key row: all but those its tag finds (`monitors.prediction_log.batch_request_id`)."""
+    tag: str | None = None
+    part: int | None = None
 
 
 def stored_batches(items: Sequence[PredictionRow | BatchFrame]) -> list[StoredBatch]:
@@ -58,6 +70,10 @@ def stored_batches(items: Sequence[PredictionRow | BatchFrame]) -> list[StoredBa
                 continue
             if isinstance(item.inputs, bytes) and isinstance(item.outputs, bytes):
                 count = len(item.slots)
+                tag = item.tag
+                keyed = [slot[0] for slot in item.slots] if tag is None else _keyed(tag, item.slots)
+                part = None if tag is None else item.slots[0][3]
+                slots = orjson.dumps(item.slots)
                 batches.append(
                     StoredBatch(
                         item.model,
@@ -66,10 +82,12 @@ def stored_batches(items: Sequence[PredictionRow | BatchFrame]) -> list[StoredBa
                         count,
                         count,
                         item.whole,
-                        orjson.dumps(item.slots),
+                        slots,
                         item.inputs,
                         item.outputs,
-                        [slot[0] for slot in item.slots],
+                        keyed,
+                        tag,
+                        part,
                     )
                 )
                 continue
@@ -80,11 +98,9 @@ def stored_batches(items: Sequence[PredictionRow | BatchFrame]) -> list[StoredBa
             slot: list[Any] = [id_, route, latency_s, 0, 0, None]
             if outcome != "ok":
                 slot.append(outcome)
-            batches.append(
-                StoredBatch(
-                    model, version, at, 1, int(outcome == "ok"), True, orjson.dumps([slot]), inputs, outputs, [id_]
-                )
-            )
+            ok = int(outcome == "ok")
+            encoded = orjson.dumps([slot])
+            batches.append(StoredBatch(model, version, at, 1, ok, True, encoded, inputs, outputs, [id_]))
     return batches
 
 
@@ -121,3 +137,32 @@ def _blob(value: Any) -> Any:
     """A tensors column as `slot_rows` takes it: bytes (psycopg hands back memoryview); text stays text (a row
     from before store migration 3 holds its tensors' JSON, which `tensors_from_bytes` reads)."""
     return bytes(value) if isinstance(value, memoryview | bytearray) else value
+
+
+def tag_lookup(ids: Iterable[str]) -> dict[str, set[str]]:
+    """The ids among `ids` in the form the gateway makes for a batch's requests, by their batch's tag."""
+    tags: dict[str, set[str]] = {}
+    for id_ in ids:
+        tag = batch_tag_of(id_)
+        if tag is not None:
+            tags.setdefault(tag, set()).add(id_)
+    return tags
+
+
+def tagged_ids(tag: str, slots: bytes | str) -> list[str]:
+    """The ids of a tagged batch's requests that its tag finds (made from it), in slot order."""
+    return [slot[0] for slot in orjson.loads(slots) if is_batch_request_id(slot[0], tag, slot[3])]
+
+
+_ROW_HEX = [f"{row:x}" for row in range(4096)]
+"""Rows in hex as `batch_request_id` writes them, made once (a format a request cost the writer 0.3 µs)."""
+
+
+def _keyed(tag: str, slots: Sequence[Sequence[Any]]) -> list[str]:
+    """The ids of a tagged batch's requests that its tag does not find (a caller's own), in slot order."""
+    prefix = tag + "-"
+    try:
+        hexes = _ROW_HEX
+        return [slot[0] for slot in slots if slot[0] != prefix + hexes[slot[3]]]
+    except IndexError:  # a batch of more rows than the table holds
+        return [slot[0] for slot in slots if not is_batch_request_id(slot[0], tag, slot[3])]

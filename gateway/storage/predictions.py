@@ -27,6 +27,7 @@ from sqlalchemy import (
     Dialect,
     Select,
     Table,
+    and_,
     delete,
     exists,
     func,
@@ -35,6 +36,7 @@ from sqlalchemy import (
     literal_column,
     select,
     tuple_,
+    union,
     union_all,
     update,
 )
@@ -42,10 +44,19 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway.errors import InvalidInput
 from gateway.storage.engine import Database
-from gateway.storage.prediction_batches import StoredBatch, batch_rows, slot_ids, stored_batches, without_slots
+from gateway.storage.prediction_batches import (
+    StoredBatch,
+    batch_rows,
+    slot_ids,
+    stored_batches,
+    tag_lookup,
+    tagged_ids,
+    without_slots,
+)
 from gateway.storage.schema import UTC, labels_table, prediction_batches_table, prediction_keys_table, utc_now
 from monitors.log_batches import BatchFrame
 from monitors.prediction_log import (
+    BATCH_TAG_LENGTH,
     prediction_rows,
     stored_tensors_to_json,
     tensors_from_bytes,
@@ -75,8 +86,9 @@ class PredictionData(Database):
     def write_log_items(self, items: Sequence[PredictionRow | BatchFrame]) -> int:
         """Insert what the log hands over in one transaction, in the stored form
         (`gateway.storage.prediction_batches`): a runtime batch as one row, a row as a batch of one, and a key
-        per request. A request whose (model, id, version) is already stored is left out (a caller that reuses
-        an id keeps its first prediction), not an error. Returns the requests stored.
+        per request that its batch's tag does not find. A request whose (model, id, version) is already stored
+        is left out (a caller that reuses an id keeps its first prediction; a batch sent again is not stored
+        twice), not an error. Returns the requests stored.
 
         The inserts go to the driver directly, as multi-row INSERTs: executemany would step the statement
         once per row, and the sqlite3 driver gives the GIL up and takes it back around every step.
@@ -85,25 +97,76 @@ class PredictionData(Database):
         if not batches:
             return 0
         with self._write() as conn:
+            batches = self._without_tagged_repeats(conn, batches)
+            if not batches:
+                return 0
             seqs = self._new_seqs(conn, len(batches))
             postgres = conn.dialect.name == "postgresql"
             values = self._batch_params(batches, seqs, postgres)
             keys: list[Any] = []
             for batch, seq in zip(batches, seqs, strict=True):
-                for id_ in batch.ids:
+                for id_ in batch.keyed:
                     keys += (batch.model, id_, batch.version, seq)
             if postgres:
                 # One array per column, unnested by the server: psycopg parses a query's placeholders in
                 # Python and caches only short queries, so a long VALUES list would cost ~40 µs a row in the
                 # parsing alone.
-                conn.exec_driver_sql(_INSERT_BATCHES_PG, tuple(values[i::_BATCH_WIDTH] for i in range(_BATCH_WIDTH)))
-                stored = conn.exec_driver_sql(_INSERT_KEYS_PG, tuple(keys[i::4] for i in range(4))).rowcount
+                columns = tuple(values[i::_BATCH_WIDTH] for i in range(_BATCH_WIDTH))
+                inserted = conn.exec_driver_sql(_INSERT_BATCHES_PG, columns).rowcount
+                if keys:
+                    keyed = conn.exec_driver_sql(_INSERT_KEYS_PG, tuple(keys[i::4] for i in range(4))).rowcount
+                else:
+                    keyed = 0
             else:
-                _insert_rows(conn, prediction_batches_table, values, _BATCH_WIDTH, conflicts=False)
-                stored = _insert_rows(conn, prediction_keys_table, keys, 4, conflicts=True)
-            if stored < len(keys) // 4:
+                inserted = _insert_rows(conn, prediction_batches_table, values, _BATCH_WIDTH, conflicts=True)
+                keyed = _insert_rows(conn, prediction_keys_table, keys, 4, conflicts=True)
+            present = set(seqs) if inserted == len(batches) else self._present(conn, seqs)
+            stored = keyed + sum(b.rows - len(b.keyed) for b, seq in zip(batches, seqs, strict=True) if seq in present)
+            if keyed < len(keys) // 4:
                 self._drop_repeated(conn, batches, seqs)
         return stored
+
+    def _present(self, conn: Any, seqs: Sequence[int]) -> set[int]:
+        """Which of the new batches were stored: a tagged one sent again (its (model, tag, part) taken) was not."""
+        b = prediction_batches_table
+        present: set[int] = set()
+        for part in _chunks(list(seqs), _IN_CHUNK):
+            present.update(conn.execute(select(b.c.seq).where(b.c.seq.in_(part))).scalars())
+        return present
+
+    def _without_tagged_repeats(self, conn: Any, batches: list[StoredBatch]) -> list[StoredBatch]:
+        """The batches without the requests whose id a tagged batch already holds for the same version (stored,
+        or earlier in this write): a caller that sends back an id the gateway made, or a tagged batch's requests
+        written again one by one (from the spool, after a write that stored part of a batch). A key row would not
+        catch these: the tag's way stores none. Costs a query only when an id of the gateway's form needs a key."""
+        wanted: dict[str, set[str]] = {}
+        for batch in batches:
+            named = tag_lookup(batch.keyed)
+            if named:
+                wanted.setdefault(batch.model, set()).update(named)
+        if not wanted:
+            return batches
+        b = prediction_batches_table
+        held: set[tuple[str, str, str]] = set()
+        for model, tags in wanted.items():
+            for chunk in _chunks(sorted(tags), _IN_CHUNK):
+                query = select(b.c.version, b.c.tag, b.c.slots).where(b.c.model == model, b.c.tag.in_(chunk))
+                for version, tag, slots in conn.execute(query):
+                    held.update((model, id_, version) for id_ in tagged_ids(tag, slots))
+        kept: list[StoredBatch] = []
+        for batch in batches:
+            keyed = set(batch.keyed)
+            model, version = batch.model, batch.version
+            ids = slot_ids(batch.slots)
+            drop = {i for i, id_ in enumerate(ids) if id_ in keyed and (model, id_, version) in held}
+            held.update((model, id_, version) for id_ in ids if id_ not in keyed)  # a tagged batch's
+            if not drop:
+                kept.append(batch)
+            elif len(drop) < batch.rows:
+                slots, rows, ok = without_slots(batch.slots, drop)
+                left = [id_ for i, id_ in enumerate(ids) if i not in drop and id_ in keyed]
+                kept.append(batch._replace(slots=slots, rows=rows, ok=ok, keyed=left))
+        return kept
 
     def _new_seqs(self, conn: Any, count: int) -> list[int]:
         """Keys for `count` new batches, known before the insert so the requests' keys can name them. SQLite:
@@ -136,6 +199,8 @@ class PredictionData(Database):
                     b.slots,
                     b.inputs,
                     b.outputs,
+                    b.tag,
+                    b.part,
                 )
             return values
         # The text up to the second is made once per second (batches come in time order).
@@ -161,6 +226,8 @@ class PredictionData(Database):
                 b.slots,
                 bytearray(b.inputs),
                 bytearray(b.outputs),
+                b.tag,
+                b.part,
             )
         return values
 
@@ -172,16 +239,19 @@ class PredictionData(Database):
         owners: dict[tuple[str, str, str], int] = {}
         wanted: dict[tuple[str, str], set[str]] = {}
         for batch in batches:
-            wanted.setdefault((batch.model, batch.version), set()).update(batch.ids)
+            wanted.setdefault((batch.model, batch.version), set()).update(batch.keyed)
         for (model, version), ids in wanted.items():
             for chunk in _chunks(sorted(ids), _IN_CHUNK):
                 query = select(k.c.id, k.c.seq).where(k.c.model == model, k.c.version == version, k.c.id.in_(chunk))
                 for id_, seq in conn.execute(query):
                     owners[(model, id_, version)] = seq
         for batch, seq in zip(batches, seqs, strict=True):
+            keyed = set(batch.keyed)
             seen: set[str] = set()
             drop: set[int] = set()
-            for i, id_ in enumerate(batch.ids):
+            for i, id_ in enumerate(slot_ids(batch.slots)):
+                if id_ not in keyed:  # found by the batch's tag: never a repeat of a stored one
+                    continue
                 if id_ in seen or owners.get((batch.model, id_, batch.version)) != seq:
                     drop.add(i)
                 seen.add(id_)
@@ -219,7 +289,8 @@ class PredictionData(Database):
                     deleted += self._delete_batches(model, version, b.c.at <= cutoff)
         if deleted:
             k, lt = prediction_keys_table, labels_table
-            orphan = ~exists().where(k.c.model == lt.c.model, k.c.id == lt.c.prediction_id)
+            tagged = exists().where(b.c.model == lt.c.model, _names_batch(b.c.tag, lt.c.prediction_id))
+            orphan = ~exists().where(k.c.model == lt.c.model, k.c.id == lt.c.prediction_id) & ~tagged
             with self._write() as conn:
                 conn.execute(delete(lt).where(orphan))
         return deleted
@@ -326,6 +397,7 @@ class PredictionData(Database):
                 known.update(
                     conn.execute(select(t.c.id).where(t.c.model == model, t.c.id.in_(chunk)).distinct()).scalars()
                 )
+                known.update(self._tagged_known(conn, model, chunk))
                 for row in conn.execute(
                     select(lt.c.prediction_id, lt.c.value).where(lt.c.model == model, lt.c.prediction_id.in_(chunk))
                 ):
@@ -349,6 +421,16 @@ class PredictionData(Database):
                 conn.execute(insert(lt), new)
         return LabelResult(stored=len(new) + changed, unchanged=unchanged)
 
+    def _tagged_known(self, conn: Any, model: str, ids: Sequence[str]) -> set[str]:
+        """Those of `ids` that a stored batch of `model` holds by its tag (ids the gateway made for its requests)."""
+        b = prediction_batches_table
+        tags = tag_lookup(ids)
+        known: set[str] = set()
+        for chunk in _chunks(sorted(tags), _IN_CHUNK):
+            for tag, slots in conn.execute(select(b.c.tag, b.c.slots).where(b.c.model == model, b.c.tag.in_(chunk))):
+                known.update(tags[tag].intersection(tagged_ids(tag, slots)))
+        return known
+
     def labeled_predictions(
         self, model: str, version: str, *, since: datetime | None = None, limit: int = 10_000
     ) -> list[LabeledPrediction]:
@@ -356,18 +438,29 @@ class PredictionData(Database):
 
         `outputs` are in the JSON form: {"name": {"shape": [...], "datatype": ..., "data": [...]}}.
         """
-        k, lt = prediction_keys_table, labels_table
-        query = (
+        k, lt, b = prediction_keys_table, labels_table, prediction_batches_table
+        keyed = (
             select(k.c.seq, k.c.id, lt.c.value, lt.c.at.label("labeled_at"))
             .join(lt, (lt.c.model == k.c.model) & (lt.c.prediction_id == k.c.id))
             .where(k.c.model == model, k.c.version == version)
         )
+        # The version is compared here, not in SQL: SQLite would then walk the (model, version, at) index for every
+        # label instead of looking each label's tag up in the tag index.
+        tagged = (
+            select(b.c.seq, b.c.version, lt.c.prediction_id.label("id"), lt.c.value, lt.c.at.label("labeled_at"))
+            .join(b, (b.c.model == lt.c.model) & _names_batch(b.c.tag, lt.c.prediction_id))
+            .where(lt.c.model == model)
+        )
         labeled: dict[str, tuple[Any, datetime]] = {}
         seqs: set[int] = set()
         with self._read() as conn:
-            for row in conn.execute(query):
+            for row in conn.execute(keyed):
                 labeled[row.id] = (row.value, row.labeled_at)
                 seqs.add(row.seq)
+            for seq, stored_version, id_, value, labeled_at in conn.execute(tagged):
+                if stored_version == version:
+                    labeled[id_] = (value, labeled_at)
+                    seqs.add(seq)
             rows = self._rows_of(conn, sorted(seqs), since=since, only=set(labeled))
         rows = [row for row in rows if row[6] == "ok"]
         rows.sort(key=_row_order)
@@ -475,7 +568,15 @@ class PredictionData(Database):
                 keys = select(k.c.seq).where(k.c.model == model, k.c.id.in_(list(only)))
                 if version is not None:
                     keys = keys.where(k.c.version == version)
-                conditions.append(b.c.seq.in_(keys.scalar_subquery()))
+                tags = list(tag_lookup(only))
+                if tags:  # and the batches the ids name by their tag (each way its own index)
+                    tagged = b.alias("tagged")
+                    by_tag = select(tagged.c.seq).where(tagged.c.model == model, tagged.c.tag.in_(tags))
+                    found = b.c.seq.in_(union(keys, by_tag))
+                else:
+                    found = b.c.seq.in_(keys.scalar_subquery())
+                # The batches by their keys alone: beside `model = ?`, SQLite would walk the model's index range.
+                conditions[0] = found
                 enough = False
             order = (b.c.at.desc(), b.c.seq.desc()) if newest else (b.c.at, b.c.seq)
             chosen: list[int] = []
@@ -541,9 +642,9 @@ class PredictionData(Database):
 _BATCH_WIDTH = len(prediction_batches_table.columns)
 
 _INSERT_BATCHES_PG = (
-    "INSERT INTO prediction_batches (seq, model, version, at, rows, ok, whole, slots, inputs, outputs) "
+    "INSERT INTO prediction_batches (seq, model, version, at, rows, ok, whole, slots, inputs, outputs, tag, part) "
     "SELECT * FROM unnest(%b::bigint[], %b::varchar[], %b::varchar[], %b::timestamptz[], %b::int[], %b::int[], "
-    "%b::bool[], %b::bytea[], %b::bytea[], %b::bytea[])"
+    "%b::bool[], %b::bytea[], %b::bytea[], %b::bytea[], %b::varchar[], %b::int[]) ON CONFLICT DO NOTHING"
 )
 """Batches on PostgreSQL: one array of values per column (in `prediction_batches_table`'s order), sent in
 psycopg's binary format (%b): no quoting of text, no hex for bytes."""
@@ -583,6 +684,15 @@ def _insert_sql(dialect: Dialect, table: Table, rows: int, conflicts: bool) -> s
     return (
         f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
         f"VALUES {', '.join([row] * rows)}{tail}"
+    )
+
+
+def _names_batch(tag: Any, prediction_id: Any) -> Any:
+    """SQL: the id is of the gateway's form for the batch with this tag (`monitors.prediction_log.batch_request_id`):
+    the tag, then '-'. The tag's comparison is the one an index on it serves."""
+    return and_(
+        tag == func.substr(prediction_id, 1, BATCH_TAG_LENGTH),
+        func.substr(prediction_id, BATCH_TAG_LENGTH + 1, 1) == "-",
     )
 
 

@@ -34,9 +34,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.types import TypeDecorator
 
-from monitors.prediction_log import (
-    MAX_ID_LENGTH,
-)
+from monitors.prediction_log import BATCH_TAG_LENGTH, MAX_ID_LENGTH
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +173,8 @@ prediction_batches_table = Table(
     Column("slots", LargeBinary, nullable=False),
     Column("inputs", LargeBinary, nullable=False),
     Column("outputs", LargeBinary, nullable=False),
+    Column("tag", String(BATCH_TAG_LENGTH), nullable=True),
+    Column("part", Integer, nullable=True),
 )
 Index(
     "ix_prediction_batches_model_version_at",
@@ -182,9 +182,18 @@ Index(
     prediction_batches_table.c.version,
     prediction_batches_table.c.at,
 )
+Index(
+    "ux_prediction_batches_model_tag_part",
+    prediction_batches_table.c.model,
+    prediction_batches_table.c.tag,
+    prediction_batches_table.c.part,
+    unique=True,
+)
 """The prediction log, one row per runtime batch (migration 9; `gateway.storage.prediction_batches` has the
 layout): its requests' inputs and outputs as the batch's tensors, each request a slot. `rows` slots, `ok` of
-them answered. A record logged alone (a failure) is a batch of one."""
+them answered. A record logged alone (a failure) is a batch of one. `tag` (migration 10): the runtime batch's,
+where the gateway made its requests' ids from it, which it then finds them by; `part`: the first slot's row,
+which tells apart the rows of one runtime batch logged in two parts, and makes a batch sent again a repeat."""
 
 prediction_keys_table = Table(
     "prediction_keys",
