@@ -44,7 +44,6 @@ import contextlib
 import logging
 import math
 import os
-import re
 import struct
 import sys
 import time
@@ -471,23 +470,17 @@ def batch_request_id(tensors: BatchTensors, start: int) -> str:
 
 
 def batch_tag_of(prediction_id: str) -> str | None:
-    """The tag of an id in `batch_request_id`'s form, None for any other id. An id of that form may also be a
+    """The tag an id in `batch_request_id`'s form names, None for an id of no such form. Only its shape is checked
+    (a tag's length, then '-'): a text that is not a tag finds no batch. An id of that form may also be a
     caller's (one that sends back an id it was given): the store looks for it both ways."""
     if len(prediction_id) <= BATCH_TAG_LENGTH + 1 or prediction_id[BATCH_TAG_LENGTH] != "-":
         return None
-    tag = prediction_id[:BATCH_TAG_LENGTH]
-    row = prediction_id[BATCH_TAG_LENGTH + 1 :]
-    if len(row) > 8 or not _HEX.fullmatch(tag) or not _HEX.fullmatch(row):
-        return None
-    return tag
+    return prediction_id[:BATCH_TAG_LENGTH]
 
 
 def is_batch_request_id(prediction_id: str, tag: str | None, start: int) -> bool:
     """Whether a slot's id is the one `batch_request_id` made for it: then its stored batch's tag finds it."""
     return tag is not None and prediction_id == f"{tag}-{start:x}"
-
-
-_HEX = re.compile("[0-9a-f]+")
 
 
 def sampled(prediction_id: str, rate: float) -> bool:

@@ -184,3 +184,18 @@ def test_pruning_a_tagged_batch_takes_the_labels_of_its_requests(store: Store) -
     assert store.prune_predictions(older_than=T0 + timedelta(seconds=1), keep_rows=None) == 2
     assert store.labels("m") == {new.slots[1][0]: 0}
     assert store.write_labels("m", [Label(old.slots[1][0], 1)]).unknown == (old.slots[1][0],)
+
+
+def test_a_shadows_copies_keep_their_primary_ids_under_their_own_version(store: Store) -> None:
+    primary = tagged_frame(T0, 3)
+    copies = frame([slot[0] for slot in primary.slots], T0, version="2", first=20)
+    copies = copies._replace(slots=[(slot[0], "shadow", *slot[2:]) for slot in copies.slots])
+    assert store.write_log_items([primary, copies]) == 6
+    assert store.write_log_items([copies]) == 0  # sent again: their key rows hold them
+    assert counts(store) == (2, 3)
+    made = primary.slots[2][0]
+    rows = store.predictions("m", ids=[made])
+    assert [(r["version"], r["route"], r["inputs"]["x"]["data"]) for r in rows] == [
+        ("1", "stable", [2.0, 2.0, 2.0]),
+        ("2", "shadow", [22.0, 22.0, 22.0]),
+    ]

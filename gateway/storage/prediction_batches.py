@@ -36,7 +36,14 @@ from typing import Any, NamedTuple
 import orjson
 
 from monitors.log_batches import BatchFrame
-from monitors.prediction_log import batch_tag_of, expand_items, is_batch_request_id, slot_rows
+from monitors.prediction_log import (
+    BATCH_TAG_LENGTH,
+    ROUTE_SHADOW,
+    batch_tag_of,
+    expand_items,
+    is_batch_request_id,
+    slot_rows,
+)
 from monitors.records import PredictionRow
 
 
@@ -56,6 +63,9 @@ class StoredBatch(NamedTuple):
     """The ids that need a key row: all but those its tag finds (`monitors.prediction_log.batch_request_id`)."""
     tag: str | None = None
     part: int | None = None
+    copies: bool = False
+    """Every request a shadow's copy: their ids are their primary requests', which name the primary version's
+    batches, never this version's, so no tag of this version can hold them (`Store` asks only for the others)."""
 
 
 def stored_batches(items: Sequence[PredictionRow | BatchFrame]) -> list[StoredBatch]:
@@ -73,6 +83,7 @@ def stored_batches(items: Sequence[PredictionRow | BatchFrame]) -> list[StoredBa
                 tag = item.tag
                 keyed = [slot[0] for slot in item.slots] if tag is None else _keyed(tag, item.slots)
                 part = None if tag is None else item.slots[0][3]
+                copies = tag is None and {slot[1] for slot in item.slots} == _COPIES
                 slots = orjson.dumps(item.slots)
                 batches.append(
                     StoredBatch(
@@ -88,6 +99,7 @@ def stored_batches(items: Sequence[PredictionRow | BatchFrame]) -> list[StoredBa
                         keyed,
                         tag,
                         part,
+                        copies,
                     )
                 )
                 continue
@@ -100,8 +112,12 @@ def stored_batches(items: Sequence[PredictionRow | BatchFrame]) -> list[StoredBa
                 slot.append(outcome)
             ok = int(outcome == "ok")
             encoded = orjson.dumps([slot])
-            batches.append(StoredBatch(model, version, at, 1, ok, True, encoded, inputs, outputs, [id_]))
+            copies = route == ROUTE_SHADOW
+            batches.append(StoredBatch(model, version, at, 1, ok, True, encoded, inputs, outputs, [id_], copies=copies))
     return batches
+
+
+_COPIES = {ROUTE_SHADOW}
 
 
 def batch_rows(
@@ -137,6 +153,13 @@ def _blob(value: Any) -> Any:
     """A tensors column as `slot_rows` takes it: bytes (psycopg hands back memoryview); text stays text (a row
     from before store migration 3 holds its tensors' JSON, which `tensors_from_bytes` reads)."""
     return bytes(value) if isinstance(value, memoryview | bytearray) else value
+
+
+def batch_tags(ids: Iterable[str]) -> set[str]:
+    """The tags that the ids among `ids` in the form the gateway makes for a batch's requests name (a set
+    comprehension: the writer asks this of every key row's id)."""
+    n = BATCH_TAG_LENGTH
+    return {id_[:n] for id_ in ids if len(id_) > n + 1 and id_[n] == "-"}
 
 
 def tag_lookup(ids: Iterable[str]) -> dict[str, set[str]]:

@@ -47,6 +47,7 @@ from gateway.storage.engine import Database
 from gateway.storage.prediction_batches import (
     StoredBatch,
     batch_rows,
+    batch_tags,
     slot_ids,
     stored_batches,
     tag_lookup,
@@ -139,22 +140,31 @@ class PredictionData(Database):
         or earlier in this write): a caller that sends back an id the gateway made, or a tagged batch's requests
         written again one by one (from the spool, after a write that stored part of a batch). A key row would not
         catch these: the tag's way stores none. Costs a query only when an id of the gateway's form needs a key."""
-        wanted: dict[str, set[str]] = {}
+        wanted: dict[tuple[str, str], set[str]] = {}
         for batch in batches:
-            named = tag_lookup(batch.keyed)
-            if named:
-                wanted.setdefault(batch.model, set()).update(named)
+            if batch.copies:
+                continue
+            tags = batch_tags(batch.keyed)
+            if tags:
+                wanted.setdefault((batch.model, batch.version), set()).update(tags)
         if not wanted:
             return batches
-        b = prediction_batches_table
         held: set[tuple[str, str, str]] = set()
-        for model, tags in wanted.items():
+        for (model, version), tags in wanted.items():
             for chunk in _chunks(sorted(tags), _IN_CHUNK):
-                query = select(b.c.version, b.c.tag, b.c.slots).where(b.c.model == model, b.c.tag.in_(chunk))
-                for version, tag, slots in conn.execute(query):
+                # Answered from the unique index when no batch of this version has the tags (a shadow's copies:
+                # their ids name the primary version's batches), and the slots read only where one has. The
+                # statement as text: a Core select() built for every write cost more than the lookups.
+                sql = _tagged_slots_sql(conn.dialect.paramstyle, len(chunk))
+                for tag, slots in conn.exec_driver_sql(sql, (model, version, *chunk)):
                     held.update((model, id_, version) for id_ in tagged_ids(tag, slots))
+        if not held and not any(b.tag is not None and (b.model, b.version) in wanted for b in batches):
+            return batches  # the common case (a shadow's copies): nothing of these versions holds the tags
         kept: list[StoredBatch] = []
         for batch in batches:
+            if (batch.model, batch.version) not in wanted:
+                kept.append(batch)
+                continue
             keyed = set(batch.keyed)
             model, version = batch.model, batch.version
             ids = slot_ids(batch.slots)
@@ -657,6 +667,16 @@ _INSERT_KEYS_PG = (
 _LAST_SEQ = "SELECT max(seq) FROM prediction_batches"
 
 _NEXT_SEQS_PG = "SELECT nextval(pg_get_serial_sequence('prediction_batches', 'seq')) FROM generate_series(1, %s)"
+
+
+@functools.lru_cache(maxsize=64)
+def _tagged_slots_sql(paramstyle: str, tags: int) -> str:
+    """The tags and slots of a version's batches that hold any of `tags` tags (the unique index's columns)."""
+    mark = "?" if paramstyle == "qmark" else "%s"
+    return (
+        f"SELECT tag, slots FROM prediction_batches WHERE model = {mark} AND version = {mark} "
+        f"AND tag IN ({', '.join([mark] * tags)})"
+    )
 
 
 def _insert_rows(conn: Any, table: Table, values: list[Any], width: int, *, conflicts: bool) -> int:

@@ -183,9 +183,10 @@ Index(
     prediction_batches_table.c.at,
 )
 Index(
-    "ux_prediction_batches_model_tag_part",
+    "ux_prediction_batches_model_tag_version_part",
     prediction_batches_table.c.model,
     prediction_batches_table.c.tag,
+    prediction_batches_table.c.version,
     prediction_batches_table.c.part,
     unique=True,
 )
@@ -193,7 +194,8 @@ Index(
 layout): its requests' inputs and outputs as the batch's tensors, each request a slot. `rows` slots, `ok` of
 them answered. A record logged alone (a failure) is a batch of one. `tag` (migration 10): the runtime batch's,
 where the gateway made its requests' ids from it, which it then finds them by; `part`: the first slot's row,
-which tells apart the rows of one runtime batch logged in two parts, and makes a batch sent again a repeat."""
+which tells apart the rows of one runtime batch logged in two parts, and makes a batch sent again a repeat. The
+version in the unique index lets the writer ask, from the index alone, whether a version's batch holds a tag."""
 
 prediction_keys_table = Table(
     "prediction_keys",

@@ -20,7 +20,12 @@ def upgrade() -> None:
     # ADD COLUMN on both databases: no copy of the log's table (rows logged before keep their key rows).
     op.add_column("prediction_batches", sa.Column("tag", sa.String(length=28), nullable=True))
     op.add_column("prediction_batches", sa.Column("part", sa.Integer(), nullable=True))
-    op.create_index("ux_prediction_batches_model_tag_part", "prediction_batches", ["model", "tag", "part"], unique=True)
+    op.create_index(
+        "ux_prediction_batches_model_tag_version_part",
+        "prediction_batches",
+        ["model", "tag", "version", "part"],
+        unique=True,
+    )
 
 
 def downgrade() -> None:
