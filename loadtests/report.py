@@ -404,9 +404,10 @@ def markdown_report(
             f"{LOG_COST_TARGET:.0%} at 64 connections.",
             "- A request answered in a runtime batch is queued as a small tuple on its batch's entry (the batch's "
             "arrays held once); the event loop hands batches of 500 records over a pipe to the log's writer "
-            "process, which inserts each runtime batch as one row, with a key row per request, into the state "
-            "database (SQLite here) every 0.5 s or when a batch fills. On a box where wrk and the gateway share the "
-            "cores, that process's CPU is taken from them.",
+            "process, which inserts each runtime batch as one row (its tag names the requests whose ids the "
+            "gateway made from it; any other request adds a key row) into the state database (SQLite here) every "
+            "0.5 s or when a batch fills. On a box where wrk and the gateway share the cores, that process's CPU is "
+            "taken from them. Read the log's cost side by side (`loadtests.ab`): these modes ran minutes apart.",
         ]
         line = log_totals_line(modes.get(GATEWAY_VS_FLOOR, {}).get("prediction_log"))
         if line:
