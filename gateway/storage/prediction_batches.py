@@ -14,8 +14,8 @@ what is left is mostly the bytes (the WAL's pages at each commit) and the key a 
 The key a request was a third of that (1.1 of the 2.3 µs SQLite spent a request, side by side with no keys), and
 most requests do not need one: a caller that sends no id gets one the gateway makes, and a request of a runtime
 batch gets its batch's tag and its first row (`monitors.prediction_log.batch_request_id`). The batch row carries
-the tag (and `part`, its first slot's row: the unique (model, tag, part) makes a batch sent again a repeat that
-is not stored), so such an id is found by its batch, and no key row is written for it. Every other id (a
+the tag (and `part`, its first slot's row: the unique (model, tag, version, part) makes a batch sent again a
+repeat that is not stored), so such an id is found by its batch, and no key row is written for it. Every other id (a
 caller's, a request logged alone, a batch of tensors without a fixed width, stored a request a row) keeps its
 key row. Readers look an id up both ways (`tag_lookup`); a caller that sends back an id the gateway made, for the
 same version, has it found the tag's way first, so the first prediction is still the one kept.
