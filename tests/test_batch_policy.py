@@ -94,10 +94,58 @@ def test_inline_gate_opens_after_a_run_of_quick_batches_and_closes_on_a_slow_one
     for _ in range(3):
         gate.observe(0.0001)
     assert gate.inline
-    gate.observe(0.006)  # a stray (over 5x the limit): never inline again
-    for _ in range(100):
+    assert gate.observe(0.006) is False  # a stray (over 5x the limit): back to threads, but not for good
+    assert not gate.inline and not gate.disabled
+    for _ in range(3):
         gate.observe(0.0001)
+    assert gate.inline
+
+
+def test_inline_gate_keeps_a_model_that_strays_again_and_again_off_the_loop_for_good() -> None:
+    """One stray batch says little about the model: a pause of the machine (the hypervisor taking the CPU, a
+    full collection) lands in the thread's CPU time too, and a quick model sent to threads for good loses a
+    tenth of its req/s for the rest of the process's life. A model that strays again soon can stall."""
+    from gateway.serving.batch_policy import InlineGate
+
+    gate = InlineGate(max_s=0.001, warmup=3, strays=3, stray_window=1_000)
+    for _ in range(2):
+        for _ in range(3):
+            assert gate.observe(0.0001) is False
+        assert gate.inline
+        assert gate.observe(0.01) is False
+        assert not gate.disabled
+    for _ in range(3):
+        gate.observe(0.0001)
+    assert gate.observe(0.01) is True  # the third stray within the window: it just closed for good
+    for _ in range(100):
+        assert gate.observe(0.0001) is False
     assert not gate.inline and gate.disabled
+
+
+def test_inline_gate_closes_for_good_at_once_on_a_stall() -> None:
+    from gateway.serving.batch_policy import InlineGate
+
+    gate = InlineGate(max_s=0.001, warmup=3)
+    for _ in range(3):
+        gate.observe(0.0001)
+    assert gate.observe(0.2) is True  # 200 times the limit: no machine pauses that long in a batch
+    assert gate.disabled
+
+
+def test_inline_gate_forgets_strays_older_than_its_window() -> None:
+    from gateway.serving.batch_policy import InlineGate
+
+    gate = InlineGate(max_s=0.001, warmup=3, strays=2, stray_window=100)
+    gate.observe(0.01)
+    for _ in range(100):  # the first stray falls out of the window
+        gate.observe(0.0001)
+    gate.observe(0.01)
+    assert not gate.disabled
+    for _ in range(3):
+        gate.observe(0.0001)
+    assert gate.inline
+    gate.observe(0.01)  # two within 100 batches
+    assert gate.disabled and not gate.inline
 
 
 def test_inline_gate_off_when_the_limit_is_zero() -> None:

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
+import threading
+import time
 import weakref
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -15,6 +19,7 @@ import pytest
 from gateway.errors import DeadlineExceeded, InferenceFailed, Overloaded, ShuttingDown
 from gateway.serving.batch_policy import BatchingConfig
 from gateway.serving.batcher import Batcher
+from runtimes.base import SyncCall
 
 
 class GatedRuntime:
@@ -308,10 +313,6 @@ async def test_a_caller_that_gives_up_leaves_the_queue_at_once_and_frees_its_pla
 async def test_a_quick_synchronous_runtime_moves_onto_the_loop_thread_after_its_warm_up() -> None:
     """Batches of a model that has proved quick run on the loop's own thread (no hand-off); until then,
     and for a model that is not quick, they run on the runtime's pool."""
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
-    from runtimes.base import SyncCall
 
     threads: list[int] = []
 
@@ -343,11 +344,39 @@ async def test_a_quick_synchronous_runtime_moves_onto_the_loop_thread_after_its_
         assert loop_thread not in threads
 
 
+async def test_a_model_that_stalls_on_the_loop_goes_to_threads_for_good_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A batch that burns 100 times `inline_max_s` of CPU on the loop's thread: the model is never run inline
+    again, and the warning names the batcher. (One batch a little slower, or a stray, only costs a warm-up:
+    tests/test_batch_policy.py.)"""
+    threads: list[int] = []
+    loop_thread = threading.get_ident()
+
+    def run(inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None) -> dict[str, np.ndarray]:
+        threads.append(threading.get_ident())
+        if threads.count(loop_thread) == 1 and threads[-1] == loop_thread:  # its first batch on the loop
+            until = time.thread_time() + 0.25
+            while time.thread_time() < until:
+                pass
+        return {"y": inputs["x"] * 2, "z": inputs["x"] + 1}
+
+    async def never(inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None) -> dict[str, np.ndarray]:
+        raise AssertionError("a runtime with a synchronous call is run by the batcher itself")
+
+    with ThreadPoolExecutor(1) as pool, caplog.at_level(logging.WARNING, logger="gateway.serving.batcher"):
+        config = BatchingConfig(max_batch_size=8, default_timeout_s=None)
+        b = Batcher(never, config, name="stalls/3", synchronous=SyncCall(run, pool, inline=True), inline_max_s=0.002)
+        b.start()
+        for i in range(80):
+            await b.submit(rows(i), 1)
+        await b.close()
+    assert threads.count(loop_thread) == 1, "the stalling batch ran inline, after the warm-up, and nothing after it"
+    assert threads[-1] != loop_thread
+    assert any("stalls/3" in r.getMessage() and "never on the event loop" in r.getMessage() for r in caplog.records)
+
+
 async def test_a_failing_batch_run_inline_is_split_and_only_the_poisoned_request_fails() -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
-    from runtimes.base import SyncCall
-
     calls: list[list[float]] = []
 
     def run(inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None) -> dict[str, np.ndarray]:

@@ -9,6 +9,7 @@ at max_batch_size rows or max_queue_delay after its first request, as Triton's d
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass
 
 
@@ -82,29 +83,61 @@ class InlineGate:
     with two workers on two cores). Inline, the loop is blocked while the model runs, so only models
     that are known to be quick run there: a version starts on threads, and runs inline once `warmup`
     batches in a row each took at most `max_s`. A batch that takes longer than `max_s` sends the
-    version back to threads for another `warmup` batches, and one that takes `stray` times `max_s`
-    keeps it there for good: a model that can stall must not stall the loop.
+    version back to threads for another `warmup` batches. One that takes `stray` times `max_s` does the
+    same, and `strays` of those within `stray_window` batches keep it there for good, as does a single batch
+    of `stall` times `max_s` (100 ms by default): a model that can stall must not stall the loop.
+
+    Not for good at the first stray: the machine's own pauses land in a batch's CPU time too (the
+    hypervisor taking the CPU mid-call, a full collection, a burst of page faults), and the reference
+    MLP, whose batches take about 0.2 ms, showed batches of 1.3 and 1.8 ms in five minutes on a 2-core
+    box. A single pause of 5 ms used to send a quick model to threads for the rest of the process's
+    life, about a tenth of its req/s (loadtests/README, sixteenth session); a model that stalls does so
+    again within a few thousand batches.
 
     Pure: the batcher feeds it each batch's CPU time on the thread that ran it (immune to preemption and
     to the wait for the GIL), and asks before each.
     """
 
-    def __init__(self, max_s: float, warmup: int = 32, stray: float = 5.0) -> None:
+    def __init__(
+        self,
+        max_s: float,
+        warmup: int = 32,
+        stray: float = 5.0,
+        strays: int = 3,
+        stray_window: int = 10_000,
+        stall: float = 100.0,
+    ) -> None:
         self.max_s = max_s
         self.warmup = warmup
         self.stray = stray
+        self.strays = strays
+        self.stray_window = stray_window
+        self.stall = stall
         self._quick = 0
         """Batches in a row that took at most max_s."""
+        self._batches = 0
+        self._stray_at: collections.deque[int] = collections.deque()
+        """The batch numbers of the strays within the window."""
         self.disabled = max_s <= 0
 
     @property
     def inline(self) -> bool:
         return not self.disabled and self._quick >= self.warmup
 
-    def observe(self, compute_s: float) -> None:
+    def observe(self, compute_s: float) -> bool:
+        """Count one batch's CPU time; True when this batch closed the gate for good (for the caller to say so)."""
+        self._batches += 1
         if compute_s <= self.max_s:
             self._quick += 1
-            return
+            return False
         self._quick = 0
-        if compute_s > self.max_s * self.stray:
+        if compute_s <= self.max_s * self.stray or self.disabled:
+            return False
+        strays = self._stray_at
+        while strays and self._batches - strays[0] >= self.stray_window:
+            strays.popleft()
+        strays.append(self._batches)
+        if len(strays) >= self.strays or compute_s > self.max_s * self.stall:
             self.disabled = True
+            return True
+        return False

@@ -365,12 +365,26 @@ class Batcher:
             try:
                 return sync.run(inputs, wanted)
             finally:
-                self._gate.observe(time.thread_time() - started)
+                self._observe_run(time.thread_time() - started)
         outputs, took = await asyncio.get_running_loop().run_in_executor(
             sync.executor, _timed, sync.run, inputs, wanted
         )
-        self._gate.observe(took)
+        self._observe_run(took)
         return outputs
+
+    def _observe_run(self, took_s: float) -> None:
+        if self._gate.observe(took_s):
+            log.warning(
+                "batcher %s: a batch took %.1f ms of CPU, and the model stalls (one batch over %g times "
+                "runtime.inline_max_ms, or %d over %g times within %d batches): its batches run on runtime threads "
+                "from now on, never on the event loop",
+                self._name,
+                took_s * 1000.0,
+                self._gate.stall,
+                self._gate.strays,
+                self._gate.stray,
+                self._gate.stray_window,
+            )
 
     def _start_batch(self, items: list[_Item]) -> None:
         self._in_flight += 1
