@@ -690,7 +690,43 @@ class PredictionLog:
         """`record` for an answered request whose rows `start:stop` of a runtime batch's `tensors` are its inputs
         and outputs (`wanted`: the outputs it asked for, None for all): stored exactly as `record` would store
         it, but queued as one small tuple on the batch's entry, its tensors encoded by the writer. Never
-        blocks, never raises."""
+        blocks, never raises.
+
+        Called once for every answered request of a runtime batch, on the event loop: the common case (the
+        batch's entry already open, room in memory, nothing sampled out) is one test and an append, with no
+        method call; everything else goes `_record_batched`'s way."""
+        entry = tensors.entry
+        if (
+            entry is not None
+            and entry.owner is self
+            and sample_rate >= 1.0
+            and len(prediction_id) <= MAX_ID_LENGTH
+            and self._queued + self._held_count + self._sending < self.capacity
+            and not self._closed
+        ):
+            entry.slots.append((prediction_id, route, float(latency_s), start, stop, wanted))
+            queued = self._queued = self._queued + 1
+            if queued >= self.batch_size:
+                self._wake.set()
+            return True
+        return self._record_batched(
+            tensors, start, stop, prediction_id, model, version, route, wanted, latency_s, sample_rate
+        )
+
+    def _record_batched(
+        self,
+        tensors: BatchTensors,
+        start: int,
+        stop: int,
+        prediction_id: str,
+        model: str,
+        version: str,
+        route: str,
+        wanted: tuple[str, ...] | None,
+        latency_s: float,
+        sample_rate: float,
+    ) -> bool:
+        """`record_batched` for a request that opens its batch's entry, is sampled, or finds the log full or closed."""
         if sample_rate < 1.0 and not sampled(prediction_id, sample_rate):
             self.counters.sampled_out += 1
             return False
