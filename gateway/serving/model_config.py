@@ -14,6 +14,7 @@ runtime:
   kind: onnx                # or remote (a V2 server, e.g. Triton or another Sluice)
   execution_providers: [cuda, cpu]
   intra_op_threads: 1
+  inline_max_ms: 1.0        # batches this quick (32 in a row) run on the event loop's thread; 0: never
   filename: model.onnx
   # kind: remote only
   url: 127.0.0.1:8001
