@@ -51,20 +51,24 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from loadtests.modes import DRIFT, MODEL, MODES, BenchError
+from loadtests.modes import DRIFT, MODEL, MODES, RAY_MODES, BenchError
 from loadtests.ports import free_port
 from loadtests.report import machine_facts
 from loadtests.scrape import scrape_prediction_log
-from loadtests.servers import DriftLoop, Gateway, check_gateway, prepare_gateway, running_gateway
+from loadtests.servers import DriftLoop, Gateway, check_gateway, prepare_server, running_gateway, tree_cpu_s
 from loadtests.wrk import lua_script, request_body, run_wrk
 
 DRIFT_WARM_TIMEOUT_S = 180.0
 
 
+SIDE_MODES = sorted(set(MODES) - set(RAY_MODES))
+"""The gateway modes a side can be: Ray's need a PostgreSQL and a Ray of their own each (`bench --pg-url`)."""
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m loadtests.ab", description=__doc__.splitlines()[0])
-    p.add_argument("--a", default="batching_on", choices=sorted(MODES), help="the mode whose cost is measured")
-    p.add_argument("--b", default="logging_off", choices=sorted(MODES), help="the baseline mode")
+    p.add_argument("--a", default="batching_on", choices=SIDE_MODES, help="the mode whose cost is measured")
+    p.add_argument("--b", default="logging_off", choices=SIDE_MODES, help="the baseline mode")
     p.add_argument(
         "--a-env",
         action="append",
@@ -113,16 +117,22 @@ def two_gateways(args: argparse.Namespace, work: Path, body: bytes) -> Iterator[
     with contextlib.ExitStack() as stack:
         gateways: dict[str, Gateway] = {}
         for side in ("a", "b"):
-            name, env = getattr(args, side), getattr(args, f"{side}_env")
             port = free_port()
-            cmd, extra_env, _info = prepare_gateway(name, work / side, port, args.provider, args.gateway_cmd)
+            cmd, env = side_command(args, side, work, port)
             print(f"[{side}: {label(args, side)}] starting: {shlex.join(cmd)}", flush=True)
-            log_path = args.out / f"gateway-{side}-{name}.log"
-            gw = stack.enter_context(running_gateway(cmd, log_path, port, {**extra_env, **env}))
+            log_path = args.out / f"gateway-{side}-{getattr(args, side)}.log"
+            gw = stack.enter_context(running_gateway(cmd, log_path, port, env))
             gw.wait_ready()
             check_gateway(gw, body, None)
             gateways[side] = gw
         yield gateways
+
+
+def side_command(args: argparse.Namespace, side: str, work: Path, port: int) -> tuple[list[str], dict[str, str]]:
+    """A side's command and environment, as `bench` starts the same mode: its worker arguments included (a
+    `workers2` side without them was one process before 2026-12-07)."""
+    cmd, extra_env, _info = prepare_server(getattr(args, side), work / side, port, args.provider, args.gateway_cmd)
+    return cmd, {**extra_env, **getattr(args, f"{side}_env")}
 
 
 def label(args: argparse.Namespace, side: str) -> str:
@@ -158,21 +168,14 @@ def _cpu_s(stat_path: str) -> float:
 
 def cpu_times(pid: int) -> dict[str, float]:
     """CPU seconds so far: the gateway's main thread (the event loop, which bounds its req/s), the whole
-    process, and its child processes (the log writer, the monitor worker). Read from /proc (Linux)."""
+    process, and the rest of its process tree (the log writer, the monitor worker; under `--workers` the
+    workers and their writers, the main process then only their supervisor, whose loop says nothing about
+    req/s). Read from /proc (Linux)."""
     out = {"main_thread": _cpu_s(f"/proc/{pid}/task/{pid}/stat"), "process": _cpu_s(f"/proc/{pid}/stat")}
     with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{pid}/task/{pid}/schedstat") as f:
         # The loop's time runnable but waiting for a CPU (not for the GIL: that is a sleep).
         out["main_thread_runqueue"] = int(f.read().split()[1]) / 1e9
-    children = 0.0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid:
-                children += (int(fields[11]) + int(fields[12])) / _TICK
-    out["children"] = children
+    out["children"] = max(0.0, tree_cpu_s(pid) - out["process"])
     return out
 
 

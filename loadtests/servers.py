@@ -180,11 +180,14 @@ def running_gateway(
 
 def server_cpu_s(gw: Gateway) -> float:
     """CPU seconds used so far by the server's whole process tree (workers and their helpers included)."""
+    return 0.0 if gw.proc is None else tree_cpu_s(gw.proc.pid)
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds used so far by a process and all of its descendants (the gateway's own reading of its tree)."""
     from gateway.observability.process_group import ProcessGroupCollector
 
-    if gw.proc is None:
-        return 0.0
-    for metric in ProcessGroupCollector(gw.proc.pid).collect():
+    for metric in ProcessGroupCollector(pid).collect():
         if metric.name == "process_cpu_seconds":
             return float(metric.samples[0].value)
     return 0.0

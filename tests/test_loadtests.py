@@ -13,12 +13,16 @@ import math
 import os
 import random
 import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gateway.serving.model_config import load_model_config
+from loadtests import ab
 from loadtests.ab import median_interval, paced, summarise
 from loadtests.modes import MODEL
 from loadtests.servers import prepare_server
@@ -160,6 +164,44 @@ def test_workers2_logging_off_is_workers2_with_the_log_off(tmp_path: Path) -> No
     assert modes["workers2"].logging.rate == 1.0
     assert modes["workers2_logging_off"].logging.rate == 0.0
     assert modes["workers2_logging_off"].model_copy(update={"logging": modes["workers2"].logging}) == modes["workers2"]
+
+
+def test_ab_starts_each_side_with_its_modes_worker_arguments(tmp_path: Path) -> None:
+    """`ab --a workers2` ran one process until 2026-12-07: each side now starts as `bench` starts the same mode,
+    with the side's own environment on top."""
+    args = ab.parse_args(["--a", "workers2", "--b", "batching_on", "--b-env", "X=1"])
+    a_cmd, a_env = ab.side_command(args, "a", tmp_path, 8000)
+    b_cmd, b_env = ab.side_command(args, "b", tmp_path, 8001)
+    assert a_cmd[-2:] == ["--workers", "2"], a_cmd
+    assert "--workers" not in b_cmd and b_env["X"] == "1" and "X" not in a_env
+    with pytest.raises(SystemExit):  # Ray's modes need a PostgreSQL and a Ray each: `bench` runs them
+        ab.parse_args(["--a", "ray"])
+
+
+def test_ab_counts_the_cpu_of_the_whole_process_tree(tmp_path: Path) -> None:
+    """Under `--workers` the requests are served two levels down (supervisor, workers, their log writers): a
+    grandchild's CPU is the gateway's too."""
+    done = tmp_path / "done"
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4:\n    pass\n"
+    worker = f"import subprocess, sys\nsubprocess.run([sys.executable, '-c', {burn!r}], check=True)\n"
+    root = (
+        "import pathlib, subprocess, sys, time\ntime.sleep(0.3)\n"
+        f"subprocess.run([sys.executable, '-c', {worker!r}], check=True)\n"
+        f"pathlib.Path({str(done)!r}).touch()\ntime.sleep(30)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", root])
+    try:
+        before = ab.cpu_times(parent.pid)
+        deadline = time.monotonic() + 30
+        while not done.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert done.exists(), "the grandchild never finished"
+        after = ab.cpu_times(parent.pid)
+    finally:
+        parent.kill()
+        parent.wait(timeout=10)
+    assert after["children"] - before["children"] >= 0.35
+    assert after["process"] - before["process"] < 0.2
 
 
 def test_targets_read_each_gateway_mode_against_its_own_floor() -> None:
