@@ -694,7 +694,8 @@ class PredictionLog:
 
         Called once for every answered request of a runtime batch, on the event loop: the common case (the
         batch's entry already open, room in memory, nothing sampled out) is one test and an append, with no
-        method call; everything else goes `_record_batched`'s way."""
+        method call; everything else (a request that opens its batch's entry, is sampled, or finds the log full or
+        closed) goes the long way below."""
         entry = tensors.entry
         if (
             entry is not None
@@ -709,24 +710,6 @@ class PredictionLog:
             if queued >= self.batch_size:
                 self._wake.set()
             return True
-        return self._record_batched(
-            tensors, start, stop, prediction_id, model, version, route, wanted, latency_s, sample_rate
-        )
-
-    def _record_batched(
-        self,
-        tensors: BatchTensors,
-        start: int,
-        stop: int,
-        prediction_id: str,
-        model: str,
-        version: str,
-        route: str,
-        wanted: tuple[str, ...] | None,
-        latency_s: float,
-        sample_rate: float,
-    ) -> bool:
-        """`record_batched` for a request that opens its batch's entry, is sampled, or finds the log full or closed."""
         if sample_rate < 1.0 and not sampled(prediction_id, sample_rate):
             self.counters.sampled_out += 1
             return False
