@@ -16,6 +16,7 @@ outputs, or a single request's decoded inputs, which nothing writes to).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -91,3 +92,14 @@ class BatchFrame(NamedTuple):
     slots: list[Slot]
     tag: str | None = None
     """The runtime batch's tag, where its requests' ids were made from it: stored with the batch, it finds them."""
+
+
+def spoolable(frame: BatchFrame) -> bool:
+    """Whether the spool (`gateway.storage.spool`) keeps a batch as one item, or as its requests' rows: it keeps
+    tensors with a fixed width (their stored form, bytes; the others cross as arrays) and latencies that JSON can
+    hold."""
+    return (
+        isinstance(frame.inputs, bytes)
+        and isinstance(frame.outputs, bytes)
+        and all(math.isfinite(slot[2]) for slot in frame.slots)
+    )

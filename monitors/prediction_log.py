@@ -52,12 +52,12 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import orjson
 
-from monitors.log_batches import BatchEntry, BatchFrame, BatchTensors, Packed
+from monitors.log_batches import BatchEntry, BatchFrame, BatchTensors, Packed, spoolable
 from monitors.records import (
     LogItem,
     PredictionRecord,
@@ -398,12 +398,29 @@ def _row_encoder(packed: Packed, whole: bool) -> Callable[[int, int], bytes]:
     return several
 
 
-def _write_items(sink: PredictionSink, items: Sequence[LogItem]) -> None:
+def _write_items(sink: PredictionSink, items: Sequence[LogItem | BatchFrame]) -> None:
     sink.write_log_items([batch_frame(item) if isinstance(item, BatchEntry) else item for item in items])
 
 
-def _records_in(item: LogItem) -> int:
-    return len(item.slots) if isinstance(item, BatchEntry) else 1
+def spooled_form(items: Sequence[LogItem]) -> list[PredictionRow | BatchFrame]:
+    """Queued items as the spool keeps them: a runtime batch as its frame (its tensors once, as the writer would
+    get them), where the spool can hold it (`gateway.storage.spool.spoolable`), else as its requests' rows."""
+    out: list[PredictionRow | BatchFrame] = []
+    for item in items:
+        if isinstance(item, BatchEntry):
+            frame = batch_frame(item)
+            if spoolable(frame):
+                out.append(frame)
+            else:
+                out += expand_items([frame])
+        else:
+            out.append(item)
+    return out
+
+
+def _records_in(item: LogItem | BatchFrame) -> int:
+    """The requests an item holds: an entry's or a spooled batch's slots, one a row."""
+    return len(item.slots) if isinstance(item, BatchEntry | BatchFrame) else 1
 
 
 def _bytes_in(item: LogItem) -> int:
@@ -845,11 +862,11 @@ class PredictionLog:
         return True
 
     def _to_spool(self, batch: Sequence[LogItem]) -> bool:
-        """Append a batch to the spool (as rows: the spool keeps the store's form); False (logged at most every
-        so often) when it cannot be kept."""
+        """Append a batch to the spool (`spooled_form`); False (logged at most every so often) when it cannot be
+        kept."""
         assert self.spool is not None
         try:
-            if self.spool.append(expand_items(batch)):
+            if self.spool.append(spooled_form(batch)):
                 return True
             reason: object = "the spool is full"
         except OSError as exc:
@@ -992,9 +1009,9 @@ class PredictionLog:
             return
         spool = self.spool
         if spool is not None and spool.pending:
-            rows = spool.peek()
-            if rows is not None:
-                await self._write(list(rows), spool=spool)
+            items = spool.peek()
+            if items is not None:
+                await self._write(list(items), spool=spool)
                 return
         if self._queue:
             await self._write(self._take())
@@ -1029,26 +1046,28 @@ class PredictionLog:
                 item.tensors.entry = None
         return batch
 
-    async def _write(self, batch: list[LogItem], *, spool: RowSpool | None = None) -> None:
+    async def _write(self, batch: Sequence[LogItem | BatchFrame], *, spool: RowSpool | None = None) -> None:
         """Hand one batch to the sink. One from memory counts against the capacity until it is written (or
         held again); one from the `spool` stays there until the sink took it."""
         spooled = spool is not None
         count = sum(_records_in(item) for item in batch)
-        if not spooled:
+        # From memory, the batch is the log's own items (the spool's hold runtime batches as frames instead).
+        mine = None if spooled else cast("list[LogItem]", batch)
+        if mine is not None:
             self._sending = count
-            self._sending_bytes = sum(_bytes_in(item) for item in batch)
+            self._sending_bytes = sum(_bytes_in(item) for item in mine)
         try:
             if self.writer is not None:  # the writer process: no second thread to share the GIL with
                 await self.writer.write(batch)
             else:
                 await asyncio.to_thread(_write_items, self.sink, batch)
         except asyncio.CancelledError:
-            if not spooled:  # it may have been written: written again, the store ignores the repeat
-                self._hold(batch, None)
+            if mine is not None:  # it may have been written: written again, the store ignores the repeat
+                self._hold(mine, None)
             raise
         except SinkUnavailable as exc:
-            if not spooled:
-                self._hold(batch, exc)
+            if mine is not None:
+                self._hold(mine, exc)
             else:
                 self._unavailable(exc)
             return

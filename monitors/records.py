@@ -92,22 +92,23 @@ class RowWriter(Protocol):
 
 
 class RowSpool(Protocol):
-    """Local disk for the rows the log cannot hold in memory (the gateway's `gateway.storage.spool.Spool`):
-    appended in order, read back oldest first, each frame let go once the sink took it."""
+    """Local disk for the records the log cannot hold in memory (the gateway's `gateway.storage.spool.Spool`):
+    rows and runtime batches (`monitors.log_batches.spoolable` ones), appended in order, read back oldest first,
+    each frame let go once the sink took it."""
 
     @property
     def pending(self) -> bool:
-        """Whether rows wait to be read back."""
+        """Whether records wait to be read back."""
 
-    def append(self, rows: Sequence[PredictionRow]) -> bool:
-        """Keep the rows after the others; False (nothing kept) when the spool is full; OSError when the disk
+    def append(self, items: Sequence[PredictionRow | BatchFrame]) -> bool:
+        """Keep the items after the others; False (nothing kept) when the spool is full; OSError when the disk
         refuses (nothing kept either)."""
 
-    def peek(self) -> Sequence[PredictionRow] | None:
-        """The oldest rows not yet taken (the same until `commit`); None when nothing waits."""
+    def peek(self) -> Sequence[PredictionRow | BatchFrame] | None:
+        """The oldest items not yet taken (the same until `commit`); None when nothing waits."""
 
     def commit(self) -> None:
-        """The rows `peek` returned were taken by the sink: let them go."""
+        """The items `peek` returned were taken by the sink: let them go."""
 
 
 class PredictionSink(Protocol):

@@ -8,16 +8,19 @@ segments are deleted; one process per directory, and directories nobody holds ar
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 import textwrap
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from gateway.storage.spool import MAGIC, SUFFIX, Spool, decode_batch, encode_batch, frame
-from monitors.prediction_log import tensors_from_bytes, tensors_to_bytes
+from gateway.storage.spool import MAGIC, MAGIC_V1, SUFFIX, Spool, decode_batch, encode_batch, frame, records_in
+from monitors.log_batches import BatchEntry, BatchFrame, BatchTensors, Slot, spoolable
+from monitors.prediction_log import expand_items, spooled_form, tensors_from_bytes, tensors_to_bytes
 from monitors.records import PredictionRow
 
 
@@ -53,6 +56,80 @@ def test_a_batch_round_trips_every_field_and_tensor_bit() -> None:
         decode_batch(encode_batch(rows)[:-1])
     with pytest.raises(ValueError):
         decode_batch(encode_batch(rows) + b"\x00")
+
+
+def _frame(i: int, *, tag: str | None = None, whole: bool = False) -> BatchFrame:
+    """A runtime batch of three requests as the log hands it over: its tensors in their stored form."""
+    x = tensors_to_bytes({"x": np.arange(12, dtype=np.float32).reshape(3, 4) + i})
+    y = tensors_to_bytes({"y": np.array([[1], [2], [3]], dtype=np.int64), "z": np.zeros((3, 2), np.float16)})
+    slots: list[Slot] = [
+        (f"b{i}-0", "stable", 0.001, 0, 1, None),
+        (f"b{i}-1", "canary", 1e-7, 1, 2, ("y",)),
+        ("ü-ß", "shadow", 0.25, 2, 3, ("z", "y")),
+    ]
+    return BatchFrame("m", "2", 1_700_000_000.0 + i, x, y, whole, slots, tag)
+
+
+def test_runtime_batches_round_trip_as_one_item_beside_rows() -> None:
+    items: list[PredictionRow | BatchFrame] = [
+        _frame(0, tag="0123456789abcdef0123456789ab"),
+        _row(1),
+        _frame(2, whole=True),
+    ]
+    back = decode_batch(encode_batch(items))
+    assert back == items  # every field, the slots' types included (JSON gives lists back)
+    assert isinstance(back[0], BatchFrame) and back[0].slots[1][5] == ("y",) and back[2].tag is None
+    assert expand_items(back) == expand_items(items)  # the same rows for the store, byte for byte
+    assert records_in(back) == 7
+    with pytest.raises(ValueError):
+        decode_batch(encode_batch(items)[:-1])
+
+
+def test_a_batch_the_spool_cannot_hold_as_one_item_is_refused() -> None:
+    arrays = _frame(0)._replace(inputs={"x": np.zeros((3, 4), np.float32)})  # crossed as arrays: no fixed width
+    endless = _frame(0)._replace(slots=[("a", "stable", float("inf"), 0, 3, None)])  # JSON has no infinity
+    for frame_ in (arrays, endless):
+        assert not spoolable(frame_)
+        with pytest.raises(ValueError):
+            encode_batch([frame_])
+    assert spoolable(_frame(0))
+
+
+def test_a_segment_of_rows_written_before_batches_were_spooled_is_still_read(tmp_path: Path) -> None:
+    """A segment as the spool wrote it before (`MAGIC_V1`: rows, no kind byte) is written back, not skipped."""
+    rows = _rows(0, 4)
+    payload = [struct.pack("<I", len(rows))]
+    for model, pid, version, route, at, latency_s, outcome, inputs, outputs in rows:
+        texts = [t.encode() for t in (model, pid, version, route, outcome)]
+        payload.append(struct.pack("<ddIIIIIII", at, latency_s, *map(len, texts), len(inputs), len(outputs)))
+        payload += [*texts, inputs, outputs]
+    body = b"".join(payload)
+    directory = tmp_path / "s"
+    directory.mkdir()
+    (directory / f"{1:016d}{SUFFIX}").write_bytes(MAGIC_V1 + struct.pack("<II", len(body), zlib.crc32(body)) + body)
+    spool = Spool(directory, max_bytes=1 << 20)
+    spool.append([_frame(9)])  # new frames go to a new segment of the new kind, after the old one
+    assert spool.peek() == rows
+    spool.commit()
+    assert spool.peek() == [_frame(9)]
+    spool.commit()
+    assert spool.counters.corrupt_bytes == 0 and not spool.pending
+    spool.close()
+
+
+def test_spilled_entries_spool_as_batches_where_they_can_and_as_rows_where_not() -> None:
+    fixed = BatchTensors({"x": np.ones((2, 3), np.float32)}, {"y": np.zeros((2, 1), np.float32)}, 2, False)
+    text = BatchTensors({"s": np.array([[b"a"], [b"bc"]], dtype=object)}, {"y": np.zeros((2, 1), np.float32)}, 2, False)
+    entries = []
+    for tensors in (fixed, text):
+        entry = BatchEntry(None, "m", "1", tensors, tensors.nbytes, 1_700_000_000.0)
+        entry.slots += [("r0", "stable", 0.1, 0, 1, None), ("r1", "stable", 0.2, 1, 2, None)]
+        entries.append(entry)
+    items = spooled_form([*entries, _row(7)])
+    assert [type(i) for i in items[:1]] == [BatchFrame]  # its tensors once
+    assert not any(isinstance(i, BatchFrame) for i in items[1:])  # text tensors: a row a request, then the row
+    assert expand_items(items) == expand_items([*entries, _row(7)])
+    assert decode_batch(encode_batch(items)) == items
 
 
 def test_frames_come_back_in_order_across_segments_and_read_segments_are_deleted(tmp_path: Path) -> None:
