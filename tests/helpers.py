@@ -63,6 +63,16 @@ def wait_until(
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}{detail}")
 
 
+async def until(predicate: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.01) -> None:
+    """`wait_until` for a test on the event loop whose work (a log's writer task) runs on the same loop: it yields
+    between polls instead of blocking the loop."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
 @dataclass
 class GatewayProcess:
     proc: subprocess.Popen[bytes]

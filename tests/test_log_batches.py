@@ -24,7 +24,7 @@ from monitors.log_batches import BatchTensors
 from monitors.prediction_log import PredictionLog, expand_items, tensors_from_bytes, tensors_to_bytes
 from monitors.records import PredictionRow
 from tests.databases import Backend
-from tests.helpers import Rows, stored_ids_in_write_order
+from tests.helpers import Rows, stored_ids_in_write_order, until
 
 
 def _batch(counts: list[int]) -> BatchTensors:
@@ -201,17 +201,12 @@ async def test_batches_held_through_an_outage_spill_to_the_spool_as_rows_and_com
     for b in range(25):  # 25 runtime batches of 8 one-row requests: 200 records
         ids += _log_batch(plog, _batch([1] * 8), [1] * 8, first=8 * b)
         await asyncio.sleep(0)
-    for _ in range(500):  # the writer finds the database locked, holds its batch and spills the rest
-        if plog.sink_unavailable and spool.counters.spooled_records >= 150:
-            break
-        await asyncio.sleep(0.01)
+    # the writer finds the database locked, holds its batch and spills the rest
+    await until(lambda: plog.sink_unavailable and spool.counters.spooled_records >= 150, timeout=5, what="the spill")
     assert plog.sink_unavailable and plog.counters.dropped == 0
     assert plog.depth <= 48 and spool.counters.spooled_records >= 150  # a batch's entry may pass the bound
     blocker.execute("ROLLBACK")
-    for _ in range(600):
-        if plog.counters.written == 200:
-            break
-        await asyncio.sleep(0.05)
+    await until(lambda: plog.counters.written == 200, timeout=30, what="the write-back", interval=0.05)
     assert stored_ids_in_write_order(store) == ids
     await plog.close()
     spool.close()
@@ -233,16 +228,10 @@ async def test_batches_spooled_through_an_outage_are_stored_as_batches_not_a_row
     for b, tensors in enumerate(batches):
         ids += _log_batch(plog, tensors, [1] * 8, first=8 * b)
         await asyncio.sleep(0)
-    for _ in range(500):
-        if plog.sink_unavailable and spool.counters.spooled_records >= 150:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: plog.sink_unavailable and spool.counters.spooled_records >= 150, timeout=5, what="the spill")
     assert spool.counters.spooled_records >= 150 and plog.counters.dropped == 0
     blocker.execute("ROLLBACK")
-    for _ in range(600):
-        if plog.counters.written == 200:
-            break
-        await asyncio.sleep(0.05)
+    await until(lambda: plog.counters.written == 200, timeout=30, what="the write-back", interval=0.05)
     assert plog.counters.written == 200 and stored_ids_in_write_order(store) == ids
     assert spool.counters.replayed_records == spool.counters.spooled_records
     with store.engine.connect() as conn:
