@@ -172,6 +172,7 @@ class Gateway:
             prefetch=self.supply.materialize,
             on_error=self.metrics.repository_sync_errors.inc,
             clock=clock,
+            settle_s=settings.repository_settle_s,
         )
         self.monitor = MonitorService(
             self.control,

@@ -38,6 +38,13 @@ class GatewaySettings(BaseSettings):
         description="How often the control plane syncs the model repository (new and removed versions); None: only "
         "on POST /admin/repository/sync or `sluice repo sync`.",
     )
+    repository_settle_s: float = Field(
+        2.0,
+        ge=0,
+        description="The periodic sync loads a new version of a local repository only once its files have not "
+        "changed for this many seconds (or between two polls): a file still being copied is not loaded half. 0: "
+        "at once.",
+    )
 
     @field_validator("model_repo", mode="before")
     @classmethod

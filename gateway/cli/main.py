@@ -58,6 +58,14 @@ RepositoryPoll = Annotated[
         show_default=False,
     ),
 ]
+RepositorySettle = Annotated[
+    float,
+    typer.Option(
+        "--repository-settle-s",
+        help="The poll loads a new version of a local repository only once its files have not changed for this "
+        "many seconds (or between two polls), never a file still being copied; 0: at once.",
+    ),
+]
 Host = Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 listens on every interface.")]
 HttpPort = Annotated[int, typer.Option("--http-port", help="HTTP port (V2 REST and /metrics); 0 picks a free one.")]
 GrpcPort = Annotated[
@@ -389,6 +397,7 @@ def serve(
     ray_num_cpus: RayCpus = _DEFAULTS.ray_num_cpus,
     model_cache_max_bytes: CacheMaxBytes = _DEFAULTS.model_cache_max_bytes or 0,
     repository_poll_s: RepositoryPoll = None,
+    repository_settle_s: RepositorySettle = _DEFAULTS.repository_settle_s,
 ) -> None:
     """Serve a model repository over V2 HTTP and gRPC until SIGTERM or Ctrl-C."""
     settings = _settings(
@@ -421,6 +430,7 @@ def serve(
         ray_num_cpus=ray_num_cpus,
         model_cache_max_bytes=model_cache_max_bytes,
         repository_poll_s=repository_poll_s,
+        repository_settle_s=repository_settle_s,
     )
     if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
         console.print("[red]error:[/] --tls-cert and --tls-key go together")

@@ -31,6 +31,8 @@ def sync_table(report: dict[str, Any]) -> Table:
         table.add_row(escape(model), "new model", "served after a restart")
     for key, what in report.get("delivered", {}).items():
         table.add_row(escape(key), "delivery", escape(what))
+    for key, why in report.get("settling", {}).items():
+        table.add_row(escape(key), "waiting", escape(why))
     return table
 
 

@@ -11,6 +11,14 @@ or remove its files, to keep it out). A version the policy or a rollout still us
 ready version, is kept and the reason reported. A listing that cannot be read changes nothing: the
 versions serving keep serving, the error is counted, logged and shown until a sync succeeds.
 
+The periodic sync does not load a version of a local repository while its files are still changing: a copy into
+the folder takes a while, and a poll that reads the half file loads it, fails, and shows the version FAILED until
+the next poll (Triton asks for atomic moves for the same reason; people use `cp`). A version waits until its files
+have not changed for `settle_s` (their latest modification time by the sync's clock), or have not changed between
+two polls (a time ahead of the clock, copied with its times kept, never looks old); the report says which wait and
+why (`settling`). A sync someone asked for loads at once: they ran it because the copy is done. An object store
+needs no wait: an object appears whole.
+
 A version the sync loads is handed to the delivery controller (`gateway.control.delivery`), which takes it
 through the model's `delivery` policy (none: loaded only, and served as the newest; shadow; rollout); the
 report says what it did with each (`delivered`).
@@ -21,9 +29,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from gateway.control.delivery import DeliveryController
@@ -72,6 +82,38 @@ def plan_sync(sources: list[ModelSource], served: Mapping[str, Mapping[str, Vers
     return SyncPlan(tuple(load), tuple(unload), tuple(new_models))
 
 
+@dataclass(frozen=True)
+class FileSeen:
+    """A local version's files as a poll saw them: their total size and their latest change (epoch seconds)."""
+
+    size: int
+    mtime: float
+
+
+def settle_wait(seen: FileSeen, before: FileSeen | None, now: float, settle_s: float) -> float:
+    """Seconds the periodic sync still waits before loading a version whose files are `seen` now and were `before`
+    at the last poll that waited for them (0: load it now). A file unchanged between two polls has settled whatever
+    its time says; one whose time is ahead of the clock waits a whole window."""
+    if settle_s <= 0 or seen == before:
+        return 0.0
+    age = now - seen.mtime
+    if age >= settle_s:
+        return 0.0
+    return settle_s - age if age >= 0 else settle_s
+
+
+def look(folder: Path) -> FileSeen | None:
+    """The version folder's files as they stand (the model and any external data beside it, and the folder itself,
+    which changes as files are added); None when it cannot be read (the load will say why)."""
+    try:
+        with os.scandir(folder) as entries:
+            files = [entry.stat() for entry in entries if entry.is_file()]
+        own = folder.stat()
+    except OSError:
+        return None
+    return FileSeen(sum(f.st_size for f in files), max([own.st_mtime, *(f.st_mtime for f in files)]))
+
+
 @dataclass
 class SyncReport:
     at: float
@@ -82,6 +124,8 @@ class SyncReport:
     new_models: list[str] = field(default_factory=list)
     delivered: dict[str, str] = field(default_factory=dict)
     """What the delivery policy did with each version loaded (started, waiting, or why not)."""
+    settling: dict[str, str] = field(default_factory=dict)
+    """Versions the periodic sync waits for, their files still changing, and why."""
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -95,6 +139,7 @@ class SyncReport:
             "kept": self.kept,
             "new_models": self.new_models,
             "delivered": self.delivered,
+            "settling": self.settling,
         }
 
 
@@ -107,14 +152,20 @@ class RepositorySync:
         prefetch: Callable[[ModelSource, VersionSource], Any] | None = None,
         on_error: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.time,
+        settle_s: float = 2.0,
     ) -> None:
-        """`prefetch(source, version)`: brings a version's file into the cache (blocking; run in a thread)."""
+        """`prefetch(source, version)`: brings a version's file into the cache (blocking; run in a thread).
+        `settle_s`: how long a local version's files must stand unchanged before the periodic sync loads it (0:
+        at once); `clock` must tell the time the files' modification times are in."""
         self.control = control
         self.delivery = delivery
         self._prefetch = prefetch
         self._on_error = on_error
         self._clock = clock
+        self.settle_s = settle_s
         self._running = asyncio.Lock()
+        self._seen: dict[tuple[str, str], FileSeen] = {}
+        """What the last poll saw of each version it waited for."""
         self.last: SyncReport | None = None
 
     async def poll(self) -> None:
@@ -122,9 +173,10 @@ class RepositorySync:
         if not self.control.active:
             return
         with contextlib.suppress(RepositoryUnavailable, ControlPlaneUnavailable):  # counted and logged by run()
-            await self.run(SYNC_ACTOR)
+            await self.run(SYNC_ACTOR, settle=True)
 
-    async def run(self, actor: str) -> SyncReport:
+    async def run(self, actor: str, *, settle: bool = False) -> SyncReport:
+        """Sync now; `settle`: leave a local version whose files are still changing for a later sync (the poll's)."""
         if not self.control.active:
             raise ControlPlaneUnavailable("this replica does not lead the control plane now; retry")
         async with self._running:
@@ -143,7 +195,14 @@ class RepositorySync:
             plan = plan_sync(sources, served)
             report.new_models = list(plan.new_models)
             by_name = {s.name: s for s in sources}
+            waited = self._seen
+            self._seen = {}
             for model, version in plan.load:
+                if settle:
+                    why = await self._unsettled(by_name[model], version, waited.get((model, version)))
+                    if why is not None:
+                        report.settling[f"{model}/{version}"] = why
+                        continue
                 await self._fetch(by_name[model], version)
                 policy = by_name[model].config.delivery
                 try:
@@ -165,10 +224,30 @@ class RepositorySync:
                     report.failed[f"{model}/{version}"] = str(exc)
             for model in plan.new_models:
                 log.warning("repository sync: new model %s is served after a restart", model)
-            if report.loaded or report.unloaded or report.failed:
+            if report.loaded or report.unloaded or report.failed or report.settling:
                 log.info("repository sync", extra=report.to_json())
             self.last = report
             return report
+
+    async def _unsettled(self, source: ModelSource, version: str, before: FileSeen | None) -> str | None:
+        """Why the poll leaves a local version for later (its files still changing), or None to load it now."""
+        found = [vs for vs in source.versions if vs.version == version]
+        if self.settle_s <= 0 or not found or found[0].remote is not None or found[0].artifact is None:
+            return None
+        folder = found[0].artifact.parent
+        seen = await asyncio.to_thread(look, folder)
+        if seen is None:
+            return None
+        now = self._clock()
+        if not settle_wait(seen, before, now, self.settle_s):
+            return None
+        self._seen[(source.name, version)] = seen
+        age = now - seen.mtime
+        changed = f"changed {age:.1f} s ago" if age >= 0 else "dated ahead of this clock"
+        return (
+            f"its files in {folder} are still being written ({found[0].artifact.name}; {changed}): loaded once they "
+            f"have not changed for {self.settle_s:g} s"
+        )
 
     async def _fetch(self, source: ModelSource, version: str) -> None:
         """Bring the version's file into the cache before the load takes the control plane's lock; a failure
