@@ -38,6 +38,16 @@ from monitors.records import PredictionRow
 ROOT = Path(__file__).resolve().parent.parent
 
 
+class FakeClock:
+    """A clock a test moves by hand (`now`), injected where the code takes one: no sleeping."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def wait_until(
     predicate: Any,
     timeout: float = 60.0,

@@ -17,20 +17,12 @@ from gateway.admin.console.session import Sessions
 from gateway.serving.window_stats import WindowSummary
 from gateway.storage.store import Store
 from tests.databases import Backend
-from tests.helpers import gateway_process, wait_until
+from tests.helpers import FakeClock, gateway_process, wait_until
 from tests.models import build_lookup
 from tests.test_console import console_client
 from tests.test_workers import leader, worker_urls
 
 TOKENS = [("alice", "alice-token-0123456789abcdef"), ("bob", "bob-token-0123456789abcdef")]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_a_session_is_verified_by_any_replica_with_the_same_tokens_and_by_no_other() -> None:
@@ -47,7 +39,7 @@ def test_a_session_is_verified_by_any_replica_with_the_same_tokens_and_by_no_oth
 
 
 def test_a_tampered_forged_or_expired_cookie_is_no_session() -> None:
-    clock = Clock()
+    clock = FakeClock()
     sessions = Sessions(AdminAuth(TOKENS), ttl_s=60, clock=clock)
     cookie, session = sessions.issue("alice")
     payload, mac = cookie.split(".")
@@ -94,7 +86,7 @@ def test_a_rollouts_timeline_marks_where_a_rollback_stopped_it() -> None:
 def test_a_logged_out_session_is_refused_by_every_replica_on_the_same_database(backend: Backend) -> None:
     """Two replicas (two stores on one SQLite file or one PostgreSQL schema): a logout on one ends the session
     on the other too; the same token's other sessions go on."""
-    clock = Clock()
+    clock = FakeClock()
     first, second = backend.open(), backend.open()
     first.upgrade()
     here = Sessions(AdminAuth(TOKENS), first, ttl_s=60, clock=clock)

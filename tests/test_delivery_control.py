@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from gateway.control.delivery_engine import DeliveryPhase
-from tests.helpers import ThreadedGateway, settings_for, wait_until
+from tests.helpers import FakeClock, ThreadedGateway, settings_for, wait_until
 from tests.models import build_tabular
 
 ROW = [0.5, -1.0, 2.0, 0.25, 1.5, -0.75]
@@ -26,14 +26,6 @@ delivery:
   shadow: {sample_rate: 1.0, min_requests: 30, min_agreement: 0.9, timeout_s: 600}
   rollout: {steps: [50, 100], interval_s: 10, checks: [CHECK], min_requests: 5}
 """
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Harness:

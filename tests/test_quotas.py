@@ -18,17 +18,10 @@ from prometheus_client import CollectorRegistry, Counter
 from gateway.admin.quota_table import SharedBuckets, create_table, remove_table
 from gateway.admin.quotas import BucketStore, LocalBuckets, Quota, QuotaBook, refill_and_take
 from gateway.errors import QuotaExceeded
+from tests.helpers import FakeClock
 
 QUOTA = Quota(rate=4.0, burst=3.0)
 """Binary fractions throughout (steps of 1/64 s): the expected counts are exact."""
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -38,7 +31,7 @@ def table() -> Iterator[str]:
     remove_table(path)
 
 
-def book(clock: Clock, buckets: BucketStore, quotas: dict[str, Quota] | None = None) -> QuotaBook:
+def book(clock: FakeClock, buckets: BucketStore, quotas: dict[str, Quota] | None = None) -> QuotaBook:
     counter = Counter("requests", "", ["key_name", "outcome"], registry=CollectorRegistry())
     return QuotaBook(quotas or {"app": QUOTA}, counter, clock, buckets)
 
@@ -60,7 +53,7 @@ def test_the_arithmetic_refills_at_the_rate_up_to_the_burst_and_says_how_long_to
 
 
 def test_a_book_admits_the_burst_then_the_rate_and_tells_when_to_retry() -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     quotas = book(clock, LocalBuckets(), {"app": QUOTA, "*": Quota(1.0, 1.0)})
     assert [admitted(quotas) for _ in range(4)] == [True, True, True, False]
     with pytest.raises(QuotaExceeded) as caught:
@@ -73,7 +66,7 @@ def test_a_book_admits_the_burst_then_the_rate_and_tells_when_to_retry() -> None
     assert all(admitted(unlimited, "anyone") for _ in range(1000))
 
 
-def drive(workers: list[QuotaBook], clock: Clock, seconds: float, per_second: int) -> int:
+def drive(workers: list[QuotaBook], clock: FakeClock, seconds: float, per_second: int) -> int:
     """Requests spread round-robin over `workers` at `per_second`, the last `seconds` after the first; how many
     were admitted."""
     count = 0
@@ -84,17 +77,17 @@ def drive(workers: list[QuotaBook], clock: Clock, seconds: float, per_second: in
 
 
 def test_two_workers_on_the_shared_table_admit_one_quota_between_them(table: str) -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     shared = [book(clock, SharedBuckets(table)), book(clock, SharedBuckets(table))]
     assert drive(shared, clock, seconds=10, per_second=64) == QUOTA.burst + QUOTA.rate * 10
 
-    clock = Clock()  # what each worker's own buckets did: twice the quota
+    clock = FakeClock(1000.0)  # what each worker's own buckets did: twice the quota
     alone = [book(clock, LocalBuckets()), book(clock, LocalBuckets())]
     assert drive(alone, clock, seconds=10, per_second=64) >= 2 * (QUOTA.burst + QUOTA.rate * 10) - 1
 
 
 def test_one_process_and_the_table_give_the_same_answers(table: str) -> None:
-    local_clock, shared_clock = Clock(), Clock()
+    local_clock, shared_clock = FakeClock(1000.0), FakeClock(1000.0)
     local, shared = book(local_clock, LocalBuckets()), book(shared_clock, SharedBuckets(table))
     for step in [0.0, 0.01, 0.3, 0.05, 0.0, 1.7, 0.19, 0.21, 0.0, 0.0, 0.0, 0.4, 0.2, 0.3] * 5:
         local_clock.now += step
@@ -107,7 +100,7 @@ def test_slots_follow_the_names_a_full_bucket_is_taken_over_and_a_full_table_fal
 ) -> None:
     path = create_table(slots=2)
     try:
-        clock = Clock()
+        clock = FakeClock(1000.0)
         quotas = {name: QUOTA for name in ("a", "b", "c", "d")}
         worker, sibling = book(clock, SharedBuckets(path), quotas), book(clock, SharedBuckets(path), quotas)
         assert admitted(worker, "a") and admitted(worker, "b")  # the two slots are taken

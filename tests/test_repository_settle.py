@@ -14,19 +14,11 @@ import httpx
 import pytest
 
 from gateway.control.repository_sync import FileSeen, settle_wait
-from tests.helpers import ThreadedGateway, settings_for
+from tests.helpers import FakeClock, ThreadedGateway, settings_for
 from tests.models import build_tabular
 
 ROW = [0.5, -1.0, 2.0, 0.25, 1.5, -0.75]
 SETTLE_S = 2.0
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Repo:
@@ -80,7 +72,7 @@ def repo(tmp_path: Path) -> Iterator[Repo]:
     root = tmp_path / "models"
     build_tabular(root / "tab" / "1" / "model.onnx", seed=3)
     (root / "tab" / "config.yaml").write_text("version_policy: {all: true}\n")
-    clock = FakeClock()
+    clock = FakeClock(1_800_000_000.0)
     settings = settings_for(root, tmp_path, grpc_port=-1, repository_settle_s=SETTLE_S)
     with ThreadedGateway(settings, clock=clock, run_controller=False) as gw:
         r = Repo(gw, clock, root)

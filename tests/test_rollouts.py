@@ -22,19 +22,11 @@ import pytest
 from gateway.control.rollout_model import CheckSpec, Phase, RolloutSpec
 from gateway.control.webhooks import verify_signature
 from tests.databases import Backend
-from tests.helpers import ThreadedGateway, metric_value, settings_for
+from tests.helpers import FakeClock, ThreadedGateway, metric_value, settings_for
 from tests.models import build_lookup
 
 INTERVAL = 60.0
 SECRET = "rollout-test-secret"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
