@@ -42,8 +42,8 @@ class GatewaySettings(BaseSettings):
         2.0,
         ge=0,
         description="The periodic sync loads a new version of a local repository only once its files have not "
-        "changed for this many seconds (or between two polls): a file still being copied is not loaded half. 0: "
-        "at once.",
+        "changed for this many seconds (by their time, or as the polls saw them): a file still being copied is not "
+        "loaded half. 0: at once.",
     )
 
     @field_validator("model_repo", mode="before")

@@ -107,11 +107,17 @@ def test_a_file_still_being_copied_is_waited_for_not_failed_then_loaded_once_set
     assert repo.audit()[0] == "version.load"
 
 
-def test_a_file_unchanged_since_the_last_poll_loads_whatever_its_time_says(repo: Repo, model_bytes: bytes) -> None:
+def test_a_file_dated_ahead_of_the_clock_loads_once_the_polls_have_seen_it_unchanged_long_enough(
+    repo: Repo, model_bytes: bytes
+) -> None:
     """A file whose time is ahead of the gateway's clock (copied with its times kept from a machine whose clock is
-    ahead): it would never look old, so one that has not changed between two polls is settled."""
+    ahead) would never look old: the polls' own view counts instead. A copy that only paused between two polls is
+    not taken for finished."""
     repo.write("2", model_bytes, age_s=-3600)
-    assert "tab/2" in repo.poll()["settling"]
+    assert "dated ahead" in repo.poll()["settling"]["tab/2"]
+    repo.clock.now += SETTLE_S / 2
+    assert "tab/2" in repo.poll()["settling"]  # unchanged, but only for half the window
+    repo.clock.now += SETTLE_S / 2
     report = repo.poll()
     assert report["loaded"] == ["tab/2"], report
 
@@ -133,14 +139,17 @@ def test_a_sync_someone_asked_for_loads_a_fresh_file_at_once(repo: Repo, model_b
 # --- the decision alone ---------------------------------------------------------------------------------------
 
 
-def test_settle_wait_counts_from_the_last_change_and_trusts_a_file_unchanged_between_polls() -> None:
+def test_settle_wait_counts_from_the_last_change_by_the_files_time_or_by_what_the_polls_saw() -> None:
     now = 1000.0
     fresh = FileSeen(size=10, mtime=now - 0.5)
-    assert settle_wait(fresh, None, now, 2.0) == pytest.approx(1.5)
-    assert settle_wait(FileSeen(10, now - 2.0), None, now, 2.0) == 0.0
-    assert settle_wait(fresh, FileSeen(5, now - 0.7), now, 2.0) == pytest.approx(1.5)  # grew since: still copying
-    assert settle_wait(fresh, fresh, now, 2.0) == 0.0  # unchanged between two polls
+    assert settle_wait(fresh, None, None, now, 2.0) == pytest.approx(1.5)
+    assert settle_wait(FileSeen(10, now - 2.0), None, None, now, 2.0) == 0.0
+    grown = FileSeen(5, now - 0.7)
+    assert settle_wait(fresh, grown, now - 10, now, 2.0) == pytest.approx(1.5)  # grew since: still copying
+    assert settle_wait(fresh, fresh, now - 1.0, now, 2.0) == pytest.approx(1.0)  # unchanged, by its own time 0.5 s
+    assert settle_wait(fresh, fresh, now - 2.0, now, 2.0) == 0.0  # unchanged for the window, as the polls saw it
     ahead = FileSeen(10, now + 50)
-    assert settle_wait(ahead, None, now, 2.0) == 2.0  # a time ahead of the clock waits a whole window
-    assert settle_wait(ahead, ahead, now, 2.0) == 0.0
-    assert settle_wait(fresh, None, now, 0.0) == 0.0  # 0 turns the wait off
+    assert settle_wait(ahead, None, None, now, 2.0) == 2.0  # a time ahead of the clock waits a whole window
+    assert settle_wait(ahead, ahead, now - 0.5, now, 2.0) == pytest.approx(1.5)
+    assert settle_wait(ahead, ahead, now - 2.5, now, 2.0) == 0.0
+    assert settle_wait(fresh, None, None, now, 0.0) == 0.0  # 0 turns the wait off

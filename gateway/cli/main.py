@@ -63,7 +63,7 @@ RepositorySettle = Annotated[
     typer.Option(
         "--repository-settle-s",
         help="The poll loads a new version of a local repository only once its files have not changed for this "
-        "many seconds (or between two polls), never a file still being copied; 0: at once.",
+        "many seconds (by their time, or as the polls saw them), never a file still being copied; 0: at once.",
     ),
 ]
 Host = Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 listens on every interface.")]

@@ -14,10 +14,10 @@ versions serving keep serving, the error is counted, logged and shown until a sy
 The periodic sync does not load a version of a local repository while its files are still changing: a copy into
 the folder takes a while, and a poll that reads the half file loads it, fails, and shows the version FAILED until
 the next poll (Triton asks for atomic moves for the same reason; people use `cp`). A version waits until its files
-have not changed for `settle_s` (their latest modification time by the sync's clock), or have not changed between
-two polls (a time ahead of the clock, copied with its times kept, never looks old); the report says which wait and
-why (`settling`). A sync someone asked for loads at once: they ran it because the copy is done. An object store
-needs no wait: an object appears whole.
+have not changed for `settle_s`: by their latest modification time on the sync's clock, or by how long the polls
+have seen them unchanged (a time ahead of the clock, copied with its times kept, never looks old). The report says
+which wait and why (`settling`). A sync someone asked for loads at once: they ran it because the copy is done. An
+object store needs no wait: an object appears whole.
 
 A version the sync loads is handed to the delivery controller (`gateway.control.delivery`), which takes it
 through the model's `delivery` policy (none: loaded only, and served as the newest; shadow; rollout); the
@@ -90,16 +90,18 @@ class FileSeen:
     mtime: float
 
 
-def settle_wait(seen: FileSeen, before: FileSeen | None, now: float, settle_s: float) -> float:
-    """Seconds the periodic sync still waits before loading a version whose files are `seen` now and were `before`
-    at the last poll that waited for them (0: load it now). A file unchanged between two polls has settled whatever
-    its time says; one whose time is ahead of the clock waits a whole window."""
-    if settle_s <= 0 or seen == before:
+def settle_wait(seen: FileSeen, before: FileSeen | None, since: float | None, now: float, settle_s: float) -> float:
+    """Seconds the periodic sync still waits before loading a version whose files are `seen` now; `before`: what an
+    earlier poll saw of them, unchanged since `since` (the clock's time when it first saw them so). 0: load it now.
+
+    Files are settled once they have not changed for `settle_s`: by their modification time, or, where that time is
+    ahead of the clock (copied with its times kept from a machine whose clock is ahead: it would never look old), by
+    how long the polls have seen them unchanged. Either is enough."""
+    if settle_s <= 0:
         return 0.0
-    age = now - seen.mtime
-    if age >= settle_s:
-        return 0.0
-    return settle_s - age if age >= 0 else settle_s
+    unchanged_for = now - since if before == seen and since is not None else 0.0
+    quiet = max(now - seen.mtime, unchanged_for)
+    return 0.0 if quiet >= settle_s else settle_s - quiet
 
 
 def look(folder: Path) -> FileSeen | None:
@@ -164,8 +166,8 @@ class RepositorySync:
         self._clock = clock
         self.settle_s = settle_s
         self._running = asyncio.Lock()
-        self._seen: dict[tuple[str, str], FileSeen] = {}
-        """What the last poll saw of each version it waited for."""
+        self._seen: dict[tuple[str, str], tuple[FileSeen, float]] = {}
+        """What the last poll saw of each version it waited for, and since when (the clock) it had seen it so."""
         self.last: SyncReport | None = None
 
     async def poll(self) -> None:
@@ -229,7 +231,7 @@ class RepositorySync:
             self.last = report
             return report
 
-    async def _unsettled(self, source: ModelSource, version: str, before: FileSeen | None) -> str | None:
+    async def _unsettled(self, source: ModelSource, version: str, before: tuple[FileSeen, float] | None) -> str | None:
         """Why the poll leaves a local version for later (its files still changing), or None to load it now."""
         found = [vs for vs in source.versions if vs.version == version]
         if self.settle_s <= 0 or not found or found[0].remote is not None or found[0].artifact is None:
@@ -239,9 +241,10 @@ class RepositorySync:
         if seen is None:
             return None
         now = self._clock()
-        if not settle_wait(seen, before, now, self.settle_s):
+        last, since = before if before is not None else (None, None)
+        if not settle_wait(seen, last, since, now, self.settle_s):
             return None
-        self._seen[(source.name, version)] = seen
+        self._seen[(source.name, version)] = (seen, since if last == seen and since is not None else now)
         age = now - seen.mtime
         changed = f"changed {age:.1f} s ago" if age >= 0 else "dated ahead of this clock"
         return (
