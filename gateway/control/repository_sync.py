@@ -198,7 +198,8 @@ class RepositorySync:
             report.new_models = list(plan.new_models)
             by_name = {s.name: s for s in sources}
             waited = self._seen
-            self._seen = {}
+            if settle:  # a sync someone asked for leaves what the polls saw to the next poll
+                self._seen = {}
             for model, version in plan.load:
                 if settle:
                     why = await self._unsettled(by_name[model], version, waited.get((model, version)))
@@ -233,10 +234,10 @@ class RepositorySync:
 
     async def _unsettled(self, source: ModelSource, version: str, before: tuple[FileSeen, float] | None) -> str | None:
         """Why the poll leaves a local version for later (its files still changing), or None to load it now."""
-        found = [vs for vs in source.versions if vs.version == version]
-        if self.settle_s <= 0 or not found or found[0].remote is not None or found[0].artifact is None:
+        vs = _version_source(source, version)
+        if self.settle_s <= 0 or vs is None or vs.remote is not None or vs.artifact is None:
             return None
-        folder = found[0].artifact.parent
+        folder = vs.artifact.parent
         seen = await asyncio.to_thread(look, folder)
         if seen is None:
             return None
@@ -248,18 +249,22 @@ class RepositorySync:
         age = now - seen.mtime
         changed = f"changed {age:.1f} s ago" if age >= 0 else "dated ahead of this clock"
         return (
-            f"its files in {folder} are still being written ({found[0].artifact.name}; {changed}): loaded once they "
+            f"its files in {folder} are still being written ({vs.artifact.name}; {changed}): loaded once they "
             f"have not changed for {self.settle_s:g} s"
         )
 
     async def _fetch(self, source: ModelSource, version: str) -> None:
         """Bring the version's file into the cache before the load takes the control plane's lock; a failure
         here is left to the load, which retries and records it on the version."""
-        if self._prefetch is None:
+        vs = _version_source(source, version)
+        if self._prefetch is None or vs is None or vs.remote is None:
             return
-        for vs in source.versions:
-            if vs.version == version and vs.remote is not None:
-                try:
-                    await asyncio.to_thread(self._prefetch, source, vs)
-                except Exception as exc:
-                    log.debug("prefetch of %s/%s failed: %s", source.name, version, exc)
+        try:
+            await asyncio.to_thread(self._prefetch, source, vs)
+        except Exception as exc:
+            log.debug("prefetch of %s/%s failed: %s", source.name, version, exc)
+
+
+def _version_source(source: ModelSource, version: str) -> VersionSource | None:
+    """The scanned version of the model that `version` names (the plan names versions by their text)."""
+    return next((vs for vs in source.versions if vs.version == version), None)
