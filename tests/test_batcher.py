@@ -72,6 +72,36 @@ async def test_lone_request_runs_at_once_and_gets_its_rows() -> None:
     await b.close()
 
 
+async def test_requests_of_one_turn_of_the_loop_join_an_idle_batchers_first_batch() -> None:
+    # Under a closed-loop load the answers of a batch bring the next requests back a few at a time: the first to
+    # reach an idle batcher used to run alone, and the rest of its turn waited behind a batch of one (at 64
+    # connections more than half of all runtime batches were single requests).
+    rt = GatedRuntime()
+    rt.gate.set()
+    b = make(rt)
+    results = await asyncio.gather(*(b.submit(rows(i), 1) for i in range(5)))
+    assert rt.calls == [5]
+    for i, (out, timing) in enumerate(results):
+        np.testing.assert_array_equal(out["y"], [[2 * i]])
+        assert timing.batch_requests == 5 and timing.start == i
+    await b.close()
+
+
+async def test_a_lone_request_cancelled_before_its_batch_starts_runs_nothing() -> None:
+    rt = GatedRuntime()
+    rt.gate.set()
+    b = make(rt)
+    gone = asyncio.create_task(b.submit(rows(1), 1))
+    await asyncio.sleep(0)  # queued; its batch's task has not run yet
+    gone.cancel()
+    await until(lambda: b.in_flight == 0)
+    assert gone.cancelled() and rt.calls == [] and b.queue_depth == 0
+    out, _ = await b.submit(rows(2), 1)
+    np.testing.assert_array_equal(out["y"], [[4]])
+    assert rt.calls == [1]
+    await b.close()
+
+
 async def test_requests_arriving_during_a_run_form_the_next_batch_and_split_back() -> None:
     rt = GatedRuntime()
     b = make(rt)
@@ -396,10 +426,10 @@ async def test_a_failing_batch_run_inline_is_split_and_only_the_poisoned_request
         for i in range(32):
             await b.submit(rows(100 + i), 1)  # the warm-up: from now on, batches run on the loop's thread
         calls.clear()
-        # The first runs at once (an idle batcher); the rest queue behind it and form one batch.
+        # Submitted in one turn of the loop to an idle batcher: one batch, split in halves until 13 stands alone.
         results = await asyncio.gather(*(b.submit(rows(v), 1) for v in (1.0, 2.0, 13.0, 3.0)), return_exceptions=True)
         await b.close()
-    assert calls[0] == [1.0] and calls[1] == [2.0, 13.0, 3.0], calls
+    assert calls == [[1.0, 2.0, 13.0, 3.0], [1.0, 2.0], [13.0, 3.0], [13.0], [3.0]], calls
     assert isinstance(results[2], InferenceFailed)
     for value, result in zip((1.0, 2.0, 3.0), (results[0], results[1], results[3]), strict=True):
         assert not isinstance(result, BaseException)

@@ -184,12 +184,14 @@ class Batcher:
             else:
                 item.timer = loop.call_later(timeout, _expire, item.future, timeout)
         self._idle.clear()
-        if not self._queue and self._in_flight == 0 and self.config.greedy and self._task is not None:
-            # What the loop would decide (an idle runtime runs what is queued at once), without waking it.
-            self._start_batch([item])
+        self._queue.append(item)
+        self._queued_rows += rows
+        if len(self._queue) == 1 and self._in_flight == 0 and self.config.greedy and self._task is not None:
+            # What the loop would decide (an idle runtime runs what is queued at once), without waking it. The
+            # batch is taken when its task first runs, not now: the requests that reach the batcher in the rest
+            # of this turn of the event loop join it instead of waiting for a batch of one to finish.
+            self._start_batch(None)
         else:
-            self._queue.append(item)
-            self._queued_rows += rows
             self._wakeup.set()
         try:
             outputs_of_item = await item.future
@@ -386,13 +388,16 @@ class Batcher:
                 self._gate.stray_window,
             )
 
-    def _start_batch(self, items: list[_Item]) -> None:
+    def _start_batch(self, items: list[_Item] | None) -> None:
+        """Run a batch in a task of its own: `items`, or (None) what is queued when the task first runs."""
         self._in_flight += 1
         task = asyncio.get_running_loop().create_task(self._run_batch(items))
         self._batch_tasks.add(task)
         task.add_done_callback(self._batch_tasks.discard)
 
-    async def _run_batch(self, items: list[_Item]) -> None:
+    async def _run_batch(self, items: list[_Item] | None) -> None:
+        if items is None:
+            items = self._take()
         self._running += len(items)
         try:
             await self._run_isolating(items)
