@@ -52,7 +52,6 @@ STAGES: tuple[Rule, ...] = (
     ("encode", "codec_binary.py", ("encode",)),
     ("validate", "serving/validation.py", None),
     ("validate", "serving/guards.py", None),
-    ("validate", "serving/http_guard.py", None),
     ("route", "serving/router.py", None),
     ("route", "serving/traffic.py", None),
     ("route", "serving/policy_view.py", None),
@@ -83,6 +82,9 @@ STAGES: tuple[Rule, ...] = (
     ("parse", "uvicorn/protocols/", None),
     ("parse", "httptools/", None),
     ("parse", "serving/http_protocol.py", None),
+    # The guard protocol is the HTTP connection's protocol: httptools' parsing (C, no frame of its own) lands in
+    # its callbacks (`data_received`, `on_message_complete`).
+    ("parse", "serving/http_guard.py", None),
     ("handler", "serving/http_app.py", None),
     ("handler", "serving/dataplane.py", None),
     ("handler", "serving/request.py", None),
