@@ -78,12 +78,24 @@ async def test_requests_of_one_turn_of_the_loop_join_an_idle_batchers_first_batc
     # connections more than half of all runtime batches were single requests).
     rt = GatedRuntime()
     rt.gate.set()
-    b = make(rt)
-    results = await asyncio.gather(*(b.submit(rows(i), 1) for i in range(5)))
-    assert rt.calls == [5]
+    b = make(rt, max_batch_size=4)
+    results = await asyncio.gather(*(b.submit(rows(i), 1) for i in range(6)))
+    assert rt.calls == [4, 2]  # as many as fit; the rest are the next batch
     for i, (out, timing) in enumerate(results):
         np.testing.assert_array_equal(out["y"], [[2 * i]])
-        assert timing.batch_requests == 5 and timing.start == i
+        assert timing.batch_requests == (4 if i < 4 else 2) and timing.start == i % 4
+    await b.close()
+
+
+async def test_a_lone_request_runs_not_waits_while_its_batch_gathers() -> None:
+    # Its batch has started: a shadow that sheds copies while a full batch waits must not count it as waiting.
+    rt = GatedRuntime()
+    b = make(rt, max_batch_size=1)
+    first = asyncio.create_task(b.submit(rows(0), 1))
+    await asyncio.sleep(0)  # submitted; its batch's task has not run yet
+    assert b.in_flight == 1 and b.queued_rows == 0 and b.queue_depth == 0
+    rt.gate.set()
+    await first
     await b.close()
 
 

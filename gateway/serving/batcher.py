@@ -184,14 +184,14 @@ class Batcher:
             else:
                 item.timer = loop.call_later(timeout, _expire, item.future, timeout)
         self._idle.clear()
-        self._queue.append(item)
-        self._queued_rows += rows
-        if len(self._queue) == 1 and self._in_flight == 0 and self.config.greedy and self._task is not None:
+        if not self._queue and self._in_flight == 0 and self.config.greedy and self._task is not None:
             # What the loop would decide (an idle runtime runs what is queued at once), without waking it. The
-            # batch is taken when its task first runs, not now: the requests that reach the batcher in the rest
-            # of this turn of the event loop join it instead of waiting for a batch of one to finish.
-            self._start_batch(None)
+            # requests that reach the batcher in the rest of this turn of the event loop join this one's batch
+            # when its task first runs (`gather`) instead of waiting for a batch of one to finish.
+            self._start_batch([item], gather=True)
         else:
+            self._queue.append(item)
+            self._queued_rows += rows
             self._wakeup.set()
         try:
             outputs_of_item = await item.future
@@ -334,10 +334,12 @@ class Batcher:
         self._queued_rows -= item.rows
         self._check_idle()
 
-    def _take(self) -> list[_Item]:
+    def _take(self, taken: Sequence[_Item] = ()) -> list[_Item]:
+        """The queued requests that join a batch holding `taken` (none: a new batch), in order, as many as fit."""
         now = self._clock()
         live: list[_Item] = []
-        rows = 0
+        rows = sum(item.rows for item in taken)
+        count = len(taken)
         limit = self.config.max_batch_size
         # Skip requests that died while queued, then take as many as fit.
         while self._queue:
@@ -348,7 +350,7 @@ class Batcher:
                 if not item.future.done():
                     _fail(item, DeadlineExceeded("request timed out while queued"))
                 continue
-            if not fits(rows, len(live), item.rows, limit):
+            if not fits(rows, count + len(live), item.rows, limit):
                 break
             self._queue.popleft()
             self._queued_rows -= item.rows
@@ -388,16 +390,16 @@ class Batcher:
                 self._gate.stray_window,
             )
 
-    def _start_batch(self, items: list[_Item] | None) -> None:
-        """Run a batch in a task of its own: `items`, or (None) what is queued when the task first runs."""
+    def _start_batch(self, items: list[_Item], gather: bool = False) -> None:
+        """Run a batch in a task of its own; `gather`: with what fits of the queue when the task first runs."""
         self._in_flight += 1
-        task = asyncio.get_running_loop().create_task(self._run_batch(items))
+        task = asyncio.get_running_loop().create_task(self._run_batch(items, gather))
         self._batch_tasks.add(task)
         task.add_done_callback(self._batch_tasks.discard)
 
-    async def _run_batch(self, items: list[_Item] | None) -> None:
-        if items is None:
-            items = self._take()
+    async def _run_batch(self, items: list[_Item], gather: bool = False) -> None:
+        if gather and self._queue:
+            items += self._take(items)
         self._running += len(items)
         try:
             await self._run_isolating(items)
