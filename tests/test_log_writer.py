@@ -22,8 +22,8 @@ import pytest
 
 from gateway.storage.log_writer import (
     HANDOVER_ITEMS,
-    WRITE_PAUSE_S,
     WRITE_PIECE_ITEMS,
+    WRITE_TRANSACTION_ITEMS,
     ProcessRowWriter,
     WriterProcessError,
     WriterUnavailable,
@@ -115,8 +115,10 @@ async def test_a_batch_of_many_runtime_batches_is_packed_in_turns_of_the_event_l
         await asyncio.sleep(0)
         turns += 1
     assert turns >= 4  # ceil(len(items) / HANDOVER_ITEMS) pieces, a turn after each but the last
-    message = batch_message(b"".join(packing.result()))
+    turns_of_the_child: list[None] = []
+    message = batch_message(b"".join(packing.result()), lambda: turns_of_the_child.append(None))
     assert message == [rows[0], *(batch_frame(e) for e in entries), rows[1]]
+    assert len(turns_of_the_child) == 3  # four pickles, the child's CPU given away between them
     assert expand_items(message) == expand_items(items)
 
     few = asyncio.create_task(pickled_in_turns(entries[:HANDOVER_ITEMS]))
@@ -136,22 +138,55 @@ async def test_runtime_batches_in_pieces_are_written_by_the_child_row_for_row(st
     await writer.close()
 
 
-def test_the_child_writes_a_batch_in_pieces_with_its_cpu_given_back_between(store: Store) -> None:
-    """One connection's log batch (500 one-request items) is not one burst of the child's CPU: a transaction
-    of `WRITE_PIECE_ITEMS` items, then a pause; a batch sent again (a failure part-way) stores nothing twice."""
-    items = [*prediction_rows(_records(0, 2 * WRITE_PIECE_ITEMS + 3)), *map(batch_frame, _lone_requests(5))]
-    pauses: list[float] = []
-    assert write_in_pieces(store, items, sleep=pauses.append) == len(items)
-    assert pauses == [WRITE_PAUSE_S] * 2  # three pieces
+class _FailAt:
+    """A `between` that records its calls and raises at the `fail_at`-th: a write that fails part-way."""
+
+    def __init__(self, fail_at: int = 0) -> None:
+        self.calls = 0
+        self.fail_at = fail_at
+
+    def __call__(self) -> None:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise OSError("the write failed part-way")
+
+
+def test_the_child_gives_its_cpu_away_every_piece_and_commits_every_transaction(store: Store) -> None:
+    """One connection's log batch (500 one-request items) is not one burst of the child's CPU: it gives the CPU
+    away after every `WRITE_PIECE_ITEMS` items and commits every `WRITE_TRANSACTION_ITEMS`; a failure part-way
+    loses only the transaction it is in, and the batch sent again stores only what is not there yet."""
+    assert WRITE_TRANSACTION_ITEMS % WRITE_PIECE_ITEMS == 0
+    rows = prediction_rows(_records(0, 2 * WRITE_TRANSACTION_ITEMS + 3))
+    items = [*rows, *map(batch_frame, _lone_requests(5))]
+    pieces_per_transaction = WRITE_TRANSACTION_ITEMS // WRITE_PIECE_ITEMS
+    failing = _FailAt(fail_at=pieces_per_transaction + 1)  # the second transaction's first piece is written
+    with pytest.raises(OSError, match="part-way"):
+        write_in_pieces(store, items, between=failing)
+    assert store.count_predictions("m", "1") == WRITE_TRANSACTION_ITEMS  # the first transaction, committed
+    calls = _FailAt()
+    assert write_in_pieces(store, items, between=calls) == len(items) - WRITE_TRANSACTION_ITEMS
+    assert calls.calls == 2 * pieces_per_transaction  # 17 pieces (8, 8 and 1), the CPU given away between them
     stored = store.prediction_records("m", "1", limit=1000)
-    assert sorted(r.id for r in stored) == sorted(
-        [f"p{i}" for i in range(2 * WRITE_PIECE_ITEMS + 3)] + [f"b{i}" for i in range(5)]
-    )
-    assert write_in_pieces(store, items, sleep=pauses.append) == 0
+    assert sorted(r.id for r in stored) == sorted([f"p{i}" for i in range(len(rows))] + [f"b{i}" for i in range(5)])
+    assert write_in_pieces(store, items, between=calls) == 0
     assert store.count_predictions("m", "1") == len(items)
-    few: list[float] = []
-    assert write_in_pieces(store, prediction_rows(_records(1000, 10)), sleep=few.append) == 10
-    assert few == []  # under load a log batch is a few runtime batches: one piece, no pause
+    few = _FailAt()
+    assert write_in_pieces(store, prediction_rows(_records(1000, 10)), between=few) == 10
+    assert few.calls == 0  # under load a log batch is a few runtime batches: one piece, nothing given away
+
+
+def test_a_write_in_pieces_is_one_transaction(store: Store) -> None:
+    """`Store.write_log_items` with `piece`: each piece its own statements, `between` called between them inside
+    the transaction, so a failure there stores none of the pieces."""
+    items = [*prediction_rows(_records(0, 7)), *map(batch_frame, _lone_requests(3))]
+    with pytest.raises(OSError, match="part-way"):
+        store.write_log_items(items, piece=3, between=_FailAt(fail_at=2))
+    assert store.count_predictions("m", "1") == 0
+    calls = _FailAt()
+    assert store.write_log_items(items, piece=3, between=calls) == 10
+    assert calls.calls == 3  # pieces of 3, 3, 3 and 1
+    assert store.count_predictions("m", "1") == 10
+    assert store.write_log_items(items, piece=3, between=calls) == 0  # each piece finds the rest stored
 
 
 async def test_the_child_runs_the_serving_process_code_not_a_gateway_folder_where_it_runs(

@@ -70,17 +70,23 @@ batch is one request's and a log batch 500 of them: packed and pickled at once, 
 (2.2 µs an entry) every 500 requests, and the requests that came meanwhile waited (one connection's p99 1.75
 against 1.47 ms in pieces of 64, side by side, for no req/s that the run could tell; loadtests/README, tenth
 session). Under load a runtime batch holds many requests, and a log batch fits in one piece."""
-WRITE_PIECE_ITEMS = 64
-"""Items of a batch the child writes in one transaction before it pauses (`WRITE_PAUSE_S`). On a 2-core box any
-burst of CPU next to the gateway slows the requests that overlap it several times over, whatever its niceness
-(SCHED_IDLE included: measured with a bare CPU burner beside the gateway, a 5 ms burst every 116 ms took one
-connection's p99 from 0.75 to 2 ms): the box's two CPUs are not two cores' worth of time when both are busy. At
-one connection every runtime batch is one request's, and a log batch of 500 took the child about 5 ms at once;
-in pieces of 64 with a pause between, one connection's p99 went from 1.85-1.93 to 1.05-1.15 ms (loadtests/README,
-thirteenth session). Under load a runtime batch holds many requests, and a log batch is one piece."""
-WRITE_PAUSE_S = 0.0005
-"""The child's pause between two pieces of a batch: its CPU given back, so the burst a request can meet is one
-piece's."""
+WRITE_PIECE_ITEMS = 16
+"""Items of a batch the child writes before it gives its CPU away (`give_way`), about 0.25 ms of work at one
+connection. A perf trace of one connection (`perf sched`, the writer's pieces of 64 at 6af4e9f) showed why the
+writer's bursts cost the requests so much on a 2-core box: the gateway wakes the client (or a packet wakes the
+gateway) onto the CPU the writer is running on while the other CPU goes idle, and the woken task waits in that
+CPU's queue for the writer's whole burst, 1.0-1.8 ms, however low the writer's priority (nice and `SCHED_IDLE`
+alike: this kernel placed the woken task beside the idle-policy writer and did not preempt it). One yield every
+16 items hands the CPU over within a quarter of a millisecond and costs nothing when no task waits: one
+connection's p99 0.83-0.90 against 1.32-1.53 ms, p98 0.56-0.61 against 1.00-1.17, side by side with 6af4e9f
+three times each (loadtests/README, twentieth session). Earlier (6e914c0) a piece was a transaction of 64 with a 0.5 ms sleep between, which halved the p99 of
+a batch written at once; pieces as small as 16 as transactions of their own doubled the child's CPU (each commit
+writes its pages to the WAL, about 0.45 ms), so the pieces now share a transaction (`WRITE_TRANSACTION_ITEMS`)."""
+WRITE_TRANSACTION_ITEMS = 128
+"""Items of a batch committed in one transaction. A commit writes every page the transaction changed to the WAL:
+per item it costs less the more items share it, but it is one burst (about 0.4 ms at 128 one-request items) and
+holds the database's write lock (a second worker's writer waits for it). Under load a log batch is a few runtime
+batches, one transaction and one piece."""
 PROBE = "probe"
 """The frame that asks the child for a round trip to the database instead of a batch."""
 
@@ -312,13 +318,17 @@ async def pickled_in_turns(items: Sequence[PredictionRow | BatchEntry | BatchFra
     return parts
 
 
-def batch_message(payload: bytes) -> list[PredictionRow | BatchFrame] | str:
-    """A frame from the serving process: a batch (the items of every pickle in it, in order) or `PROBE`."""
+def batch_message(payload: bytes, between: Callable[[], None] | None = None) -> list[PredictionRow | BatchFrame] | str:
+    """A frame from the serving process: a batch (the items of every pickle in it, in order) or `PROBE`;
+    `between()` is called between two pickles (`HANDOVER_ITEMS` items each, about 0.15 ms to load at one
+    connection: the child gives its CPU away there as between pieces it writes)."""
     stream = io.BytesIO(payload)
     first: list[PredictionRow | BatchFrame] | str = pickle.load(stream)
     if isinstance(first, str):
         return first
     while stream.tell() < len(payload):
+        if between is not None:
+            between()
         first.extend(pickle.load(stream))
     return first
 
@@ -368,7 +378,7 @@ def main() -> None:
                 return  # the gateway closed the pipe, or is gone
             answer: tuple[str, Any]
             try:
-                message = batch_message(payload)
+                message = batch_message(payload, give_way)
                 if isinstance(message, str):  # PROBE
                     store.ping()
                     answer = ("ok", 0)
@@ -384,21 +394,28 @@ def main() -> None:
         store.close()
 
 
+def give_way() -> None:
+    """Let a task waiting for this CPU run now (`WRITE_PIECE_ITEMS`): a system call of a microsecond that returns
+    at once when none waits."""
+    os.sched_yield()
+
+
 def write_in_pieces(
     store: Store,
     items: Sequence[PredictionRow | BatchFrame],
     piece: int = WRITE_PIECE_ITEMS,
-    pause_s: float = WRITE_PAUSE_S,
-    sleep: Callable[[float], None] = time.sleep,
+    transaction: int = WRITE_TRANSACTION_ITEMS,
+    between: Callable[[], None] = give_way,
 ) -> int:
-    """Write a batch `piece` items a transaction, pausing between (`WRITE_PIECE_ITEMS`); the requests stored.
-    A failure part-way leaves the pieces before it committed: the log sends the batch again or counts it failed,
-    and a batch sent again stores only what is not there yet (a stored request's key is not stored twice)."""
+    """Write a batch `transaction` items a transaction and `piece` items at a time, calling `between()` after each
+    piece but the last (`WRITE_PIECE_ITEMS`); the requests stored. A failure part-way leaves the transactions
+    before it committed: the log sends the batch again or counts it failed, and a batch sent again stores only
+    what is not there yet (a stored request's key is not stored twice)."""
     stored = 0
-    for start in range(0, len(items), piece):
+    for start in range(0, len(items), transaction):
         if start:
-            sleep(pause_s)
-        stored += store.write_log_items(items[start : start + piece])
+            between()
+        stored += store.write_log_items(items[start : start + transaction], piece=piece, between=between)
     return stored
 
 

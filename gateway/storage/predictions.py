@@ -18,7 +18,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -84,47 +84,68 @@ class PredictionData(Database):
         """Insert records in one transaction, each as a batch of one (see `write_log_items`)."""
         self.write_log_items(prediction_rows(records))
 
-    def write_log_items(self, items: Sequence[PredictionRow | BatchFrame]) -> int:
+    def write_log_items(
+        self,
+        items: Sequence[PredictionRow | BatchFrame],
+        *,
+        piece: int | None = None,
+        between: Callable[[], None] | None = None,
+    ) -> int:
         """Insert what the log hands over in one transaction, in the stored form
         (`gateway.storage.prediction_batches`): a runtime batch as one row, a row as a batch of one, and a key
         per request that its batch's tag does not find. A request whose (model, id, version) is already stored
         is left out (a caller that reuses an id keeps its first prediction; a batch sent again is not stored
         twice), not an error. Returns the requests stored.
 
+        With `piece`, the items go in `piece` at a time, each piece its own statements, and `between()` is
+        called between two pieces, inside the transaction: the log's writer process gives its CPU away there
+        (`gateway.storage.log_writer.WRITE_PIECE_ITEMS`) without paying a commit for each piece. An exception
+        from `between` rolls the whole transaction back.
+
         The inserts go to the driver directly, as multi-row INSERTs: executemany would step the statement
         once per row, and the sqlite3 driver gives the GIL up and takes it back around every step.
         """
-        batches = stored_batches(items)
+        step = piece or len(items) or 1
+        first = stored_batches(items[:step])
+        if not first and step >= len(items):
+            return 0  # nothing to store: no transaction
+        with self._write() as conn:
+            stored = self._insert_batches(conn, first)
+            for start in range(step, len(items), step):
+                if between is not None:
+                    between()
+                stored += self._insert_batches(conn, stored_batches(items[start : start + step]))
+        return stored
+
+    def _insert_batches(self, conn: Any, batches: list[StoredBatch]) -> int:
+        """`write_log_items`' inserts of `batches`, in the transaction `conn` holds; the requests stored."""
         if not batches:
             return 0
-        with self._write() as conn:
-            batches = self._without_tagged_repeats(conn, batches)
-            if not batches:
-                return 0
-            seqs = self._new_seqs(conn, len(batches))
-            postgres = conn.dialect.name == "postgresql"
-            values = self._batch_params(batches, seqs, postgres)
-            keys: list[Any] = []
-            for batch, seq in zip(batches, seqs, strict=True):
-                for id_ in batch.keyed:
-                    keys += (batch.model, id_, batch.version, seq)
-            if postgres:
-                # One array per column, unnested by the server: psycopg parses a query's placeholders in
-                # Python and caches only short queries, so a long VALUES list would cost ~40 µs a row in the
-                # parsing alone.
-                columns = tuple(values[i::_BATCH_WIDTH] for i in range(_BATCH_WIDTH))
-                inserted = conn.exec_driver_sql(_INSERT_BATCHES_PG, columns).rowcount
-                if keys:
-                    keyed = conn.exec_driver_sql(_INSERT_KEYS_PG, tuple(keys[i::4] for i in range(4))).rowcount
-                else:
-                    keyed = 0
-            else:
-                inserted = _insert_rows(conn, prediction_batches_table, values, _BATCH_WIDTH, conflicts=True)
-                keyed = _insert_rows(conn, prediction_keys_table, keys, 4, conflicts=True)
-            present = set(seqs) if inserted == len(batches) else self._present(conn, seqs)
-            stored = keyed + sum(b.rows - len(b.keyed) for b, seq in zip(batches, seqs, strict=True) if seq in present)
-            if keyed < len(keys) // 4:
-                self._drop_repeated(conn, batches, seqs)
+        batches = self._without_tagged_repeats(conn, batches)
+        if not batches:
+            return 0
+        seqs = self._new_seqs(conn, len(batches))
+        postgres = conn.dialect.name == "postgresql"
+        values = self._batch_params(batches, seqs, postgres)
+        keys: list[Any] = []
+        for batch, seq in zip(batches, seqs, strict=True):
+            for id_ in batch.keyed:
+                keys += (batch.model, id_, batch.version, seq)
+        if postgres:
+            # One array per column, unnested by the server: psycopg parses a query's placeholders in
+            # Python and caches only short queries, so a long VALUES list would cost ~40 µs a row in the
+            # parsing alone.
+            columns = tuple(values[i::_BATCH_WIDTH] for i in range(_BATCH_WIDTH))
+            inserted = conn.exec_driver_sql(_INSERT_BATCHES_PG, columns).rowcount
+            keys_pg = tuple(keys[i::4] for i in range(4))
+            keyed = conn.exec_driver_sql(_INSERT_KEYS_PG, keys_pg).rowcount if keys else 0
+        else:
+            inserted = _insert_rows(conn, prediction_batches_table, values, _BATCH_WIDTH, conflicts=True)
+            keyed = _insert_rows(conn, prediction_keys_table, keys, 4, conflicts=True)
+        present = set(seqs) if inserted == len(batches) else self._present(conn, seqs)
+        stored = keyed + sum(b.rows - len(b.keyed) for b, seq in zip(batches, seqs, strict=True) if seq in present)
+        if keyed < len(keys) // 4:
+            self._drop_repeated(conn, batches, seqs)
         return stored
 
     def _present(self, conn: Any, seqs: Sequence[int]) -> set[int]:
