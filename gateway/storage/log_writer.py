@@ -79,9 +79,10 @@ CPU's queue for the writer's whole burst, 1.0-1.8 ms, however low the writer's p
 alike: this kernel placed the woken task beside the idle-policy writer and did not preempt it). One yield every
 16 items hands the CPU over within a quarter of a millisecond and costs nothing when no task waits: one
 connection's p99 0.83-0.90 against 1.32-1.53 ms, p98 0.56-0.61 against 1.00-1.17, side by side with 6af4e9f
-three times each (loadtests/README, twentieth session). Earlier (6e914c0) a piece was a transaction of 64 with a 0.5 ms sleep between, which halved the p99 of
-a batch written at once; pieces as small as 16 as transactions of their own doubled the child's CPU (each commit
-writes its pages to the WAL, about 0.45 ms), so the pieces now share a transaction (`WRITE_TRANSACTION_ITEMS`)."""
+three times each (loadtests/README, twentieth session). Earlier (6e914c0) a piece was a transaction of 64 with a
+0.5 ms sleep between, which halved the p99 of a batch written at once; pieces as small as 16 as transactions of
+their own doubled the child's CPU (each commit writes its pages to the WAL, about 0.45 ms), so the pieces now share
+a transaction (`WRITE_TRANSACTION_ITEMS`)."""
 WRITE_TRANSACTION_ITEMS = 128
 """Items of a batch committed in one transaction. A commit writes every page the transaction changed to the WAL:
 per item it costs less the more items share it, but it is one burst (about 0.4 ms at 128 one-request items) and
