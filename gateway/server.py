@@ -411,7 +411,7 @@ class Gateway:
                 secure |= {"ssl_ca_certs": str(s.tls_client_ca_file), "ssl_cert_reqs": ssl.CERT_REQUIRED}
         config = uvicorn.Config(
             app,
-            http=self.connections.protocol_class(direct=app),
+            http=self.connections.protocol_class(direct=app, listeners=sockets),
             loop="none",
             lifespan="off",
             access_log=False,

@@ -240,9 +240,15 @@ def _copy_log(pipe: Any, path: Path) -> None:
 class ThreadedGateway:
     """A Gateway on its own event loop in a thread: for tests that inject a tracer or a runtime."""
 
-    def __init__(self, settings: GatewaySettings, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop,
+        **kwargs: Any,
+    ) -> None:
+        """`loop_factory`: uvloop's for what depends on the loop `sluice serve` runs (`gateway.server.serve`)."""
         self.gateway = Gateway(settings, **kwargs)
-        self.loop = asyncio.new_event_loop()
+        self.loop = loop_factory()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._started = threading.Event()
         self._error: BaseException | None = None

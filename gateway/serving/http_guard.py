@@ -26,14 +26,18 @@ end of its headers and body. Every closed connection is counted by reason in
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httptools
 
 from gateway.observability.metrics import GatewayMetrics
+from gateway.serving.http_accept import accept_waiting
 from gateway.serving.http_app import HttpAdapter
 from gateway.serving.http_direct import DirectHttpProtocol
 
@@ -71,14 +75,18 @@ class ConnectionGuard:
         self.connections: set[GuardedHttpProtocol] = set()
         self._task: asyncio.Task[None] | None = None
 
-    def protocol_class(self, direct: HttpAdapter | None = None) -> type[GuardedHttpProtocol]:
+    def protocol_class(
+        self, direct: HttpAdapter | None = None, listeners: Sequence[socket.socket] = ()
+    ) -> type[GuardedHttpProtocol]:
         """The protocol uvicorn instantiates per connection, bound to this guard; with `direct`, infer
-        requests are served on the connection itself (`http_direct`), by that adapter."""
+        requests are served on the connection itself (`http_direct`), by that adapter; `listeners`: the server's
+        listening sockets, whose waiting connections each new one takes (`http_accept`)."""
         guard = self
 
         class Bound(GuardedHttpProtocol):
             _guard = guard
             _direct = direct
+            _listeners = tuple(listeners)
 
         return Bound
 
@@ -135,6 +143,7 @@ class GuardedHttpProtocol(DirectHttpProtocol):
     write, `http_protocol`) under a `ConnectionGuard` (see the module's note)."""
 
     _guard: ConnectionGuard
+    _listeners: tuple[socket.socket, ...] = ()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -155,6 +164,15 @@ class GuardedHttpProtocol(DirectHttpProtocol):
             return
         self._guard.connections.add(self)
         super().connection_made(transport)
+        if self._listeners:
+            factory = functools.partial(
+                type(self),
+                config=self.config,
+                server_state=self.server_state,
+                app_state=self.app_state,
+                _loop=self.loop,
+            )
+            accept_waiting(self._listeners, self.loop, factory, self.config.ssl)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._guard.connections.discard(self)
