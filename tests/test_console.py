@@ -518,8 +518,9 @@ def test_live_req_s_reads_the_rate_a_client_sends(gw: GatewayProcess) -> None:
     body = {"inputs": [{"name": "x", "shape": [3, 4], "datatype": "FP32", "data": [1.0] * 12}]}
     readings: dict[str, list[float]] = {"models": [], "model": []}
     with console_client(gw) as http, Paced(gw.http_url, "fixed", body, 10.0) as paced:
-        # Both pages' live figures cover the last complete ten seconds: wait until they hold only paced traffic.
-        wait_until(lambda: paced.sent >= 250, timeout=120, interval=0.5, what="25 s of paced requests")
+        # Both pages' live figures cover the ten seconds that end a second ago ([now - 11, now - 1]): after 15 s of
+        # paced traffic they hold nothing else.
+        wait_until(lambda: paced.sent >= 150, timeout=120, interval=0.5, what="15 s of paced requests")
         for _ in range(16):
             models = http.get("/console/fragments/models")
             card = models.text.split('data-model="fixed"', 1)[1]
