@@ -40,15 +40,17 @@ def accept_waiting(
         while taken < MAX_PER_CALL and listener.fileno() != -1:
             try:
                 conn, _ = listener.accept()
-            except (BlockingIOError, InterruptedError):
+            except OSError:  # nothing waits (EAGAIN), the listener is closed, or no descriptor is left
                 break
-            except OSError:
-                break
-            conn.setblocking(False)
-            if conn.family in (socket.AF_INET, socket.AF_INET6):
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            loop.create_task(_serve(loop, protocol_factory, conn, ssl))
             taken += 1
+            try:
+                conn.setblocking(False)
+                if conn.family in (socket.AF_INET, socket.AF_INET6):
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # the client is already gone
+                conn.close()
+                continue
+            loop.create_task(_serve(loop, protocol_factory, conn, ssl))
     return taken
 
 
