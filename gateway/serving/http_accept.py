@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 MAX_PER_CALL = 512
 """Connections one call takes at most; the ones it hands over call it again (`connection_made`) for the rest."""
 
+_HANDING_OVER: set[asyncio.Task[None]] = set()
+"""The hand-overs under way: the loop keeps only weak references to its tasks (a TLS handshake can take a while)."""
+
 
 def accept_waiting(
     listeners: Sequence[socket.socket],
@@ -50,7 +53,9 @@ def accept_waiting(
             except OSError:  # the client is already gone
                 conn.close()
                 continue
-            loop.create_task(_serve(loop, protocol_factory, conn, ssl))
+            task = loop.create_task(_serve(loop, protocol_factory, conn, ssl))
+            _HANDING_OVER.add(task)
+            task.add_done_callback(_HANDING_OVER.discard)
     return taken
 
 
@@ -62,6 +67,6 @@ async def _serve(
 ) -> None:
     try:
         await loop.connect_accepted_socket(protocol_factory, conn, ssl=ssl)
-    except (OSError, ssl_module.SSLError, asyncio.TimeoutError) as exc:  # the client left, or its handshake failed
+    except (OSError, asyncio.TimeoutError) as exc:  # the client left, or its handshake failed (SSLError is an OSError)
         log.debug("an accepted connection ended before it was served: %r", exc)
         conn.close()
