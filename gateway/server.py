@@ -67,6 +67,7 @@ from gateway.serving.window_stats import WindowRecorder
 from gateway.settings import GatewaySettings
 from gateway.storage.engine import Fence
 from gateway.storage.log_writer import ProcessRowWriter, WriterProcessError
+from gateway.storage.revision_probe import SqliteRevisionProbe
 from gateway.storage.spool import Spool
 from gateway.storage.store import Store
 from gateway.tasks import cancel_and_wait, tick_forever
@@ -149,7 +150,14 @@ class Gateway:
         self.replica_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         """This replica's name in the leader lease and on its window summaries."""
         self.view = PolicyView()
-        self.follower = PolicyFollower(store, self.view, self.registry, drain_timeout_s=settings.drain_timeout_s)
+        self._revision_probe = SqliteRevisionProbe.for_url(store.connect_url)
+        self.follower = PolicyFollower(
+            store,
+            self.view,
+            self.registry,
+            drain_timeout_s=settings.drain_timeout_s,
+            probe=self._revision_probe.read if self._revision_probe is not None else None,
+        )
         self.publisher = WindowPublisher(self.windows, store, self.replica_id)
         secret = settings.webhook_secret.get_secret_value().encode() if settings.webhook_secret else None
         webhooks = WebhookSender(settings.webhook_urls, secret, self.metrics) if settings.webhook_urls else None
@@ -525,6 +533,8 @@ class Gateway:
         await self.connections.stop()
         if self.keys is not None:
             await self.keys.stop()
+        if self._revision_probe is not None:
+            self._revision_probe.close()
         await asyncio.to_thread(self.store.close)
         self._executor.shutdown(wait=False, cancel_futures=True)
         self.tracer_provider.shutdown()

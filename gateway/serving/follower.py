@@ -42,9 +42,18 @@ class ControlSource(Protocol):
 
 class PolicyFollower:
     def __init__(
-        self, source: ControlSource, view: PolicyView, registry: ModelRegistry, *, drain_timeout_s: float = 30.0
+        self,
+        source: ControlSource,
+        view: PolicyView,
+        registry: ModelRegistry,
+        *,
+        drain_timeout_s: float = 30.0,
+        probe: Callable[[], int | None] | None = None,
     ) -> None:
+        """`probe`: reads the control revision on the event loop without waiting, or answers None, and then the
+        source is asked in a worker thread (`storage.revision_probe`: a SQLite file is read in microseconds)."""
         self._source = source
+        self._probe = probe
         self._view = view
         self._registry = registry
         self._drain_timeout_s = drain_timeout_s
@@ -74,7 +83,9 @@ class PolicyFollower:
     async def sync_changed(self) -> bool:
         """`sync`, and say whether the revision had moved."""
         async with self._lock:
-            revision = await asyncio.to_thread(self._source.control_revision)
+            revision = self._probe() if self._probe is not None else None
+            if revision is None:
+                revision = await asyncio.to_thread(self._source.control_revision)
             if revision == self._revision:
                 return False
             policies = await asyncio.to_thread(self._source.policies_with_revisions)
