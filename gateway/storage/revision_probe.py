@@ -52,12 +52,13 @@ class SqliteRevisionProbe:
                 conn = sqlite3.connect(uri, uri=True, timeout=0, check_same_thread=False)
                 conn.isolation_level = None  # autocommit: each read sees the latest commit
                 self._conn = conn
-            row = self._conn.execute(_QUERY).fetchone()
+            # Read to the end: a statement left open would hold its snapshot, and the WAL could not be checkpointed.
+            rows = self._conn.execute(_QUERY).fetchall()
         except sqlite3.Error as exc:
             log.debug("control revision probe stepped aside: %s", exc)
             self.close()
             return None
-        return None if row is None else int(row[0])
+        return int(rows[0][0]) if rows else None
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
