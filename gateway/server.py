@@ -67,7 +67,7 @@ from gateway.serving.window_stats import WindowRecorder
 from gateway.settings import GatewaySettings
 from gateway.storage.engine import Fence
 from gateway.storage.log_writer import ProcessRowWriter, WriterProcessError
-from gateway.storage.revision_probe import SqliteRevisionProbe
+from gateway.storage.revision_probe import revision_probe
 from gateway.storage.spool import Spool
 from gateway.storage.store import Store
 from gateway.tasks import cancel_and_wait, tick_forever
@@ -150,7 +150,7 @@ class Gateway:
         self.replica_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         """This replica's name in the leader lease and on its window summaries."""
         self.view = PolicyView()
-        self._revision_probe = SqliteRevisionProbe.for_url(store.connect_url)
+        self._revision_probe = revision_probe(store.connect_url, store.connect_args)
         self.follower = PolicyFollower(
             store,
             self.view,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 from gateway.serving.policy_view import PolicyView
@@ -48,10 +48,11 @@ class PolicyFollower:
         registry: ModelRegistry,
         *,
         drain_timeout_s: float = 30.0,
-        probe: Callable[[], int | None] | None = None,
+        probe: Callable[[], Awaitable[int | None]] | None = None,
     ) -> None:
-        """`probe`: reads the control revision on the event loop without waiting, or answers None, and then the
-        source is asked in a worker thread (`storage.revision_probe`: a SQLite file is read in microseconds)."""
+        """`probe`: knows the control revision on the event loop without waiting, or answers None, and then the
+        source is asked in a worker thread (`storage.revision_probe`: SQLite's file is read in microseconds,
+        PostgreSQL's notifications are taken off a listening connection)."""
         self._source = source
         self._probe = probe
         self._view = view
@@ -83,7 +84,7 @@ class PolicyFollower:
     async def sync_changed(self) -> bool:
         """`sync`, and say whether the revision had moved."""
         async with self._lock:
-            revision = self._probe() if self._probe is not None else None
+            revision = await self._probe() if self._probe is not None else None
             if revision is None:
                 revision = await asyncio.to_thread(self._source.control_revision)
             if revision == self._revision:

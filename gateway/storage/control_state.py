@@ -13,6 +13,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Connection
@@ -22,6 +23,7 @@ from gateway.control.rollout_model import RolloutState
 from gateway.errors import InvalidInput
 from gateway.serving.traffic import TrafficPolicy
 from gateway.storage.active_records import ActiveRecords
+from gateway.storage.revision_probe import REVISION_CHANNEL_SQL
 from gateway.storage.schema import (
     audit_table,
     leases_table,
@@ -109,7 +111,11 @@ class ControlState(ActiveRecords):
     def _next_revision(self, conn: Connection) -> int:
         t = revision_table
         conn.execute(update(t).where(t.c.id == 1).values(revision=t.c.revision + 1))
-        return int(conn.execute(select(t.c.revision).where(t.c.id == 1)).scalar_one())
+        revision = int(conn.execute(select(t.c.revision).where(t.c.id == 1)).scalar_one())
+        if conn.dialect.name == "postgresql":
+            # Delivered when this transaction commits, to every replica listening (`storage.revision_probe`).
+            conn.execute(select(func.pg_notify(text(REVISION_CHANNEL_SQL), str(revision))))
+        return revision
 
     # --- the leader lease ---------------------------------------------------------------------------
 

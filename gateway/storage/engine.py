@@ -70,7 +70,8 @@ def _sqlite_on_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
-def _make_engine(url: str, connect_args: Mapping[str, Any] | None) -> Engine:
+def make_engine(url: str, connect_args: Mapping[str, Any] | None) -> Engine:
+    """An engine with this store's discipline (SQLite's pragmas and BEGIN, PostgreSQL's bounded timeouts)."""
     parsed = make_url(url)
     args: dict[str, Any] = dict(connect_args or {})
     if parsed.get_backend_name() == "sqlite":
@@ -143,7 +144,7 @@ class Database:
 
     def __init__(self, url: str, *, connect_args: Mapping[str, Any] | None = None) -> None:
         """`url`: "sqlite:///path/sluice.db" or "postgresql+psycopg://user:pw@host:5432/db"."""
-        self._engine = _make_engine(url, connect_args)
+        self._engine = make_engine(url, connect_args)
         self._connect_args = dict(connect_args or {})
         self.fence: Fence | None = None
         """Set while this process holds the control plane's leader lease: every control write checks,
