@@ -256,6 +256,7 @@ class Gateway:
         self._http: list[tuple[_UvicornServer, asyncio.Task[None]]] = []
         self._grpc: Any = None
         self._loops: list[asyncio.Task[None]] = []
+        self._writer_starting: asyncio.Task[None] | None = None
         self._stopping: asyncio.Event | None = None
         self._stopped = False
         self.stop_signal: int | None = None
@@ -341,17 +342,16 @@ class Gateway:
                 "ONNX Runtime is not installed: ONNX models cannot load. Install exactly one of the extras "
                 "'sluicegate[cpu]' (onnxruntime) or 'sluicegate[gpu]' (onnxruntime-gpu)"
             )
+        if self._log_writer is not None:
+            # The writer's interpreter takes most of a second to import and open the store: it does so while
+            # the models load, and readiness does not wait for it (a batch logged before it is up waits for it).
+            self._writer_starting = asyncio.get_running_loop().create_task(self._start_log_writer(self._log_writer))
         await asyncio.to_thread(self.store.upgrade)  # every replica may race here: migrations serialise
         await self._start_placement()
         await self.registry.load_all()
         await self.follower.sync()  # the policies in force and the versions' desired states
         await self.election.step()  # lead at once when nobody else does
         await self.election.wait_started()
-        if self._log_writer is not None:
-            try:
-                await self._log_writer.start()
-            except WriterProcessError as exc:  # the first batch tries again; until then nothing is lost
-                log.error("prediction log: %s", exc)
         self.predictions.start()
         self._loops = [
             _loop(self.follower.sync, s.sync_interval_s, "policy follower"),
@@ -456,6 +456,13 @@ class Gateway:
         await self.monitor.stop()
         await self.control.stop()
 
+    @staticmethod
+    async def _start_log_writer(writer: ProcessRowWriter) -> None:
+        try:
+            await writer.start()
+        except WriterProcessError as exc:  # the first batch tries again; until then nothing is lost
+            log.error("prediction log: %s", exc)
+
     async def _housekeeping(self) -> None:
         if self.election.is_leader:
             cutoff = datetime.now(timezone.utc) - timedelta(seconds=self.settings.window_retention_s)
@@ -515,6 +522,8 @@ class Gateway:
         # Every request has finished and every shadow copy has answered: flush their records and window
         # statistics before the store closes (SIGTERM loses no record that was queued).
         await self.predictions.close(timeout)
+        if self._writer_starting is not None:
+            await self._writer_starting
         if self._log_writer is not None:
             await self._log_writer.close()
         if self.spool is not None:

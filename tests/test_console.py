@@ -521,13 +521,13 @@ def test_live_req_s_reads_the_rate_a_client_sends(gw: GatewayProcess) -> None:
         # Both pages' live figures cover the ten seconds that end a second ago ([now - 11, now - 1]): after 15 s of
         # paced traffic they hold nothing else.
         wait_until(lambda: paced.sent >= 150, timeout=120, interval=0.5, what="15 s of paced requests")
-        for _ in range(16):
+        for _ in range(12):  # six seconds: six windows, each reading twice
             models = http.get("/console/fragments/models")
             card = models.text.split('data-model="fixed"', 1)[1]
             readings["models"].append(float(row_cells(card, "1")[4]))
             status = http.get("/console/models/fixed/panels/status")
             readings["model"].append(float(row_cells(status.text, "1")[4]))
-            time.sleep(1.0)
+            time.sleep(0.5)
         assert paced.failed == 0
     for page, values in readings.items():
         mean = sum(values) / len(values)

@@ -31,7 +31,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from psycopg import pq
 from sqlalchemy.engine import Engine, make_url
 
 from gateway.storage.engine import make_engine
@@ -44,6 +43,8 @@ _QUERY = f"SELECT revision FROM {revision_table.name} WHERE id = 1"
 REVISION_CHANNEL_SQL = "'sluice_control_' || left(md5(current_schema()), 16)"
 """The notification channel of the schema in use, as SQL (both the notifier and the listener compute it there)."""
 
+_CONNECTION_OK = 0
+"""libpq's CONNECTION_OK (psycopg's `pq.ConnStatus.OK`; not imported: SQLite's processes need not load psycopg)."""
 RECONNECT_S = 2.0
 """The least time between two attempts to make a lost PostgreSQL listening connection again."""
 CONFIRM_S = 5.0
@@ -137,7 +138,7 @@ class PostgresRevisionProbe:
         try:
             pgconn = self._raw.driver_connection.pgconn
             pgconn.consume_input()  # reads what the socket holds; never blocks
-            if pgconn.status != pq.ConnStatus.OK:  # the server ended the session (its message was read)
+            if pgconn.status != _CONNECTION_OK:  # the server ended the session (its message was read)
                 raise ConnectionError(pgconn.error_message.decode(errors="replace").strip())
             while (notice := pgconn.notifies()) is not None:
                 self._known = max(self._known, int(notice.extra))
