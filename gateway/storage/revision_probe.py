@@ -196,7 +196,8 @@ class PostgresRevisionProbe:
     def close(self) -> None:
         self._closed = True
         if self._connecting is not None:
-            self._connecting.cancel()  # its thread finishes on its own; what it made is dropped
+            # Its thread finishes on its own (a connect is bounded); a connection made then is closed when collected.
+            self._connecting.cancel()
         self._drop()
         if self._engine is not None:
             self._engine.dispose()
