@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,7 +86,16 @@ def test_a_replica_follows_another_writer_without_reading_through_the_store(tmp_
         revision = other.put_policy("mlp", TrafficPolicy(stable="1", canary="2", canary_weight=0.25))
         wait_until(lambda: gw.gateway.view.revision("mlp") == revision, timeout=10)
         assert gw.gateway.view.policy("mlp").canary_weight == 0.25
-        time.sleep(1.0)  # twenty syncs
+        # Twenty syncs more, counted as they run (the follower's loop calls `sync`, which looks `sync_changed` up).
+        follower, syncs = gw.gateway.follower, [0]
+        sync_changed = follower.sync_changed
+
+        async def counted() -> bool:
+            syncs[0] += 1
+            return await sync_changed()
+
+        follower.sync_changed = counted  # type: ignore[method-assign]
+        wait_until(lambda: syncs[0] >= 20, timeout=30, what="twenty syncs")
         assert reads <= (0 if backend.name == "sqlite" else 1), f"{reads} reads through the store's pool"
 
         # A probe that cannot answer (the file locked or gone, no connection yet) hands the read to the store.
